@@ -1,0 +1,1 @@
+"""Engine: numpy in, numpy out; no napari."""

@@ -1,0 +1,1 @@
+"""napari GUI: the only package that imports napari, qtpy or magicgui."""

@@ -1,0 +1,276 @@
+"""TinyViT-5M image encoder, as distilled by MobileSAM.
+
+Written for this project from the published architecture (TinyViT, Wu et al. 2022;
+MobileSAM, Zhang et al. 2023). Parameter and buffer names equal those of the official
+``mobile_sam.pt`` checkpoint (``image_encoder.*``), so it loads strictly.
+
+Shapes: input ``B x 3 x 1024 x 1024`` float (SAM-normalised, padded), output the image
+embedding ``B x 256 x 64 x 64``.
+
+Inference notes (why the code looks the way it does):
+- Conv+BatchNorm pairs are folded on the fly in eval mode (one conv instead of two passes).
+- Window attention uses ``F.scaled_dot_product_attention`` with the relative-position bias
+  as an additive mask; the bias table is gathered from the *loaded* parameter on every call,
+  so it can never be stale.
+- Windows are padded with zeros that take part in attention, exactly as the reference model.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling.common import LayerNorm2d
+from torch import nn
+
+__all__ = ["TinyViT", "tiny_vit_5m"]
+
+
+class Conv2dBN(nn.Sequential):
+    """Conv (no bias) followed by BatchNorm; children named ``c`` and ``bn`` like the checkpoint."""
+
+    def __init__(self, cin: int, cout: int, ks: int = 1, stride: int = 1, pad: int = 0, groups: int = 1):
+        super().__init__()
+        self.add_module("c", nn.Conv2d(cin, cout, ks, stride, pad, groups=groups, bias=False))
+        self.add_module("bn", nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.bn(self.c(x))
+        conv, bn = self.c, self.bn
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        weight = conv.weight * scale[:, None, None, None]
+        bias = bn.bias - bn.running_mean * scale
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+class PatchEmbed(nn.Module):
+    """Two stride-2 3x3 convs: 1024² RGB -> 256² x ``dim``."""
+
+    def __init__(self, in_chans: int, dim: int):
+        super().__init__()
+        self.seq = nn.Sequential(Conv2dBN(in_chans, dim // 2, 3, 2, 1), nn.GELU(), Conv2dBN(dim // 2, dim, 3, 2, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.seq(x)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block (1x1 expand, 3x3 depthwise, 1x1 project) on B x C x H x W."""
+
+    def __init__(self, dim: int, expand_ratio: float):
+        super().__init__()
+        hidden = int(dim * expand_ratio)
+        self.conv1 = Conv2dBN(dim, hidden, 1)
+        self.conv2 = Conv2dBN(hidden, hidden, 3, 1, 1, groups=hidden)
+        self.conv3 = Conv2dBN(hidden, dim, 1)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.conv1(x))
+        y = self.act(self.conv2(y))
+        return self.act(self.conv3(y) + x)
+
+
+class PatchMerging(nn.Module):
+    """Downsampling between stages; takes B x C x H x W or B x (H*W) x C, returns B x (H'*W') x C'.
+
+    The stride is 2, except into the last stage (MobileSAM keeps 64x64 tokens there).
+    """
+
+    def __init__(self, resolution: int, dim: int, out_dim: int, stride: int):
+        super().__init__()
+        self.resolution = resolution
+        self.conv1 = Conv2dBN(dim, out_dim, 1)
+        self.conv2 = Conv2dBN(out_dim, out_dim, 3, stride, 1, groups=out_dim)
+        self.conv3 = Conv2dBN(out_dim, out_dim, 1)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 3:
+            b, _, c = x.shape
+            x = x.transpose(1, 2).reshape(b, c, self.resolution, self.resolution)
+        x = self.act(self.conv1(x))
+        x = self.act(self.conv2(x))
+        x = self.conv3(x)
+        return x.flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention inside one window, with a learned bias per head and
+    per (|dy|, |dx|) offset. Input/output: B x N x C with N = window².
+    """
+
+    def __init__(self, dim: int, num_heads: int, window: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.key_dim = dim // num_heads
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        points = list(itertools.product(range(window), range(window)))
+        offsets: dict[tuple[int, int], int] = {}
+        idxs = []
+        for p1 in points:
+            for p2 in points:
+                off = (abs(p1[0] - p2[0]), abs(p1[1] - p2[1]))
+                idxs.append(offsets.setdefault(off, len(offsets)))
+        self.attention_biases = nn.Parameter(torch.zeros(num_heads, len(offsets)))
+        n = len(points)
+        self.register_buffer("attention_bias_idxs", torch.tensor(idxs).view(n, n), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        x = self.norm(x)
+        # The checkpoint's qkv output is laid out per head as [q_h | k_h | v_h].
+        qkv = self.qkv(x).view(b, n, self.num_heads, 3, self.key_dim).permute(3, 0, 2, 1, 4)
+        bias = self.attention_biases[:, self.attention_bias_idxs].to(x.dtype)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(self.norm(x))))
+
+
+class TinyViTBlock(nn.Module):
+    """Window attention + depthwise "local" conv + MLP, on B x (H*W) x C tokens."""
+
+    def __init__(self, dim: int, resolution: int, num_heads: int, window: int, mlp_ratio: float, local_conv: int):
+        super().__init__()
+        self.resolution = resolution
+        self.window = window
+        self.attn = Attention(dim, num_heads, window)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.local_conv = Conv2dBN(dim, dim, local_conv, 1, local_conv // 2, groups=dim)
+
+    def _window_attention(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, c = x.shape
+        h = w = self.resolution
+        ws = self.window
+        if h == ws:
+            return self.attn(x)
+        pad = (ws - h % ws) % ws
+        x = x.view(b, h, w, c)
+        if pad:
+            x = F.pad(x, (0, 0, 0, pad, 0, pad))  # zeros at bottom/right, attended to as in the reference
+        hp = h + pad
+        nw = hp // ws
+        x = x.view(b, nw, ws, nw, ws, c).transpose(2, 3).reshape(b * nw * nw, ws * ws, c)
+        x = self.attn(x)
+        x = x.view(b, nw, nw, ws, ws, c).transpose(2, 3).reshape(b, hp, hp, c)
+        if pad:
+            x = x[:, :h, :w]
+        return x.reshape(b, h * w, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        r = self.resolution
+        x = x + self._window_attention(x)
+        x = self.local_conv(x.transpose(1, 2).reshape(b, c, r, r))
+        x = x.view(b, c, n).transpose(1, 2)
+        return x + self.mlp(x)
+
+
+class ConvLayer(nn.Module):
+    """Stage 0: MBConv blocks on B x C x H x W, then patch merging to tokens."""
+
+    def __init__(self, dim: int, depth: int, expand_ratio: float, downsample: PatchMerging):
+        super().__init__()
+        self.blocks = nn.ModuleList(MBConv(dim, expand_ratio) for _ in range(depth))
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = blk(x)
+        return self.downsample(x)
+
+
+class BasicLayer(nn.Module):
+    """Stages 1-3: TinyViT blocks on tokens, optionally followed by patch merging."""
+
+    def __init__(self, blocks: Sequence[TinyViTBlock], downsample: PatchMerging | None):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = blk(x)
+        return x if self.downsample is None else self.downsample(x)
+
+
+class TinyViT(nn.Module):
+    """TinyViT encoder with SAM's neck: ``B x 3 x img_size²`` -> ``B x 256 x (img_size/16)²``.
+
+    Defaults are MobileSAM's TinyViT-5M. The classifier head of the original TinyViT is not
+    built (SAM does not use it); :func:`napari_mobilesam.model.build.build_mobilesam` drops
+    exactly those checkpoint keys.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 1024,
+        in_chans: int = 3,
+        embed_dims: Sequence[int] = (64, 128, 160, 320),
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (2, 4, 5, 10),
+        window_sizes: Sequence[int] = (7, 7, 14, 7),
+        mlp_ratio: float = 4.0,
+        mbconv_expand_ratio: float = 4.0,
+        local_conv_size: int = 3,
+        out_chans: int = 256,
+    ):
+        super().__init__()
+        self.img_size = img_size  # read by segment_anything's Sam.preprocess
+        self.patch_embed = PatchEmbed(in_chans, embed_dims[0])
+        res0 = img_size // 4
+        layers: list[nn.Module] = []
+        n = len(embed_dims)
+        for i in range(n):
+            # The merge into the last stage keeps the resolution (stride 1), as MobileSAM does.
+            res = res0 // (2 ** min(i, n - 2))
+            downsample = None
+            if i < n - 1:
+                stride = 1 if i == n - 2 else 2
+                downsample = PatchMerging(res, embed_dims[i], embed_dims[i + 1], stride)
+            if i == 0:
+                assert downsample is not None
+                layers.append(ConvLayer(embed_dims[0], depths[0], mbconv_expand_ratio, downsample))
+            else:
+                blocks = [
+                    TinyViTBlock(embed_dims[i], res, num_heads[i], window_sizes[i], mlp_ratio, local_conv_size)
+                    for _ in range(depths[i])
+                ]
+                layers.append(BasicLayer(blocks, downsample))
+        self.layers = nn.ModuleList(layers)
+        self.out_res = res0 // (2 ** (n - 2))
+        self.neck = nn.Sequential(
+            nn.Conv2d(embed_dims[-1], out_chans, 1, bias=False),
+            LayerNorm2d(out_chans),
+            nn.Conv2d(out_chans, out_chans, 3, padding=1, bias=False),
+            LayerNorm2d(out_chans),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        for layer in self.layers:
+            x = layer(x)
+        b, _, c = x.shape
+        x = x.transpose(1, 2).reshape(b, c, self.out_res, self.out_res)
+        return self.neck(x)
+
+
+def tiny_vit_5m(img_size: int = 1024) -> TinyViT:
+    """MobileSAM's encoder configuration (5.74M parameters without the classifier head)."""
+    return TinyViT(img_size=img_size)
