@@ -5,6 +5,9 @@ This module imports no napari, Qt or magicgui, so the engine can run on headless
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .engine.embeddings import Embedding, EmbeddingCache
+from .engine.image import to_rgb_uint8
+from .engine.predictor import ObjectMask, Predictor, Prompt
 from .model import REGISTRY, CheckpointError, TinyViT, WeightsUnavailableError, build_mobilesam, download_weights
 
 try:
@@ -15,9 +18,15 @@ except PackageNotFoundError:  # running from a source tree
 __all__ = [
     "REGISTRY",
     "CheckpointError",
+    "Embedding",
+    "EmbeddingCache",
+    "ObjectMask",
+    "Predictor",
+    "Prompt",
     "TinyViT",
     "WeightsUnavailableError",
     "__version__",
     "build_mobilesam",
     "download_weights",
+    "to_rgb_uint8",
 ]

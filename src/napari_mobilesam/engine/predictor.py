@@ -1,0 +1,324 @@
+"""Prompts -> masks. The one place where napari's (row, col) becomes SAM's (x, y).
+
+:class:`Predictor` is a drop-in ``segment_anything.SamPredictor`` (``set_image``, ``predict``,
+``predict_torch``, ``features``; x, y coordinates and x0, y0, x1, y1 boxes in original pixels)
+that adds:
+
+- ``set_image`` for any microscopy frame (see :mod:`napari_mobilesam.engine.image`), with an
+  embedding cache keyed by frame so that revisiting a frame never re-encodes it;
+- :meth:`Predictor.predict_objects`: many objects, each with its own points and/or box and/or
+  mask input, decoded in one batched pass (:class:`~napari_mobilesam.model.fast_decoder.FrameDecoder`)
+  and returned as cropped masks (:class:`ObjectMask`), so memory and time scale with object
+  size, not with ``objects x image size``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from segment_anything import SamPredictor
+from segment_anything.modeling import Sam
+from segment_anything.utils.amg import calculate_stability_score
+
+from ..model.fast_decoder import FrameDecoder
+from .embeddings import Embedding, EmbeddingCache
+from .image import to_rgb_uint8
+from .upsample import MaskUpsampler
+
+__all__ = ["ObjectMask", "Predictor", "Prompt"]
+
+
+@dataclass
+class Prompt:
+    """One object's prompt, in napari coordinates of the frame.
+
+    Attributes:
+        points: ``(N, 2)`` float, (row, col) pixel coordinates, or None.
+        labels: ``(N,)`` int, 1 = object (positive), 0 = background (negative). Default: all 1.
+        box: ``(4,)`` float ``(row0, col0, row1, col1)`` (any two opposite corners), or None.
+        mask_input: ``(256, 256)`` float32 low-resolution logits of an earlier prediction
+            (``ObjectMask.low_res_logits``), or None.
+    """
+
+    points: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    box: np.ndarray | None = None
+    mask_input: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.points is not None:
+            self.points = np.asarray(self.points, dtype=np.float64).reshape(-1, 2)
+            if self.labels is None:
+                self.labels = np.ones(len(self.points), dtype=np.int64)
+            self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+            if len(self.labels) != len(self.points):
+                raise ValueError(f"{len(self.points)} points but {len(self.labels)} labels; give one label per point.")
+            if len(self.points) == 0:
+                self.points, self.labels = None, None
+        if self.box is not None:
+            b = np.asarray(self.box, dtype=np.float64).reshape(-1)
+            if b.shape != (4,):
+                raise ValueError(f"A box is 4 numbers (row0, col0, row1, col1), got {b.shape[0]}.")
+            self.box = np.array([min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])])
+        if self.points is None and self.box is None:
+            raise ValueError("A prompt needs at least one point or a box.")
+        if self.points is not None and not np.isfinite(self.points).all() or self.box is not None and not np.isfinite(self.box).all():
+            raise ValueError("Prompt coordinates must be finite numbers.")
+
+
+@dataclass
+class ObjectMask:
+    """A predicted mask, stored as a crop of the frame.
+
+    Attributes:
+        mask: ``(h, w)`` bool crop; ``offset`` places it in the frame.
+        offset: ``(row0, col0)`` of the crop's top-left pixel in the frame.
+        shape: ``(H, W)`` of the frame.
+        score: predicted IoU of the chosen mask.
+        stability: stability score (IoU of the masks thresholded at ±1 around the threshold,
+            on the low-resolution logits).
+        mask_index: which decoder output was chosen (0 in single-mask mode; 0-2 in multimask).
+        low_res_logits: ``(256, 256)`` float32, usable as a later ``Prompt.mask_input``.
+    """
+
+    mask: np.ndarray
+    offset: tuple[int, int]
+    shape: tuple[int, int]
+    score: float
+    stability: float
+    mask_index: int
+    low_res_logits: np.ndarray = field(repr=False)
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def bbox(self) -> tuple[int, int, int, int]:
+        """``(row0, col0, row1, col1)`` of the crop (exclusive ends)."""
+        r, c = self.offset
+        return r, c, r + self.mask.shape[0], c + self.mask.shape[1]
+
+    def full(self) -> np.ndarray:
+        """The mask as a full-frame ``(H, W)`` bool array."""
+        out = np.zeros(self.shape, dtype=bool)
+        r0, c0, r1, c1 = self.bbox
+        out[r0:r1, c0:c1] = self.mask
+        return out
+
+
+class Predictor(SamPredictor):
+    """``SamPredictor`` with microscopy input handling, an embedding cache and batched prompts.
+
+    Args:
+        sam: a segment-anything ``Sam`` (e.g. from :func:`napari_mobilesam.build_mobilesam`).
+        cache_bytes: embedding cache budget in bytes (4 MiB per frame in float32).
+        cache_fp16: store cached embeddings in float16.
+        batch_bytes: memory budget for one decoder batch (about 30 MB per prompt).
+    """
+
+    def __init__(self, sam: Sam, cache_bytes: int = 1 << 30, cache_fp16: bool = False, batch_bytes: int = 256 << 20):
+        super().__init__(sam)
+        self.cache = EmbeddingCache(cache_bytes, fp16=cache_fp16)
+        self.batch_bytes = batch_bytes
+        self.key: Hashable | None = None
+        self._frame_decoder: FrameDecoder | None = None
+        self._upsamplers: dict[tuple, MaskUpsampler] = {}
+
+    # ------------------------------------------------------------------ images
+    def set_image(
+        self,
+        image: np.ndarray,
+        image_format: str = "RGB",
+        *,
+        key: Hashable | None = None,
+        channel_axis: int | None = None,
+        channels: Sequence[int] | None = None,
+        contrast_limits: tuple[float, float] | None = None,
+    ) -> None:
+        """Compute (or fetch from the cache) the embedding of one frame.
+
+        Args:
+            image: one frame, ``(H, W)`` or ``(H, W, C)``, any dtype (see ``to_rgb_uint8``).
+            image_format: "RGB" or "BGR" for 3-channel uint8 input, as in ``SamPredictor``.
+            key: a hashable id of the frame (e.g. ``(layer_name, t)``); by default a hash of
+                the normalised pixels, so identical frames share one embedding.
+        """
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}.")
+        rgb = to_rgb_uint8(image, channel_axis=channel_axis, channels=channels, contrast_limits=contrast_limits)
+        if image_format != self.model.image_format:
+            rgb = rgb[..., ::-1]
+        if key is None:
+            key = ("pixels", rgb.shape, hashlib.blake2b(rgb.tobytes(), digest_size=16).hexdigest())
+        emb = self.cache.get(key)
+        if emb is None:
+            with torch.inference_mode():
+                super().set_image(np.ascontiguousarray(rgb), self.model.image_format)
+            emb = Embedding(self.features, self.original_size, self.input_size)
+            self.cache.put(key, emb)
+        self.set_embedding(emb, key)
+
+    def set_embedding(self, emb: Embedding, key: Hashable | None = None) -> None:
+        """Make ``emb`` the current frame (e.g. an embedding loaded from disk)."""
+        self.features = emb.features.to(self.device, torch.float32)
+        self.original_size = tuple(emb.original_size)
+        self.input_size = tuple(emb.input_size)
+        self.is_image_set = True
+        self.key = key
+        self._frame_decoder = None
+
+    def get_embedding(self) -> Embedding:
+        self._require_image()
+        return Embedding(self.features, self.original_size, self.input_size)
+
+    def reset_image(self) -> None:
+        super().reset_image()
+        self.key = None
+        self._frame_decoder = None
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("No image is set: call set_image(frame) before predicting.")
+
+    @property
+    def frame_decoder(self) -> FrameDecoder:
+        self._require_image()
+        if self._frame_decoder is None:
+            with torch.inference_mode():
+                self._frame_decoder = FrameDecoder(self.model, self.features)
+        return self._frame_decoder
+
+    def _upsampler(self) -> MaskUpsampler:
+        k = (tuple(self.original_size), tuple(self.input_size))
+        if k not in self._upsamplers:
+            self._upsamplers[k] = MaskUpsampler(self.original_size, self.input_size, self.model.image_encoder.img_size)
+        return self._upsamplers[k]
+
+    # ------------------------------------------------------------------ prompts
+    def _encode_prompts(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Sparse (B x P x 256, padded with 'not a point' tokens) and dense embeddings."""
+        pe = self.model.prompt_encoder
+        embs = []
+        for p in prompts:
+            coords = labels = boxes = None
+            if p.points is not None:
+                xy = self.transform.apply_coords(p.points[:, ::-1].copy(), self.original_size)
+                coords = torch.as_tensor(xy, dtype=torch.float32, device=self.device)[None]
+                labels = torch.as_tensor(p.labels, dtype=torch.int64, device=self.device)[None]
+            if p.box is not None:
+                xyxy = p.box[[1, 0, 3, 2]][None]
+                boxes = torch.as_tensor(self.transform.apply_boxes(xyxy, self.original_size), dtype=torch.float32, device=self.device)
+            sparse, _ = pe(points=(coords, labels) if coords is not None else None, boxes=boxes, masks=None)
+            embs.append(sparse[0])
+        width = max(e.shape[0] for e in embs)
+        pad = pe.not_a_point_embed.weight  # padding tokens: what SAM uses for "no point"
+        sparse = torch.stack([torch.cat([e, pad.expand(width - e.shape[0], -1)]) for e in embs])
+        if all(p.mask_input is None for p in prompts):
+            return sparse, None
+        dense = []
+        for p in prompts:
+            if p.mask_input is None:
+                dense.append(pe.no_mask_embed.weight.reshape(-1, 1, 1).expand(-1, *pe.image_embedding_size))
+            else:
+                m = torch.as_tensor(np.asarray(p.mask_input, np.float32), device=self.device).reshape(1, 1, *pe.mask_input_size)
+                dense.append(pe.mask_downscaling(m)[0])
+        return sparse, torch.stack(dense)
+
+    def _batch_size(self) -> int:
+        return max(1, int(self.batch_bytes // (30 << 20)))
+
+    def predict_objects(
+        self,
+        prompts: Sequence[Prompt],
+        multimask_output: bool = False,
+        select: str | int = "best",
+        mask_threshold: float | None = None,
+    ) -> list[ObjectMask]:
+        """Segment one object per prompt on the current frame, in batches.
+
+        Args:
+            prompts: one :class:`Prompt` per object, (row, col) coordinates.
+            multimask_output: decode SAM's three candidate masks (for ambiguous single clicks)
+                and pick one per object by ``select``: "best" (highest predicted IoU) or 0-2.
+            mask_threshold: logit threshold (default: the model's, 0.0).
+
+        Returns:
+            One :class:`ObjectMask` per prompt, in order.
+
+        Note: prompts with different token counts are padded with SAM's "not a point" token;
+        group prompts of one kind in one call for exact parity with per-prompt decoding.
+        """
+        self._require_image()
+        if not prompts:
+            return []
+        thr = self.model.mask_threshold if mask_threshold is None else mask_threshold
+        if select != "best" and select not in (0, 1, 2):
+            raise ValueError(f"select must be 'best' or 0, 1, 2; got {select!r}.")
+        out: list[ObjectMask] = []
+        up = self._upsampler()
+        dec = self.frame_decoder
+        step = self._batch_size()
+        for start in range(0, len(prompts), step):
+            chunk = prompts[start : start + step]
+            # group by token count so that padding never changes a result
+            with torch.inference_mode():
+                low, iou = self._decode_grouped(dec, chunk, multimask_output)
+            idx = iou.argmax(1) if select == "best" else torch.full((len(chunk),), int(select) if multimask_output else 0)
+            rows = torch.arange(len(chunk))
+            chosen = low[rows, idx]  # B x 256 x 256
+            stab = calculate_stability_score(up.valid(chosen), thr, 1.0)
+            for j in range(len(chunk)):
+                logits = chosen[j].numpy()
+                mask, offset = up.crop_mask(logits, thr)
+                out.append(
+                    ObjectMask(mask, offset, tuple(self.original_size), float(iou[j, idx[j]]), float(stab[j]), int(idx[j]), logits.copy())
+                )
+        return out
+
+    def _decode_grouped(self, dec: FrameDecoder, prompts: Sequence[Prompt], multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(prompts):
+            k = (0 if p.points is None else len(p.points), p.box is not None, p.mask_input is not None)
+            groups.setdefault(k, []).append(i)
+        m = 3 if multimask else 1
+        low = torch.empty(len(prompts), m, 256, 256)
+        iou = torch.empty(len(prompts), m)
+        for idxs in groups.values():
+            sparse, dense = self._encode_prompts([prompts[i] for i in idxs])
+            lo, io = dec.decode(sparse, dense, multimask)
+            low[idxs], iou[idxs] = lo.float().cpu(), io.float().cpu()
+        return low, iou
+
+    # ------------------------------------------------------------------ drop-in API
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``SamPredictor.predict`` (x, y points; x0, y0, x1, y1 box), computed by the fast path.
+
+        Returns ``(masks C x H x W bool, iou C float32, low_res_logits C x 256 x 256 float32)``.
+        """
+        self._require_image()
+        if return_logits:
+            return super().predict(point_coords, point_labels, box, mask_input, multimask_output, True)
+        if point_coords is not None and point_labels is None:
+            raise ValueError("point_labels must be given with point_coords.")
+        points = None if point_coords is None else np.asarray(point_coords, np.float64).reshape(-1, 2)[:, ::-1]
+        rc_box = None if box is None else np.asarray(box, np.float64).reshape(-1)[[1, 0, 3, 2]]
+        mask = None if mask_input is None else np.asarray(mask_input, np.float32).reshape(256, 256)
+        prompt = Prompt(points=points, labels=point_labels, box=rc_box, mask_input=mask)
+        with torch.inference_mode():
+            low, iou = self._decode_grouped(self.frame_decoder, [prompt], multimask_output)
+        up = self._upsampler()
+        masks = np.stack([up.full_mask(low[0, k].numpy(), self.model.mask_threshold) for k in range(low.shape[1])])
+        return masks, iou[0].numpy(), low[0].numpy()

@@ -1,0 +1,190 @@
+"""Batched SAM mask decoding that does per frame what does not depend on the prompt.
+
+Same weights and the same mathematics as ``segment_anything``'s ``MaskDecoder.predict_masks`` +
+``TwoWayTransformer``, reorganised for many prompts on one frame (results agree with the stock
+path to float32 rounding; tested against it):
+
+- the image embedding is never copied once per prompt; without mask input the keys, their
+  positional sum and the first layer's image-side projections are computed once per frame;
+- attention to the 4096 image tokens projects the few prompt tokens *back* into the 256-d
+  embedding space instead of projecting 4096 keys/values per prompt
+  (``q·(W k + b) = (Wᵀq)·k + q·b``; softmax rows sum to one, so ``P(VWᵀ + b) = (PV)Wᵀ + b``);
+- image-to-token attention folds the output projection into the per-prompt values
+  (``Σ_h P_h V_h W_hᵀ``), one matmul over all heads;
+- the 2x2/stride-2 transposed convolutions of the upscaler run as matmuls, and in single-mask
+  mode only the needed hypernetwork output is evaluated.
+
+Shapes: ``B`` prompts, ``T`` tokens per prompt, ``N = 64*64`` image tokens, ``C = 256``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+from segment_anything.modeling.transformer import Attention
+
+__all__ = ["FrameDecoder"]
+
+
+def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
+    b, n, c = x.shape
+    return x.view(b, n, h, c // h).transpose(1, 2)
+
+
+def _token_self_attention(attn: Attention, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Self-attention among the few prompt tokens (cheap; same as the stock module)."""
+    return attn(q=q, k=q, v=v)
+
+
+def _tokens_to_image(attn: Attention, q: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor) -> torch.Tensor:
+    """Prompt tokens attend to image tokens without projecting the image tokens.
+
+    q: B x T x C; k_in, v_in: Bk x N x C with Bk in {1, B}. Returns B x T x C.
+    """
+    h = attn.num_heads
+    b, t, _ = q.shape
+    d = attn.internal_dim // h
+    qh = _heads(attn.q_proj(q), h)  # B x h x T x d
+    wk = attn.k_proj.weight.view(h, d, -1)  # h x d x C
+    q_back = torch.einsum("bhtd,hdc->bhtc", qh, wk)  # B x h x T x C
+    q_bias = torch.einsum("bhtd,hd->bht", qh, attn.k_proj.bias.view(h, d))
+    scale = 1.0 / math.sqrt(d)
+    if k_in.shape[0] == 1:
+        scores = (q_back.reshape(-1, q_back.shape[-1]) @ k_in[0].T).view(b, h, t, -1)
+    else:
+        scores = q_back.reshape(b, h * t, -1) @ k_in.transpose(1, 2)
+        scores = scores.view(b, h, t, -1)
+    scores = (scores + q_bias[..., None]) * scale
+    probs = torch.softmax(scores, dim=-1)  # B x h x T x N
+    if v_in.shape[0] == 1:
+        mixed = (probs.reshape(-1, probs.shape[-1]) @ v_in[0]).view(b, h, t, -1)
+    else:
+        mixed = (probs.reshape(b, h * t, -1) @ v_in).view(b, h, t, -1)  # B x h x T x C
+    wv = attn.v_proj.weight.view(h, d, -1)
+    out = torch.einsum("bhtc,hdc->bthd", mixed, wv) + attn.v_proj.bias.view(h, d)
+    return attn.out_proj(out.reshape(b, t, h * d))
+
+
+def _image_to_tokens(attn: Attention, q_in: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Image tokens attend to prompt tokens; the query projection is folded into the keys.
+
+    q_in: Bk x N x C (Bk in {1, B}); k, v: B x T x C. Returns B x N x C (the attention output).
+    """
+    h = attn.num_heads
+    b, t, _ = k.shape
+    d = attn.internal_dim // h
+    kh = _heads(attn.k_proj(k), h)  # B x h x T x d
+    wq = attn.q_proj.weight.view(h, d, -1)
+    m = torch.einsum("bhtd,hdc->bcht", kh, wq).reshape(b, -1, h * t)  # B x C x hT
+    m_bias = torch.einsum("bhtd,hd->bht", kh, attn.q_proj.bias.view(h, d)).reshape(b, 1, h * t)
+    if q_in.shape[0] == 1:
+        n = q_in.shape[1]
+        scores = (q_in[0] @ m.permute(1, 0, 2).reshape(m.shape[1], -1)).view(n, b, h * t).transpose(0, 1)
+    else:
+        scores = q_in @ m
+    scores = (scores + m_bias) * (1.0 / math.sqrt(d))
+    probs = torch.softmax(scores.view(b, -1, h, t), dim=-1).view(b, -1, h * t)  # B x N x hT
+    vh = _heads(attn.v_proj(v), h)  # B x h x T x d
+    wo = attn.out_proj.weight.view(-1, h, d)  # C x h x d
+    vw = torch.einsum("bhtd,chd->bhtc", vh, wo).reshape(b, h * t, -1)  # B x hT x C
+    return torch.baddbmm(attn.out_proj.bias.expand(b, 1, -1), probs, vw)
+
+
+class FrameDecoder:
+    """Decode many prompts against one frame's image embedding.
+
+    Args:
+        sam: a segment-anything ``Sam`` (its prompt encoder and mask decoder are used as is).
+        features: the frame's image embedding, ``1 x 256 x 64 x 64``.
+    """
+
+    def __init__(self, sam: Sam, features: torch.Tensor):
+        self.sam = sam
+        md = sam.mask_decoder
+        self.md = md
+        self.transformer = md.transformer
+        dev = md.iou_token.weight.device
+        self.features = features.to(dev, torch.float32)
+        pe = sam.prompt_encoder.get_dense_pe()
+        self.pe = pe.flatten(2).transpose(1, 2)  # 1 x N x C
+        self.size = features.shape[-2:]
+        no_mask = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        self._shared = self._prepare_keys(self.features + no_mask)
+
+    def _prepare_keys(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = src.flatten(2).transpose(1, 2)  # Bk x N x C
+        return keys, keys + self.pe
+
+    def decode(
+        self,
+        sparse: torch.Tensor,
+        dense: torch.Tensor | None,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the decoder for ``B`` prompts.
+
+        Args:
+            sparse: ``B x P x 256`` sparse prompt embeddings (points and box corners).
+            dense: ``B x 256 x 64 x 64`` dense embeddings of mask inputs, or None (no mask input).
+            multimask_output: as in segment-anything (3 masks, else the single-mask output).
+
+        Returns:
+            ``(low_res_logits B x M x 256 x 256, iou_predictions B x M)`` with M = 3 or 1.
+        """
+        md, tr = self.md, self.transformer
+        b = sparse.shape[0]
+        out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], 0)
+        tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse], 1)
+        if dense is None:
+            keys, keys_pe = self._shared
+        else:
+            keys, keys_pe = self._prepare_keys(self.features + dense)
+        queries, query_pe = tokens, tokens
+        for i, layer in enumerate(tr.layers):
+            if layer.skip_first_layer_pe:
+                queries = _token_self_attention(layer.self_attn, queries, queries)
+            else:
+                q = queries + query_pe
+                queries = queries + _token_self_attention(layer.self_attn, q, queries)
+            queries = layer.norm1(queries)
+            if i > 0:
+                keys_pe = keys + self.pe
+            queries = layer.norm2(queries + _tokens_to_image(layer.cross_attn_token_to_image, queries + query_pe, keys_pe, keys))
+            queries = layer.norm3(queries + layer.mlp(queries))
+            attn_out = _image_to_tokens(layer.cross_attn_image_to_token, keys_pe, queries + query_pe, queries)
+            keys = layer.norm4(keys + attn_out)  # broadcasts shared keys to B x N x C
+        keys_pe = keys + self.pe
+        final = _tokens_to_image(tr.final_attn_token_to_image, queries + query_pe, keys_pe, keys)
+        hs = tr.norm_final_attn(queries + final)
+
+        masks_sel = slice(1, None) if multimask_output else slice(0, 1)
+        iou = md.iou_prediction_head(hs[:, 0])[:, masks_sel]
+        mask_tokens = hs[:, 1 : 1 + md.num_mask_tokens][:, masks_sel]
+        mlps = list(md.output_hypernetworks_mlps)[masks_sel]
+        hyper = torch.stack([mlp(mask_tokens[:, j]) for j, mlp in enumerate(mlps)], 1)  # B x M x 32
+        up = self._upscale(keys)  # B x 32 x 256 x 256
+        bsz, c, hh, ww = up.shape
+        masks = (hyper @ up.view(bsz, c, hh * ww)).view(bsz, -1, hh, ww)
+        return masks, iou
+
+    def _upscale(self, keys: torch.Tensor) -> torch.Tensor:
+        """``output_upscaling`` (ConvT 2x2/2, LayerNorm2d, GELU, ConvT 2x2/2, GELU) as matmuls."""
+        ct1, ln, act1, ct2, act2 = self.md.output_upscaling
+        b = keys.shape[0]
+        h, w = self.size
+        x = _convt2x2(keys, ct1, b, h, w)  # B x 2h x 2w x C1 (channels last)
+        x = act1(F.layer_norm(x, x.shape[-1:], ln.weight, ln.bias, ln.eps))
+        x = act2(_convt2x2(x.reshape(b, -1, x.shape[-1]), ct2, b, 2 * h, 2 * w))
+        return x.permute(0, 3, 1, 2)
+
+
+def _convt2x2(x: torch.Tensor, conv: torch.nn.ConvTranspose2d, b: int, h: int, w: int) -> torch.Tensor:
+    """Stride-2, 2x2 transposed conv on channels-last tokens ``B x (h*w) x Cin`` -> ``B x 2h x 2w x Cout``."""
+    cin, cout = conv.weight.shape[:2]
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)  # (ky, kx, cout) per input channel
+    y = x.reshape(-1, cin) @ weight
+    y = y.view(b, h, w, 2, 2, cout) + conv.bias
+    return y.permute(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, cout)
