@@ -7,18 +7,25 @@ MobileSAM, Zhang et al. 2023). Parameter and buffer names equal those of the off
 Shapes: input ``B x 3 x 1024 x 1024`` float (SAM-normalised, padded), output the image
 embedding ``B x 256 x 64 x 64``.
 
-Inference notes (why the code looks the way it does):
-- Conv+BatchNorm pairs are folded on the fly in eval mode (one conv instead of two passes).
-- Window attention uses ``F.scaled_dot_product_attention`` with the relative-position bias
-  as an additive mask; the bias table is gathered from the *loaded* parameter on every call,
-  so it can never be stale.
-- Windows are padded with zeros that take part in attention, exactly as the reference model.
+Two execution paths share the same parameters:
+- the fast path (default): activations stay channels-last from the first conv to the neck,
+  so switching between token (``B x N x C``) and image layouts is a free view; Conv+BatchNorm
+  pairs are folded on the fly in eval mode; window attention is
+  ``F.scaled_dot_product_attention`` with the relative-position bias as a 4-D additive mask
+  (a 4-D mask lets PyTorch pick its fused CPU kernel; a 3-D one falls back to the slow path).
+- the reference path (``encoder.set_reference(True)``): the op sequence of the official
+  MobileSAM code (Conv then BatchNorm, explicit ``q @ k^T`` softmax attention, NCHW input),
+  kept as the baseline for benchmarks and parity checks.
+
+In both, the bias table is gathered from the *loaded* parameter on every call, so it can
+never be stale, and padded window tokens are zeros that take part in attention, exactly as
+in the official model. Training (BatchNorm batch statistics, autograd) uses unfused convs.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +35,39 @@ from torch import nn
 __all__ = ["TinyViT", "tiny_vit_5m"]
 
 
+def _onednn(x: torch.Tensor) -> bool:
+    """Whether oneDNN's fused conv/linear + activation kernels may run: CPU float32 inference
+    only (they have no autograd), and not while tracing for ONNX or compiling (those fuse themselves)."""
+    return (
+        not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+        and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+    )
+
+
+def _linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False, fuse: bool = True) -> torch.Tensor:
+    """``layer(x)``, then GELU (exact, erf) if asked; fused by oneDNN if ``fuse`` and :func:`_onednn` allow."""
+    if fuse and _onednn(x):
+        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu" if gelu else "none", [], "none" if gelu else "")
+    y = layer(x)
+    return F.gelu(y) if gelu else y
+
+
+def _tokens_to_image(x: torch.Tensor, res: int) -> torch.Tensor:
+    """``B x (res*res) x C`` -> ``B x C x res x res`` in channels-last strides (a view if ``x`` is contiguous)."""
+    b, _, c = x.shape
+    return x.reshape(b, res, res, c).permute(0, 3, 1, 2)
+
+
+def _image_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """``B x C x H x W`` -> ``B x (H*W) x C`` (a view if ``x`` is channels-last)."""
+    b, c = x.shape[:2]
+    return x.permute(0, 2, 3, 1).reshape(b, -1, c)
+
+
 class Conv2dBN(nn.Sequential):
     """Conv (no bias) followed by BatchNorm; children named ``c`` and ``bn`` like the checkpoint."""
 
@@ -35,15 +75,31 @@ class Conv2dBN(nn.Sequential):
         super().__init__()
         self.add_module("c", nn.Conv2d(cin, cout, ks, stride, pad, groups=groups, bias=False))
         self.add_module("bn", nn.BatchNorm2d(cout))
+        self.reference = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            return self.bn(self.c(x))
+    def fused_weight_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conv weight and bias equivalent to conv followed by BatchNorm in eval mode."""
         conv, bn = self.c, self.bn
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        weight = conv.weight * scale[:, None, None, None]
-        bias = bn.bias - bn.running_mean * scale
-        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return conv.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
+
+    def forward(self, x: torch.Tensor, gelu: bool = False, add: torch.Tensor | None = None) -> torch.Tensor:
+        """``bn(conv(x))``, then ``+ add`` and GELU if asked (in one oneDNN kernel where possible)."""
+        if self.training or self.reference:
+            y = self.bn(self.c(x))
+        else:
+            weight, bias = self.fused_weight_bias()
+            conv = self.c
+            if _onednn(x):
+                args = (weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups)
+                if add is not None:  # oneDNN fuses the sum only; GELU after it stays separate
+                    y = torch.ops.mkldnn._convolution_pointwise(x, add, *args, "add", 1.0, None, [], None)
+                    return F.gelu(y) if gelu else y
+                return torch.ops.mkldnn._convolution_pointwise(x, *args, "gelu" if gelu else "none", [], "none" if gelu else "")
+            y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        if add is not None:
+            y = y + add
+        return F.gelu(y) if gelu else y
 
 
 class PatchEmbed(nn.Module):
@@ -54,7 +110,7 @@ class PatchEmbed(nn.Module):
         self.seq = nn.Sequential(Conv2dBN(in_chans, dim // 2, 3, 2, 1), nn.GELU(), Conv2dBN(dim // 2, dim, 3, 2, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.seq(x)
+        return self.seq[2](self.seq[0](x, gelu=True))
 
 
 class MBConv(nn.Module):
@@ -69,9 +125,8 @@ class MBConv(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.act(self.conv1(x))
-        y = self.act(self.conv2(y))
-        return self.act(self.conv3(y) + x)
+        y = self.conv2(self.conv1(x, gelu=True), gelu=True)
+        return self.conv3(y, gelu=True, add=x)
 
 
 class PatchMerging(nn.Module):
@@ -87,15 +142,13 @@ class PatchMerging(nn.Module):
         self.conv2 = Conv2dBN(out_dim, out_dim, 3, stride, 1, groups=out_dim)
         self.conv3 = Conv2dBN(out_dim, out_dim, 1)
         self.act = nn.GELU()
+        self.reference = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 3:
-            b, _, c = x.shape
-            x = x.transpose(1, 2).reshape(b, c, self.resolution, self.resolution)
-        x = self.act(self.conv1(x))
-        x = self.act(self.conv2(x))
-        x = self.conv3(x)
-        return x.flatten(2).transpose(1, 2)
+            x = _tokens_to_image(x, self.resolution)
+        x = self.conv3(self.conv2(self.conv1(x, gelu=True), gelu=True))
+        return x.flatten(2).transpose(1, 2) if self.reference else _image_to_tokens(x)
 
 
 class Attention(nn.Module):
@@ -107,6 +160,7 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.key_dim = dim // num_heads
+        self.scale = self.key_dim**-0.5
         self.norm = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -120,15 +174,22 @@ class Attention(nn.Module):
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, len(offsets)))
         n = len(points)
         self.register_buffer("attention_bias_idxs", torch.tensor(idxs).view(n, n), persistent=False)
+        self.reference = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         x = self.norm(x)
+        bias = self.attention_biases[:, self.attention_bias_idxs]  # heads x N x N, from the loaded values
         # The checkpoint's qkv output is laid out per head as [q_h | k_h | v_h].
-        qkv = self.qkv(x).view(b, n, self.num_heads, 3, self.key_dim).permute(3, 0, 2, 1, 4)
-        bias = self.attention_biases[:, self.attention_bias_idxs].to(x.dtype)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        qkv = _linear(self.qkv, x, fuse=not self.reference).view(b, n, self.num_heads, 3 * self.key_dim)
+        if self.reference:
+            q, k, v = (t.permute(0, 2, 1, 3) for t in qkv.split(self.key_dim, dim=3))
+            attn = ((q @ k.transpose(-2, -1)) * self.scale + bias).softmax(dim=-1)
+            out = attn @ v
+        else:
+            q, k, v = qkv.view(b, n, self.num_heads, 3, self.key_dim).permute(3, 0, 2, 1, 4)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(x.dtype)[None])
+        return _linear(self.proj, out.transpose(1, 2).reshape(b, n, c), fuse=not self.reference)
 
 
 class Mlp(nn.Module):
@@ -138,9 +199,11 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
         self.act = nn.GELU()
+        self.reference = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(self.norm(x))))
+        fuse = not self.reference
+        return _linear(self.fc2, _linear(self.fc1, self.norm(x), gelu=True, fuse=fuse), fuse=fuse)
 
 
 class TinyViTBlock(nn.Module):
@@ -153,6 +216,7 @@ class TinyViTBlock(nn.Module):
         self.attn = Attention(dim, num_heads, window)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.local_conv = Conv2dBN(dim, dim, local_conv, 1, local_conv // 2, groups=dim)
+        self.reference = False
 
     def _window_attention(self, x: torch.Tensor) -> torch.Tensor:
         b, _, c = x.shape
@@ -170,15 +234,17 @@ class TinyViTBlock(nn.Module):
         x = self.attn(x)
         x = x.view(b, nw, nw, ws, ws, c).transpose(2, 3).reshape(b, hp, hp, c)
         if pad:
-            x = x[:, :h, :w]
-        return x.reshape(b, h * w, c)
+            x = x[:, :h, :w].contiguous()
+        return x.view(b, h * w, c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         r = self.resolution
         x = x + self._window_attention(x)
-        x = self.local_conv(x.transpose(1, 2).reshape(b, c, r, r))
-        x = x.view(b, c, n).transpose(1, 2)
+        if self.reference:
+            x = self.local_conv(x.transpose(1, 2).reshape(b, c, r, r)).view(b, c, n).transpose(1, 2)
+        else:
+            x = _image_to_tokens(self.local_conv(_tokens_to_image(x, r)))
         return x + self.mlp(x)
 
 
@@ -210,12 +276,20 @@ class BasicLayer(nn.Module):
         return x if self.downsample is None else self.downsample(x)
 
 
+Runner = Callable[[torch.Tensor], "torch.Tensor | None"]
+
+
 class TinyViT(nn.Module):
     """TinyViT encoder with SAM's neck: ``B x 3 x img_size²`` -> ``B x 256 x (img_size/16)²``.
 
     Defaults are MobileSAM's TinyViT-5M. The classifier head of the original TinyViT is not
     built (SAM does not use it); :func:`napari_mobilesam.model.build.build_mobilesam` drops
     exactly those checkpoint keys.
+
+    ``reference=True`` runs the official op sequence (see the module docstring); toggle it on
+    an existing instance with :meth:`set_reference`. An accelerated inference backend may be
+    attached with :meth:`set_runner` (see :mod:`napari_mobilesam.model.accelerate`); it is
+    used only in eval mode without autograd, and never in reference mode.
     """
 
     def __init__(
@@ -230,6 +304,7 @@ class TinyViT(nn.Module):
         mbconv_expand_ratio: float = 4.0,
         local_conv_size: int = 3,
         out_chans: int = 256,
+        reference: bool = False,
     ):
         super().__init__()
         self.img_size = img_size  # read by segment_anything's Sam.preprocess
@@ -261,14 +336,38 @@ class TinyViT(nn.Module):
             nn.Conv2d(out_chans, out_chans, 3, padding=1, bias=False),
             LayerNorm2d(out_chans),
         )
+        self.runner: Runner | None = None
+        self.reference = reference
+        self.set_reference(reference)
+
+    def set_reference(self, on: bool = True) -> TinyViT:
+        """Switch every submodule between the official op sequence (``on``) and the fast path."""
+        for m in self.modules():
+            if hasattr(m, "reference"):
+                m.reference = bool(on)
+        return self
+
+    def set_runner(self, runner: Runner | None) -> None:
+        """Attach (or, with None, detach) an inference backend: ``runner(x)`` returns the
+        embedding, or None to fall back to the eager path. Not part of the state dict."""
+        self.runner = runner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.runner is not None and not (self.training or self.reference or torch.is_grad_enabled()):
+            out = self.runner(x)
+            if out is not None:
+                return out
+        if self.reference:
+            return self.neck(_tokens_to_image(self._features(x), self.out_res))
+        # Channels-last from here on: 1x1 convs become plain GEMMs, layout switches become views.
+        x = self._features(x.contiguous(memory_format=torch.channels_last))
+        return self.neck(_tokens_to_image(x, self.out_res)).contiguous()
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
-        b, _, c = x.shape
-        x = x.transpose(1, 2).reshape(b, c, self.out_res, self.out_res)
-        return self.neck(x)
+        return x
 
 
 def tiny_vit_5m(img_size: int = 1024) -> TinyViT:
