@@ -1,0 +1,238 @@
+"""Decoupled distillation: teacher loading, resumable precompute, training, export, evaluate, CLI.
+
+The teacher is a tiny segment-anything ``ImageEncoderViT`` (1 windowed block, 16 channels) that
+still maps 1024² inputs to SAM's 256 x 64 x 64 embedding, paired with the reference checkpoint's
+prompt encoder and mask decoder. Training tests use a tiny TinyViT except one that trains the real
+TinyViT-5M for one step and exports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamPredictor
+from segment_anything.modeling import ImageEncoderViT
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from napari_mobilesam.distill import (
+    EmbeddingStore,
+    FrameSource,
+    TrainConfig,
+    evaluate,
+    export_checkpoint,
+    iter_precompute,
+    iter_train,
+    load_teacher,
+    preprocess,
+)
+from napari_mobilesam.distill.cli import add_commands
+from napari_mobilesam.distill.evaluate import mask_iou
+from napari_mobilesam.distill.teacher import SAM_VITS, vit_config_from_state
+from napari_mobilesam.engine.image import to_rgb_uint8
+from napari_mobilesam.model.build import CheckpointError, build_mobilesam, load_checkpoint, mobilesam_architecture
+from napari_mobilesam.model.tiny_vit import TinyViT
+
+
+def tiny_student() -> TinyViT:
+    torch.manual_seed(0)
+    return TinyViT(embed_dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), mbconv_expand_ratio=1, mlp_ratio=1)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="mobilesam")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """A folder with one RGB png and a 2-frame uint16 stack: 3 training frames."""
+    from skimage.io import imsave
+    import tifffile
+
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    imsave(folder / "a.png", rng.integers(0, 256, (40, 56, 3), dtype=np.uint8), check_contrast=False)
+    tifffile.imwrite(folder / "stack.tif", rng.integers(0, 4000, (2, 48, 64), dtype=np.uint16))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory, checkpoint):
+    """A tiny SAM teacher saved as a segment-anything style full state dict."""
+    torch.manual_seed(1)
+    enc = ImageEncoderViT(img_size=1024, patch_size=16, embed_dim=16, depth=1, num_heads=1, mlp_ratio=2,
+                          out_chans=256, use_rel_pos=True, window_size=14, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))
+    sam = mobilesam_architecture(encoder=enc)
+    heads = {k: v for k, v in load_checkpoint(checkpoint).items() if not k.startswith("image_encoder.")}
+    sam.load_state_dict({**sam.state_dict(), **heads}, strict=True)
+    path = tmp_path_factory.mktemp("teacher") / "tiny_sam.pt"
+    torch.save(sam.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def precomputed(tmp_path_factory, images, teacher_file):
+    """Precompute into <work>/teacher, cancelled after one frame, then resumed; records both runs."""
+    work = tmp_path_factory.mktemp("work")
+    teacher = load_teacher(teacher_file)
+    first = []
+    for event in iter_precompute(images, teacher, work / "teacher"):
+        first.append(event)
+        if event["computed"] == 1:
+            break  # cancel: as a user would with Ctrl-C / the GUI's cancel
+    missing_after_cancel = EmbeddingStore(work / "teacher").missing()
+    mtime0 = EmbeddingStore(work / "teacher").path(0).stat().st_mtime_ns
+    second = list(iter_precompute(images, teacher, work / "teacher"))
+    return {"work": work, "teacher": teacher, "first": first, "second": second,
+            "missing_after_cancel": missing_after_cancel, "mtime0": mtime0}
+
+
+def test_vit_config_is_read_from_sam_state_dicts():
+    for name, (dim, depth, heads, global_idx) in SAM_VITS.items():
+        with torch.device("meta"):
+            enc = ImageEncoderViT(embed_dim=dim, depth=depth, num_heads=heads, global_attn_indexes=global_idx,
+                                  use_rel_pos=True, window_size=14, out_chans=256)
+        cfg = vit_config_from_state(enc.state_dict())
+        assert (cfg["embed_dim"], cfg["depth"], cfg["num_heads"], cfg["global_attn_indexes"]) == (dim, depth, heads, global_idx)
+        assert (cfg["window_size"], cfg["img_size"], cfg["patch_size"], cfg["mlp_ratio"]) == (14, 1024, 16, 4.0)
+
+
+def test_teacher_errors_name_the_fix(tmp_path):
+    bad = tmp_path / "bad.pt"
+    torch.save({"foo.weight": torch.zeros(2)}, bad)
+    with pytest.raises(CheckpointError, match="neither a segment-anything ViT nor a MobileSAM"):
+        load_teacher(bad)
+    with pytest.raises(FileNotFoundError):
+        load_teacher(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="holds no images"):
+        FrameSource(tmp_path)
+
+
+def test_frames_and_preprocessing_match_the_predictor(images, sam):
+    source = FrameSource(images)
+    assert source.describe() == [[str(images / "a.png"), 0], [str(images / "stack.tif"), 0], [str(images / "stack.tif"), 1]]
+    for i in range(len(source)):
+        frame = source.frame(i)
+        x, input_size = preprocess(frame)
+        resized = ResizeLongestSide(1024).apply_image(to_rgb_uint8(frame))
+        expected = sam.preprocess(torch.as_tensor(resized).permute(2, 0, 1)[None].float())[0]
+        assert x.shape == (3, 1024, 1024) and x.dtype == torch.float32
+        assert input_size == resized.shape[:2]
+        torch.testing.assert_close(x, expected, rtol=0, atol=1e-6)
+    stack = np.stack([source.frame(1), source.frame(2)])  # an in-memory (N, H, W) stack
+    assert len(FrameSource(stack)) == 2
+    torch.testing.assert_close(FrameSource(stack)[1], source[2])
+
+
+def test_precompute_is_resumable_and_stores_teacher_embeddings(precomputed, images):
+    assert precomputed["first"][-1]["done"] == 1
+    assert precomputed["missing_after_cancel"] == [1, 2]
+    computed = [e["computed"] for e in precomputed["second"]]
+    assert computed == [0, 1, 2]  # only the two missing frames were encoded
+    assert precomputed["second"][-1]["done"] == 3
+    store = EmbeddingStore(precomputed["work"] / "teacher")
+    assert store.complete() and store.path(0).stat().st_mtime_ns == precomputed["mtime0"]
+    assert np.load(store.path(2)).dtype == np.float16
+    with torch.inference_mode():
+        expected = precomputed["teacher"].sam.image_encoder(FrameSource(images)[2][None])[0].numpy()
+    np.testing.assert_allclose(store.read(2), expected, rtol=2e-3, atol=2e-3)  # float16 storage
+    with pytest.raises(ValueError, match="different dtype"):
+        list(iter_precompute(images, precomputed["teacher"], store.root, fp16=False))
+
+
+def _train_loss(student: TinyViT, source: FrameSource, store: EmbeddingStore) -> float:
+    """MSE over all frames, BatchNorm on batch statistics as in training; on a copy, since those
+    forwards would update the running statistics."""
+    student = copy.deepcopy(student).train()
+    with torch.no_grad():
+        return float(np.mean([torch.mean((student(source[i][None])[0] - torch.from_numpy(store.read(i))) ** 2)
+                              for i in range(len(source))]))
+
+
+def test_training_lowers_the_loss_and_resumes_exactly(precomputed, images, tmp_path):
+    source, store = FrameSource(images), EmbeddingStore(precomputed["work"] / "teacher")
+    cfg = TrainConfig(steps=5, lr=3e-3, save_every=1, keep=2)
+    student = tiny_student()
+    before = _train_loss(student, source, store)
+    events = list(iter_train(student, source, store.root, tmp_path / "a", cfg))
+    assert [e["step"] for e in events] == [1, 2, 3, 4, 5]
+    after = _train_loss(student, source, store)
+    assert after < 0.8 * before, (before, after)
+    assert sorted(p.name for p in (tmp_path / "a").glob("step_*.pt")) == ["step_0000004.pt", "step_0000005.pt"]
+    assert len((tmp_path / "a" / "log.csv").read_text().splitlines()) == 6
+
+    resumed = tiny_student()
+    for e in iter_train(resumed, source, store.root, tmp_path / "b", cfg):
+        if e["step"] == 3:
+            break  # cancelled after the step-3 checkpoint
+    with pytest.raises(FileExistsError, match="resume"):
+        next(iter_train(tiny_student(), source, store.root, tmp_path / "b", cfg))
+    student_b = tiny_student()
+    rest = list(iter_train(student_b, source, store.root, tmp_path / "b", cfg, resume=True))
+    assert [e["step"] for e in rest] == [4, 5]
+    # Same frames, weights and optimizer moments as the uninterrupted run. (Parameters are not compared
+    # one by one: AdamW turns float noise in gradients of output-invariant directions, such as the key
+    # biases, into lr-sized steps, so those differ while the function does not.)
+    np.testing.assert_allclose([e["loss"] for e in rest], [e["loss"] for e in events[3:]], rtol=1e-4)
+    with torch.no_grad():
+        x = source[0][None]
+        torch.testing.assert_close(student_b.train()(x), student.train()(x), rtol=0, atol=1e-3)
+    with pytest.raises(ValueError, match="TinyViT-5M"):
+        export_checkpoint(student, precomputed["teacher"], tmp_path / "x.pt")
+
+
+def test_distill_cli_trains_tinyvit_5m_and_exports_a_loadable_checkpoint(precomputed, images, teacher_file, checkpoint, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(precomputed["work"] / "teacher", work / "teacher")  # reuse step 1: the CLI only trains
+    args = parse(["distill", str(images), "--teacher", str(teacher_file), "--work", str(work), "--student", str(checkpoint),
+                  "--steps", "1", "--lr", "1e-3", "--device", "cpu"])
+    assert args.func(args) == 0
+    out = work / "mobile_sam_distilled.pt"
+    state = torch.load(out, map_location="cpu", weights_only=True)
+    official = load_checkpoint(checkpoint)
+    assert set(state) == set(official) and all(state[k].shape == official[k].shape for k in state)
+    teacher_state = torch.load(teacher_file, weights_only=True)
+    for k in state:
+        if k.startswith(("prompt_encoder.", "mask_decoder.")):
+            assert torch.equal(state[k], teacher_state[k]), k
+    trained = torch.load(work / "train" / "step_0000001.pt", weights_only=True)["student"]
+    assert all(torch.equal(state["image_encoder." + k], v) for k, v in trained.items())
+    assert not torch.equal(state["image_encoder.patch_embed.seq.0.c.weight"], official["image_encoder.patch_embed.seq.0.c.weight"])
+
+    sam = build_mobilesam(out)  # strict
+    predictor = SamPredictor(sam)
+    image = to_rgb_uint8(FrameSource(images).frame(1))
+    with torch.inference_mode():
+        predictor.set_image(image)
+        masks, scores, _ = predictor.predict(point_coords=np.array([[30.0, 20.0]]), point_labels=np.array([1]))
+    assert masks.shape == (3, 48, 64) and masks.dtype == bool and np.isfinite(scores).all()
+
+
+def test_mask_iou():
+    a = torch.zeros(3, 4, 4, dtype=torch.bool)
+    b = torch.zeros(3, 4, 4, dtype=torch.bool)
+    a[0, :2] = True  # 8 px
+    b[0, 1:3] = True  # 8 px, 4 shared -> 4 / 12
+    a[1, 0, 0] = True  # one empty mask -> 0
+    torch.testing.assert_close(mask_iou(a, b), torch.tensor([1 / 3, 0.0, 1.0]))
+
+
+def test_evaluate_scores_a_model_against_itself_perfectly(sam, checkpoint, images, tmp_path, capsys):
+    result = evaluate(sam, checkpoint, images, points=3, boxes=3, max_frames=1)
+    assert result["frames"] == 1 and result["miou_point"] == 1.0 and result["miou_box"] == 1.0
+    assert result["embedding_mse"] == 0.0
+    args = parse(["evaluate", str(images), "--student", str(checkpoint), "--teacher", str(checkpoint),
+                  "--points", "2", "--boxes", "2", "--max-frames", "1", "--device", "cpu", "--json", str(tmp_path / "r.json")])
+    assert args.func(args) == 0
+    table = capsys.readouterr().out
+    assert "mIoU, 2 point prompts/frame" in table and "embedding MSE" in table
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["miou_point"] == 1.0 and saved["embedding_mse"] == 0.0
