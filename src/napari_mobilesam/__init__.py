@@ -6,6 +6,7 @@ This module imports no napari, Qt or magicgui, so the engine can run on headless
 from importlib.metadata import PackageNotFoundError, version
 
 from .engine.embeddings import Embedding, EmbeddingCache
+from .engine.everything import iter_segment_everything, segment_everything
 from .engine.image import to_rgb_uint8
 from .engine.predictor import ObjectMask, Predictor, Prompt
 from .model import REGISTRY, CheckpointError, TinyViT, WeightsUnavailableError, build_mobilesam, download_weights
@@ -28,5 +29,7 @@ __all__ = [
     "__version__",
     "build_mobilesam",
     "download_weights",
+    "iter_segment_everything",
+    "segment_everything",
     "to_rgb_uint8",
 ]

@@ -1,0 +1,343 @@
+"""Segment everything: every object of a frame, or of every frame of a stack, as instance labels.
+
+Three samplers propose the objects (see docs/everything.md):
+
+- ``"object-aware"`` (MobileSAMv2): a YOLO detector proposes boxes (conf 0.4, NMS IoU 0.9,
+  imgsz 1024, at most 320), decoded in batches, single-mask mode;
+- ``"grid"`` (MobileSAM v1 / SAM): ``SamAutomaticMaskGenerator``'s point grid, the fallback
+  when no detector is available;
+- ``"blobs"``: detector-free, scikit-image LoG/DoG blob detection proposes boxes for roundish
+  objects (nuclei, cells, particles), decoded like the detector's boxes.
+
+Masks become labels by one deterministic rule: filter by predicted IoU, stability and area;
+paint largest first (smaller objects stay on top); drop objects of which less than
+``min_visible`` stays visible (duplicates, boxes around clusters, objects on existing labels);
+number the rest consecutively in proposal order, after every id already used in the stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from segment_anything.modeling import Sam
+
+from .image import to_rgb_uint8
+from .labels import filter_objects, render_labels
+from .predictor import ObjectMask, Predictor, Prompt
+from .samplers import blob_boxes, iter_grid_objects
+
+__all__ = ["SAMPLERS", "EverythingProgress", "iter_segment_everything", "objects_to_labels", "segment_everything"]
+
+SAMPLERS = ("object-aware", "grid", "blobs")
+UNITS = 100  # progress units per frame
+
+_COMMON = dict(min_score=None, min_stability=None, min_area=1, max_area=None, min_visible=0.5, channels=None, contrast_limits=None, key=None, out=None)
+_BOXES = dict(prompt="box")
+_OPTIONS = {
+    "object-aware": dict(conf=0.4, iou=0.9, imgsz=1024, max_det=320, **_BOXES),
+    "grid": dict(points_per_side=32, points_per_batch=None, box_nms_thresh=0.7, crop_n_layers=0, crop_nms_thresh=0.7),
+    "blobs": dict(
+        diameter=None, diameter_range=(0.5, 2.0), method="log", threshold=0.05, polarity="bright",
+        overlap=0.5, num_sigma=6, box_scale=1.2, max_det=1000, **_BOXES,
+    ),
+}
+# grid keeps SAM's own quality filter; boxes from a detector are objects already
+_SCORE_DEFAULTS = {"object-aware": (0.0, 0.0), "grid": (0.88, 0.95), "blobs": (0.0, 0.0)}
+
+
+@dataclass
+class EverythingProgress:
+    """One progress report of :func:`iter_segment_everything`.
+
+    Attributes:
+        frame: ordinal of the frame in the image's leading (stack) dimensions, C order (0 for a 2D frame).
+        index: the frame's index tuple in the leading dimensions (``()`` for a single frame), so
+            that ``out[index]`` is the frame's ``(H, W)`` label image.
+        done, total: progress units for a bar (each frame counts 100); only the ratio matters.
+        message: what is happening, for a status line.
+        labels: set once frame ``index`` is finished: its ``(H, W)`` uint32 new labels (0 where
+            nothing new; background only unless ``overwrite``), ids unique across the stack.
+            Merge with ``write_labels(existing[index], labels, overwrite)``.
+    """
+
+    frame: int
+    index: tuple[int, ...]
+    done: int
+    total: int
+    message: str
+    labels: np.ndarray | None = None
+
+
+def objects_to_labels(
+    objects: Sequence[ObjectMask],
+    shape: tuple[int, int],
+    first_id: int = 1,
+    free: np.ndarray | None = None,
+    min_visible: float = 0.5,
+) -> np.ndarray:
+    """Paint objects largest first and number the visible ones.
+
+    Args:
+        objects: masks of one frame, in proposal order (the order of their ids).
+        first_id: the first id to use; ids are consecutive.
+        free: ``(H, W)`` bool, where labels may be written (None: everywhere).
+        min_visible: drop objects of which less than this fraction of their pixels stays
+            visible (not under a smaller object, inside ``free``).
+
+    Returns:
+        ``(H, W)`` uint32 labels, 0 outside the objects and outside ``free``.
+    """
+    if not objects:
+        return np.zeros(shape, np.uint32)
+    objects = list(objects)
+    for _ in range(2):  # second pass: after dropping, survivors only gain pixels
+        lab = render_labels(objects, shape, order="largest_first")
+        if free is not None:
+            lab[~free] = 0
+        visible = np.bincount(lab.ravel(), minlength=len(objects) + 1)[1:]
+        area = np.array([o.area for o in objects])
+        keep = visible >= np.maximum(min_visible * area, 1)
+        if keep.all():
+            break
+        objects = [o for o, k in zip(objects, keep) if k]
+        if not objects:
+            return np.zeros(shape, np.uint32)
+    else:
+        lab = render_labels(objects, shape, order="largest_first")
+        if free is not None:
+            lab[~free] = 0
+    present = np.flatnonzero(np.bincount(lab.ravel(), minlength=len(objects) + 1)[1:]) + 1
+    lut = np.zeros(len(objects) + 1, np.uint32)
+    lut[present] = np.arange(first_id, first_id + len(present), dtype=np.uint32)
+    return lut[lab]
+
+
+def _check_options(sampler: str, options: dict[str, Any]) -> dict[str, Any]:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(map(repr, SAMPLERS))}; got {sampler!r}.")
+    allowed = {**_COMMON, **_OPTIONS[sampler]}
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(f"Unknown option(s) {unknown} for sampler={sampler!r}; valid: {sorted(allowed)}.")
+    opts = {**allowed, **options}
+    ds, dst = _SCORE_DEFAULTS[sampler]
+    opts["min_score"] = ds if opts["min_score"] is None else float(opts["min_score"])
+    opts["min_stability"] = dst if opts["min_stability"] is None else float(opts["min_stability"])
+    if opts.get("prompt", "box") not in ("box", "box+point"):
+        raise ValueError(f"prompt must be 'box' or 'box+point', got {opts['prompt']!r}.")
+    return opts
+
+
+def _frame_layout(shape: tuple[int, ...], rgb: bool | None) -> tuple[tuple[int, ...], tuple[int, int]]:
+    """(leading stack shape, (H, W)) of an image."""
+    if rgb is None:
+        rgb = len(shape) >= 3 and shape[-1] in (3, 4)
+    spatial = 3 if rgb else 2
+    if len(shape) < spatial:
+        raise ValueError(f"Image of shape {shape} is not a frame: give (H, W), (H, W, C) with rgb=True, or a stack (..., H, W[, C]).")
+    lead = tuple(shape[: len(shape) - spatial])
+    hw = tuple(shape[len(lead) : len(lead) + 2])
+    if min(hw) < 1:
+        raise ValueError(f"Image of shape {shape} has empty frames.")
+    return lead, hw
+
+
+def _frame_list(lead: tuple[int, ...], frames: Iterable[int | Sequence[int]] | None) -> list[tuple[int, ...]]:
+    n = int(np.prod(lead)) if lead else 1
+    if frames is None:
+        return [tuple(int(i) for i in np.unravel_index(k, lead)) for k in range(n)] if lead else [()]
+    out = []
+    for f in frames:
+        idx = (int(f),) if np.isscalar(f) else tuple(int(i) for i in f)
+        if len(idx) == 1 and len(lead) > 1:
+            idx = tuple(int(i) for i in np.unravel_index(idx[0] % n, lead)) if -n <= idx[0] < n else idx
+        if not lead and idx in ((0,), ()):
+            out.append(())
+            continue
+        if len(idx) != len(lead) or any(not -s <= i < s for i, s in zip(idx, lead)):
+            raise ValueError(f"Frame {f} is not in a stack of {lead} frames; give frame numbers 0..{n - 1}.")
+        out.append(tuple(i % s for i, s in zip(idx, lead)))
+    return out
+
+
+def _predictor(model: Predictor | Sam) -> Predictor:
+    if isinstance(model, Predictor):
+        return model
+    if isinstance(model, Sam):
+        return Predictor(model)
+    raise TypeError(f"Expected a napari_mobilesam Predictor or a segment_anything Sam, got {type(model).__name__}.")
+
+
+def _load_detector(sampler: str, detector: Any) -> Any:
+    if sampler != "object-aware":
+        return None
+    if detector is None:
+        raise ValueError(
+            "sampler='object-aware' needs a detector: detector='path/to/ObjectAwareModel.pt' (MobileSAMv2's) or any YOLO "
+            "detect/segment .pt checkpoint. Without one, use sampler='blobs' (roundish objects, no extra weights) or sampler='grid'."
+        )
+    from ..model.detector import load_detector
+
+    return load_detector(detector)
+
+
+def _box_prompts(boxes: np.ndarray, with_point: bool) -> list[Prompt]:
+    if with_point:
+        return [Prompt(points=((b[:2] + b[2:]) / 2)[None], box=b) for b in boxes]
+    return [Prompt(box=b) for b in boxes]
+
+
+def _iter_frame(
+    pred: Predictor, rgb: np.ndarray, key: Hashable | None, sampler: str, det: Any, opts: dict[str, Any]
+) -> Generator[tuple[float, str], None, list[ObjectMask]]:
+    """Objects of one frame; yields (fraction of the frame done, message)."""
+    pred.set_image(rgb, key=key)
+    yield 0.2, "embedded"
+    if sampler == "grid":
+        grid = iter_grid_objects(
+            pred, rgb, key, opts["points_per_side"], opts["points_per_batch"], opts["min_score"], opts["min_stability"],
+            opts["box_nms_thresh"], opts["crop_n_layers"], opts["crop_nms_thresh"],
+        )
+        while True:
+            try:
+                done, total = next(grid)
+            except StopIteration as stop:
+                return stop.value
+            yield 0.2 + 0.75 * done / total, f"point batch {done}/{total}"
+    if sampler == "object-aware":
+        boxes, _ = det.detect(rgb, conf=opts["conf"], iou=opts["iou"], imgsz=opts["imgsz"], max_det=opts["max_det"], device=str(pred.device))
+    else:
+        boxes, _ = blob_boxes(
+            rgb, opts["diameter"], tuple(opts["diameter_range"]), opts["method"], opts["threshold"], opts["polarity"],
+            opts["overlap"], opts["num_sigma"], opts["box_scale"], opts["max_det"],
+        )
+    # degenerate boxes (zero width/height after clipping) cannot hold an object
+    boxes = boxes[(boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)] if len(boxes) else boxes
+    prompts = _box_prompts(boxes, opts["prompt"] == "box+point")
+    yield 0.3, f"{len(prompts)} boxes"
+    objects: list[ObjectMask] = []
+    step = pred._batch_size() if hasattr(pred, "_batch_size") else 8
+    for start in range(0, len(prompts), step):
+        objects += pred.predict_objects(prompts[start : start + step], multimask_output=False)
+        n = min(start + step, len(prompts))
+        yield 0.3 + 0.65 * n / len(prompts), f"decoded {n}/{len(prompts)} boxes"
+    return objects
+
+
+def iter_segment_everything(
+    image: Any,
+    predictor_or_sam: Predictor | Sam,
+    sampler: str = "object-aware",
+    detector: Any = None,
+    rgb: bool | None = None,
+    frames: Iterable[int | Sequence[int]] | None = None,
+    labels: Any = None,
+    overwrite: bool = False,
+    **options: Any,
+) -> Generator[EverythingProgress, None, np.ndarray]:
+    """Label every object of one frame or of the frames of a stack; a generator.
+
+    Args:
+        image: ``(H, W)`` / ``(H, W, C)`` frame or ``(..., H, W[, C])`` stack (numpy, dask, zarr:
+            anything indexable); leading dimensions are frames. Any dtype (see ``to_rgb_uint8``).
+        predictor_or_sam: a :class:`Predictor` (its embedding cache is reused) or a ``Sam``.
+        sampler: "object-aware" (needs ``detector``), "grid" or "blobs".
+        detector: path to a YOLO detect/segment ``.pt`` (e.g. ObjectAwareModel.pt) or a loaded
+            :class:`~napari_mobilesam.model.detector.Detector`; only for "object-aware".
+        rgb: whether the last axis is colour/channels; None guesses (last dim 3 or 4).
+        frames: frame numbers (C-order ordinals or index tuples) to do; default all.
+        labels: existing labels, ``leading + (H, W)`` (or ``(H, W)`` for one frame); read only.
+            Their ids are never reused, and new objects fill only their background unless
+            ``overwrite``.
+        **options: see docs/everything.md. Common: ``min_score``, ``min_stability``,
+            ``min_area``, ``max_area``, ``min_visible``, ``channels``, ``contrast_limits``,
+            ``key`` (embedding-cache key: a callable ``index -> key`` or a prefix giving
+            ``(prefix, *index)``), ``out`` (array to write results into, e.g. zarr or ``labels``).
+
+    Yields:
+        :class:`EverythingProgress`; items with ``.labels`` set carry a finished frame.
+        Bad arguments raise at the call, before the first frame.
+
+    Returns:
+        the label array, ``leading + (H, W)``: ``labels`` (copied, unless passed as ``out``)
+        merged with every finished frame, uint32 when no ``labels`` are given.
+    """
+    opts = _check_options(sampler, options)
+    pred = _predictor(predictor_or_sam)
+    det = _load_detector(sampler, detector)
+    shape = tuple(np.shape(image))
+    lead, hw = _frame_layout(shape, rgb)
+    todo = _frame_list(lead, frames)
+    if labels is not None and tuple(np.shape(labels)) != lead + hw:
+        raise ValueError(f"labels of shape {np.shape(labels)} do not match the image's frames {lead + hw}.")
+    out = opts["out"]
+    if out is None:
+        out = np.array(labels) if labels is not None else np.zeros(lead + hw, np.uint32)
+    elif tuple(np.shape(out)) != lead + hw:
+        raise ValueError(f"out of shape {np.shape(out)} does not match the image's frames {lead + hw}.")
+    next_id = int(np.max(labels)) + 1 if labels is not None and np.size(labels) else 1
+    key = opts["key"]
+    keyfn: Callable[[tuple[int, ...]], Hashable | None] = (
+        key if callable(key) else (lambda idx: None) if key is None else (lambda idx: (key, *idx))
+    )
+    return _run(image, pred, sampler, det, lead, hw, todo, labels, overwrite, opts, out, next_id, keyfn)
+
+
+def _run(
+    image: Any, pred: Predictor, sampler: str, det: Any, lead: tuple[int, ...], hw: tuple[int, int], todo: list[tuple[int, ...]],
+    labels: Any, overwrite: bool, opts: dict[str, Any], out: Any, next_id: int, keyfn: Callable[[tuple[int, ...]], Hashable | None],
+) -> Generator[EverythingProgress, None, Any]:
+    total = UNITS * len(todo)
+    for n, idx in enumerate(todo):
+        frame_no = int(np.ravel_multi_index(idx, lead)) if lead else 0
+        base = n * UNITS
+        yield EverythingProgress(frame_no, idx, base, total, f"frame {frame_no}: embedding")
+        frame = np.asarray(image[idx] if idx else image)
+        rgb8 = to_rgb_uint8(frame, channels=opts["channels"], contrast_limits=opts["contrast_limits"])
+        work = _iter_frame(pred, rgb8, keyfn(idx), sampler, det, opts)
+        while True:
+            try:
+                frac, msg = next(work)
+            except StopIteration as stop:
+                objects = stop.value
+                break
+            yield EverythingProgress(frame_no, idx, base + int(frac * UNITS), total, f"frame {frame_no}: {msg}")
+        kept = filter_objects(objects, opts["min_score"], opts["min_stability"], opts["min_area"], opts["max_area"])
+        existing = None if labels is None else np.asarray(labels[idx] if idx else labels)
+        free = None if existing is None or overwrite else existing == 0
+        new = objects_to_labels(kept, hw, next_id, free, opts["min_visible"])
+        n_new = int(new.max() - next_id + 1) if new.any() else 0
+        next_id += n_new
+        merged = np.array(out[idx] if idx else out)
+        if n_new and np.issubdtype(merged.dtype, np.integer) and next_id - 1 > np.iinfo(merged.dtype).max:
+            raise ValueError(f"Label id {next_id - 1} does not fit the labels' dtype {merged.dtype}; convert the labels to uint32.")
+        take = new > 0
+        merged[take] = new[take]
+        if idx:
+            out[idx] = merged
+        else:
+            out[...] = merged
+        yield EverythingProgress(
+            frame_no, idx, base + UNITS, total,
+            f"frame {frame_no}: {n_new} objects from {len(objects)} masks ({len(kept)} passed the filters)", new,
+        )
+    return out
+
+
+def segment_everything(
+    image: Any,
+    predictor_or_sam: Predictor | Sam,
+    sampler: str = "object-aware",
+    detector: Any = None,
+    **options: Any,
+) -> np.ndarray:
+    """Blocking :func:`iter_segment_everything`: returns the label array (``leading + (H, W)``)."""
+    gen = iter_segment_everything(image, predictor_or_sam, sampler, detector, **options)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
