@@ -165,26 +165,41 @@ class FrameDecoder:
         mask_tokens = hs[:, 1 : 1 + md.num_mask_tokens][:, masks_sel]
         mlps = list(md.output_hypernetworks_mlps)[masks_sel]
         hyper = torch.stack([mlp(mask_tokens[:, j]) for j, mlp in enumerate(mlps)], 1)  # B x M x 32
-        up = self._upscale(keys)  # B x 32 x 256 x 256
-        bsz, c, hh, ww = up.shape
-        masks = (hyper @ up.view(bsz, c, hh * ww)).view(bsz, -1, hh, ww)
-        return masks, iou
+        return self._upscale_masks(keys, hyper), iou
 
-    def _upscale(self, keys: torch.Tensor) -> torch.Tensor:
-        """``output_upscaling`` (ConvT 2x2/2, LayerNorm2d, GELU, ConvT 2x2/2, GELU) as matmuls."""
+    def _upscale_masks(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+        """``output_upscaling`` (ConvT 2x2/2, LayerNorm2d, GELU, ConvT 2x2/2, GELU), then the
+        hypernetwork dot product, as matmuls on channels-last tokens.
+
+        The second transposed conv, its GELU and the dot product are fused per block of rows so
+        that the 32-channel 256² map never exists for the whole batch (it is 8 MB per prompt).
+        keys: B x N x C; hyper: B x M x 32. Returns B x M x 256 x 256 logits.
+        """
         ct1, ln, act1, ct2, act2 = self.md.output_upscaling
-        b = keys.shape[0]
+        b, m = hyper.shape[:2]
         h, w = self.size
-        x = _convt2x2(keys, ct1, b, h, w)  # B x 2h x 2w x C1 (channels last)
+        x = _convt2x2(keys, ct1, b, h, w)  # B x 2h x 2w x C1
         x = act1(F.layer_norm(x, x.shape[-1:], ln.weight, ln.bias, ln.eps))
-        x = act2(_convt2x2(x.reshape(b, -1, x.shape[-1]), ct2, b, 2 * h, 2 * w))
-        return x.permute(0, 3, 1, 2)
+        c1 = x.shape[-1]
+        cin, cout = ct2.weight.shape[:2]
+        w2 = ct2.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)
+        b2 = ct2.bias.repeat(4)
+        rows = x.reshape(b, -1, c1)  # B x (2h*2w) x C1
+        out = torch.empty(b, rows.shape[1], 4, m, dtype=x.dtype, device=x.device)
+        block = 2048
+        for i in range(b):
+            hyp = hyper[i].T  # 32 x M
+            for s in range(0, rows.shape[1], block):
+                y = act2(torch.addmm(b2, rows[i, s : s + block], w2))  # rows x (ky, kx, 32)
+                torch.matmul(y.view(-1, 4, cout), hyp, out=out[i, s : s + block])
+        # (B, 2h, 2w, ky, kx, M) -> (B, M, 4h, 4w)
+        out = out.view(b, 2 * h, 2 * w, 2, 2, m).permute(0, 5, 1, 3, 2, 4)
+        return out.reshape(b, m, 4 * h, 4 * w)
 
 
 def _convt2x2(x: torch.Tensor, conv: torch.nn.ConvTranspose2d, b: int, h: int, w: int) -> torch.Tensor:
     """Stride-2, 2x2 transposed conv on channels-last tokens ``B x (h*w) x Cin`` -> ``B x 2h x 2w x Cout``."""
     cin, cout = conv.weight.shape[:2]
     weight = conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)  # (ky, kx, cout) per input channel
-    y = x.reshape(-1, cin) @ weight
-    y = y.view(b, h, w, 2, 2, cout) + conv.bias
-    return y.permute(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, cout)
+    y = torch.addmm(conv.bias.repeat(4), x.reshape(-1, cin), weight)
+    return y.view(b, h, w, 2, 2, cout).permute(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, cout)
