@@ -1,0 +1,433 @@
+"""``mobilesam``: MobileSAM without a GUI - embeddings, prompted segmentation, segment-everything, weights.
+
+Every command reads frames lazily, writes each finished frame at once and resumes where it stopped.
+``--workers N`` / ``--scheduler ADDRESS`` run the frames as dask.distributed tasks. Errors about the
+user's input print one line and exit with status 2 (``MOBILESAM_DEBUG=1`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+EXAMPLES = """\
+examples:
+  mobilesam embed movie.tif -o movie.emb.zarr            # encode every frame once
+  mobilesam segment movie.tif --points clicks.csv --boxes boxes.csv -o labels.tif
+  mobilesam everything nuclei.tif -o nuclei_labels.tif --sampler blobs --diameter 20
+  mobilesam everything plate/ -o plate_labels/ --detector ObjectAwareModel.pt --workers 4
+  mobilesam weights fetch mobile_sam                     # pre-download (e.g. on a cluster login node)
+
+Run 'mobilesam COMMAND --help' for a command's options. Interrupted runs resume when re-run."""
+
+SAMPLER_OPTIONS = {  # CLI option -> (engine option, samplers it applies to)
+    "points_per_side": ("points_per_side", ("grid",)),
+    "diameter": ("diameter", ("blobs",)),
+    "polarity": ("polarity", ("blobs",)),
+    "threshold": ("threshold", ("blobs",)),
+    "conf": ("conf", ("object-aware",)),
+    "max_det": ("max_det", ("object-aware", "blobs")),
+    "min_score": ("min_score", ("object-aware", "grid", "blobs")),
+    "min_stability": ("min_stability", ("object-aware", "grid", "blobs")),
+    "min_area": ("min_area", ("object-aware", "grid", "blobs")),
+    "max_area": ("max_area", ("object-aware", "grid", "blobs")),
+}
+
+
+# ------------------------------------------------------------------------------------------- parser
+def _common(model: bool = True, cluster: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    if model:
+        g = p.add_argument_group("model")
+        g.add_argument("--weights", default="mobile_sam", metavar="NAME|PATH", help="registry name (see 'mobilesam weights') or checkpoint file (default: mobile_sam)")
+        g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
+    if cluster:
+        g = p.add_argument_group("scale-out (dask.distributed; inputs and weights must be readable by every worker)")
+        g.add_argument("--workers", type=int, metavar="N", help="start a local cluster of N worker processes")
+        g.add_argument("--scheduler", metavar="ADDRESS", help="use a running cluster, e.g. tcp://10.0.0.5:8786")
+    g = p.add_argument_group("general")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+class _TopParser(argparse.ArgumentParser):
+    """Top-level help: commands grouped by purpose, common options, examples (like git/docker)."""
+
+    GROUPS = (("segmentation", ("segment", "everything", "embed")), ("models and training", ("weights", "distill", "evaluate")))
+
+    def format_help(self) -> str:
+        sub = next(a for a in self._actions if isinstance(a, argparse._SubParsersAction))
+        helps = {a.dest: a.help for a in sub._choices_actions}
+        lines = [f"usage: {self.usage}", "", self.description or "", ""]
+        for title, names in self.GROUPS:
+            lines.append(f"{title}:")
+            lines += [f"  {n:<12}{helps[n]}" for n in names if n in helps]
+            lines.append("")
+        lines += ["common options:",
+                  "  --weights NAME|PATH   model weights (default mobile_sam)   --device cpu|cuda|mps|auto",
+                  "  --workers N | --scheduler ADDRESS   run frames on a dask cluster   -q, --quiet   --version", "",
+                  self.epilog or "", ""]
+        return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mobilesam`` argument parser (sub-commands embed, segment, everything, weights, + distill/evaluate)."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = _TopParser(
+        prog="mobilesam", usage="mobilesam COMMAND [options]", formatter_class=fmt, epilog=EXAMPLES,
+        description="Segment microscopy images with MobileSAM / MobileSAMv2, headless and at scale.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command", parser_class=argparse.ArgumentParser)
+    io_parent, all_parent = _common(model=False, cluster=False), _common()
+
+    e = sub.add_parser("embed", usage="mobilesam embed IMAGE -o EMB.zarr [options]", parents=[all_parent], formatter_class=fmt, help="precompute image embeddings into a zarr store",
+                       description="Encode every frame once and store the embeddings (segment, everything and the napari "
+                       "widget reuse a matching store and skip the encoder).",
+                       epilog="example:\n  mobilesam embed movie.tif -o movie.emb.zarr --workers 4")
+    e.add_argument("image", metavar="IMAGE", help="TIFF/OME-TIFF, zarr/OME-Zarr, PNG or JPEG; leading axes are frames")
+    e.add_argument("-o", "--output", required=True, metavar="EMB.zarr", help="embedding store to create or complete")
+    e.add_argument("--half", action="store_true", help="store float16 (half the disk, ~1e-3 relative error)")
+    e.add_argument("--overwrite", action="store_true", help="discard an existing store instead of completing it")
+    e.set_defaults(func=cmd_embed)
+
+    s = sub.add_parser("segment", usage="mobilesam segment IMAGE --points CSV [--boxes CSV] -o LABELS [options]", parents=[all_parent], formatter_class=fmt, help="segment objects from napari point/box prompts",
+                       description="Prompts are napari CSV files (File > Save Selected Layers... on a Points or Shapes layer): "
+                       "every box and every positive point is one object; points sharing an 'object' column value form one "
+                       "object (that value is its label id); a 'label' column marks negative points (0), which refine the "
+                       "nearest object of their frame.",
+                       epilog="example:\n  mobilesam segment movie.tif --points clicks.csv -o labels.tif --embeddings movie.emb.zarr")
+    s.add_argument("image", metavar="IMAGE", help="image file the prompts were drawn on")
+    s.add_argument("--points", metavar="POINTS.csv", help="napari Points layer CSV")
+    s.add_argument("--boxes", metavar="SHAPES.csv", help="napari Shapes layer CSV (rectangles)")
+    s.add_argument("-o", "--output", required=True, metavar="LABELS.tif|.zarr", help="label image to write")
+    s.add_argument("--embeddings", metavar="EMB.zarr", help="reuse embeddings from 'mobilesam embed'")
+    s.add_argument("--multimask", action="store_true", help="pick the best of SAM's 3 masks (helps single ambiguous clicks)")
+    s.add_argument("--overwrite", action="store_true", help="redo every frame instead of resuming")
+    s.set_defaults(func=cmd_segment)
+
+    v = sub.add_parser("everything", usage="mobilesam everything IMAGE_OR_DIR -o OUT [--sampler S] [options]", parents=[all_parent], formatter_class=fmt, help="segment every object (MobileSAMv2 / grid / blobs)",
+                       description="Label every object of each frame; ids are unique across a stack. Samplers: object-aware "
+                       "(MobileSAMv2: a YOLO detector proposes boxes; needs --detector), grid (SAM's point grid; default without "
+                       "a detector), blobs (boxes from blob detection; roundish objects such as nuclei, no extra weights).",
+                       epilog="examples:\n  mobilesam everything cells.tif -o cells_labels.tif --detector ObjectAwareModel.pt\n"
+                       "  mobilesam everything wells/ -o labels/ --sampler blobs --diameter 25 --format zarr --workers 8")
+    v.add_argument("image", metavar="IMAGE_OR_DIR", help="image file, stack, or a folder of images")
+    v.add_argument("-o", "--output", required=True, metavar="OUT", help="label file (.tif/.zarr), or a folder for folder input")
+    v.add_argument("--sampler", choices=("object-aware", "grid", "blobs"), help="object-aware with --detector, else grid")
+    v.add_argument("--detector", metavar="PATH", help="YOLO detect/segment .pt, e.g. MobileSAMv2's ObjectAwareModel.pt")
+    v.add_argument("--format", choices=("tif", "zarr"), default="tif", help="output format for folder input (default tif)")
+    v.add_argument("--embeddings", metavar="EMB.zarr", help="reuse embeddings from 'mobilesam embed' (single image only)")
+    v.add_argument("--overwrite", action="store_true", help="redo every frame instead of resuming")
+    g = v.add_argument_group("sampler options")
+    g.add_argument("--points-per-side", type=int, metavar="N", help="grid: points per side (default 32)")
+    g.add_argument("--diameter", type=float, metavar="PX", help="blobs: typical object diameter in pixels")
+    g.add_argument("--polarity", choices=("bright", "dark"), help="blobs: objects brighter (default) or darker than background")
+    g.add_argument("--threshold", type=float, metavar="T", help="blobs: detection threshold (default 0.05; lower finds fainter objects)")
+    g.add_argument("--conf", type=float, metavar="C", help="object-aware: detector confidence (default 0.4)")
+    g.add_argument("--max-det", type=int, metavar="N", help="object-aware/blobs: at most N boxes per frame")
+    g.add_argument("--min-score", type=float, metavar="S", help="drop masks with predicted IoU below this")
+    g.add_argument("--min-stability", type=float, metavar="S", help="drop masks with stability score below this")
+    g.add_argument("--min-area", type=int, metavar="PX", help="drop objects smaller than this")
+    g.add_argument("--max-area", type=int, metavar="PX", help="drop objects larger than this")
+    v.set_defaults(func=cmd_everything)
+
+    w = sub.add_parser("weights", usage="mobilesam weights [list | fetch NAME...]", parents=[io_parent], formatter_class=fmt, help="list or pre-download model weights",
+                       description="Without arguments: list the registry, the cache folder and what is cached.",
+                       epilog="examples:\n  mobilesam weights\n  mobilesam weights fetch mobile_sam vit_t_lm")
+    w.add_argument("action", nargs="?", choices=("list", "fetch"), default="list")
+    w.add_argument("names", nargs="*", metavar="NAME", help="registry names to fetch (default: mobile_sam)")
+    w.set_defaults(func=cmd_weights)
+
+    try:  # distill/evaluate live in their own module; the other commands work without it
+        from .distill.cli import add_commands
+    except Exception:  # noqa: BLE001 - optional part, e.g. missing extra dependencies
+        pass
+    else:
+        add_commands(sub)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("napari-mobilesam")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _bar(args: argparse.Namespace, total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
+
+
+def _say(args: argparse.Namespace, msg: str) -> None:
+    if not args.quiet:
+        print(msg, file=sys.stderr)
+
+
+def _spec(args: argparse.Namespace, detector: str | None = None):
+    from .engine.distributed import ModelSpec
+    from .engine.io import InputError
+    from .model.build import resolve_device
+    from .model.weights import resolve_weights
+
+    weights = args.weights
+    if not args.scheduler:  # a remote cluster resolves names itself; locally fail before any work starts
+        weights = str(resolve_weights(weights))
+        try:
+            resolve_device(args.device)
+        except RuntimeError as err:
+            raise InputError(f"--device {args.device}: {err}") from None
+    if detector and not args.scheduler and not Path(detector).is_file():
+        raise InputError(f"--detector {detector} does not exist; give a YOLO .pt file, or use --sampler blobs or grid.")
+    return ModelSpec(weights=weights, device=args.device, detector=str(Path(detector).resolve()) if detector else None)
+
+
+@contextmanager
+def _runner(args: argparse.Namespace, spec) -> Iterator[Callable]:
+    """``run(job, tasks)`` -> iterator of ``(task, result)`` in order: inline, or on a dask cluster."""
+    if not (args.scheduler or args.workers):
+        from .engine.distributed import ModelHolder, run_local
+
+        holder = ModelHolder(spec)
+        yield lambda job, tasks: run_local(holder, job, tasks)
+        return
+    from .engine.distributed import run_distributed, start_client
+
+    if args.workers is not None and args.scheduler:
+        from .engine.io import InputError
+
+        raise InputError("Give either --workers N (a local cluster) or --scheduler ADDRESS, not both.")
+    if args.workers is not None and args.workers < 1:
+        from .engine.io import InputError
+
+        raise InputError(f"--workers {args.workers}: give at least 1.")
+    client = start_client(args.scheduler, args.workers)
+    _say(args, f"dask cluster: {len(client.nthreads())} workers, dashboard {client.dashboard_link}")
+    try:
+        yield lambda job, tasks: run_distributed(client, spec, job, tasks)
+    finally:
+        cluster = None if args.scheduler else client.cluster
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _checked_store(args: argparse.Namespace, run: Callable, source, path: str | None) -> str | None:
+    """Validate ``--embeddings`` against the model (where it runs) and the image; returns its absolute path."""
+    if not path:
+        return None
+    from .engine.jobs import ModelHashJob
+    from .engine.store import EmbeddingStore, image_fingerprint
+
+    ((_, model_hash),) = list(run(ModelHashJob(), [(source, 0, None)]))
+    store = EmbeddingStore.open(path, model_hash, image_fingerprint(source), mode="r")
+    _say(args, f"reusing {store.done_count}/{store.n_frames} embeddings from {path}")
+    return str(Path(path).resolve())
+
+
+def _file_hash(path: str | None) -> str | None:
+    return hashlib.blake2b(Path(path).read_bytes(), digest_size=12).hexdigest() if path else None
+
+
+# ------------------------------------------------------------------------------------------- commands
+def cmd_embed(args: argparse.Namespace) -> int:
+    import torch
+
+    from .engine.embeddings import Embedding
+    from .engine.io import open_image
+    from .engine.jobs import EmbedJob, ModelHashJob
+    from .engine.store import EmbeddingStore, image_fingerprint
+
+    source = open_image(args.image)
+    spec = _spec(args)
+    out = Path(args.output)
+    if args.overwrite and out.exists():
+        shutil.rmtree(out)
+    with _runner(args, spec) as run:
+        ((_, model_hash),) = list(run(ModelHashJob(), [(source, 0, None)]))
+        store = EmbeddingStore.open(out, model_hash, image_fingerprint(source), n_frames=source.n_frames,
+                                    original_size=source.hw, dtype="float16" if args.half else "float32")
+        todo = store.todo()
+        if len(todo) < store.n_frames:
+            _say(args, f"{out}: {store.n_frames - len(todo)} of {store.n_frames} frames already stored; resuming")
+        hw, input_size = tuple(store.meta["original_size"]), tuple(store.meta["input_size"])
+        with _bar(args, len(todo), "embed") as bar:
+            for (_, t, _), feats in run(EmbedJob(), [(source, t, None) for t in todo]):
+                store.save(t, Embedding(torch.from_numpy(feats)[None], hw, input_size))
+                bar.update()
+    _say(args, f"wrote {out}")
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .engine.io import InputError, LabelWriter, open_image, read_prompts
+    from .engine.jobs import SegmentJob
+    from .engine.store import image_fingerprint
+
+    if not (args.points or args.boxes):
+        raise InputError("Give prompts: --points POINTS.csv and/or --boxes SHAPES.csv (napari layers saved as CSV).")
+    source = open_image(args.image)
+    prompts = read_prompts(source, args.points, args.boxes)
+    if not prompts:
+        raise InputError(f"{args.points or args.boxes} holds no prompts.")
+    spec = _spec(args)
+    signature = {"command": "segment", "image": image_fingerprint(source), "points": _file_hash(args.points),
+                 "boxes": _file_hash(args.boxes), "weights": args.weights, "multimask": args.multimask}
+    writer = LabelWriter(args.output, source.leading_shape, source.hw, signature, overwrite=args.overwrite)
+    for t in writer.todo():
+        if t not in prompts:
+            writer.write(t, np.zeros(source.hw, np.uint32))
+    todo = writer.todo()
+    with _runner(args, spec) as run:
+        job = SegmentJob(store=_checked_store(args, run, source, args.embeddings), multimask=args.multimask)
+        with _bar(args, len(todo), "segment") as bar:
+            for (_, t, _), labels in run(job, [(source, t, prompts[t]) for t in todo]):
+                writer.write(t, labels)
+                bar.update()
+    _say(args, f"wrote {writer.finish()}")
+    return 0
+
+
+def _outputs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
+    from .engine.io import InputError, _is_zarr, list_images
+
+    src, out = Path(args.image), Path(args.output)
+    if src.is_dir() and not _is_zarr(src):
+        if out.suffix.lower() in (".tif", ".tiff") or (out.exists() and not out.is_dir()):
+            raise InputError(f"{src} is a folder, so -o must be a folder for the label files, not {out}.")
+        return [(f, out / f"{f.name.split('.')[0]}_labels.{args.format}") for f in list_images(src)]
+    if out.suffix.lower() not in (".tif", ".tiff", ".zarr"):
+        return [(src, out / f"{src.name.split('.')[0]}_labels.{args.format}")]
+    return [(src, out)]
+
+
+def cmd_everything(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .engine.io import InputError, LabelWriter, open_image
+    from .engine.jobs import EverythingJob
+    from .engine.store import image_fingerprint
+
+    sampler = args.sampler or ("object-aware" if args.detector else "grid")
+    if sampler == "object-aware" and not args.detector:
+        raise InputError("--sampler object-aware needs --detector PATH (e.g. ObjectAwareModel.pt); or use --sampler blobs or grid.")
+    if args.detector and sampler != "object-aware":
+        raise InputError(f"--detector is only used by --sampler object-aware, not {sampler}.")
+    options = {}
+    for opt, (name, samplers) in SAMPLER_OPTIONS.items():
+        value = getattr(args, opt)
+        if value is not None:
+            if sampler not in samplers:
+                raise InputError(f"--{opt.replace('_', '-')} applies to --sampler {' or '.join(samplers)}, not {sampler}.")
+            options[name] = value
+    pairs = _outputs(args)
+    if args.embeddings and len(pairs) > 1:
+        raise InputError("--embeddings works with a single image, not a folder.")
+    spec = _spec(args, args.detector)
+    sources, writers = [], {}
+    for path, out in pairs:
+        source = open_image(path)
+        signature = {"command": "everything", "image": image_fingerprint(source), "sampler": sampler, "options": options,
+                     "weights": args.weights, "detector": _file_hash(args.detector)}
+        writers[source.path] = LabelWriter(out, source.leading_shape, source.hw, signature, overwrite=args.overwrite)
+        sources.append(source)
+    tasks = [(s, t, None) for s in sources for t in writers[s.path].todo()]
+    done_before = sum(w.done_count for w in writers.values() if not w.complete) + sum(w.n_frames for w in writers.values() if w.complete)
+    if done_before:
+        _say(args, f"resuming: {done_before} frames already finished")
+    with _runner(args, spec) as run:
+        job = EverythingJob(sampler, options, _checked_store(args, run, sources[0], args.embeddings))
+        with _bar(args, len(tasks), "everything") as bar:
+            for (source, t, _), labels in run(job, tasks):
+                writer = writers[source.path]
+                offset = writer.offset(t)
+                writer.write(t, np.where(labels > 0, labels + np.uint32(offset), 0).astype(np.uint32))
+                if writer.done_count == writer.n_frames:
+                    writer.finish()
+                bar.update()
+    for w in writers.values():
+        w.finish()
+    _say(args, f"wrote {pairs[0][1] if len(pairs) == 1 else f'{len(pairs)} label files to {args.output}'}")
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from .model.weights import REGISTRY, cache_dir, env_var_for, iter_fetch
+
+    if args.action == "list":
+        if args.names:
+            raise ValueError("'mobilesam weights' lists the registry; use 'mobilesam weights fetch NAME' to download.")
+        print(f"cache: {cache_dir()}  (set NAPARI_MOBILESAM_CACHE to move it)")
+        for name, spec in REGISTRY.items():
+            cached = "cached" if (cache_dir() / spec.filename).is_file() else "not cached"
+            print(f"  {name:<12} {cached:<11} {spec.description}")
+            print(f"  {'':<12} {'':<11} offline: --weights PATH or {env_var_for(name)}=PATH")
+        return 0
+    names = args.names or ["mobile_sam"]
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise ValueError(f"Unknown weights name(s) {', '.join(unknown)}; known: {', '.join(REGISTRY)}.")
+    for name in names:
+        gen = iter_fetch(name)
+        with _bar(args, 0, name) as bar:
+            bar.unit, bar.unit_scale = "B", True
+            while True:
+                try:
+                    done, total = next(gen)
+                except StopIteration as stop:
+                    path = stop.value
+                    break
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+        print(f"{name}: {path}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- entry
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mobilesam`` console script; returns the exit status."""
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    from .engine.io import InputError
+    from .model.weights import WeightsUnavailableError
+
+    expected: tuple[type[BaseException], ...] = (InputError, WeightsUnavailableError, OSError, ValueError, KeyError)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("\nmobilesam: interrupted. Finished frames are saved; run the same command again to resume.", file=sys.stderr)
+        return 130
+    except expected as err:
+        if os.environ.get("MOBILESAM_DEBUG"):
+            raise
+        msg = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        print(f"mobilesam {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

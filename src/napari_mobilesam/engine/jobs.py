@@ -1,0 +1,105 @@
+"""Per-frame jobs of the ``mobilesam`` commands, run inline or on dask workers (see ``distributed.py``).
+
+A job is a small picklable object called as ``job(models, source, t, extra)``: it reads frame ``t``
+of ``source`` itself, uses the process's models and returns a numpy array. The same job objects run
+in one process and on a cluster, which is why both give identical results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .distributed import ModelHolder
+from .io import ImageSource
+
+__all__ = ["EmbedJob", "EverythingJob", "ModelHashJob", "SegmentJob", "use_stored_embedding"]
+
+
+def _trusted_store(path: str):
+    """An embedding store already validated by the caller (workers skip re-reading fingerprints)."""
+    import zarr
+
+    from .store import EmbeddingStore
+
+    return EmbeddingStore(Path(path), zarr.open_group(path, mode="r"))
+
+
+def use_stored_embedding(models: ModelHolder, store_path: str | None, source: ImageSource, t: int) -> Any:
+    """Put frame ``t``'s stored embedding in the predictor's cache; returns the cache key (None if absent)."""
+    if not store_path:
+        return None
+    store = _trusted_store(store_path)
+    if not store.has(t):
+        return None
+    key = ("embedding-store", store_path, t)
+    models.predictor.cache.put(key, store.load(t))
+    return key
+
+
+@dataclass(frozen=True)
+class ModelHashJob:
+    """Returns the process's model fingerprint (to validate an embedding store where the model lives)."""
+
+    def __call__(self, models: ModelHolder, source: ImageSource, t: int, extra: Any) -> str:
+        return models.model_hash
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    """Frame ``t`` -> its image embedding, ``(256, 64, 64)`` float32."""
+
+    def __call__(self, models: ModelHolder, source: ImageSource, t: int, extra: Any) -> np.ndarray:
+        pred = models.predictor
+        pred.set_image(source.read(t), key=("embed", source.path, t))
+        return pred.get_embedding().features.detach().to("cpu").float().numpy().reshape(256, 64, 64)
+
+
+@dataclass(frozen=True)
+class SegmentJob:
+    """Frame ``t`` + its prompts (``extra``: ``[(label id, Prompt), ...]``) -> ``(H, W)`` uint32 labels.
+
+    Objects are painted largest first (smaller ones stay on top), each with its own label id.
+    """
+
+    store: str | None = None
+    multimask: bool = False
+
+    def __call__(self, models: ModelHolder, source: ImageSource, t: int, extra: Any) -> np.ndarray:
+        from .labels import render_labels
+
+        pred = models.predictor
+        key = use_stored_embedding(models, self.store, source, t)
+        if key is not None:
+            pred.set_embedding(pred.cache.get(key), key)
+        else:
+            pred.set_image(source.read(t), key=("segment", source.path, t))
+        ids = [i for i, _ in extra]
+        objs = pred.predict_objects([p for _, p in extra], multimask_output=self.multimask)
+        return render_labels(objs, source.hw, ids=ids)
+
+
+@dataclass(frozen=True)
+class EverythingJob:
+    """Frame ``t`` -> ``(H, W)`` uint32 labels numbered 1..n (the caller offsets ids across frames)."""
+
+    sampler: str = "grid"
+    options: dict = field(default_factory=dict)
+    store: str | None = None
+
+    def __call__(self, models: ModelHolder, source: ImageSource, t: int, extra: Any) -> np.ndarray:
+        from .everything import iter_segment_everything
+
+        key = use_stored_embedding(models, self.store, source, t)
+        gen = iter_segment_everything(
+            source.read(t), models.predictor, sampler=self.sampler, detector=models.detector,
+            rgb=source.frame_ndim == 3, key=(lambda idx: key) if key is not None else None, **self.options,
+        )
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                return np.asarray(stop.value, np.uint32)
