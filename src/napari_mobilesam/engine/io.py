@@ -252,6 +252,9 @@ class LabelWriter:
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         self.complete = not self.is_zarr and self.path.exists()
         if self.complete:
+            if self._tiff_signature() != self.signature:
+                raise InputError(f"{self.path} exists and holds results of a different run (other input or settings); "
+                                 "pass --overwrite to replace it, or choose another output.")
             self._max = np.zeros(self.n_frames, np.int64)
             return
         if self.store_path.exists():
@@ -294,6 +297,16 @@ class LabelWriter:
         self._labels[tuple(int(i) for i in idx)] = np.asarray(labels, np.uint32)
         self._marks[t] = self._max[t] = int(labels.max(initial=0))
 
+    def _tiff_signature(self) -> dict | None:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(self.path) as tf:
+                meta = (tf.shaped_metadata or [{}])[0]
+            return json.loads(meta["mobilesam"])
+        except Exception:  # not ours, or not a TIFF: never resumed over
+            return None
+
     def finish(self) -> Path:
         """Assemble the TIFF (frame by frame) once every frame is done; returns the output path."""
         if self.is_zarr or self.complete:
@@ -306,7 +319,8 @@ class LabelWriter:
         frames: Iterable[np.ndarray] = (np.asarray(self._labels[np.unravel_index(t, self.shape[:-2])]) for t in range(self.n_frames)) \
             if len(self.shape) > 2 else [np.asarray(self._labels[...])]
         with tifffile.TiffWriter(tmp, bigtiff=4 * int(np.prod(self.shape)) > 2**31) as tw:
-            tw.write(frames, shape=self.shape, dtype=np.uint32, compression="zlib", photometric="minisblack")
+            tw.write(frames, shape=self.shape, dtype=np.uint32, compression="zlib", photometric="minisblack",
+                     metadata={"mobilesam": json.dumps(self.signature, sort_keys=True)})
         os.replace(tmp, self.path)
         shutil.rmtree(self.store_path)
         self.complete = True

@@ -44,7 +44,7 @@ def model_fingerprint(sam: torch.nn.Module) -> str:
     for name in sorted(state):
         t = state[name].detach().to("cpu").contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     for buf in (sam.pixel_mean, sam.pixel_std):
         h.update(buf.detach().to("cpu", torch.float64).numpy().tobytes())
     return h.hexdigest()
