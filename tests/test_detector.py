@@ -1,0 +1,95 @@
+"""The object-aware sampler: a random-weight YOLOv8 checkpoint as detector, boxes into the batched decoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_mobilesam import Prompt, iter_segment_everything, segment_everything, to_rgb_uint8
+from napari_mobilesam.engine.everything import objects_to_labels
+from napari_mobilesam.engine.labels import filter_objects
+from napari_mobilesam.model.detector import Detector, DetectorError, load_detector
+
+
+@pytest.fixture(scope="session")
+def yolo_file(tmp_path_factory):
+    """YOLOv8n with random weights, saved as ultralytics saves checkpoints (conftest keeps it offline).
+
+    The class-logit biases are zeroed (random values around 0, like every other weight): the stock
+    initialisation puts every score near 1e-4, so nothing would pass conf=0.4.
+    """
+    from ultralytics import YOLO
+
+    model = YOLO("yolov8n.yaml")
+    for branch in model.model.model[-1].cv3:
+        branch[-1].bias.data.zero_()
+    path = tmp_path_factory.mktemp("yolo") / "random_yolov8n.pt"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def detector(yolo_file) -> Detector:
+    return load_detector(yolo_file)
+
+
+@pytest.fixture(scope="session")
+def frame() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    return rng.integers(0, 4096, (120, 168), dtype=np.uint16)
+
+
+def test_detector_boxes_in_napari_order(detector, frame):
+    rgb = to_rgb_uint8(frame)
+    boxes, scores = detector.detect(rgb, max_det=16)
+    assert detector.task == "detect" and load_detector(detector) is detector
+    assert boxes.shape == (16, 4) and scores.shape == (16,)  # zeroed biases: every anchor scores ~0.5
+    assert np.all(scores >= 0.4) and np.all(np.diff(scores) <= 0)
+    assert np.all(boxes[:, 2] >= boxes[:, 0]) and np.all(boxes[:, 3] >= boxes[:, 1])
+    assert boxes[:, [0, 2]].max() <= 120 and boxes[:, [1, 3]].max() <= 168 and boxes.min() >= 0
+    # rows and columns are not swapped: boxes stay inside a wide image's row range after transposing it
+    tb, _ = detector.detect(np.ascontiguousarray(rgb.transpose(1, 0, 2)), max_det=16)
+    assert tb[:, [0, 2]].max() <= 168 and tb[:, [1, 3]].max() <= 120
+    assert len(detector.detect(rgb, conf=0.9)[0]) == 0  # no score reaches 0.9
+    assert len(detector.detect(rgb, max_det=3)[0]) == 3
+
+
+def test_detector_errors(tmp_path, reference_dir, predictor):
+    with pytest.raises(FileNotFoundError, match="blobs"):
+        Detector(tmp_path / "ObjectAwareModel.pt")
+    with pytest.raises(DetectorError, match="not a YOLO checkpoint"):
+        Detector(reference_dir / "mobile_sam_random.pt")  # a SAM state dict
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(DetectorError, match="junk.pt"):
+        Detector(junk)
+    with pytest.raises(DetectorError, match=r"\.pt"):
+        Detector(reference_dir / "cell.png")
+    img = np.zeros((32, 32), np.uint8)
+    with pytest.raises(FileNotFoundError):
+        iter_segment_everything(img, predictor, "object-aware", detector=tmp_path / "missing.pt")  # raised at the call
+
+
+def test_object_aware_decodes_the_detector_boxes(predictor, detector, frame):
+    """The detector's boxes (conf 0.4, NMS 0.9, max_det) go to the decoder, one mask each, single-mask mode."""
+    opts = dict(max_det=6, min_score=-1.0, min_visible=0.0)
+    items: list = []
+    gen = iter_segment_everything(frame, predictor, "object-aware", detector=detector, **opts)
+    while True:
+        try:
+            items.append(next(gen))
+        except StopIteration as stop:
+            labels = stop.value
+            break
+    assert any("6 boxes" in p.message for p in items)
+    boxes, _ = detector.detect(to_rgb_uint8(frame), conf=0.4, iou=0.9, imgsz=1024, max_det=6)
+    predictor.set_image(frame)
+    objs = predictor.predict_objects([Prompt(box=b) for b in boxes], multimask_output=False)
+    assert all(o.mask_index == 0 for o in objs)
+    expected = objects_to_labels(filter_objects(objs, min_score=-1.0), frame.shape, min_visible=0.0)
+    np.testing.assert_array_equal(labels, expected)
+    ids = np.unique(labels[labels > 0])
+    assert 0 < len(ids) <= 6 and np.array_equal(ids, np.arange(1, len(ids) + 1))
+    # the same run from a path, with a stricter filter, keeps a subset of the objects
+    strict = segment_everything(frame, predictor, "object-aware", detector=detector.path, max_det=6, min_score=0.0)
+    assert len(np.unique(strict)) <= len(np.unique(labels))

@@ -1,0 +1,135 @@
+"""Segment everything (blobs and grid samplers) on the reference checkpoint: labels, stacks, cancel, merging."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_mobilesam import Prompt, iter_segment_everything, segment_everything, to_rgb_uint8
+from napari_mobilesam.engine.everything import objects_to_labels
+from napari_mobilesam.engine.labels import filter_objects, write_labels
+from napari_mobilesam.engine.predictor import ObjectMask
+from napari_mobilesam.engine.samplers import blob_boxes
+
+from test_samplers import CENTRES, RADIUS, disks
+
+BLOBS = dict(sampler="blobs", diameter=2 * RADIUS)
+# random weights give noisy masks that cover each other: keep every visible one to test the bookkeeping
+KEEP_ALL = dict(BLOBS, min_score=-1.0, min_visible=0.0)
+
+
+def run(gen):
+    items = []
+    while True:
+        try:
+            items.append(next(gen))
+        except StopIteration as stop:
+            return items, stop.value
+
+
+def obj(r0, c0, h, w, score=1.0, shape=(20, 20)) -> ObjectMask:
+    return ObjectMask(np.ones((h, w), bool), (r0, c0), shape, score, 1.0, 0, None)
+
+
+def test_objects_to_labels_rules():
+    big, small, dup = obj(0, 0, 10, 10), obj(2, 2, 4, 4), obj(0, 0, 10, 11)
+    lab = objects_to_labels([big, small], (20, 20), first_id=5)
+    assert lab.dtype == np.uint32
+    assert set(np.unique(lab)) == {0, 5, 6} and (lab[2:6, 2:6] == 6).all()  # smaller on top
+    assert (lab == 5).sum() == 100 - 16
+    # a near-duplicate that stays a sliver is dropped, ids stay consecutive
+    lab = objects_to_labels([dup, small, big], (20, 20), first_id=1)
+    assert set(np.unique(lab)) == {0, 1, 2} and (lab[:, 10] == 0).all()
+    # only free pixels are written; an object mostly on taken pixels is dropped
+    free = np.ones((20, 20), bool)
+    free[:, :8] = False
+    lab = objects_to_labels([big, obj(12, 12, 5, 5)], (20, 20), first_id=3, free=free)
+    assert set(np.unique(lab)) == {0, 3} and (lab[12:17, 12:17] == 3).all() and not lab[:, :8].any()
+    assert not objects_to_labels([], (20, 20)).any()
+
+
+def test_blobs_labels_follow_their_boxes(predictor):
+    """Every blob box reaches the decoder; the labels are exactly its masks painted by the rule."""
+    img = disks()
+    labels = segment_everything(img, predictor, **BLOBS)
+    boxes, _ = blob_boxes(to_rgb_uint8(img), diameter=2 * RADIUS)
+    predictor.set_image(img)
+    objs = filter_objects(predictor.predict_objects([Prompt(box=b) for b in boxes]))
+    expected = objects_to_labels(objs, img.shape)
+    assert labels.shape == img.shape and labels.dtype == np.uint32
+    np.testing.assert_array_equal(labels, expected)
+    ids = np.unique(labels[labels > 0])
+    assert len(ids) <= len(boxes) and np.array_equal(ids, np.arange(1, len(ids) + 1))
+    for o, k in zip(objs, range(1, len(objs) + 1)):  # each visible label lies inside its own mask
+        if (labels == k).any():
+            assert o.full()[labels == k].all()
+
+
+def test_grid_sampler_valid_labels(predictor):
+    img = disks(shape=(96, 112), centres=CENTRES[:2] / 2)
+    items, labels = run(iter_segment_everything(img, predictor, "grid", points_per_side=3, min_score=0, min_stability=0))
+    assert labels.shape == img.shape and labels.dtype == np.uint32
+    assert [p.labels is not None for p in items].count(True) == 1 and items[-1].done == items[-1].total == 100
+    np.testing.assert_array_equal(items[-1].labels, labels)
+    ids = np.unique(labels[labels > 0])
+    assert 0 < len(ids) <= 9 * 3 and np.array_equal(ids, np.arange(1, len(ids) + 1))
+    # SAM's own filter (default min_score 0.88) can only keep fewer objects
+    strict = segment_everything(img, predictor, "grid", points_per_side=3)
+    assert len(np.unique(strict)) <= len(np.unique(labels))
+
+
+def test_stack_ids_unique_cancel_keeps_finished_frame(predictor):
+    stack = np.stack([disks(seed=s, centres=CENTRES[:3] + 4 * s) for s in range(3)])
+    existing = np.zeros(stack.shape, np.uint16)
+    existing[2, :40, :60] = 9  # the user's label: kept, never reused
+    items, full = run(iter_segment_everything(stack, predictor, labels=existing, **KEEP_ALL))
+    done = [p for p in items if p.labels is not None]
+    assert [p.frame for p in done] == [0, 1, 2] and [p.index for p in done] == [(0,), (1,), (2,)]
+    assert full.shape == stack.shape and full.dtype == np.uint16 and (existing[2, :40, :60] == 9).all()
+    assert (full[2, :40, :60] == 9).all()
+    new = [set(np.unique(p.labels)) - {0} for p in done]
+    assert all(len(s) > 1 for s in new) and not (new[0] & new[1] or new[1] & new[2] or new[0] & new[2])
+    assert min(min(s) for s in new) == 10  # after the user's id 9
+    assert all(len(s) == max(s) - min(s) + 1 for s in new)  # consecutive per frame
+    for p in done:
+        assert p.labels.dtype == np.uint32 and not (p.labels.astype(bool) & (existing[p.index] > 0)).any()
+    # the GUI/CLI way: write each finished frame, cancel after the first
+    target = existing.copy()
+    gen = iter_segment_everything(stack, predictor, labels=target, **KEEP_ALL)
+    for p in gen:
+        if p.labels is not None:
+            write_labels(target[p.index], p.labels)
+            gen.close()
+    np.testing.assert_array_equal(target[0], full[0])
+    np.testing.assert_array_equal(target[1:], existing[1:])
+    # frames subset, overwrite: the user's pixels may be taken, their id is still never reused
+    sub = segment_everything(stack, predictor, labels=existing, frames=[2], overwrite=True, **KEEP_ALL)
+    np.testing.assert_array_equal(sub[:2], existing[:2])
+    assert (sub[2, :40, :60] != 9).any()  # overwrite took some of the user's pixels
+    assert set(np.unique(sub[2])) - {0, 9} and min(set(np.unique(sub[2])) - {0, 9}) == 10
+
+
+def test_rgb_frame_out_and_key(predictor):
+    rgb = np.repeat(disks()[..., None], 3, -1)
+    keys = []
+    out = np.zeros(rgb.shape[:2], np.uint32)
+    res = segment_everything(rgb, predictor, key=lambda idx: keys.append(idx) or ("rgb-test", idx), out=out, **BLOBS)
+    assert res is out and keys == [()] and ("rgb-test", ()) in predictor.cache
+    # the grey frame normalises to the same pixels: with the same key its embedding is reused
+    np.testing.assert_array_equal(out, segment_everything(disks(), predictor, key=lambda idx: ("rgb-test", idx), **BLOBS))
+
+
+def test_bad_arguments(predictor):
+    img = np.zeros((32, 32), np.uint8)
+    with pytest.raises(ValueError, match="blobs"):
+        iter_segment_everything(img, predictor, "object-aware")
+    with pytest.raises(ValueError, match="sampler must be"):
+        iter_segment_everything(img, predictor, "watershed")
+    with pytest.raises(TypeError, match="points_per_side"):
+        iter_segment_everything(img, predictor, "blobs", points_per_side=8)
+    with pytest.raises(ValueError, match="labels of shape"):
+        iter_segment_everything(img, predictor, "blobs", labels=np.zeros((3, 32, 32), np.uint32))
+    with pytest.raises(ValueError, match="Frame 3"):
+        iter_segment_everything(np.zeros((2, 32, 32)), predictor, "blobs", frames=[3])
+    with pytest.raises(TypeError, match="Predictor"):
+        iter_segment_everything(img, "sam", "blobs")
