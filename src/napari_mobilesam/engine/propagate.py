@@ -1,0 +1,145 @@
+"""Propagate one object's mask through neighbouring frames of a stack (numpy in, numpy out).
+
+From a start frame's mask, each next frame is prompted with the previous frame's mask: its
+bounding box plus its low-resolution logits as SAM's mask input. Propagation runs forward,
+then backward, and stops in a direction when the predicted IoU falls below ``min_score``, the
+new mask overlaps the previous one by less than ``min_overlap`` (IoU of the two masks), or the
+object vanishes (fewer than ``min_area`` pixels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Hashable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .predictor import ObjectMask, Predictor, Prompt
+
+__all__ = ["PropagationStep", "iter_propagate", "mask_to_logits"]
+
+LOGIT = 8.0  # magnitude of the logits standing for a binary mask (sigmoid(8) ~ 0.9997)
+
+
+@dataclass
+class PropagationStep:
+    """One propagated frame.
+
+    Attributes:
+        index: frame index along the propagation axis.
+        mask: the object's ``(H, W)`` bool mask there, or None when propagation stopped here.
+        score: predicted IoU; overlap: IoU with the previous frame's mask.
+        done, total: frames visited so far / at most.
+        stopped: why this direction ended ("" while it goes on).
+    """
+
+    index: int
+    mask: np.ndarray | None
+    score: float
+    overlap: float
+    done: int
+    total: int
+    stopped: str = ""
+
+
+def mask_to_logits(mask: np.ndarray, predictor: Predictor) -> np.ndarray:
+    """A full-frame bool mask -> ``(256, 256)`` float32 mask input for the current frame.
+
+    The mask is resized like the image (longest side to the encoder size), padded, and reduced to
+    256² (SAM's mask-input grid); inside -> +LOGIT, outside -> -LOGIT.
+    """
+    h, w = predictor.input_size
+    size = predictor.model.image_encoder.img_size
+    m = torch.as_tensor(np.asarray(mask, np.float32))[None, None]
+    m = F.interpolate(m, (h, w), mode="bilinear", align_corners=False)
+    m = F.pad(m, (0, size - w, 0, size - h))
+    m = F.interpolate(m, (256, 256), mode="bilinear", align_corners=False)[0, 0]
+    return np.where(m.numpy() > 0.5, LOGIT, -LOGIT).astype(np.float32)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def _bbox(mask: np.ndarray) -> np.ndarray:
+    rows = np.flatnonzero(mask.any(1))
+    cols = np.flatnonzero(mask.any(0))
+    return np.array([rows[0], cols[0], rows[-1] + 1, cols[-1] + 1], float)
+
+
+def iter_propagate(
+    predictor: Predictor,
+    frame: Callable[[int], np.ndarray],
+    n_frames: int,
+    start: int,
+    mask: np.ndarray,
+    *,
+    key: Callable[[int], Hashable] | None = None,
+    directions: tuple[int, ...] = (1, -1),
+    min_score: float = 0.5,
+    min_overlap: float = 0.3,
+    min_area: int = 4,
+    max_frames: int | None = None,
+    image_kwargs: dict | None = None,
+) -> Generator[PropagationStep, None, dict[int, np.ndarray]]:
+    """Segment the object of ``mask`` (on frame ``start``) in the following and preceding frames.
+
+    Args:
+        predictor: computes (or fetches from its cache) each frame's embedding in this thread.
+        frame: ``frame(i)`` -> the ``(H, W[, C])`` image of frame ``i`` (0 <= i < n_frames).
+        mask: ``(H, W)`` bool mask of the object on frame ``start`` (e.g. from a Labels layer).
+        key: ``key(i)`` -> embedding cache key of frame ``i`` (None: hash of the pixels).
+        directions: +1 forward, -1 backward, in this order.
+        min_score / min_overlap / min_area: stop criteria (see the module docstring).
+        max_frames: at most this many frames per direction.
+        image_kwargs: passed to ``Predictor.set_image`` (e.g. ``contrast_limits``).
+
+    Yields:
+        :class:`PropagationStep` per visited frame (``mask`` None where it stopped).
+
+    Returns:
+        ``{frame index: (H, W) bool mask}`` of the frames segmented (the start frame excluded).
+    """
+    mask = np.asarray(mask, bool)
+    if mask.ndim != 2 or not mask.any():
+        raise ValueError("The start mask must be a non-empty 2D (H, W) array; segment the object on this frame first.")
+    if not 0 <= start < n_frames:
+        raise ValueError(f"start={start} is outside the stack of {n_frames} frames.")
+    image_kwargs = image_kwargs or {}
+    limit = n_frames if max_frames is None else max_frames
+    total = sum(min(limit, n_frames - 1 - start if d > 0 else start) for d in directions)
+    done = 0
+    result: dict[int, np.ndarray] = {}
+    start_logits: np.ndarray | None = None
+    for d in directions:
+        prev, logits = mask, start_logits
+        i, steps = start + d, 0
+        while 0 <= i < n_frames and steps < limit:
+            predictor.set_image(frame(i), key=None if key is None else key(i), **image_kwargs)
+            if logits is None:  # first step: the start mask as logits in this frame's geometry
+                logits = mask_to_logits(prev, predictor)
+                if d == directions[0]:
+                    start_logits = logits
+            obj: ObjectMask = predictor.predict_objects([Prompt(box=_bbox(prev), mask_input=logits)])[0]
+            new = obj.full()
+            overlap = _iou(new, prev)
+            done += 1
+            steps += 1
+            reason = ""
+            if obj.area < min_area:
+                reason = f"object vanished on frame {i}"
+            elif obj.score < min_score:
+                reason = f"predicted IoU {obj.score:.2f} < {min_score:.2f} on frame {i}"
+            elif overlap < min_overlap:
+                reason = f"overlap with the previous frame {overlap:.2f} < {min_overlap:.2f} on frame {i}"
+            if reason:
+                yield PropagationStep(i, None, obj.score, overlap, done, total, reason)
+                break
+            result[i] = new
+            yield PropagationStep(i, new, obj.score, overlap, done, total)
+            prev, logits = new, obj.low_res_logits
+            i += d
+    return result

@@ -1,0 +1,111 @@
+"""Long work for the widget, as generators run in napari's ``thread_worker`` (no napari here).
+
+Each job yields messages; the widget applies them on the GUI thread:
+:class:`Progress` (progress bar), :class:`ModelReady` (keep the built model),
+:class:`FrameDone` (write one frame's masks). Scripts and tests can run them inline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from segment_anything.modeling import Sam
+
+from ..engine.embeddings import EmbeddingCache
+from ..engine.predictor import ObjectMask, Predictor
+from ..model.build import build_mobilesam
+from ..model.weights import REGISTRY, iter_fetch
+from .prompts import ObjectPrompt
+
+__all__ = ["FrameDone", "ModelReady", "Progress", "decode_objects", "load_model", "segment_frames", "worker_predictor"]
+
+Frame = tuple[int, ...]
+
+
+@dataclass
+class Progress:
+    done: int
+    total: int  # 0: unknown (busy indicator)
+    message: str
+
+
+@dataclass
+class ModelReady:
+    sam: Sam
+    key: tuple
+
+
+@dataclass
+class FrameDone:
+    """Masks of one frame: ``masks[i]`` belongs to ``objects[i]``."""
+
+    frame: Frame
+    objects: list[ObjectPrompt]
+    masks: list[ObjectMask]
+
+
+def load_model(source: str | Path, device: str) -> Generator[Progress | ModelReady, None, Sam]:
+    """Download registry weights if needed (with byte progress), then build the model."""
+    if isinstance(source, str) and source in REGISTRY:
+        fetch = iter_fetch(source)
+        while True:
+            try:
+                done, total = next(fetch)
+            except StopIteration as stop:
+                path = stop.value
+                break
+            yield Progress(done, total, f"downloading {source} weights")
+    else:
+        path = Path(source)
+    yield Progress(0, 0, f"loading model {Path(path).name}")
+    sam = build_mobilesam(path, device=device)
+    yield ModelReady(sam, (str(source), device))
+    return sam
+
+
+def worker_predictor(sam: Sam, cache: EmbeddingCache) -> Predictor:
+    """A predictor for a worker thread that shares the widget's embedding cache (thread-safe LRU)."""
+    pred = Predictor(sam)
+    pred.cache = cache
+    return pred
+
+
+def decode_objects(pred: Predictor, objects: Sequence[ObjectPrompt]) -> list[ObjectMask]:
+    """Decode objects of the predictor's current frame, batched by mask mode; results in input order."""
+    groups: dict[tuple, list[int]] = {}
+    for i, o in enumerate(objects):
+        groups.setdefault((o.multimask, o.select), []).append(i)
+    out: list[ObjectMask | None] = [None] * len(objects)
+    for (multimask, select), idx in groups.items():
+        masks = pred.predict_objects([objects[i].prompt for i in idx], multimask_output=multimask, select=select)
+        for i, m in zip(idx, masks, strict=True):
+            out[i] = m
+    return out  # type: ignore[return-value]
+
+
+def segment_frames(
+    model: Sam | Generator,
+    cache: EmbeddingCache,
+    frame: Callable[[Frame], np.ndarray],
+    key: Callable[[Frame], Hashable],
+    work: Sequence[tuple[Frame, list[ObjectPrompt]]],
+    image_kwargs: dict,
+) -> Generator[Progress | ModelReady | FrameDone, None, int]:
+    """Embed each frame (cached) and decode its objects; ``work`` items with no objects only embed.
+
+    ``model`` is a built ``Sam`` or a :func:`load_model` generator. Returns the frames done.
+    """
+    sam = (yield from model) if isinstance(model, Generator) else model
+    pred = worker_predictor(sam, cache)
+    n = len(work)
+    for k, (f, objects) in enumerate(work):
+        where = f" {f}" if f else ""
+        yield Progress(k, n, f"frame{where}: image embedding" if key(f) not in cache else f"frame{where}: decoding")
+        pred.set_image(frame(f), key=key(f), **image_kwargs)
+        if objects:
+            yield FrameDone(f, list(objects), decode_objects(pred, objects))
+    yield Progress(n, n, "done")
+    return n

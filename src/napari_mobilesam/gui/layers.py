@@ -1,0 +1,214 @@
+"""napari layers <-> engine data: frame geometry, prompt tables, prompt/label layer creation."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from napari.layers import Image, Labels, Points, Shapes
+
+from .prompts import PromptTable
+
+__all__ = [
+    "POSITIVE_COLOR",
+    "NEGATIVE_COLOR",
+    "FrameGeometry",
+    "current_frame",
+    "ensure_point_features",
+    "ensure_shape_features",
+    "frame_image",
+    "image_key",
+    "image_kwargs",
+    "new_labels_layer",
+    "new_points_layer",
+    "new_shapes_layer",
+    "prompt_table",
+]
+
+POSITIVE_COLOR = "lime"
+NEGATIVE_COLOR = "magenta"
+MARK = "napari-mobilesam"  # metadata key of layers this plugin created
+
+Frame = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """How an image layer splits into frames.
+
+    Attributes:
+        lead_shape: sizes of the leading (stack) dimensions, ``()`` for one 2D image.
+        spatial: ``(H, W)``.
+        rgb: the last axis is colour (napari's ``rgb``), not part of the stack.
+    """
+
+    lead_shape: tuple[int, ...]
+    spatial: tuple[int, int]
+    rgb: bool
+
+    @property
+    def n_lead(self) -> int:
+        return len(self.lead_shape)
+
+    @property
+    def frames(self) -> list[Frame]:
+        return [tuple(int(v) for v in f) for f in np.ndindex(*self.lead_shape)] if self.lead_shape else [()]
+
+    @classmethod
+    def of(cls, image: Image) -> FrameGeometry:
+        data = image.data[0] if image.multiscale else image.data
+        shape = tuple(int(s) for s in data.shape)
+        if image.rgb:
+            shape = shape[:-1]
+        if len(shape) < 2:
+            raise ValueError(f"Image layer {image.name!r} has shape {data.shape}; it needs at least two spatial dimensions.")
+        return cls(shape[:-2], shape[-2:], bool(image.rgb))
+
+
+def frame_image(image: Image, frame: Frame) -> np.ndarray:
+    """The ``(H, W)`` or ``(H, W, C)`` pixels of ``frame`` (full resolution for multiscale data)."""
+    data = image.data[0] if image.multiscale else image.data
+    return np.asarray(data[tuple(frame)])
+
+
+def image_kwargs(image: Image) -> dict:
+    """``Predictor.set_image`` options so that the model sees what the user sees."""
+    dtype = np.dtype((image.data[0] if image.multiscale else image.data).dtype)
+    if dtype == np.uint8 or dtype == bool:
+        return {}
+    return {"contrast_limits": tuple(float(v) for v in image.contrast_limits)}
+
+
+def image_key(image: Image, frame: Frame) -> Hashable:
+    """Embedding cache key: the layer (and its data object), the frame, and the contrast window."""
+    clim = image_kwargs(image).get("contrast_limits")
+    return ("napari", (image.unique_id, id(image.data)), tuple(frame), clim)
+
+
+def current_frame(dims_point: np.ndarray, image: Image) -> Frame:
+    """Leading indices of the frame the viewer shows for ``image`` (clipped to the stack)."""
+    geo = FrameGeometry.of(image)
+    if not geo.n_lead:
+        return ()
+    pos = np.round(image.world_to_data(np.asarray(dims_point)))[: geo.n_lead].astype(int)
+    return tuple(int(np.clip(v, 0, s - 1)) for v, s in zip(pos, geo.lead_shape, strict=True))
+
+
+def _to_image(coords: np.ndarray, layer, image: Image) -> np.ndarray:
+    """Layer data coordinates -> image data coordinates (same-dimensional layers only)."""
+    if coords.size == 0 or layer.ndim != image.ndim:
+        return coords
+    fwd, inv = layer._data_to_world, image._data_to_world  # napari's own affine transforms
+    if np.allclose(fwd.affine_matrix, inv.affine_matrix):
+        return coords
+    return np.asarray(inv.inverse(fwd(coords)))
+
+
+def _column(features: pd.DataFrame, name: str, n: int, default: int) -> np.ndarray:
+    if name not in features:
+        return np.full(n, default, dtype=int)
+    col = pd.to_numeric(features[name], errors="coerce").fillna(default)
+    return col.to_numpy().astype(int)
+
+
+def prompt_table(points: Points | None, shapes: Shapes | None, image: Image) -> PromptTable:
+    """Read both prompt layers into image data coordinates (features as documented in prompts.py)."""
+    t = PromptTable()
+    if points is not None and len(points.data):
+        n = len(points.data)
+        f = points.features
+        t.points = _to_image(np.asarray(points.data, float), points, image)
+        t.point_labels = np.where(_column(f, "label", n, 1) > 0, 1, 0)
+        t.point_groups = _column(f, "object", n, 0)
+        t.point_ids = _column(f, "label_id", n, 0)
+        t.point_masks = _column(f, "mask", n, 0)
+    if shapes is not None and len(shapes.data):
+        n = len(shapes.data)
+        t.shapes = [_to_image(np.asarray(v, float), shapes, image) for v in shapes.data]
+        t.shape_ids = _column(shapes.features, "label_id", n, 0)
+        t.shape_masks = _column(shapes.features, "mask", n, 0)
+    return t
+
+
+def _same_transform(image: Image) -> dict:
+    return {"scale": image.scale, "translate": image.translate}
+
+
+def ensure_point_features(points: Points) -> None:
+    """Give a Points layer the columns the widget uses (label, object, label_id, mask)."""
+    n = len(points.data)
+    f = points.features
+    defaults = {"label": 1, "object": 0, "label_id": 0, "mask": 0}
+    missing = {k: v for k, v in defaults.items() if k not in f}
+    if missing:
+        for k, v in missing.items():
+            f[k] = np.full(n, v, dtype=int)
+        points.features = f
+    fd = points.feature_defaults
+    for k, v in defaults.items():
+        if k not in fd or pd.isna(fd[k].iloc[0]):
+            fd[k] = v
+    points.feature_defaults = fd
+
+
+def ensure_shape_features(shapes: Shapes) -> None:
+    f = shapes.features
+    if "label_id" not in f or "mask" not in f:
+        for k in ("label_id", "mask"):
+            if k not in f:
+                f[k] = np.zeros(len(shapes.data), dtype=int)
+        shapes.features = f
+    shapes.feature_defaults = {**{k: shapes.feature_defaults[k].iloc[0] for k in shapes.feature_defaults}, "label_id": 0, "mask": 0}
+
+
+def new_points_layer(image: Image) -> Points:
+    """Prompt points for ``image``: positive green, negative magenta; 3D+ for stacks."""
+    ndim = FrameGeometry.of(image).n_lead + 2
+    features = pd.DataFrame({"label": np.zeros(0, int), "object": np.zeros(0, int), "label_id": np.zeros(0, int), "mask": np.zeros(0, int)})
+    size = max(3.0, 0.015 * max(FrameGeometry.of(image).spatial))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "label looks categorical": it is, by design
+        layer = Points(
+            np.zeros((0, ndim)),
+            ndim=ndim,
+            name=f"{image.name} points",
+            features=features,
+            feature_defaults={"label": 1, "object": 0, "label_id": 0, "mask": 0},
+            face_color="label",
+            face_color_cycle={1: POSITIVE_COLOR, 0: NEGATIVE_COLOR},
+            border_color="white",
+            size=size,
+            metadata={MARK: "points"},
+            **_same_transform(image),
+        )
+    return layer
+
+
+def new_shapes_layer(image: Image) -> Shapes:
+    """Prompt boxes for ``image`` (rectangles; any other shape counts by its bounding box)."""
+    ndim = FrameGeometry.of(image).n_lead + 2
+    return Shapes(
+        ndim=ndim,
+        name=f"{image.name} boxes",
+        features=pd.DataFrame({"label_id": np.zeros(0, int), "mask": np.zeros(0, int)}),
+        feature_defaults={"label_id": 0, "mask": 0},
+        edge_color=POSITIVE_COLOR,
+        face_color="transparent",
+        edge_width=max(1.0, 0.004 * max(FrameGeometry.of(image).spatial)),
+        metadata={MARK: "shapes"},
+        **_same_transform(image),
+    )
+
+
+def new_labels_layer(image: Image) -> Labels:
+    """An empty uint32 Labels layer with the image's stack and spatial shape."""
+    geo = FrameGeometry.of(image)
+    return Labels(
+        np.zeros(geo.lead_shape + geo.spatial, dtype=np.uint32),
+        name=f"{image.name} labels",
+        metadata={MARK: "labels"},
+        **_same_transform(image),
+    )

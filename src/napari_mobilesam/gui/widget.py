@@ -1,0 +1,476 @@
+"""The MobileSAM dock widget: controls and wiring only (no tensor code).
+
+Long work (weights download, image embeddings, segmenting frames, propagation, segment
+everything) runs in napari's ``thread_worker`` with a progress bar and Cancel; only the decoder for
+the objects a click changed runs on the GUI thread (live mode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, RadioButtons
+from napari.layers import Image, Labels, Points, Shapes
+from napari.qt.threading import create_worker
+from napari.utils.events import Event
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtWidgets import QGroupBox, QVBoxLayout, QWidget
+
+from ..engine.embeddings import EmbeddingCache
+from ..engine.labels import render_labels
+from ..engine.predictor import Predictor
+from ..model.weights import REGISTRY
+from . import layers as L
+from .jobs import FrameDone, ModelReady, Progress, decode_objects, load_model, segment_frames
+from .prompts import ObjectPrompt, collect_objects
+from .propagate import PropagateSection
+from .everything import EverythingSection
+from .writer import check_ids_fit, frame_view, write_frames
+
+__all__ = ["MobileSAMWidget", "PROMPT_HELP"]
+
+CHOOSE_FILE = "choose file…"
+MASK_CHOICES = [("best (predicted IoU)", 0), ("mask 1", 1), ("mask 2", 2), ("mask 3", 3)]
+PROMPT_HELP = (
+    "Prompts → one label per object:\n"
+    "• every rectangle in the Shapes layer is one object (other shapes: their bounding box);\n"
+    "• every positive point (green, feature label=1) is one object;\n"
+    "• points sharing an 'object' feature value > 0 form one object (positive and negative);\n"
+    "• a negative point (magenta, label=0) refines the nearest positive point or box of its frame;\n"
+    "• press T on the Points layer to toggle positive/negative for new points;\n"
+    "• prompts belong to the frame of their leading coordinates; RGB images are colour, not a stack.\n"
+    "New masks fill background only (unless 'overwrite'); re-running a prompt replaces its own mask;\n"
+    "Ctrl+Z in the Labels layer undoes each write."
+)
+
+
+def _group(title: str, *widgets) -> tuple[QGroupBox, Container]:
+    box = QGroupBox(title)
+    lay = QVBoxLayout(box)
+    lay.setContentsMargins(4, 4, 4, 4)
+    inner = Container(widgets=list(widgets), labels=True)
+    inner.margins = (0, 0, 0, 0)
+    lay.addWidget(inner.native)
+    return box, inner
+
+
+class MobileSAMWidget(QWidget):
+    """Dock widget: image + prompt layers -> instance labels with MobileSAM."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.cache = EmbeddingCache(1 << 30)
+        self.sam = None
+        self._sam_key: tuple | None = None
+        self._pred: Predictor | None = None  # GUI-thread predictor (live decoding)
+        self._worker = None
+        self._after_job: list[Callable[[], None]] = []
+        self._signatures: dict[int, tuple] = {}  # label id -> prompt signature of its current mask
+        self._points: Points | None = None
+        self._shapes: Shapes | None = None
+        self._labels_prev: Labels | None = None
+
+        # -- input
+        self.image_box = ComboBox(label="image", choices=self._choices(Image, new=None), tooltip="Image to segment (2D, stack, RGB)")
+        self.points_box = ComboBox(label="points", choices=self._choices(Points, new="new"), tooltip=PROMPT_HELP)
+        self.shapes_box = ComboBox(label="boxes", choices=self._choices(Shapes, new="new"), tooltip=PROMPT_HELP)
+        self.labels_box = ComboBox(label="labels out", choices=self._choices(Labels, new="new (created on first result)"),
+                                   tooltip="Labels layer that receives the masks (same spatial shape as the image)")
+        self.model_box = ComboBox(label="model", choices=[*REGISTRY, CHOOSE_FILE], value="mobile_sam",
+                                  tooltip="Registry weights (downloaded once) or a checkpoint file")
+        self.model_file = FileEdit(label="checkpoint", mode="r", filter="*.pt *.pth", visible=False)
+        self.device_box = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        # -- prompts
+        self.mode = RadioButtons(label="new points", choices=["positive", "negative"], value="positive",
+                                 orientation="horizontal", tooltip="T on the Points layer toggles")
+        self.live = CheckBox(text="live: update a mask on each click / rectangle", value=False)
+        self.all_frames = CheckBox(text="all frames (Segment)", value=False)
+        self.overwrite = CheckBox(text="overwrite existing labels", value=False)
+        self.mask_choice = ComboBox(label="mask of selected", choices=MASK_CHOICES, value=0,
+                                    tooltip="For the selected point/box: best by predicted IoU or one of SAM's 3 masks")
+        self.segment_btn = PushButton(text="Segment")
+        self.segment_btn.tooltip = PROMPT_HELP
+        # -- progress
+        self.progress = ProgressBar(value=0, min=0, max=1, visible=False, label="")
+        self.status = Label(value="Pick an image; click on cells (points) or draw rectangles.")
+        self.cancel_btn = PushButton(text="Cancel", enabled=False)
+
+        root = QVBoxLayout(self)
+        for title, ws in (
+            ("Input", (self.image_box, self.points_box, self.shapes_box, self.labels_box, self.model_box, self.model_file, self.device_box)),
+            ("Prompts", (self.mode, self.live, self.all_frames, self.overwrite, self.mask_choice, self.segment_btn)),
+        ):
+            box, _ = _group(title, *ws)
+            box.setToolTip(PROMPT_HELP)
+            root.addWidget(box)
+        self.propagate = PropagateSection(self)
+        root.addWidget(self.propagate.box)
+        self.everything = EverythingSection(self)
+        root.addWidget(self.everything.box)
+        _, bottom = _group("Progress", self.progress, self.status, self.cancel_btn)
+        root.addWidget(bottom.native.parentWidget())
+        root.addStretch(1)
+
+        # -- wiring
+        self.model_box.changed.connect(lambda v: setattr(self.model_file, "visible", v == CHOOSE_FILE))
+        self.image_box.changed.connect(self._on_image)
+        self.points_box.changed.connect(self._on_points)
+        self.shapes_box.changed.connect(self._on_shapes)
+        self.labels_box.changed.connect(self._on_labels)
+        self.mode.changed.connect(self._on_mode)
+        self.mask_choice.changed.connect(self._on_mask_choice)
+        self.live.changed.connect(lambda v: v and self.prepare_live())
+        self.viewer.dims.events.current_step.connect(lambda e: self.live.value and self.prepare_live())
+        self.segment_btn.changed.connect(self.segment)
+        self.cancel_btn.changed.connect(self.cancel)
+        ev = self.viewer.layers.events
+        for e in (ev.inserted, ev.removed, ev.reordered):
+            e.connect(self._reset_choices)
+        self._on_image(self.image_box.value)
+
+    # ------------------------------------------------------------------ layer choices
+    def _choices(self, kind: type, new: str | None) -> Callable:
+        def get(_widget=None) -> list:
+            items = [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, kind)]
+            if kind is Labels and self.image_box_value() is not None:
+                spatial = L.FrameGeometry.of(self.image_box_value()).spatial
+                items = [(n, la) for n, la in items if tuple(la.data.shape[-2:]) == spatial]
+            return items + ([(new, None)] if new else [])
+
+        return get
+
+    def image_box_value(self) -> Image | None:
+        box = getattr(self, "image_box", None)
+        return None if box is None else box.value
+
+    def _reset_choices(self, event: Event | None = None) -> None:
+        for box in (self.image_box, self.points_box, self.shapes_box, self.labels_box):
+            box.reset_choices()
+        self.propagate.reset_axes()
+
+    def _pick(self, box: ComboBox, kind: str) -> None:
+        """Prefer the layer this plugin made for the current image, else keep / 'new'."""
+        image = self.image_box.value
+        for layer in self.viewer.layers:
+            if layer.metadata.get(L.MARK) == kind and layer.name.startswith(image.name if image else "\0"):
+                box.value = layer
+                return
+
+    def _on_image(self, image: Image | None) -> None:
+        self._reset_choices()
+        if image is None:
+            return
+        self._pick(self.labels_box, "labels")
+        self._pick(self.shapes_box, "shapes")
+        self._pick(self.points_box, "points")
+        if self.shapes_box.value is None:
+            self.shapes_box.value = self.viewer.add_layer(L.new_shapes_layer(image))
+        if self.points_box.value is None:
+            layer = self.viewer.add_layer(L.new_points_layer(image))
+            self.points_box.value = layer
+            layer.mode = "add"
+
+    def _on_points(self, layer: Points | None) -> None:
+        if self._points is not None:
+            self._points.events.data.disconnect(self._on_prompt_data)
+        self._points = layer
+        if layer is None:
+            return
+        L.ensure_point_features(layer)
+        layer.events.data.connect(self._on_prompt_data)
+        layer.bind_key("t", self._toggle_mode, overwrite=True)
+        self._on_mode(self.mode.value)
+
+    def _on_shapes(self, layer: Shapes | None) -> None:
+        if self._shapes is not None:
+            self._shapes.events.data.disconnect(self._on_prompt_data)
+        self._shapes = layer
+        if layer is not None:
+            L.ensure_shape_features(layer)
+            layer.events.data.connect(self._on_prompt_data)
+
+    def _on_labels(self, layer: Labels | None) -> None:
+        # label ids stored on prompts refer to the previous output layer: forget them
+        if layer is not self._labels_prev and self._labels_prev is not None:
+            for pl in (self._points, self._shapes):
+                if pl is not None and "label_id" in pl.features:
+                    pl.features["label_id"] = 0
+            self._signatures.clear()
+        self._labels_prev = layer
+
+    def _on_mode(self, value: str) -> None:
+        if self._points is not None:
+            fd = self._points.feature_defaults
+            fd["label"] = 1 if value == "positive" else 0
+            self._points.feature_defaults = fd
+
+    def _toggle_mode(self, layer=None) -> None:
+        self.mode.value = "negative" if self.mode.value == "positive" else "positive"
+
+    def _on_mask_choice(self, value: int) -> None:
+        changed = False
+        for layer in (self._points, self._shapes):
+            if layer is not None and layer.selected_data and "mask" in layer.features:
+                rows = sorted(layer.selected_data)
+                layer.features.loc[rows, "mask"] = int(value)
+                changed = True
+        if changed and self.live.value:
+            self.live_update()
+        elif changed:
+            self.status.value = "Mask choice set for the selection: press Segment."
+
+    # ------------------------------------------------------------------ context
+    def context(self) -> tuple[Image, L.FrameGeometry, tuple[int, ...]]:
+        """(image, geometry, current frame) or a ValueError with the fix."""
+        image = self.image_box.value
+        if image is None:
+            raise ValueError("No image layer: open an image (or File → Open Sample → MobileSAM) and pick it as 'image'.")
+        return image, L.FrameGeometry.of(image), L.current_frame(self.viewer.dims.point, image)
+
+    def _dedupe_ids(self) -> None:
+        """A new row may inherit the selected row's features: one label id per box / single point."""
+        for layer in (self._points, self._shapes):
+            if layer is None or "label_id" not in layer.features or not len(layer.features):
+                continue
+            f = layer.features
+            single = (f["object"] <= 0) if "object" in f else np.ones(len(f), bool)
+            ids = f["label_id"].where(single & (f["label_id"] > 0))
+            dup = ids.duplicated() & ids.notna()
+            if dup.any():
+                f.loc[dup, ["label_id", "mask"]] = 0
+
+    def objects(self, frames=None) -> list[ObjectPrompt]:
+        self._dedupe_ids()
+        image, geo, cur = self.context()
+        table = L.prompt_table(self._points, self._shapes, image)
+        return collect_objects(table, geo.n_lead, geo.lead_shape, cur, frames)
+
+    def labels_layer(self, create: bool = True) -> Labels | None:
+        layer = self.labels_box.value
+        if layer is None and create:
+            image = self.image_box.value
+            self._labels_prev = layer = L.new_labels_layer(image)
+            # just above the image, so the prompt layers stay visible on top
+            self.viewer.layers.insert(self.viewer.layers.index(image) + 1, layer)
+            self.labels_box.value = layer
+            self.viewer.layers.selection.active = self._points or layer
+        return layer
+
+    def next_id(self) -> int:
+        """One more than any label in the output layer or any id already given to a prompt."""
+        top = 0
+        layer = self.labels_box.value
+        if layer is not None and layer.data.size:
+            top = int(np.max(layer.data))
+        for pl in (self._points, self._shapes):
+            if pl is not None and "label_id" in pl.features and len(pl.features):
+                top = max(top, int(pl.features["label_id"].max()))
+        return top + 1
+
+    def assign_ids(self, objects: list[ObjectPrompt]) -> None:
+        """Give objects without a label id the next free ids, stored on their prompt rows."""
+        nxt = self.next_id()
+        for o in objects:
+            if o.label_id <= 0:
+                o.label_id, nxt = nxt, nxt + 1
+            if self._points is not None and o.point_rows:
+                self._points.features.loc[o.point_rows, "label_id"] = o.label_id
+            if self._shapes is not None and o.shape_rows:
+                self._shapes.features.loc[o.shape_rows, "label_id"] = o.label_id
+        if objects:
+            check_ids_fit(self.labels_layer(), max(o.label_id for o in objects))
+
+    def write_objects(self, frame, objects: list[ObjectPrompt], masks, also_clear=()) -> int:
+        """Paint the masks of ``objects`` on ``frame`` as one undoable step."""
+        layer = self.labels_layer()
+        geo = L.FrameGeometry.of(self.image_box.value)
+        new = render_labels(masks, geo.spatial, ids=[o.label_id for o in objects], dtype=layer.data.dtype)
+        replace = [o.label_id for o in objects] + list(also_clear)
+        n = write_frames(layer, [(tuple(frame), new)], overwrite=self.overwrite.value, replace_ids=replace)
+        for o in objects:
+            self._signatures[o.label_id] = o.signature
+        for lid in also_clear:
+            self._signatures.pop(lid, None)
+        return n
+
+    # ------------------------------------------------------------------ model
+    def model_source(self) -> str | Path:
+        if self.model_box.value == CHOOSE_FILE:
+            path = Path(self.model_file.value)
+            if not path.is_file():
+                raise ValueError(f"Checkpoint {str(path)!r} is not a file: pick a .pt file next to 'checkpoint'.")
+            return path
+        return self.model_box.value
+
+    def model_step(self) -> object:
+        """The built model, or a generator that builds it (run inside a job)."""
+        key = (str(self.model_source()), self.device_box.value)
+        if self.sam is not None and key == self._sam_key:
+            return self.sam
+        return load_model(self.model_source(), self.device_box.value)
+
+    def set_model(self, sam, key: tuple) -> None:
+        if key != self._sam_key:
+            self.cache.clear()
+        self.sam, self._sam_key = sam, key
+        self._pred = Predictor(sam)
+        self._pred.cache = self.cache
+
+    # ------------------------------------------------------------------ jobs
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    def run_job(self, gen: Generator, on_msg: Callable | None = None, on_finish: Callable | None = None, title: str = ""):
+        """Run ``gen`` in a thread worker; messages go to ``on_msg`` on the GUI thread."""
+        if self.busy:
+            show_warning("MobileSAM is busy with another job: wait or press Cancel.")
+            return None
+        def guarded():
+            # errors travel as messages: superqt drops the `finished` signal for RuntimeErrors
+            try:
+                return (yield from gen)
+            except Exception as err:  # shown as a notification with the fix, never a traceback
+                yield err
+                return None
+
+        worker = create_worker(guarded, _start_thread=False)
+
+        def on_yield(msg) -> None:
+            if isinstance(msg, Exception):
+                on_error(msg)
+                return
+            if isinstance(msg, ModelReady):
+                self.set_model(msg.sam, msg.key)
+            elif isinstance(msg, Progress):
+                self.progress.max = max(msg.total, 0)
+                self.progress.value = min(msg.done, msg.total) if msg.total else 0
+                self.status.value = f"{title}: {msg.message}" if title else msg.message
+            if on_msg is not None:
+                on_msg(msg)
+
+        def on_error(err: Exception) -> None:
+            show_error(f"MobileSAM: {err}")
+            self.status.value = f"Error: {str(err).splitlines()[0]}"
+
+        def on_finished() -> None:
+            self._worker = None
+            self.progress.visible = False
+            self.cancel_btn.enabled = False
+            self.segment_btn.enabled = True
+            if on_finish is not None:
+                on_finish()
+            pending, self._after_job = self._after_job, []
+            for fn in pending:
+                fn()
+
+        worker.yielded.connect(on_yield)
+        worker.errored.connect(on_error)
+        worker.finished.connect(on_finished)
+        worker.aborted.connect(lambda: setattr(self.status, "value", f"{title or 'job'}: cancelled"))
+        self._worker = worker
+        self.progress.visible = True
+        self.progress.max = 0
+        self.cancel_btn.enabled = True
+        self.segment_btn.enabled = False
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        if self._worker is not None:
+            self.status.value = "cancelling…"
+            self._worker.quit()
+
+    def _guard(self, fn: Callable) -> object:
+        """Run ``fn``; user errors become notifications, not tracebacks."""
+        try:
+            return fn()
+        except (ValueError, FileNotFoundError, RuntimeError) as err:
+            show_error(f"MobileSAM: {err}")
+            self.status.value = f"Error: {str(err).splitlines()[0]}"
+            return None
+
+    def _frame_reader(self, image: Image) -> tuple[Callable, Callable, dict]:
+        data = image.data[0] if image.multiscale else image.data  # read from the worker: plain arrays only
+        kw = L.image_kwargs(image)
+        ident = L.image_key(image, ())
+        return (lambda f: np.asarray(data[tuple(f)])), (lambda f: (*ident[:2], tuple(f), ident[3])), kw
+
+    # ------------------------------------------------------------------ segment
+    def segment(self, _=None) -> None:
+        """Segment every object of the current frame (or of all frames), in a worker."""
+        self._guard(self._segment)
+
+    def _segment(self) -> None:
+        image, geo, cur = self.context()
+        objs = self.objects(None if self.all_frames.value else [cur])
+        if not objs:
+            where = "in any frame" if self.all_frames.value else "in this frame"
+            show_info(f"MobileSAM: no prompts {where}. Click on objects in the Points layer or draw rectangles in the boxes layer.")
+            return
+        self.assign_ids(objs)
+        work: dict = {}
+        for o in objs:
+            work.setdefault(o.frame, []).append(o)
+        frame, key, kw = self._frame_reader(image)
+
+        def on_msg(msg) -> None:
+            if isinstance(msg, FrameDone):
+                self.write_objects(msg.frame, msg.objects, msg.masks)
+
+        self.run_job(segment_frames(self.model_step(), self.cache, frame, key, list(work.items()), kw), on_msg, title="Segment")
+
+    # ------------------------------------------------------------------ live mode
+    def _on_prompt_data(self, event: Event) -> None:
+        action = str(getattr(event, "action", "")).split(".")[-1].lower()
+        if action == "added":
+            # napari copies the selected row's features to new rows: a new prompt is a new object
+            layer = event.source
+            # add() reports new rows as negative indices; a wholesale data replacement keeps its features
+            rows = sorted(len(layer.data) + int(i) for i in (getattr(event, "data_indices", None) or ()) if int(i) < 0)
+            if rows and "label_id" in layer.features:
+                layer.features.loc[rows, ["label_id", "mask"]] = 0
+                if layer is self._points:
+                    layer.features.loc[rows, "label"] = 1 if self.mode.value == "positive" else 0
+                    layer.refresh_colors(update_color_mapping=False)
+        if self.live.value and action in ("added", "changed", "removed"):
+            self.live_update()
+
+    def prepare_live(self) -> None:
+        """Compute the viewed frame's embedding in the background (if needed), then update."""
+        if self.image_box.value is not None and self.image_box.value in self.viewer.layers:
+            self._guard(lambda: self._live_update(force_embedding=True))
+
+    def live_update(self) -> None:
+        """Decode the objects of the current frame whose prompts changed (GUI thread, decoder only)."""
+        self._guard(self._live_update)
+
+    def _live_update(self, force_embedding: bool = False) -> None:
+        image, geo, cur = self.context()
+        objs = self.objects([cur])
+        alive = {o.label_id for o in objs}
+        changed = [o for o in objs if o.label_id <= 0 or self._signatures.get(o.label_id) != o.signature]
+        gone = [lid for lid, sig in self._signatures.items() if sig[0] == cur and lid not in alive]
+        if not changed and not gone and not force_embedding:
+            return
+        frame, key, kw = self._frame_reader(image)
+        if self.sam is None or key(cur) not in self.cache or self.model_step() is not self.sam:
+            if self.busy:  # a job runs: update when it ends
+                if self.live_update not in self._after_job:
+                    self._after_job.append(self.live_update)
+                return
+            # embedding (and maybe the model) first, in the background; then come back here
+            self.run_job(segment_frames(self.model_step(), self.cache, frame, key, [(cur, [])], kw),
+                         on_finish=lambda: self.sam is not None and key(cur) in self.cache and self.live_update(),
+                         title="Live")
+            return
+        if not changed and not gone:
+            return
+        self.assign_ids(changed)
+        if self._pred.key != key(cur):
+            self._pred.set_embedding(self.cache.get(key(cur)), key(cur))
+        masks = decode_objects(self._pred, changed) if changed else []
+        self.write_objects(cur, changed, masks, also_clear=gone)
