@@ -353,10 +353,15 @@ class TinyViT(nn.Module):
         self.runner = runner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.runner is not None and not (self.training or self.reference or torch.is_grad_enabled()):
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()  # a backend exporting this very module
+        if self.runner is not None and not (self.training or self.reference or torch.is_grad_enabled() or tracing):
             out = self.runner(x)
             if out is not None:
                 return out
+        return self.forward_eager(x)
+
+    def forward_eager(self, x: torch.Tensor) -> torch.Tensor:
+        """The PyTorch path (fast or reference), never the attached runner."""
         if self.reference:
             return self.neck(_tokens_to_image(self._features(x), self.out_res))
         # Channels-last from here on: 1x1 convs become plain GEMMs, layout switches become views.

@@ -1,0 +1,53 @@
+"""Encoder time per 1024² frame: official op sequence vs our eager path vs accelerated backends.
+
+Same weights, same process, runs interleaved (reference, eager, ..., then again), median of
+``--repeats`` after ``--warmup`` rounds. Other processes on a shared machine slow every
+backend alike, so read the ratios; the absolute numbers are only for this machine and moment.
+
+    python benchmarks/bench_encoder.py                       # reference, eager, onnxruntime
+    python benchmarks/bench_encoder.py --backends reference eager compile --repeats 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from napari_mobilesam import build_mobilesam
+from napari_mobilesam.model.accelerate import available_backends, time_encoders
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mobile_sam_random.pt"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default=os.environ.get("NAPARI_MOBILESAM_BENCH_WEIGHTS", str(DEFAULT_CHECKPOINT)))
+    parser.add_argument("--backends", nargs="+", default=None, help="default: reference, eager, onnxruntime if installed")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    backends = args.backends or [b for b in available_backends() if b != "compile"]
+    if "reference" not in backends:
+        backends.insert(0, "reference")
+    sam = build_mobilesam(args.checkpoint, device="cpu")
+    t0 = time.perf_counter()
+    times = time_encoders(sam, backends, repeats=args.repeats, warmup=args.warmup)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+          f"{args.repeats} repeats after {args.warmup} warm-up (total {time.perf_counter() - t0:.0f} s incl. setup)")
+    ref = times["reference"]
+    print(f"{'backend':<12} {'s/frame':>8} {'vs reference':>13}")
+    for b, t in times.items():
+        print(f"{b:<12} {t:8.3f} {t / ref:12.2f}x")
+
+
+if __name__ == "__main__":
+    main()
