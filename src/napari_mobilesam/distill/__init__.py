@@ -25,7 +25,7 @@ import torch
 
 from ..model.weights import resolve_weights
 from .data import FrameSource, ImagesLike, preprocess
-from .evaluate import evaluate, format_table, iter_evaluate
+from .evaluation import evaluate, format_table, iter_evaluate
 from .export import export_checkpoint
 from .store import EmbeddingStore, iter_precompute, precompute_teacher
 from .teacher import Teacher, TeacherLike, load_teacher

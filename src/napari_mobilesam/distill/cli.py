@@ -114,7 +114,7 @@ def run_distill(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import format_table, iter_evaluate
+    from .evaluation import format_table, iter_evaluate
 
     try:
         result = _progress(iter_evaluate(

@@ -140,6 +140,7 @@ def format_table(result: dict) -> str:
         (f"mIoU, {result['boxes']} box prompts/frame", f"{result['miou_box']:.4f}"),
         ("embedding MSE", f"{result['embedding_mse']:.6g}"),
     ]
-    width = max(len(k) for k, _ in rows)
-    line = "-" * (width + 14)
-    return "\n".join([f"{'metric':<{width}}  {'student vs teacher':>12}", line, *(f"{k:<{width}}  {v:>12}" for k, v in rows)])
+    head = "student vs teacher"
+    width, vw = max(len(k) for k, _ in rows), max(len(head), *(len(v) for _, v in rows))
+    lines = [f"{'metric':<{width}}  {head:>{vw}}", "-" * (width + 2 + vw)]
+    return "\n".join(lines + [f"{k:<{width}}  {v:>{vw}}" for k, v in rows])
