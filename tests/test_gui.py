@@ -281,3 +281,40 @@ def test_errors_are_notifications(qtbot, make_widget, small_cell, monkeypatch, t
     run(qtbot, w)
     assert "NAPARI_MOBILESAM_WEIGHTS_MOBILE_SAM" in errors[-1]
     assert w.labels_box.value is None or not w.labels_box.value.data.any()
+
+
+def test_everything_section_blobs_matches_engine_and_cancel_keeps_frames(qtbot, make_widget, predictor, small_cell):
+    from napari_mobilesam.engine.everything import segment_everything
+
+    stack = np.stack([small_cell[:128, :128], np.ascontiguousarray(small_cell[:128, :128][::-1]), small_cell[:128, :128]])
+    viewer, w, img = make_widget(stack)
+    ev = w.everything
+    # object-aware without a detector file: disabled, with a hint that says what to do
+    ev.sampler.value = "object-aware"
+    assert not ev.button.enabled and "detector" in ev.hint.value
+    ev.sampler.value = "blobs"
+    assert ev.button.enabled and not ev.hint.visible
+    ev.polarity.value = "dark"
+    user = np.zeros(stack.shape, np.uint32)
+    user[0, :20, :20] = 5
+    labels = viewer.add_labels(user.copy(), name="mine")
+    w.labels_box.value = labels
+    # current frame only (napari opens a stack on its middle frame)
+    viewer.dims.set_current_step(0, 0)
+    run(qtbot, w, ev.run)
+    assert "1 of 1 frame" in w.status.value, w.status.value
+    want = segment_everything(stack[:1], predictor, sampler="blobs", polarity="dark", min_score=0.0, labels=user[:1])
+    assert want[0].max() > 5  # objects were found
+    assert agree(labels.data[0], want[0]) > 0.999
+    assert not labels.data[1:].any()
+    assert np.array_equal(labels.data[0, :20, :20], user[0, :20, :20])  # existing labels kept
+    labels.undo()
+    assert np.array_equal(labels.data, user)
+    # all frames, cancelled after the first finished frame: that frame stays, later ones are not touched
+    ev.all_frames.value = True
+    finished = []
+    ev.run()
+    w._worker.yielded.connect(lambda m: getattr(m, "labels", None) is not None and (finished.append(m.index), w.cancel()))
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
+    assert finished[:1] == [(0,)] and len(finished) < 3
+    assert [t for t in range(3) if (labels.data[t] != user[t]).any()] == [t for (t,) in finished]

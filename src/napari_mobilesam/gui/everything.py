@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,7 +39,8 @@ class EverythingSection:
         self.hint = Label(value="")
         self.diameter = SpinBox(label="diameter (px)", value=0, min=0, max=10000, tooltip="Expected object diameter; 0 = automatic")
         self.polarity = ComboBox(label="objects are", choices=["bright", "dark"], value="bright", tooltip="blobs: brighter (fluorescence) or darker (brightfield) than background")
-        self.min_score = FloatSpinBox(label="min pred. IoU", value=0.5, min=0.0, max=1.0, step=0.05)
+        self.min_score = FloatSpinBox(label="min pred. IoU", value=0.0, min=0.0, max=1.0, step=0.05,
+                                      tooltip="Drop masks whose predicted IoU is lower")
         self.all_frames = CheckBox(text="all frames", value=False)
         self.button = PushButton(text="Segment everything")
         self.box, self.inner = _group(
@@ -50,9 +50,14 @@ class EverythingSection:
         self.box.setToolTip(HELP)
         self.button.tooltip = HELP
         self.sampler.changed.connect(self._update)
+        self.sampler.changed.connect(self._default_score)
         self.detector.changed.connect(self._update)
         self.button.changed.connect(self.run)
         self._update()
+
+    def _default_score(self, sampler: str) -> None:
+        # the grid keeps SAM's own quality filter; proposed boxes are objects already
+        self.min_score.value = 0.88 if sampler == "grid" else 0.0
 
     def _detector_path(self) -> Path | None:
         p = Path(str(self.detector.value))
@@ -70,15 +75,14 @@ class EverythingSection:
             self.button.enabled = True
         self.hint.visible = bool(self.hint.value)
 
-    def options(self, func) -> dict:
-        """The section's options that ``func`` accepts (the engine's keyword names)."""
-        opts = {"min_score": self.min_score.value}
+    def options(self) -> dict:
+        """Engine options (``iter_segment_everything`` keywords) from the controls."""
+        opts = {"min_score": float(self.min_score.value)}
         if self.sampler.value == "blobs":
             opts["polarity"] = self.polarity.value
             if self.diameter.value > 0:
                 opts["diameter"] = float(self.diameter.value)
-        params = inspect.signature(func).parameters
-        return {k: v for k, v in opts.items() if k in params}
+        return opts
 
     def run(self, _=None) -> None:
         self.w._guard(self._run)
@@ -88,39 +92,38 @@ class EverythingSection:
 
         w = self.w
         image, geo, cur = w.context()
-        frames = geo.frames if (self.all_frames.value and geo.n_lead) else [cur]
+        every = self.all_frames.value and geo.n_lead > 0
         labels = w.labels_layer()
         data = image.data[0] if image.multiscale else image.data
-        sub = data if frames == geo.frames else data[tuple(cur)]
-        frame_list = frames if frames == geo.frames else [cur]
         sampler = self.sampler.value
         detector = self._detector_path() if sampler == "object-aware" else None
-        kw = self.options(iter_segment_everything)
-        start_id = w.next_id()
+        read, key, kw = w._frame_reader(image)
+        opts = {**self.options(), **kw, "key": key}
+        existing = labels.data
 
         def gen():
             model = w.model_step()
             sam = (yield from model) if not hasattr(model, "image_encoder") else model
             pred = worker_predictor(sam, w.cache)
-            import numpy as np
-
-            offset = np.zeros((), dtype=np.uint32) + (start_id - 1)
             return (yield from iter_segment_everything(
-                np.asarray(sub), pred, sampler=sampler, detector=detector, rgb=image.rgb, labels=offset, **kw
+                data, pred, sampler=sampler, detector=detector, rgb=image.rgb, frames=None if every else [cur],
+                labels=existing, overwrite=w.overwrite.value, **opts,
             ))
 
         done: list = []
+        last = [""]
 
         def on_msg(msg) -> None:
             if isinstance(msg, EverythingProgress):
+                last[0] = msg.message
                 w.progress.max, w.progress.value = max(msg.total, 0), min(msg.done, msg.total)
                 w.status.value = f"Everything: {msg.message}"
-                if msg.labels is not None:
-                    f = frame_list[msg.frame] if len(frame_list) > 1 else cur
-                    write_frames(labels, [(f, msg.labels)], overwrite=w.overwrite.value)
-                    done.append(f)
+                if msg.labels is not None:  # a finished frame: one undoable write
+                    write_frames(labels, [(tuple(msg.index), msg.labels)], overwrite=w.overwrite.value)
+                    done.append(msg.index)
 
         def on_finish() -> None:
-            w.status.value = f"Segment everything: {len(done)} of {len(frame_list)} frame(s) written"
+            n = geo.n_frames if every else 1
+            w.status.value = f"Segment everything: {len(done)} of {n} frame(s) written" + (f" (last: {last[0]})" if done else "")
 
         w.run_job(gen(), on_msg, on_finish, title="Everything")

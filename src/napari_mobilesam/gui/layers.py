@@ -54,6 +54,10 @@ class FrameGeometry:
         return len(self.lead_shape)
 
     @property
+    def n_frames(self) -> int:
+        return int(np.prod(self.lead_shape)) if self.lead_shape else 1
+
+    @property
     def frames(self) -> list[Frame]:
         return [tuple(int(v) for v in f) for f in np.ndindex(*self.lead_shape)] if self.lead_shape else [()]
 
