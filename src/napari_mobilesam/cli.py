@@ -40,6 +40,7 @@ SAMPLER_OPTIONS = {  # CLI option -> (engine option, samplers it applies to)
     "min_stability": ("min_stability", ("object-aware", "grid", "blobs")),
     "min_area": ("min_area", ("object-aware", "grid", "blobs")),
     "max_area": ("max_area", ("object-aware", "grid", "blobs")),
+    "min_visible": ("min_visible", ("object-aware", "grid", "blobs")),
 }
 
 
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-stability", type=float, metavar="S", help="drop masks with stability score below this")
     g.add_argument("--min-area", type=int, metavar="PX", help="drop objects smaller than this")
     g.add_argument("--max-area", type=int, metavar="PX", help="drop objects larger than this")
+    g.add_argument("--min-visible", type=float, metavar="F", help="drop objects less than this fraction visible (default 0.5)")
     v.set_defaults(func=cmd_everything)
 
     w = sub.add_parser("weights", usage="mobilesam weights [list | fetch NAME...]", parents=[io_parent], formatter_class=fmt, help="list or pre-download model weights",

@@ -1,0 +1,205 @@
+"""The `mobilesam` command on small data with the reference checkpoint (random weights, official layout)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from napari_mobilesam import Prompt
+from napari_mobilesam.cli import main
+from napari_mobilesam.engine.jobs import EmbedJob, EverythingJob
+from napari_mobilesam.engine.labels import render_labels
+
+
+def synthetic_stack(n: int = 3, size: int = 64, seed: int = 0) -> np.ndarray:
+    """``(n, size, size)`` uint16 frames: bright disks (radius 6) on a dark, noisy background."""
+    rng = np.random.default_rng(seed)
+    rr, cc = np.mgrid[:size, :size]
+    out = np.full((n, size, size), 200.0)
+    for f in out:
+        for r, c in rng.integers(10, size - 10, (3, 2)):
+            f[(rr - r) ** 2 + (cc - c) ** 2 <= 36] = 1200.0
+    return np.clip(out + rng.normal(0, 30, out.shape), 0, None).astype(np.uint16)
+
+
+@pytest.fixture
+def stack_path(tmp_path):
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, synthetic_stack(), photometric="minisblack")
+    return path
+
+
+@pytest.fixture
+def model_args(checkpoint):
+    return ["--weights", str(checkpoint), "--device", "cpu", "-q"]
+
+
+# random weights give noisy masks: keep every visible one so that the bookkeeping is tested
+EVERYTHING = ["--sampler", "blobs", "--diameter", "12", "--max-det", "3", "--min-score", "-1", "--min-visible", "0"]
+ENGINE_OPTIONS = dict(sampler="blobs", diameter=12.0, max_det=3, min_score=-1.0, min_visible=0.0)
+
+
+def _count_calls(monkeypatch, cls) -> list:
+    calls: list = []
+    original = cls.__call__
+
+    def counting(self, models, source, t, extra):
+        calls.append(t)
+        return original(self, models, source, t, extra)
+
+    monkeypatch.setattr(cls, "__call__", counting)
+    return calls
+
+
+def test_help_reads_like_a_tool(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    for word in ("usage: mobilesam COMMAND", "segment", "everything", "embed", "weights", "examples:"):
+        assert word in out
+    for cmd in ("embed", "segment", "everything", "weights"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([cmd, "--help"])
+        assert exit_info.value.code == 0
+        assert f"usage: mobilesam {cmd}" in capsys.readouterr().out
+
+
+def test_everything_resumes_after_interruption(tmp_path, stack_path, model_args, predictor, monkeypatch, capsys):
+    from napari_mobilesam.engine.everything import segment_everything
+
+    # Ctrl+C while frame 1 is computed: exit 130, frame 0 kept on disk
+    out = tmp_path / "labels.tif"
+    original = EverythingJob.__call__
+
+    def interrupted(self, models, source, t, extra):
+        if t == 1:
+            raise KeyboardInterrupt
+        return original(self, models, source, t, extra)
+
+    monkeypatch.setattr(EverythingJob, "__call__", interrupted)
+    assert main(["everything", str(stack_path), "-o", str(out), *EVERYTHING, *model_args]) == 130
+    assert "resume" in capsys.readouterr().err
+    partial = zarr.open_group(tmp_path / "labels.tif.partial.zarr", mode="r")
+    assert list(partial["max_id"][:] >= 0) == [True, False, False] and not out.exists()
+
+    # the rerun computes only frames 1 and 2
+    monkeypatch.setattr(EverythingJob, "__call__", original)
+    calls = _count_calls(monkeypatch, EverythingJob)
+    assert main(["everything", str(stack_path), "-o", str(out), *EVERYTHING, *model_args]) == 0
+    assert calls == [1, 2] and not (tmp_path / "labels.tif.partial.zarr").exists()
+    labels = tifffile.imread(out)
+    assert labels.shape == (3, 64, 64) and labels.dtype == np.uint32 and labels.any()
+    # ... and the result equals the engine on the whole stack (ids unique across the stack)
+    np.testing.assert_array_equal(labels, segment_everything(synthetic_stack(), predictor, **ENGINE_OPTIONS))
+    calls.clear()
+    assert main(["everything", str(stack_path), "-o", str(out), *EVERYTHING, *model_args]) == 0
+    assert calls == []  # finished output: nothing to do
+
+
+def test_segment_and_embeddings(tmp_path, stack_path, model_args, predictor, monkeypatch, capsys):
+    from test_io import _save_boxes, _save_points
+
+    pts = _save_points(tmp_path / "p.csv", [[0, 20, 20], [0, 40, 44], [0, 38, 40]], label=[1, 1, 0])
+    boxes = _save_boxes(tmp_path / "b.csv", [[[2, 10, 12], [2, 10, 40], [2, 30, 40], [2, 30, 12]]])
+    out = tmp_path / "seg.zarr"
+    assert main(["segment", str(stack_path), "--points", str(pts), "--boxes", str(boxes), "-o", str(out), *model_args]) == 0
+    result = np.asarray(zarr.open_group(out, mode="r")["labels"])
+    # the same prompts through the engine directly
+    frames = synthetic_stack()
+    predictor.set_image(frames[0], key=("cli-test", 0))
+    objs = predictor.predict_objects([Prompt(points=[[20, 20]]), Prompt(points=[[40, 44], [38, 40]], labels=[1, 0])])
+    np.testing.assert_array_equal(result[0], render_labels(objs, (64, 64), ids=[1, 2]))
+    assert not result[1].any()  # no prompts in frame 1
+    predictor.set_image(frames[2], key=("cli-test", 2))
+    np.testing.assert_array_equal(result[2], render_labels(predictor.predict_objects([Prompt(box=[10, 12, 30, 40])]), (64, 64), ids=[3]))
+
+    # embeddings: computed once, reused by segment with identical labels
+    emb = tmp_path / "emb.zarr"
+    assert main(["embed", str(stack_path), "-o", str(emb), *model_args]) == 0
+    calls = _count_calls(monkeypatch, EmbedJob)
+    assert main(["embed", str(stack_path), "-o", str(emb), *model_args]) == 0
+    assert calls == []
+    out2 = tmp_path / "seg2.tif"
+    assert main(["segment", str(stack_path), "--points", str(pts), "--boxes", str(boxes), "-o", str(out2),
+                 "--embeddings", str(emb), *model_args]) == 0
+    np.testing.assert_array_equal(tifffile.imread(out2), result)
+
+    # a store made for another image is refused
+    other = tmp_path / "other.tif"
+    tifffile.imwrite(other, synthetic_stack(seed=1), photometric="minisblack")
+    capsys.readouterr()
+    assert main(["segment", str(other), "--points", str(pts), "-o", str(tmp_path / "x.tif"), "--embeddings", str(emb), *model_args]) == 2
+    err = capsys.readouterr().err
+    assert "another image" in err and "Traceback" not in err
+
+
+def test_everything_folder_with_yolo_detector(tmp_path, model_args, monkeypatch):
+    import imageio.v3 as iio
+    from ultralytics import YOLO  # only to create a random detector file for the test
+
+    monkeypatch.chdir(tmp_path)
+    YOLO("yolov8n.yaml").save(tmp_path / "det.pt")
+    folder = tmp_path / "wells"
+    folder.mkdir()
+    for i, frame in enumerate(synthetic_stack(2, seed=3)):
+        iio.imwrite(folder / f"well{i}.png", (frame // 257).astype(np.uint8))
+    out = tmp_path / "labels"
+    assert main(["everything", str(folder), "-o", str(out), "--detector", str(tmp_path / "det.pt"), "--conf", "0", "--max-det", "3",
+                 "--format", "zarr", *model_args]) == 0
+    for i in range(2):
+        labels = np.asarray(zarr.open_group(out / f"well{i}_labels.zarr", mode="r")["labels"])
+        assert labels.shape == (64, 64) and labels.dtype == np.uint32
+
+
+def test_weights_command(checkpoint, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("NAPARI_MOBILESAM_CACHE", str(tmp_path / "cache"))
+    assert main(["weights"]) == 0
+    out = capsys.readouterr().out
+    assert "mobile_sam" in out and "vit_t_lm" in out and str(tmp_path / "cache") in out
+    monkeypatch.setenv("NAPARI_MOBILESAM_WEIGHTS_MOBILE_SAM", str(checkpoint))
+    assert main(["weights", "fetch", "mobile_sam", "-q"]) == 0
+    assert str(checkpoint) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["missing", "unreadable", "csv-columns", "outside", "weights-name", "offline", "no-detector", "options"])
+def test_bad_input_one_line_exit_2(case, tmp_path, stack_path, model_args, monkeypatch, capsys):
+    from test_io import _save_points
+
+    image, extra, cmd = str(stack_path), [], "segment"
+    pts = _save_points(tmp_path / "p.csv", [[0, 20, 20]])
+    if case == "missing":
+        image = str(tmp_path / "nope.tif")
+    elif case == "unreadable":
+        (tmp_path / "bad.tif").write_bytes(b"not a tiff at all")
+        image = str(tmp_path / "bad.tif")
+    elif case == "csv-columns":
+        (tmp_path / "p.csv").write_text("x,y\n1,2\n")
+    elif case == "outside":
+        pts = _save_points(tmp_path / "p.csv", [[0, 20, 99]])
+    elif case == "weights-name":
+        model_args = ["--weights", "no_such_model", "-q"]
+    elif case == "offline":  # nothing cached, no network: the registry explains how to pass a file
+        monkeypatch.setenv("NAPARI_MOBILESAM_CACHE", str(tmp_path / "cache"))
+        model_args = ["--weights", "mobile_sam", "-q"]
+        import pooch
+
+        def no_network(url, *a, **k):
+            raise ConnectionError(f"no network for {url}")
+
+        monkeypatch.setattr(pooch, "retrieve", no_network)
+    elif case == "no-detector":
+        cmd, extra = "everything", ["--sampler", "object-aware"]
+    elif case == "options":
+        cmd, extra = "everything", ["--sampler", "blobs", "--points-per-side", "4"]
+    args = [cmd, image, "-o", str(tmp_path / "out.tif"), *extra, *model_args]
+    if cmd == "segment":
+        args += ["--points", str(pts)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mobilesam {cmd}: error:") and "Traceback" not in err
+    if case == "offline":
+        assert "--weights PATH" in err
+    else:
+        assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.tif").exists()
