@@ -2,7 +2,8 @@
 
 SAM's postprocessing is two bilinear resizes (``align_corners=False``): 256² -> 1024², crop to
 the resized input, -> original size. Bilinear resizing is separable and linear, so the whole chain
-is ``Ay @ L @ Axᵀ`` with two small per-frame matrices. Every output value is a convex combination
+is ``Ay @ L @ Axᵀ`` with two per-frame matrices of at most four non-zeros per row, applied as
+gathers (a few operations per output pixel). Every output value is a convex combination
 of low-resolution values, so a pixel can exceed the threshold only if some low-resolution logit
 in its support does: we evaluate only the rows/columns whose support touches a positive logit.
 The result equals the stock path up to float32 rounding, at a cost proportional to the object.
@@ -36,8 +37,12 @@ class _Axis:
 
     def __init__(self, n_orig: int, n_input: int, n_pad: int, n_low: int):
         a = bilinear_matrix(n_input, n_orig) @ bilinear_matrix(n_low, n_pad)[:n_input]
-        self.matrix = a.astype(np.float32)
         nz = a > 0
+        # sparse rows: the (at most 4) low-res indices and weights of each output index
+        taps = max(int(nz.sum(1).max()), 1)
+        order = np.argsort(~nz, axis=1, kind="stable")[:, :taps]
+        self.idx = np.where(np.take_along_axis(nz, order, 1), order, order[:, :1])
+        self.wts = np.take_along_axis(a, order, 1).astype(np.float32)
         reach = nz.any(0)
         self.first = np.where(reach, nz.argmax(0), n_orig)
         self.last = np.where(reach, n_orig - 1 - nz[::-1].argmax(0), -1)
@@ -78,13 +83,18 @@ class MaskUpsampler:
             return np.zeros((0, 0), np.float32), (0, 0)
         r0, r1 = self.rows.span(prow[0], prow[-1])
         c0, c1 = self.cols.span(pcol[0], pcol[-1])
-        ay, ax = self.rows.matrix[r0:r1], self.cols.matrix[c0:c1]
-        jr = np.flatnonzero(ay.any(0))
-        jc = np.flatnonzero(ax.any(0))
-        ay = ay[:, jr[0] : jr[-1] + 1]
-        ax = ax[:, jc[0] : jc[-1] + 1]
-        sub = low[jr[0] : jr[-1] + 1, jc[0] : jc[-1] + 1].astype(np.float32, copy=False)
-        return (ay @ sub) @ ax.T, (r0, c0)
+        ri, rw = self.rows.idx[r0:r1], self.rows.wts[r0:r1]
+        ci, cw = self.cols.idx[c0:c1], self.cols.wts[c0:c1]
+        j0 = int(ci.min())
+        sub = low[:, j0 : int(ci.max()) + 1].astype(np.float32, copy=False)
+        tmp = rw[:, 0, None] * sub[ri[:, 0]]
+        for k in range(1, ri.shape[1]):
+            tmp += rw[:, k, None] * sub[ri[:, k]]
+        ci = ci - j0
+        out = cw[None, :, 0] * tmp[:, ci[:, 0]]
+        for k in range(1, ci.shape[1]):
+            out += cw[None, :, k] * tmp[:, ci[:, k]]
+        return out, (r0, c0)
 
     def crop_mask(self, low: np.ndarray, threshold: float) -> tuple[np.ndarray, tuple[int, int]]:
         """Like :meth:`crop_logits`, thresholded and trimmed to the mask's bounding box."""

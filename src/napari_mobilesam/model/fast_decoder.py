@@ -72,25 +72,64 @@ def _image_to_tokens(attn: Attention, q_in: torch.Tensor, k: torch.Tensor, v: to
     """Image tokens attend to prompt tokens; the query projection is folded into the keys.
 
     q_in: Bk x N x C (Bk in {1, B}); k, v: B x T x C. Returns B x N x C (the attention output).
+    Scores are laid out B x (h, T) x N so that the softmax over the few tokens runs along a
+    strided axis with the long image axis contiguous (much faster than a softmax over 7 values).
     """
     h = attn.num_heads
     b, t, _ = k.shape
     d = attn.internal_dim // h
     kh = _heads(attn.k_proj(k), h)  # B x h x T x d
     wq = attn.q_proj.weight.view(h, d, -1)
-    m = torch.einsum("bhtd,hdc->bcht", kh, wq).reshape(b, -1, h * t)  # B x C x hT
-    m_bias = torch.einsum("bhtd,hd->bht", kh, attn.q_proj.bias.view(h, d)).reshape(b, 1, h * t)
+    m = torch.einsum("bhtd,hdc->bhtc", kh, wq).reshape(b, h * t, -1)  # B x hT x C
+    m_bias = torch.einsum("bhtd,hd->bht", kh, attn.q_proj.bias.view(h, d)).reshape(b, h * t, 1)
     if q_in.shape[0] == 1:
-        n = q_in.shape[1]
-        scores = (q_in[0] @ m.permute(1, 0, 2).reshape(m.shape[1], -1)).view(n, b, h * t).transpose(0, 1)
+        scores = (m.reshape(b * h * t, -1) @ q_in[0].T).view(b, h * t, -1)
     else:
-        scores = q_in @ m
+        scores = m @ q_in.transpose(1, 2)
     scores = (scores + m_bias) * (1.0 / math.sqrt(d))
-    probs = torch.softmax(scores.view(b, -1, h, t), dim=-1).view(b, -1, h * t)  # B x N x hT
+    probs = torch.softmax(scores.view(b, h, t, -1), dim=2).view(b, h * t, -1)  # B x hT x N
+    return _mix_tokens(attn, probs, v)
+
+
+def _image_to_tokens_pre(attn: Attention, q_img: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """As :func:`_image_to_tokens`, with the image queries already projected: ``q_img`` h x N x d."""
+    h = attn.num_heads
+    b, t, _ = k.shape
+    d = attn.internal_dim // h
+    kh = attn.k_proj(k).view(b, t, h, d).permute(2, 0, 1, 3).reshape(h, b * t, d)
+    scores = (kh @ q_img.transpose(1, 2)) * (1.0 / math.sqrt(d))  # h x BT x N
+    probs = torch.softmax(scores.view(h, b, t, -1), dim=2).transpose(0, 1).reshape(b, h * t, -1)
+    return _mix_tokens(attn, probs, v)
+
+
+def _mix_tokens(attn: Attention, probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``out_proj(concat_h P_h V_h)`` as one matmul ``Pᵀ (V Wᵀ)``; probs: B x hT x N, v: B x T x C."""
+    h = attn.num_heads
+    d = attn.internal_dim // h
     vh = _heads(attn.v_proj(v), h)  # B x h x T x d
     wo = attn.out_proj.weight.view(-1, h, d)  # C x h x d
-    vw = torch.einsum("bhtd,chd->bhtc", vh, wo).reshape(b, h * t, -1)  # B x hT x C
-    return torch.baddbmm(attn.out_proj.bias.expand(b, 1, -1), probs, vw)
+    vw = torch.einsum("bhtd,chd->bhtc", vh, wo).reshape(v.shape[0], -1, wo.shape[0])  # B x hT x C
+    # Each head's probabilities sum to one over its T tokens, so adding bias/h to every row of
+    # vw adds the output bias exactly once.
+    vw = vw + attn.out_proj.bias / h
+    return probs.transpose(1, 2) @ vw
+
+
+def _tokens_to_image_pre(attn: Attention, q: torch.Tensor, k_img: torch.Tensor, v_img: torch.Tensor) -> torch.Tensor:
+    """Prompt tokens attend to image tokens whose keys/values are already projected (h x N x d)."""
+    h = attn.num_heads
+    b, t, _ = q.shape
+    d = attn.internal_dim // h
+    qh = attn.q_proj(q).view(b, t, h, d).permute(2, 0, 1, 3).reshape(h, b * t, d)
+    probs = torch.softmax((qh @ k_img.transpose(1, 2)) * (1.0 / math.sqrt(d)), dim=-1)  # h x BT x N
+    out = (probs @ v_img).view(h, b, t, d).permute(1, 2, 0, 3).reshape(b, t, h * d)
+    return attn.out_proj(out)
+
+
+def _project_heads(lin: torch.nn.Linear, x: torch.Tensor, h: int) -> torch.Tensor:
+    """1 x N x C -> h x N x d."""
+    y = lin(x[0])
+    return y.view(y.shape[0], h, -1).transpose(0, 1).contiguous()
 
 
 class FrameDecoder:
@@ -113,6 +152,16 @@ class FrameDecoder:
         self.size = features.shape[-2:]
         no_mask = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         self._shared = self._prepare_keys(self.features + no_mask)
+        # Without mask input, the first layer's image-side projections are the same for every
+        # prompt: project once per frame.
+        layer0 = self.transformer.layers[0]
+        keys, keys_pe = self._shared
+        t2i, i2t = layer0.cross_attn_token_to_image, layer0.cross_attn_image_to_token
+        self._layer0 = (
+            _project_heads(t2i.k_proj, keys_pe, t2i.num_heads),
+            _project_heads(t2i.v_proj, keys, t2i.num_heads),
+            _project_heads(i2t.q_proj, keys_pe, i2t.num_heads),
+        )
 
     def _prepare_keys(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         keys = src.flatten(2).transpose(1, 2)  # Bk x N x C
@@ -150,11 +199,20 @@ class FrameDecoder:
                 q = queries + query_pe
                 queries = queries + _token_self_attention(layer.self_attn, q, queries)
             queries = layer.norm1(queries)
+            shared = i == 0 and dense is None
             if i > 0:
                 keys_pe = keys + self.pe
-            queries = layer.norm2(queries + _tokens_to_image(layer.cross_attn_token_to_image, queries + query_pe, keys_pe, keys))
+            if shared:
+                k0, v0, q0 = self._layer0
+                attn_out = _tokens_to_image_pre(layer.cross_attn_token_to_image, queries + query_pe, k0, v0)
+            else:
+                attn_out = _tokens_to_image(layer.cross_attn_token_to_image, queries + query_pe, keys_pe, keys)
+            queries = layer.norm2(queries + attn_out)
             queries = layer.norm3(queries + layer.mlp(queries))
-            attn_out = _image_to_tokens(layer.cross_attn_image_to_token, keys_pe, queries + query_pe, queries)
+            if shared:
+                attn_out = _image_to_tokens_pre(layer.cross_attn_image_to_token, q0, queries + query_pe, queries)
+            else:
+                attn_out = _image_to_tokens(layer.cross_attn_image_to_token, keys_pe, queries + query_pe, queries)
             keys = layer.norm4(keys + attn_out)  # broadcasts shared keys to B x N x C
         keys_pe = keys + self.pe
         final = _tokens_to_image(tr.final_attn_token_to_image, queries + query_pe, keys_pe, keys)
@@ -169,37 +227,35 @@ class FrameDecoder:
 
     def _upscale_masks(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """``output_upscaling`` (ConvT 2x2/2, LayerNorm2d, GELU, ConvT 2x2/2, GELU), then the
-        hypernetwork dot product, as matmuls on channels-last tokens.
+        hypernetwork dot product, fused per block of image tokens.
 
-        The second transposed conv, its GELU and the dot product are fused per block of rows so
-        that the 32-channel 256² map never exists for the whole batch (it is 8 MB per prompt).
-        keys: B x N x C; hyper: B x M x 32. Returns B x M x 256 x 256 logits.
+        A 2x2/stride-2 transposed conv maps each input pixel to its own 2x2 output patch, so a
+        block of tokens can run the whole chain on its own while it stays in cache; the 64- and
+        32-channel maps never exist for the whole batch (12 MB per prompt in the stock path).
+        keys: B x N x C; hyper: B x M x 32. Returns B x M x 4h x 4w logits.
         """
         ct1, ln, act1, ct2, act2 = self.md.output_upscaling
         b, m = hyper.shape[:2]
         h, w = self.size
-        x = _convt2x2(keys, ct1, b, h, w)  # B x 2h x 2w x C1
-        x = act1(F.layer_norm(x, x.shape[-1:], ln.weight, ln.bias, ln.eps))
-        c1 = x.shape[-1]
-        cin, cout = ct2.weight.shape[:2]
-        w2 = ct2.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)
-        b2 = ct2.bias.repeat(4)
-        rows = x.reshape(b, -1, c1)  # B x (2h*2w) x C1
-        out = torch.empty(b, rows.shape[1], 4, m, dtype=x.dtype, device=x.device)
-        block = 2048
+        c1, c2 = ct1.weight.shape[1], ct2.weight.shape[1]
+        w1, b1 = _convt_matrix(ct1)
+        w2, b2 = _convt_matrix(ct2)
+        n = keys.shape[1]
+        out = torch.empty(b, n, 16, m, dtype=keys.dtype, device=keys.device)
+        block = 256
         for i in range(b):
             hyp = hyper[i].T  # 32 x M
-            for s in range(0, rows.shape[1], block):
-                y = act2(torch.addmm(b2, rows[i, s : s + block], w2))  # rows x (ky, kx, 32)
-                torch.matmul(y.view(-1, 4, cout), hyp, out=out[i, s : s + block])
-        # (B, 2h, 2w, ky, kx, M) -> (B, M, 4h, 4w)
-        out = out.view(b, 2 * h, 2 * w, 2, 2, m).permute(0, 5, 1, 3, 2, 4)
+            for s in range(0, n, block):
+                x = torch.addmm(b1, keys[i, s : s + block], w1).view(-1, c1)  # (token, ky1, kx1) x C1
+                x = act1(F.layer_norm(x, (c1,), ln.weight, ln.bias, ln.eps))
+                y = act2(torch.addmm(b2, x, w2)).view(-1, c2)  # (token, ky1, kx1, ky2, kx2) x C2
+                torch.matmul(y, hyp, out=out[i, s : s + block].view(-1, m))
+        # (B, i, j, ky1, kx1, ky2, kx2, M) -> (B, M, 4i + 2ky1 + ky2, 4j + 2kx1 + kx2)
+        out = out.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
         return out.reshape(b, m, 4 * h, 4 * w)
 
 
-def _convt2x2(x: torch.Tensor, conv: torch.nn.ConvTranspose2d, b: int, h: int, w: int) -> torch.Tensor:
-    """Stride-2, 2x2 transposed conv on channels-last tokens ``B x (h*w) x Cin`` -> ``B x 2h x 2w x Cout``."""
+def _convt_matrix(conv: torch.nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 2x2/stride-2 transposed conv as ``x @ W + b`` with outputs ordered (ky, kx, channel)."""
     cin, cout = conv.weight.shape[:2]
-    weight = conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)  # (ky, kx, cout) per input channel
-    y = torch.addmm(conv.bias.repeat(4), x.reshape(-1, cin), weight)
-    return y.view(b, h, w, 2, 2, cout).permute(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, cout)
+    return conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout), conv.bias.repeat(4)
