@@ -121,6 +121,7 @@ def main() -> None:
         teach, teach_cpu = _median(t_teacher)
         print(f"{f'teacher {args.teacher} forward, 1 frame':<48} {teach:8.2f} s  {teach_cpu:8.2f} s  ({teach / infer:.1f}x the student forward)")
         print(f"  precompute (once): {args.images:,} x {teach:.2f} s = {_hours(args.images * teach)}")
+        print(f"  (at {teach_cpu:.2f} CPU-s/frame, idle machine: ~{_hours(args.images * teach_cpu / torch.get_num_threads())})")
 
 
 if __name__ == "__main__":

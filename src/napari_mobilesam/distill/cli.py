@@ -42,7 +42,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--save-every", type=int, default=500, help="training checkpoint every N steps (and at the end)")
     d.add_argument("--keep", type=int, default=2, help="training checkpoints to keep")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    d.add_argument("--workers", type=int, default=None, help="data-loading processes (default: 0 on CPU, up to 8 on CUDA)")
     d.add_argument("--resume", action="store_true", help="continue training from the latest checkpoint in WORK/train")
     d.add_argument("--out", type=Path, default=None, help="exported checkpoint (default WORK/mobile_sam_distilled.pt)")
     d.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")

@@ -81,6 +81,23 @@ def _open_array(path: Path) -> np.ndarray:
     return imread(path)
 
 
+def _file_frames(path: Path) -> int:
+    """Frames in an image file, from its header only (listing 100K files must not decode them)."""
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            return _frame_count(tif.series[0].shape)
+    if suffix == ".npy":
+        return _frame_count(np.load(path, mmap_mode="r").shape)
+    from PIL import Image
+
+    with Image.open(path) as im:  # png/jpg/bmp: one frame; opening checks the file is an image
+        im.size
+    return 1
+
+
 def preprocess(frame: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
     """One frame -> SAM's network input.
 
@@ -130,10 +147,9 @@ class FrameSource(torch.utils.data.Dataset):
             counts = []
             for p in paths:
                 try:
-                    shape = _open_array(p).shape
+                    counts.append(_file_frames(p))
                 except Exception as err:
                     raise ValueError(f"Could not read image {p}: {type(err).__name__}: {err}. Remove or convert it.") from err
-                counts.append(_frame_count(shape))
             self.sources = [str(p) for p in paths]
         self.items = [_Item(s, f) for s, n in enumerate(counts) for f in range(n)]
         if not self.items:

@@ -52,7 +52,7 @@ class TrainConfig:
     save_every: int = 500
     keep: int = 2
     seed: int = 0
-    workers: int = 0
+    workers: int | None = None  # data-loading processes; None: 0 on CPU, up to 8 on CUDA
 
     def total_steps(self, frames: int) -> int:
         if self.steps is not None:
@@ -115,6 +115,12 @@ class _Stream(torch.utils.data.Sampler):
                 epoch = p // self.n
                 perm = np.random.default_rng(self.seed + epoch).permutation(self.n)
             yield int(perm[p % self.n])
+
+
+def _workers(requested: int | None, dev: torch.device) -> int:
+    if requested is not None:
+        return requested
+    return min(8, os.cpu_count() or 1) if dev.type == "cuda" else 0
 
 
 def latest_checkpoint(train_dir: str | os.PathLike) -> Path | None:
@@ -183,7 +189,7 @@ def iter_train(
     count = max(0, total - step) * per_step
     loader = torch.utils.data.DataLoader(
         _Pairs(source, store), batch_size=cfg.batch_size, sampler=_Stream(len(source), cfg.seed, step * per_step, count),
-        num_workers=cfg.workers, pin_memory=dev.type == "cuda", persistent_workers=False,
+        num_workers=_workers(cfg.workers, dev), pin_memory=dev.type == "cuda", persistent_workers=False,
     )
     batches = iter(loader)
     log = (train_dir / "log.csv").open("a")
