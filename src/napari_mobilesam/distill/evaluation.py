@@ -91,6 +91,7 @@ def iter_evaluate(
     source = images if isinstance(images, FrameSource) else FrameSource(images)
     n = len(source) if max_frames is None else min(len(source), max_frames)
     rng = np.random.default_rng(seed)
+    names = source.describe()
     rows, start = [], time.perf_counter()
     for i in range(n):
         rgb = to_rgb_uint8(source.frame(i))
@@ -99,7 +100,7 @@ def iter_evaluate(
             pt.set_image(rgb)
             ps.set_image(rgb)
             mse = float(torch.mean((ps.features.float() - pt.features.float()) ** 2))
-            row = {"frame": source.describe()[i], "embedding_mse": mse, "miou_point": float("nan"), "miou_box": float("nan")}
+            row = {"frame": names[i], "embedding_mse": mse, "miou_point": float("nan"), "miou_box": float("nan")}
             if points:
                 xy = rng.uniform((0, 0), (w, h), (points, 2))
                 row["miou_point"] = float(mask_iou(_masks(ps, points=xy), _masks(pt, points=xy)).mean())
