@@ -91,17 +91,19 @@ class MobileSAMWidget(QWidget):
         self.overwrite = CheckBox(text="overwrite existing labels", value=False)
         self.mask_choice = ComboBox(label="mask of selected", choices=MASK_CHOICES, value=0,
                                     tooltip="For the selected point/box: best by predicted IoU or one of SAM's 3 masks")
+        self.help = Label(value="Click objects in the points layer (T: positive/negative),\nor draw rectangles in the boxes layer.")
+        self.help.tooltip = PROMPT_HELP
         self.segment_btn = PushButton(text="Segment")
         self.segment_btn.tooltip = PROMPT_HELP
         # -- progress
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False, label="")
-        self.status = Label(value="Pick an image; click on cells (points) or draw rectangles.")
+        self.status = Label(value="Ready.")
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
 
         root = QVBoxLayout(self)
         for title, ws in (
             ("Input", (self.image_box, self.points_box, self.shapes_box, self.labels_box, self.model_box, self.model_file, self.device_box)),
-            ("Prompts", (self.mode, self.live, self.all_frames, self.overwrite, self.mask_choice, self.segment_btn)),
+            ("Prompts", (self.help, self.mode, self.live, self.all_frames, self.overwrite, self.mask_choice, self.segment_btn)),
         ):
             box, _ = _group(title, *ws)
             box.setToolTip(PROMPT_HELP)
@@ -417,11 +419,21 @@ class MobileSAMWidget(QWidget):
             work.setdefault(o.frame, []).append(o)
         frame, key, kw = self._frame_reader(image)
 
+        written: list[int] = []
+
         def on_msg(msg) -> None:
             if isinstance(msg, FrameDone):
                 self.write_objects(msg.frame, msg.objects, msg.masks)
+                written.append(len(msg.objects))
 
-        self.run_job(segment_frames(self.model_step(), self.cache, frame, key, list(work.items()), kw), on_msg, title="Segment")
+        def on_finish() -> None:
+            if written:
+                layer = self.labels_box.value
+                self.status.value = (
+                    f"Segment: {sum(written)} object(s) on {len(written)} frame(s) → '{layer.name}' (Ctrl+Z undoes)"
+                )
+
+        self.run_job(segment_frames(self.model_step(), self.cache, frame, key, list(work.items()), kw), on_msg, on_finish, title="Segment")
 
     # ------------------------------------------------------------------ live mode
     def _on_prompt_data(self, event: Event) -> None:
@@ -431,10 +443,13 @@ class MobileSAMWidget(QWidget):
             layer = event.source
             # add() reports new rows as negative indices; a wholesale data replacement keeps its features
             rows = sorted(len(layer.data) + int(i) for i in (getattr(event, "data_indices", None) or ()) if int(i) < 0)
-            if rows and "label_id" in layer.features:
-                layer.features.loc[rows, ["label_id", "mask"]] = 0
-                if layer is self._points:
-                    layer.features.loc[rows, "label"] = 1 if self.mode.value == "positive" else 0
+            f = layer.features
+            if rows and "label_id" in f:
+                if f.loc[rows, ["label_id", "mask"]].to_numpy().any():
+                    f.loc[rows, ["label_id", "mask"]] = 0
+                want = 1 if self.mode.value == "positive" else 0
+                if layer is self._points and (f.loc[rows, "label"].to_numpy() != want).any():
+                    f.loc[rows, "label"] = want
                     layer.refresh_colors(update_color_mapping=False)
         if self.live.value and action in ("added", "changed", "removed"):
             self.live_update()
