@@ -5,7 +5,7 @@ Same weights, same process, runs interleaved (reference, eager, ..., then again)
 backend alike, so read the ratios; the absolute numbers are only for this machine and moment.
 
     python benchmarks/bench_encoder.py                       # reference, eager, onnxruntime
-    python benchmarks/bench_encoder.py --backends reference eager compile --repeats 7
+    python benchmarks/bench_encoder.py --backends reference eager --repeats 7
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "shared" / "reference
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=os.environ.get("NAPARI_MOBILESAM_BENCH_WEIGHTS", str(DEFAULT_CHECKPOINT)))
-    parser.add_argument("--backends", nargs="+", default=None, help="default: reference, eager, onnxruntime if installed")
+    default_weights = os.environ.get("NAPARI_MOBILESAM_BENCH_WEIGHTS", str(DEFAULT_CHECKPOINT))
+    parser.add_argument("--checkpoint", default=default_weights, help="registry name or .pt path")
+    parser.add_argument("--backends", nargs="+", default=None, help="default: every available one")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -35,7 +36,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    backends = args.backends or [b for b in available_backends() if b != "compile"]
+    backends = args.backends or available_backends()
     if "reference" not in backends:
         backends.insert(0, "reference")
     sam = build_mobilesam(args.checkpoint, device="cpu")

@@ -60,7 +60,7 @@ def test_parameter_count_matches_official(sam, reference_dir):
     assert not any(k.startswith("image_encoder.") and "attention_bias_idxs" in k for k in sam.state_dict())
 
 
-@pytest.mark.parametrize("backend", [b for b in available_backends() if b != "compile"])
+@pytest.mark.parametrize("backend", available_backends())
 def test_embedding_parity(backend, sam, images, model_inputs, reference_dir, tmp_path_factory):
     """Each backend reproduces the official embedding of both reference images."""
     model = copy.deepcopy(sam)
@@ -81,13 +81,13 @@ def test_embedding_parity(backend, sam, images, model_inputs, reference_dir, tmp
         assert rel_err(predictor.features.numpy(), expected) <= 1e-4
 
 
-@pytest.mark.parametrize("backend", [b for b in available_backends() if b not in ("compile", "reference")])
+@pytest.mark.parametrize("backend", [b for b in available_backends() if b != "reference"])
 def test_output_follows_reloaded_attention_biases(backend, small_encoder, tmp_path):
     """The gathered bias copy (and any export) must come from the weights loaded last."""
     enc = copy.deepcopy(small_encoder)
     holder = torch.nn.Module()
     holder.image_encoder = enc
-    assert optimize_encoder(holder, backend, cache=tmp_path) == backend
+    assert optimize_encoder(holder, "auto" if backend == "onnxruntime" else backend, cache=tmp_path) == backend
     x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         before = enc(x)
@@ -140,4 +140,5 @@ def test_missing_onnxruntime_falls_back_to_eager(small_encoder, monkeypatch, cap
     with caplog.at_level(logging.WARNING):
         assert optimize_encoder(holder, "onnxruntime") == "eager"
     assert holder.image_encoder.runner is None
+    assert optimize_encoder(holder, "auto") == "eager"
     assert "onnxruntime" in caplog.text and "eager" in caplog.text

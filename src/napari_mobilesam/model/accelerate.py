@@ -6,12 +6,14 @@ its parameters and its state-dict keys stay as they are):
 - ``"eager"``: PyTorch, channels-last with oneDNN fused kernels (the default path of
   :class:`~napari_mobilesam.model.tiny_vit.TinyViT`); nothing to attach.
 - ``"onnxruntime"``: the encoder exported to ONNX once per set of weights (cached under
-  ``cache_dir()/onnx``, keyed by a hash of the weights) and run by ONNX Runtime's CPU provider.
-  ``onnxruntime`` is optional; without it this backend falls back to eager, with a logged reason.
-- ``"compile"``: ``torch.compile`` (Inductor). Opt-in: compiling takes about a minute on two
-  cores, paid once per process (Inductor caches its kernels across processes).
-- ``"auto"``: eager. (On the 2-core CPU this was tuned on, ONNX Runtime was not faster than
-  the fused eager path; see ``benchmarks/bench_encoder.py``.)
+  ``cache_dir()/onnx``, keyed by a hash of the weights; about 10 s the first time, then a
+  0.5 s session start) and run by ONNX Runtime's CPU provider. ``onnx`` and ``onnxruntime``
+  are optional; without them this backend falls back to eager, with a logged reason.
+- ``"auto"``: ``"onnxruntime"`` for a CPU encoder when both packages are installed, else eager.
+  On the shared 2-core CPU this was tuned on, ONNX Runtime was the fastest in every same-run
+  comparison with two threads (0.30-0.37x the official op sequence, eager 0.47-0.51x); with
+  one thread the two were level (eager 0.51x, ONNX Runtime 0.54x). Its thread pool copes
+  better with a busy machine. See ``benchmarks/bench_encoder.py``.
 
 A backend only serves eval-mode, no-grad calls on CPU float32 ``B x 3 x S x S`` input; anything
 else (training, autograd, GPU, reference mode) runs the PyTorch path. If the weights change
@@ -40,21 +42,23 @@ __all__ = ["BACKENDS", "available_backends", "optimize_encoder", "time_encoder",
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "eager", "onnxruntime", "compile")
+BACKENDS = ("auto", "eager", "onnxruntime")
 ONNX_OPSET = 17
 EXPORT_VERSION = "1"  # bump when the exported graph changes, to invalidate cached files
 
 
-def available_backends() -> list[str]:
-    """Backends that can run here (``"reference"`` is the official op sequence, for benchmarks)."""
-    names = ["reference", "eager", "compile"]
+def _have_onnxruntime() -> bool:
     try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
         import onnxruntime  # noqa: F401
     except ImportError:
-        pass
-    else:
-        names.insert(2, "onnxruntime")
-    return names
+        return False
+    return True
+
+
+def available_backends() -> list[str]:
+    """Backends that can run here (``"reference"`` is the official op sequence, for benchmarks)."""
+    return ["reference", "eager"] + (["onnxruntime"] if _have_onnxruntime() else [])
 
 
 def _tensors(encoder: torch.nn.Module) -> list[torch.Tensor]:
@@ -101,7 +105,13 @@ class _Runner:
         fp = _fingerprint(encoder)
         if fp != self._fingerprint:
             log.info("Encoder weights changed since the %s backend was built; rebuilding it.", self.name)
-            self._fn = self._build(encoder)
+            try:
+                self._fn = self._build(encoder)
+            except Exception as err:  # never serve the old weights; eager always works
+                log.warning("Could not rebuild the %s backend (%s: %s); using eager PyTorch.",
+                            self.name, type(err).__name__, err)
+                encoder.set_runner(None)
+                return None
             self._fingerprint = fp
         return self._fn(x)
 
@@ -133,6 +143,7 @@ def _export_onnx(encoder: TinyViT, path: Path) -> None:
 
 
 def _build_onnxruntime(cache: Path | None) -> Callable[[TinyViT], Callable[[torch.Tensor], torch.Tensor]]:
+    import onnx  # noqa: F401  (fail here, not halfway through an export)
     import onnxruntime as ort
 
     def build(encoder: TinyViT) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -163,11 +174,6 @@ def _build_onnxruntime(cache: Path | None) -> Callable[[TinyViT], Callable[[torc
     return build
 
 
-def _build_compile(encoder: TinyViT) -> Callable[[torch.Tensor], torch.Tensor]:
-    # Parameters stay graph inputs (no freezing), so new weights need no recompile.
-    return torch.compile(encoder.forward_eager, dynamic=False)
-
-
 def optimize_encoder(sam: torch.nn.Module, backend: str = "auto", cache: str | os.PathLike | None = None) -> str:
     """Attach an inference backend to ``sam.image_encoder`` (a :class:`TinyViT`) in place.
 
@@ -189,29 +195,33 @@ def optimize_encoder(sam: torch.nn.Module, backend: str = "auto", cache: str | o
     if not isinstance(encoder, TinyViT):
         raise ValueError(f"optimize_encoder needs a TinyViT image encoder, got {type(encoder).__name__}.")
     encoder.set_runner(None)
-    if backend in ("auto", "eager"):
-        return "eager"
     device = next(encoder.parameters()).device
-    if backend == "onnxruntime" and device.type != "cpu":
-        log.warning("The onnxruntime backend runs on CPU only; the encoder is on %s, so it stays eager.", device)
+    if backend == "auto":
+        if device.type != "cpu" or not _have_onnxruntime():
+            return "eager"
+        backend = "onnxruntime"
+        complain = log.info  # nobody asked for it by name
+    else:
+        complain = log.warning
+    if backend == "eager":
+        return "eager"
+    if device.type != "cpu":
+        complain("The onnxruntime backend runs on CPU only; the encoder is on %s, so it stays eager.", device)
         return "eager"
     try:
-        if backend == "onnxruntime":
-            runner = _Runner(encoder, backend, _build_onnxruntime(Path(cache) if cache is not None else None))
-        else:
-            runner = _Runner(encoder, backend, _build_compile)
+        runner = _Runner(encoder, backend, _build_onnxruntime(Path(cache) if cache is not None else None))
     except ImportError as err:
-        log.warning("Encoder backend %r is unavailable (%s); using eager PyTorch.", backend, err)
+        complain("Encoder backend %r is unavailable (%s); using eager PyTorch.", backend, err)
         return "eager"
     except Exception as err:  # export or session creation failed: eager still works
-        log.warning("Encoder backend %r failed to build (%s: %s); using eager PyTorch.", backend, type(err).__name__, err)
+        complain("Encoder backend %r failed to build (%s: %s); using eager PyTorch.", backend, type(err).__name__, err)
         return "eager"
     encoder.set_runner(runner)
     return backend
 
 
 def _prepared(encoder: TinyViT, backend: str, cache: str | os.PathLike | None) -> TinyViT:
-    """A copy of ``encoder`` (same weights) set up for ``backend``, including ``"reference"``."""
+    """A copy of ``encoder`` (same weights) set up for ``backend``: ``"reference"`` or one of :data:`BACKENDS`."""
     runner, encoder.runner = encoder.runner, None  # a runner may hold unpicklable sessions
     try:
         enc = copy.deepcopy(encoder).eval()
@@ -222,13 +232,17 @@ def _prepared(encoder: TinyViT, backend: str, cache: str | os.PathLike | None) -
         holder = torch.nn.Module()
         holder.image_encoder = enc
         used = optimize_encoder(holder, backend, cache)
-        if used != backend:
+        if backend != "auto" and used != backend:
             raise RuntimeError(f"Encoder backend {backend!r} is not available here (see the log).")
     return enc
 
 
 def time_encoders(
-    sam: torch.nn.Module, backends: Sequence[str], repeats: int = 5, warmup: int = 1, cache: str | os.PathLike | None = None
+    sam: torch.nn.Module,
+    backends: Sequence[str],
+    repeats: int = 5,
+    warmup: int = 1,
+    cache: str | os.PathLike | None = None,
 ) -> dict[str, float]:
     """Median seconds per 1024² frame for each backend, same weights, runs interleaved.
 

@@ -51,7 +51,8 @@ def _onednn(x: torch.Tensor) -> bool:
 def _linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False, fuse: bool = True) -> torch.Tensor:
     """``layer(x)``, then GELU (exact, erf) if asked; fused by oneDNN if ``fuse`` and :func:`_onednn` allow."""
     if fuse and _onednn(x):
-        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu" if gelu else "none", [], "none" if gelu else "")
+        attr, algorithm = ("gelu", "none") if gelu else ("none", "")  # "none" algorithm = exact (erf) GELU
+        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, attr, [], algorithm)
     y = layer(x)
     return F.gelu(y) if gelu else y
 
@@ -95,7 +96,8 @@ class Conv2dBN(nn.Sequential):
                 if add is not None:  # oneDNN fuses the sum only; GELU after it stays separate
                     y = torch.ops.mkldnn._convolution_pointwise(x, add, *args, "add", 1.0, None, [], None)
                     return F.gelu(y) if gelu else y
-                return torch.ops.mkldnn._convolution_pointwise(x, *args, "gelu" if gelu else "none", [], "none" if gelu else "")
+                attr, algorithm = ("gelu", "none") if gelu else ("none", "")
+                return torch.ops.mkldnn._convolution_pointwise(x, *args, attr, [], algorithm)
             y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
         if add is not None:
             y = y + add
