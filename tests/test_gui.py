@@ -262,10 +262,11 @@ def test_propagate_through_stack(qtbot, make_widget, predictor, small_cell):
 
 
 def test_errors_are_notifications(qtbot, make_widget, small_cell, monkeypatch, tmp_path):
-    from napari_mobilesam.gui import widget as widget_mod
+    from napari_mobilesam.gui import runner
+    from napari_mobilesam.model.weights import REGISTRY, WeightsSpec
 
     errors = []
-    monkeypatch.setattr(widget_mod, "show_error", errors.append)
+    monkeypatch.setattr(runner, "show_error", errors.append)
     viewer, w, img = make_widget(small_cell)
     w.model_file.value = str(tmp_path / "missing.pt")
     w.points_box.value.add([[40.0, 40.0]])
@@ -274,9 +275,8 @@ def test_errors_are_notifications(qtbot, make_widget, small_cell, monkeypatch, t
     assert not w.busy and errors and "missing.pt" in errors[-1] and "pick a .pt file" in errors[-1]
     # registry weights while offline: the message names the fix
     monkeypatch.setenv("NAPARI_MOBILESAM_CACHE", str(tmp_path))
-    monkeypatch.setattr("napari_mobilesam.model.weights.REGISTRY", {
-        "mobile_sam": widget_mod.REGISTRY["mobile_sam"].__class__("mobile_sam", "mobile_sam.pt", ("file:///nonexistent/mobile_sam.pt",), None, "x")
-    })
+    offline = WeightsSpec("mobile_sam", "mobile_sam.pt", ("file:///nonexistent/mobile_sam.pt",), None, "unreachable mirror")
+    monkeypatch.setitem(REGISTRY, "mobile_sam", offline)
     w.model_box.value = "mobile_sam"
     run(qtbot, w)
     assert "NAPARI_MOBILESAM_WEIGHTS_MOBILE_SAM" in errors[-1]

@@ -17,6 +17,8 @@ __all__ = [
     "NEGATIVE_COLOR",
     "FrameGeometry",
     "current_frame",
+    "dedupe_ids",
+    "next_free_label",
     "ensure_point_features",
     "ensure_shape_features",
     "frame_image",
@@ -135,6 +137,27 @@ def prompt_table(points: Points | None, shapes: Shapes | None, image: Image) -> 
         t.shape_ids = _column(shapes.features, "label_id", n, 0)
         t.shape_masks = _column(shapes.features, "mask", n, 0)
     return t
+
+
+def dedupe_ids(layer: Points | Shapes | None) -> None:
+    """A new row may inherit the selected row's features: one label id per box / single point."""
+    if layer is None or "label_id" not in layer.features or not len(layer.features):
+        return
+    f = layer.features
+    single = (f["object"] <= 0) if "object" in f else np.ones(len(f), bool)
+    ids = f["label_id"].where(single & (f["label_id"] > 0))
+    dup = ids.duplicated() & ids.notna()
+    if dup.any():
+        f.loc[dup, ["label_id", "mask"]] = 0
+
+
+def next_free_label(labels: Labels | None, prompt_layers) -> int:
+    """One more than any label in ``labels`` and any ``label_id`` already given to a prompt."""
+    top = int(np.max(labels.data)) if labels is not None and labels.data.size else 0
+    for pl in prompt_layers:
+        if pl is not None and "label_id" in pl.features and len(pl.features):
+            top = max(top, int(pl.features["label_id"].max()))
+    return top + 1
 
 
 def _same_transform(image: Image) -> dict:

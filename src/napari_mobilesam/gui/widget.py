@@ -7,23 +7,23 @@ the objects a click changed runs on the GUI thread (live mode).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, RadioButtons
 from napari.layers import Image, Labels, Points, Shapes
-from napari.qt.threading import create_worker
 from napari.utils.events import Event
-from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtWidgets import QGroupBox, QVBoxLayout, QWidget
+from napari.utils.notifications import show_info
+from qtpy.QtWidgets import QGroupBox, QVBoxLayout
 
 from ..engine.embeddings import EmbeddingCache
 from ..engine.labels import render_labels
 from ..engine.predictor import Predictor
 from ..model.weights import REGISTRY
 from . import layers as L
-from .jobs import FrameDone, ModelReady, Progress, decode_objects, load_model, segment_frames
+from .jobs import FrameDone, decode_objects, load_model, segment_frames
+from .runner import JobHost
 from .prompts import ObjectPrompt, collect_objects
 from .propagate import PropagateSection
 from .everything import EverythingSection
@@ -56,7 +56,7 @@ def _group(title: str, *widgets) -> tuple[QGroupBox, Container]:
     return box, inner
 
 
-class MobileSAMWidget(QWidget):
+class MobileSAMWidget(JobHost):
     """Dock widget: image + prompt layers -> instance labels with MobileSAM."""
 
     def __init__(self, napari_viewer) -> None:
@@ -66,8 +66,6 @@ class MobileSAMWidget(QWidget):
         self.sam = None
         self._sam_key: tuple | None = None
         self._pred: Predictor | None = None  # GUI-thread predictor (live decoding)
-        self._worker = None
-        self._after_job: list[Callable[[], None]] = []
         self._signatures: dict[int, tuple] = {}  # label id -> prompt signature of its current mask
         self._points: Points | None = None
         self._shapes: Shapes | None = None
@@ -112,6 +110,7 @@ class MobileSAMWidget(QWidget):
         root.addWidget(self.propagate.box)
         self.everything = EverythingSection(self)
         root.addWidget(self.everything.box)
+        self.job_buttons = [self.segment_btn, self.propagate.button, self.everything.button]
         _, bottom = _group("Progress", self.progress, self.status, self.cancel_btn)
         root.addWidget(bottom.native.parentWidget())
         root.addStretch(1)
@@ -232,20 +231,9 @@ class MobileSAMWidget(QWidget):
             raise ValueError("No image layer: open an image (or File → Open Sample → MobileSAM) and pick it as 'image'.")
         return image, L.FrameGeometry.of(image), L.current_frame(self.viewer.dims.point, image)
 
-    def _dedupe_ids(self) -> None:
-        """A new row may inherit the selected row's features: one label id per box / single point."""
-        for layer in (self._points, self._shapes):
-            if layer is None or "label_id" not in layer.features or not len(layer.features):
-                continue
-            f = layer.features
-            single = (f["object"] <= 0) if "object" in f else np.ones(len(f), bool)
-            ids = f["label_id"].where(single & (f["label_id"] > 0))
-            dup = ids.duplicated() & ids.notna()
-            if dup.any():
-                f.loc[dup, ["label_id", "mask"]] = 0
-
     def objects(self, frames=None) -> list[ObjectPrompt]:
-        self._dedupe_ids()
+        for layer in (self._points, self._shapes):
+            L.dedupe_ids(layer)
         image, geo, cur = self.context()
         table = L.prompt_table(self._points, self._shapes, image)
         return collect_objects(table, geo.n_lead, geo.lead_shape, cur, frames)
@@ -263,14 +251,7 @@ class MobileSAMWidget(QWidget):
 
     def next_id(self) -> int:
         """One more than any label in the output layer or any id already given to a prompt."""
-        top = 0
-        layer = self.labels_box.value
-        if layer is not None and layer.data.size:
-            top = int(np.max(layer.data))
-        for pl in (self._points, self._shapes):
-            if pl is not None and "label_id" in pl.features and len(pl.features):
-                top = max(top, int(pl.features["label_id"].max()))
-        return top + 1
+        return L.next_free_label(self.labels_box.value, (self._points, self._shapes))
 
     def assign_ids(self, objects: list[ObjectPrompt]) -> None:
         """Give objects without a label id the next free ids, stored on their prompt rows."""
@@ -320,80 +301,6 @@ class MobileSAMWidget(QWidget):
         self.sam, self._sam_key = sam, key
         self._pred = Predictor(sam)
         self._pred.cache = self.cache
-
-    # ------------------------------------------------------------------ jobs
-    @property
-    def busy(self) -> bool:
-        return self._worker is not None
-
-    def run_job(self, gen: Generator, on_msg: Callable | None = None, on_finish: Callable | None = None, title: str = ""):
-        """Run ``gen`` in a thread worker; messages go to ``on_msg`` on the GUI thread."""
-        if self.busy:
-            show_warning("MobileSAM is busy with another job: wait or press Cancel.")
-            return None
-        def guarded():
-            # errors travel as messages: superqt drops the `finished` signal for RuntimeErrors
-            try:
-                return (yield from gen)
-            except Exception as err:  # shown as a notification with the fix, never a traceback
-                yield err
-                return None
-
-        worker = create_worker(guarded, _start_thread=False)
-
-        def on_yield(msg) -> None:
-            if isinstance(msg, Exception):
-                on_error(msg)
-                return
-            if isinstance(msg, ModelReady):
-                self.set_model(msg.sam, msg.key)
-            elif isinstance(msg, Progress):
-                self.progress.max = max(msg.total, 0)
-                self.progress.value = min(msg.done, msg.total) if msg.total else 0
-                self.status.value = f"{title}: {msg.message}" if title else msg.message
-            if on_msg is not None:
-                on_msg(msg)
-
-        def on_error(err: Exception) -> None:
-            show_error(f"MobileSAM: {err}")
-            self.status.value = f"Error: {str(err).splitlines()[0]}"
-
-        def on_finished() -> None:
-            self._worker = None
-            self.progress.visible = False
-            self.cancel_btn.enabled = False
-            self.segment_btn.enabled = True
-            if on_finish is not None:
-                on_finish()
-            pending, self._after_job = self._after_job, []
-            for fn in pending:
-                fn()
-
-        worker.yielded.connect(on_yield)
-        worker.errored.connect(on_error)
-        worker.finished.connect(on_finished)
-        worker.aborted.connect(lambda: setattr(self.status, "value", f"{title or 'job'}: cancelled"))
-        self._worker = worker
-        self.progress.visible = True
-        self.progress.max = 0
-        self.cancel_btn.enabled = True
-        self.segment_btn.enabled = False
-        worker.start()
-        return worker
-
-    def cancel(self) -> None:
-        if self._worker is not None:
-            self.status.value = "cancelling…"
-            self._worker.quit()
-
-    def _guard(self, fn: Callable) -> object:
-        """Run ``fn``; user errors become notifications, not tracebacks."""
-        try:
-            return fn()
-        except (ValueError, FileNotFoundError, RuntimeError) as err:
-            show_error(f"MobileSAM: {err}")
-            self.status.value = f"Error: {str(err).splitlines()[0]}"
-            return None
 
     def _frame_reader(self, image: Image) -> tuple[Callable, Callable, dict]:
         data = image.data[0] if image.multiscale else image.data  # read from the worker: plain arrays only

@@ -1,0 +1,107 @@
+"""Background jobs for the dock widget: napari thread_worker, progress bar, Cancel, error notifications."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_warning
+from qtpy.QtWidgets import QWidget
+
+from .jobs import ModelReady, Progress
+
+__all__ = ["JobHost"]
+
+
+class JobHost(QWidget):
+    """Runs one generator job at a time in a worker thread.
+
+    Subclasses provide ``progress`` (magicgui ProgressBar), ``status`` (Label), ``cancel_btn``,
+    ``job_buttons`` (disabled while a job runs) and ``set_model(sam, key)``.
+    """
+
+    _worker = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._worker = None
+        self._after_job: list[Callable[[], None]] = []
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    def run_job(self, gen: Generator, on_msg: Callable | None = None, on_finish: Callable | None = None, title: str = ""):
+        """Run ``gen`` in a thread worker; messages go to ``on_msg`` on the GUI thread."""
+        if self.busy:
+            show_warning("MobileSAM is busy with another job: wait or press Cancel.")
+            return None
+        def guarded():
+            # errors travel as messages: superqt drops the `finished` signal for RuntimeErrors
+            try:
+                return (yield from gen)
+            except Exception as err:  # shown as a notification with the fix, never a traceback
+                yield err
+                return None
+
+        worker = create_worker(guarded, _start_thread=False)
+
+        def on_yield(msg) -> None:
+            if isinstance(msg, Exception):
+                on_error(msg)
+                return
+            if isinstance(msg, ModelReady):
+                self.set_model(msg.sam, msg.key)
+            elif isinstance(msg, Progress):
+                self.progress.max = max(msg.total, 0)
+                self.progress.value = min(msg.done, msg.total) if msg.total else 0
+                self.status.value = f"{title}: {msg.message}" if title else msg.message
+            if on_msg is not None:
+                on_msg(msg)
+
+        def on_error(err: Exception) -> None:
+            self.report_error(err)
+
+        def on_finished() -> None:
+            self._worker = None
+            self.progress.visible = False
+            self.cancel_btn.enabled = False
+            for b in self.job_buttons:
+                b.enabled = True
+            if on_finish is not None:
+                on_finish()
+            pending, self._after_job = self._after_job, []
+            for fn in pending:
+                fn()
+
+        worker.yielded.connect(on_yield)
+        worker.errored.connect(on_error)
+        worker.finished.connect(on_finished)
+        worker.aborted.connect(lambda: setattr(self.status, "value", f"{title or 'job'}: cancelled"))
+        self._worker = worker
+        self.progress.visible = True
+        self.progress.max = 0
+        self.cancel_btn.enabled = True
+        for b in self.job_buttons:
+            b.enabled = False
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        if self._worker is not None:
+            self.status.value = "cancelling…"
+            self._worker.quit()
+
+    def _guard(self, fn: Callable) -> object:
+        """Run ``fn``; user errors become notifications, not tracebacks."""
+        try:
+            return fn()
+        except (ValueError, FileNotFoundError, RuntimeError) as err:
+            self.report_error(err)
+            return None
+
+    def report_error(self, err: Exception) -> None:
+        """A napari notification with the whole message (it names the fix) and a status line."""
+        show_error(f"MobileSAM: {err}")
+        self.status.value = f"Error: {str(err).splitlines()[0]}"
+
