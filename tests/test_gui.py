@@ -318,3 +318,19 @@ def test_everything_section_blobs_matches_engine_and_cancel_keeps_frames(qtbot, 
     qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
     assert finished[:1] == [(0,)] and len(finished) < 3
     assert [t for t in range(3) if (labels.data[t] != user[t]).any()] == [t for (t,) in finished]
+
+
+def test_manifest_sample_data_and_widget(make_napari_viewer):
+    """Plugins → MobileSAM and File → Open Sample work through the npe2 manifest."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-mobilesam", "cell_stack")
+    (stack,) = viewer.layers
+    assert stack.data.shape == (5, 256, 256) and stack.data.dtype == np.uint8
+    _, w = viewer.window.add_plugin_dock_widget("napari-mobilesam", "MobileSAM")
+    assert isinstance(w, MobileSAMWidget)
+    assert w.image_box.value is stack
+    assert w.points_box.value.ndim == 3 and w.shapes_box.value.ndim == 3  # prompt layers made for the stack
+    assert w.propagate.axis.choices  # a stack has an axis to propagate along
+    assert w.labels_box.value is None  # created on the first result
+    # the prompt semantics are in the tooltips
+    assert "nearest" in w.segment_btn.tooltip and "T" in w.mode.tooltip

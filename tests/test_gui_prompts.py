@@ -1,0 +1,71 @@
+"""Prompt semantics (gui/prompts.py, numpy only): objects from points and shapes, grouped by frame."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_mobilesam.gui.prompts import PromptTable, collect_objects, select_of
+
+
+def table(points=(), labels=(), groups=None, ids=None, masks=None, shapes=(), shape_ids=None):
+    pts = np.asarray(points, float).reshape(len(points), -1) if len(points) else np.zeros((0, 2))
+    n, s = len(pts), len(shapes)
+    z = lambda k, v: np.zeros(k, int) if v is None else np.asarray(v, int)  # noqa: E731
+    return PromptTable(pts, np.asarray(labels, int), z(n, groups), z(n, ids), z(n, masks), [np.asarray(v, float) for v in shapes], z(s, shape_ids), np.zeros(s, int))
+
+
+def test_each_positive_point_and_each_shape_is_one_object():
+    rect = [[10, 10], [10, 30], [40, 30], [40, 10]]
+    ellipse_like = [[50, 5], [60, 25], [55, 40]]  # any shape: its bounding box
+    objs = collect_objects(table([[5, 5], [70, 70]], [1, 1], shapes=[rect, ellipse_like]), 0, (), ())
+    boxes = [o.prompt.box.tolist() for o in objs if o.prompt.box is not None]
+    assert boxes == [[10, 10, 40, 30], [50, 5, 60, 40]]
+    singles = [o for o in objs if o.prompt.box is None]
+    assert [o.prompt.points.tolist() for o in singles] == [[[5, 5]], [[70, 70]]]
+    assert all(o.multimask for o in singles) and not any(o.multimask for o in objs if o.prompt.box is not None)
+    assert [o.shape_rows for o in objs][:2] == [[0], [1]] and [o.point_rows for o in singles] == [[0], [1]]
+
+
+def test_object_feature_groups_points_and_negatives_refine_nearest():
+    pts = [[10, 10], [12, 14], [11, 30], [80, 80], [82, 83], [45, 45]]
+    lab = [1, 1, 0, 1, 0, 0]
+    grp = [3, 3, 3, 0, 0, 0]
+    box = [[40, 40], [40, 60], [60, 60], [60, 40]]
+    objs = collect_objects(table(pts, lab, grp, shapes=[box]), 0, (), ())
+    by_rows = {tuple(sorted(o.point_rows)): o for o in objs}
+    group = by_rows[(0, 1, 2)]
+    assert group.prompt.labels.tolist() == [1, 1, 0] and group.prompt.box is None
+    assert by_rows[(3, 4)].prompt.labels.tolist() == [1, 0]  # negative 4 is nearest to point 3
+    boxed = [o for o in objs if o.prompt.box is not None][0]
+    assert boxed.point_rows == [5] and boxed.prompt.labels.tolist() == [0]  # inside the box: distance 0
+    assert len(objs) == 3
+
+
+def test_negative_alone_or_negative_group_makes_no_object():
+    assert collect_objects(table([[5, 5], [9, 9]], [0, 0], [0, 2]), 0, (), ()) == []
+
+
+def test_frames_from_leading_coordinates_any_number_of_leading_dims():
+    pts = [[0, 1, 10, 10], [1, 0, 20, 20], [1, 0, 22, 25], [2, 2, 5, 5], [5, 0, 5, 5]]  # last: outside
+    objs = collect_objects(table(pts, [1, 1, 0, 1, 1]), 2, (3, 3), (0, 0))
+    assert [o.frame for o in objs] == [(0, 1), (1, 0), (2, 2)]
+    assert objs[1].prompt.labels.tolist() == [1, 0]  # negative in the same frame
+    only = collect_objects(table(pts, [1, 1, 0, 1, 1]), 2, (3, 3), (0, 0), frames=[(1, 0)])
+    assert [o.frame for o in only] == [(1, 0)]
+
+
+def test_two_d_prompt_layer_on_a_stack_uses_the_viewed_frame_and_bad_dims_fail():
+    objs = collect_objects(table([[10, 10]], [1]), 1, (4,), (2,))
+    assert [o.frame for o in objs] == [(2,)]
+    with pytest.raises(ValueError, match="Points layer has 3 dimensions"):
+        collect_objects(table([[0, 0, 1]], [1]), 2, (2, 2), (0, 0))
+
+
+def test_ids_mask_choice_and_signature():
+    objs = collect_objects(table([[5, 5], [6, 6]], [1, 1], groups=[4, 4], ids=[0, 7], masks=[2, 0]), 0, (), ())
+    (o,) = objs
+    assert o.label_id == 7 and o.select == 1 and o.multimask  # mask 2 chosen -> index 1, needs 3 masks
+    assert select_of(0) == "best" and select_of(3) == 2
+    moved = collect_objects(table([[5, 5], [6, 7]], [1, 1], groups=[4, 4], ids=[0, 7], masks=[2, 0]), 0, (), ())[0]
+    assert moved.signature != o.signature
