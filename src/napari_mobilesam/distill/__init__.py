@@ -98,7 +98,8 @@ def iter_distill(
         yield {"stage": "done", "checkpoint": str(store_dir)}
         return
     model = build_student(student)
-    yield from iter_train(model, source, store_dir, train_dir, config, device=device, resume=resume)
+    cfg = (config or TrainConfig()).for_student(student)
+    yield from iter_train(model, source, store_dir, train_dir, cfg, device=device, resume=resume)
     heads = decoder_from if decoder_from is not None else (loaded if loaded is not None else teacher)
     init = student if isinstance(student, (str, os.PathLike)) else None
     path = export_checkpoint(model, heads, out if out is not None else work / EXPORT_NAME, init=init)

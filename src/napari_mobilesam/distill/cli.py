@@ -38,6 +38,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--min-lr", type=float, default=1e-5)
     d.add_argument("--weight-decay", type=float, default=0.05)
     d.add_argument("--warmup-steps", type=int, default=0)
+    d.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep BatchNorm statistics fixed (default: on with --student, off for a random start)")
     d.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on for CUDA)")
     d.add_argument("--save-every", type=int, default=500, help="training checkpoint every N steps (and at the end)")
     d.add_argument("--keep", type=int, default=2, help="training checkpoints to keep")
@@ -96,7 +98,7 @@ def run_distill(args: argparse.Namespace) -> int:
 
     config = TrainConfig(
         epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
-        min_lr=args.min_lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, amp=args.amp,
+        min_lr=args.min_lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, amp=args.amp, freeze_bn=args.freeze_bn,
         save_every=args.save_every, keep=args.keep, seed=args.seed, workers=args.workers,
     )
     try:

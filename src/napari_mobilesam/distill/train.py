@@ -15,7 +15,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,10 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 0
     amp: bool | None = None  # None: on for CUDA, off elsewhere
+    # BatchNorm on its running statistics, which stay fixed (weights still train). Right when
+    # fine-tuning a trained student: batch-1 statistics are noisy and differ from inference.
+    # None: frozen when the student starts from a checkpoint file (``for_student``), else trained.
+    freeze_bn: bool | None = None
     save_every: int = 500
     keep: int = 2
     seed: int = 0
@@ -58,6 +62,10 @@ class TrainConfig:
         if self.steps is not None:
             return int(self.steps)
         return max(1, math.ceil(self.epochs * frames / (self.batch_size * self.accumulate)))
+
+    def for_student(self, init: object) -> TrainConfig:
+        """This config with ``freeze_bn`` decided: frozen when ``init`` (the student's start) is a checkpoint."""
+        return self if self.freeze_bn is not None else replace(self, freeze_bn=isinstance(init, (str, os.PathLike)))
 
     def lr_at(self, step: int, total: int) -> float:
         """Linear warm-up over ``warmup_steps``, then cosine from ``lr`` to ``min_lr`` at ``total``."""
@@ -130,6 +138,14 @@ def latest_checkpoint(train_dir: str | os.PathLike) -> Path | None:
     return max(found)[1] if found else None
 
 
+def _train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def _save(path: Path, payload: dict) -> None:
     tmp = path.with_name("." + path.name + ".tmp")
     torch.save(payload, tmp)
@@ -169,7 +185,7 @@ def iter_train(
     train_dir = Path(train_dir)
     train_dir.mkdir(parents=True, exist_ok=True)
 
-    student.to(dev).train()
+    _train_mode(student.to(dev), bool(cfg.freeze_bn))
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp and amp_dtype == torch.float16)
     total = cfg.total_steps(len(source))
@@ -243,6 +259,7 @@ def train_student(
 ) -> TinyViT:
     """Blocking :func:`iter_train`; returns the trained student (eval mode). ``student`` as in :func:`build_student`."""
     model = build_student(student)
-    for _ in iter_train(model, images, store_dir, train_dir, config, device=device, resume=resume):
+    cfg = (config or TrainConfig()).for_student(student)
+    for _ in iter_train(model, images, store_dir, train_dir, cfg, device=device, resume=resume):
         pass
     return model
