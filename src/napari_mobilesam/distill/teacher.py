@@ -156,7 +156,7 @@ def load_teacher(
     state = _with_prefix(load_checkpoint(path))
     if any(k.startswith(ENC + "layers.") for k in state):  # TinyViT: a MobileSAM checkpoint
         if decoder_from is None and not any(k.startswith("mask_decoder.") for k in state):
-            raise CheckpointError(f"{path} is a MobileSAM encoder without a decoder; pass decoder_from=.")
+            raise CheckpointError(f"{path} is a MobileSAM encoder without a decoder; pass decoder_from= (`--decoder-from FILE`).")
         if decoder_from is None:
             return Teacher(build_mobilesam(path, dev), "mobilesam", str(path))
         sam = mobilesam_architecture()
@@ -177,7 +177,7 @@ def load_teacher(
         raise CheckpointError(f"{path} gives a {cfg['out_chans']} x {cfg['img_size'] // cfg['patch_size']}² embedding, not SAM's 256 x 64².")
     heads = _head_state(decoder_from) if decoder_from is not None else {k: v for k, v in state.items() if not k.startswith(ENC)}
     if not heads:
-        raise CheckpointError(f"{path} holds only an image encoder; pass decoder_from= (a checkpoint with the decoder).")
+        raise CheckpointError(f"{path} holds only an image encoder; pass decoder_from= (`--decoder-from FILE` on the command line), a checkpoint with the decoder.")
     sam = mobilesam_architecture(encoder=encoder)
     full = {ENC + k: v for k, v in enc.items()} | heads
     missing = sorted(set(sam.state_dict()) - set(full))
