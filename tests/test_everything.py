@@ -113,10 +113,16 @@ def test_rgb_frame_out_and_key(predictor):
     rgb = np.repeat(disks()[..., None], 3, -1)
     keys = []
     out = np.zeros(rgb.shape[:2], np.uint32)
-    res = segment_everything(rgb, predictor, key=lambda idx: keys.append(idx) or ("rgb-test", idx), out=out, **BLOBS)
+    res = segment_everything(rgb, predictor, key=lambda idx: keys.append(idx) or ("rgb-test", idx), out=out, **KEEP_ALL)
     assert res is out and keys == [()] and ("rgb-test", ()) in predictor.cache
     # the grey frame normalises to the same pixels: with the same key its embedding is reused
-    np.testing.assert_array_equal(out, segment_everything(disks(), predictor, key=lambda idx: ("rgb-test", idx), **BLOBS))
+    items, ret = run(iter_segment_everything(disks(), predictor, key=lambda idx: ("rgb-test", idx), out=False, **KEEP_ALL))
+    assert ret is None
+    np.testing.assert_array_equal(out, items[-1].labels)
+    # a given out with ids in it: new ids start after them
+    res = segment_everything(disks(), predictor, key=lambda idx: ("rgb-test", idx), out=out.copy(), **KEEP_ALL)
+    added = set(np.unique(res)) - set(np.unique(out))
+    assert added and min(added) == out.max() + 1
 
 
 def test_bad_arguments(predictor):

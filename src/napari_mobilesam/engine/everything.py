@@ -221,7 +221,10 @@ def _iter_frame(
     objects: list[ObjectMask] = []
     step = pred._batch_size() if hasattr(pred, "_batch_size") else 8
     for start in range(0, len(prompts), step):
-        objects += pred.predict_objects(prompts[start : start + step], multimask_output=False)
+        batch = pred.predict_objects(prompts[start : start + step], multimask_output=False)
+        for o in batch:  # 256 KiB each, not needed here: keep a frame's objects small
+            o.low_res_logits = None
+        objects += batch
         n = min(start + step, len(prompts))
         yield 0.3 + 0.65 * n / len(prompts), f"decoded {n}/{len(prompts)} boxes"
     return objects
@@ -255,7 +258,9 @@ def iter_segment_everything(
         **options: see docs/everything.md. Common: ``min_score``, ``min_stability``,
             ``min_area``, ``max_area``, ``min_visible``, ``channels``, ``contrast_limits``,
             ``key`` (embedding-cache key: a callable ``index -> key`` or a prefix giving
-            ``(prefix, *index)``), ``out`` (array to write results into, e.g. zarr or ``labels``).
+            ``(prefix, *index)``), ``out``: an array (e.g. zarr, or ``labels`` itself) into which
+            each finished frame's new labels are written, or False to keep nothing (the
+            consumer writes the yielded frames itself; the return value is then None).
 
     Yields:
         :class:`EverythingProgress`; items with ``.labels`` set carry a finished frame.
@@ -274,11 +279,15 @@ def iter_segment_everything(
     if labels is not None and tuple(np.shape(labels)) != lead + hw:
         raise ValueError(f"labels of shape {np.shape(labels)} do not match the image's frames {lead + hw}.")
     out = opts["out"]
-    if out is None:
+    if out is False:  # the consumer writes each finished frame itself: keep nothing
+        pass
+    elif out is None:
         out = np.array(labels) if labels is not None else np.zeros(lead + hw, np.uint32)
     elif tuple(np.shape(out)) != lead + hw:
         raise ValueError(f"out of shape {np.shape(out)} does not match the image's frames {lead + hw}.")
     next_id = int(np.max(labels)) + 1 if labels is not None and np.size(labels) else 1
+    if out is not False and out is not labels and opts["out"] is not None and np.size(out):
+        next_id = max(next_id, int(np.max(out)) + 1)  # never reuse an id already in a given out
     key = opts["key"]
     keyfn: Callable[[tuple[int, ...]], Hashable | None] = (
         key if callable(key) else (lambda idx: None) if key is None else (lambda idx: (key, *idx))
@@ -311,20 +320,26 @@ def _run(
         new = objects_to_labels(kept, hw, next_id, free, opts["min_visible"])
         n_new = int(new.max() - next_id + 1) if new.any() else 0
         next_id += n_new
-        merged = np.array(out[idx] if idx else out)
-        if n_new and np.issubdtype(merged.dtype, np.integer) and next_id - 1 > np.iinfo(merged.dtype).max:
-            raise ValueError(f"Label id {next_id - 1} does not fit the labels' dtype {merged.dtype}; convert the labels to uint32.")
-        take = new > 0
-        merged[take] = new[take]
-        if idx:
-            out[idx] = merged
-        else:
-            out[...] = merged
+        if out is not False:
+            _merge(out, idx, new, n_new, next_id)
         yield EverythingProgress(
             frame_no, idx, base + UNITS, total,
             f"frame {frame_no}: {n_new} objects from {len(objects)} masks ({len(kept)} passed the filters)", new,
         )
-    return out
+    return None if out is False else out
+
+
+def _merge(out: Any, idx: tuple[int, ...], new: np.ndarray, n_new: int, next_id: int) -> None:
+    """Write a frame's new labels into ``out[idx]`` (one read and one write: zarr friendly)."""
+    merged = np.array(out[idx] if idx else out)
+    if n_new and np.issubdtype(merged.dtype, np.integer) and next_id - 1 > np.iinfo(merged.dtype).max:
+        raise ValueError(f"Label id {next_id - 1} does not fit the labels' dtype {merged.dtype}; convert the labels to uint32.")
+    take = new > 0
+    merged[take] = new[take]
+    if idx:
+        out[idx] = merged
+    else:
+        out[...] = merged
 
 
 def segment_everything(
