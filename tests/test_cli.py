@@ -65,6 +65,7 @@ def test_help_reads_like_a_tool(capsys):
         assert f"usage: mobilesam {cmd}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_everything_resumes_after_interruption(tmp_path, stack_path, model_args, predictor, monkeypatch, capsys):
     from napari_mobilesam.engine.everything import segment_everything
 
@@ -97,6 +98,7 @@ def test_everything_resumes_after_interruption(tmp_path, stack_path, model_args,
     assert calls == []  # finished output: nothing to do
 
 
+@pytest.mark.slow
 def test_segment_and_embeddings(tmp_path, stack_path, model_args, predictor, monkeypatch, capsys):
     from test_io import _save_boxes, _save_points
 
@@ -134,6 +136,7 @@ def test_segment_and_embeddings(tmp_path, stack_path, model_args, predictor, mon
     assert "another image" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_everything_folder_with_yolo_detector(tmp_path, model_args, monkeypatch):
     import imageio.v3 as iio
     from ultralytics import YOLO  # only to create a random detector file for the test

@@ -18,6 +18,7 @@ from napari_mobilesam.engine.io import open_image
 from test_cli import EVERYTHING, synthetic_stack
 
 distributed = pytest.importorskip("distributed")
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

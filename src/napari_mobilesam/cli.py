@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from .engine.io import InputError
 
 __all__ = ["build_parser", "main"]
 
@@ -152,10 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     try:  # distill/evaluate live in their own module; the other commands work without it
         from .distill.cli import add_commands
+
+        add_commands(sub)
     except Exception:  # noqa: BLE001 - optional part, e.g. missing extra dependencies
         pass
-    else:
-        add_commands(sub)
     return parser
 
 
@@ -182,7 +182,6 @@ def _say(args: argparse.Namespace, msg: str) -> None:
 
 def _spec(args: argparse.Namespace, detector: str | None = None):
     from .engine.distributed import ModelSpec
-    from .engine.io import InputError
     from .model.build import resolve_device
     from .model.weights import resolve_weights
 
@@ -209,16 +208,14 @@ def _runner(args: argparse.Namespace, spec) -> Iterator[Callable]:
         return
     from .engine.distributed import run_distributed, start_client
 
-    if args.workers is not None and args.scheduler:
-        from .engine.io import InputError
+    if args.workers is not None and (args.scheduler or args.workers < 1):
+        raise InputError("Give either --workers N (N >= 1, a local cluster) or --scheduler ADDRESS, not both.")
+    if not args.scheduler:  # a local cluster's shutdown chatter is noise here
+        import logging
 
-        raise InputError("Give either --workers N (a local cluster) or --scheduler ADDRESS, not both.")
-    if args.workers is not None and args.workers < 1:
-        from .engine.io import InputError
-
-        raise InputError(f"--workers {args.workers}: give at least 1.")
+        logging.getLogger("distributed").setLevel(logging.ERROR)
     client = start_client(args.scheduler, args.workers)
-    _say(args, f"dask cluster: {len(client.nthreads())} workers, dashboard {client.dashboard_link}")
+    _say(args, f"dask cluster: {len(client.nthreads())} workers" + (f", dashboard {client.dashboard_link}" if args.scheduler else ""))
     try:
         yield lambda job, tasks: run_distributed(client, spec, job, tasks)
     finally:
@@ -278,7 +275,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .engine.io import InputError, LabelWriter, open_image, read_prompts
+    from .engine.io import LabelWriter, open_image, read_prompts
     from .engine.jobs import SegmentJob
     from .engine.store import image_fingerprint
 
@@ -307,7 +304,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _outputs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
-    from .engine.io import InputError, _is_zarr, list_images
+    from .engine.io import _is_zarr, list_images
 
     src, out = Path(args.image), Path(args.output)
     if src.is_dir() and not _is_zarr(src):
@@ -322,7 +319,7 @@ def _outputs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
 def cmd_everything(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .engine.io import InputError, LabelWriter, open_image
+    from .engine.io import LabelWriter, open_image
     from .engine.jobs import EverythingJob
     from .engine.store import image_fingerprint
 
@@ -414,7 +411,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    from .engine.io import InputError
     from .model.weights import WeightsUnavailableError
 
     expected: tuple[type[BaseException], ...] = (InputError, WeightsUnavailableError, OSError, ValueError, KeyError)
