@@ -95,11 +95,8 @@ class EverythingJob:
 
         key = use_stored_embedding(models, self.store, source, t)
         gen = iter_segment_everything(
-            source.read(t), models.predictor, sampler=self.sampler, detector=models.detector,
-            rgb=source.frame_ndim == 3, key=(lambda idx: key) if key is not None else None, **self.options,
+            source.read(t), models.predictor, sampler=self.sampler, detector=models.detector, rgb=source.frame_ndim == 3,
+            key=(lambda idx: key) if key is not None else None, out=False, **self.options,
         )
-        while True:
-            try:
-                next(gen)
-            except StopIteration as stop:
-                return np.asarray(stop.value, np.uint32)
+        finished = [p.labels for p in gen if p.labels is not None]  # one frame: one finished item
+        return np.asarray(finished[-1], np.uint32)
