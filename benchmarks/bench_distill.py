@@ -11,6 +11,7 @@ Median of ``--repeats`` after one warm-up. Then extrapolates to MobileSAM's reci
 
     python benchmarks/bench_distill.py                       # batch 1, teacher vit_b
     python benchmarks/bench_distill.py --batch 2 --teacher vit_h --repeats 3
+    python benchmarks/bench_distill.py --amp --teacher none   # bfloat16 autocast on CPU
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=110_000, help="images in the recipe (1%% of SA-1B)")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--amp", action="store_true", help="train with autocast (bfloat16 on CPU, as `distill --amp`)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -88,7 +90,7 @@ def main() -> None:
         source = FrameSource(frames)
         _fake_store(Path(tmp) / "teacher", source)
         student = TinyViT()
-        cfg = TrainConfig(steps=args.repeats + 1, batch_size=args.batch, save_every=10**9, lr=1e-4)
+        cfg = TrainConfig(steps=args.repeats + 1, batch_size=args.batch, save_every=10**9, lr=1e-4, amp=args.amp)
         train = iter_train(student, source, Path(tmp) / "teacher", Path(tmp) / "train", cfg, device="cpu")
         teacher = _teacher(args.teacher) if args.teacher != "none" else None
         x = source[0][None]
@@ -110,7 +112,7 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f}; median of {args.repeats} after 1 warm-up")
     print(f"{'':<48} {'wall':>8}    {'CPU':>8}")
     print(f"{'student forward (eval, no grad), 1 frame':<48} {infer:8.2f} s  {infer_cpu:8.2f} s  (baseline, 1.00x)")
-    print(f"{f'training step, batch {args.batch}':<48} {step:8.2f} s  {step_cpu:8.2f} s  ({step / infer:.1f}x the forward)")
+    print(f"{f'training step, batch {args.batch}' + (', amp' if args.amp else ''):<48} {step:8.2f} s  {step_cpu:8.2f} s  ({step / infer:.1f}x the forward)")
     per_frame = step / args.batch
     total_frames = args.images * args.epochs
     print(f"\nrecipe: {args.images:,} images x {args.epochs} epochs = {total_frames:,} frame-steps")
