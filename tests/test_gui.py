@@ -227,6 +227,11 @@ def test_live_mode_click_move_delete_and_mask_choice(qtbot, make_widget, predict
     ref3 = expected(predictor, small_cell, [(Prompt(points=[[50, 50]]), True, 2, 1)], small_cell.shape)
     m = labels.data == 1
     assert agree(m, (ref3 == 1) & ((labels.data == 0) | m)) > 0.999
+    # the control shows the selected prompt's choice
+    pts.selected_data = {1}
+    assert w.mask_choice.value == 0
+    pts.selected_data = {0}
+    assert w.mask_choice.value == 3
     # delete the second point: its mask goes
     pts.selected_data = {1}
     pts.remove_selected()

@@ -116,8 +116,7 @@ class EverythingSection:
         def on_msg(msg) -> None:
             if isinstance(msg, EverythingProgress):
                 last[0] = msg.message
-                w.progress.max, w.progress.value = max(msg.total, 0), min(msg.done, msg.total)
-                w.status.value = f"Everything: {msg.message}"
+                w.show_progress(msg.done, msg.total, f"Everything: {msg.message}")
                 if msg.labels is not None:  # a finished frame: one undoable write
                     write_frames(labels, [(tuple(msg.index), msg.labels)], overwrite=w.overwrite.value)
                     done.append(msg.index)

@@ -100,11 +100,10 @@ class PropagateSection:
 
         def on_msg(msg) -> None:
             if isinstance(msg, PropagationStep):
-                w.progress.max, w.progress.value = msg.total, min(msg.done, msg.total)
                 if msg.mask is not None:
                     results[msg.index] = msg.mask
-                    w.status.value = f"Propagate: frame {msg.index} (pred. IoU {msg.score:.2f}, overlap {msg.overlap:.2f})"
-                else:
+                w.show_progress(msg.done, msg.total, f"Propagate: frame {msg.index} (pred. IoU {msg.score:.2f}, overlap {msg.overlap:.2f})")
+                if msg.mask is None:
                     stops.append(msg.stopped)
 
         def on_finish() -> None:

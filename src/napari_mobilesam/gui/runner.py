@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 
 from napari.qt.threading import create_worker
+from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtWidgets import QWidget
 
@@ -21,6 +22,7 @@ class JobHost(QWidget):
     """
 
     _worker = None
+    _activity = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -53,9 +55,7 @@ class JobHost(QWidget):
             if isinstance(msg, ModelReady):
                 self.set_model(msg.sam, msg.key)
             elif isinstance(msg, Progress):
-                self.progress.max = max(msg.total, 0)
-                self.progress.value = min(msg.done, msg.total) if msg.total else 0
-                self.status.value = f"{title}: {msg.message}" if title else msg.message
+                self.show_progress(msg.done, msg.total, f"{title}: {msg.message}" if title else msg.message)
             if on_msg is not None:
                 on_msg(msg)
 
@@ -64,6 +64,9 @@ class JobHost(QWidget):
 
         def on_finished() -> None:
             self._worker = None
+            if self._activity is not None:
+                self._activity.close()
+                self._activity = None
             self.progress.visible = False
             self.cancel_btn.enabled = False
             for b in self.job_buttons:
@@ -79,6 +82,7 @@ class JobHost(QWidget):
         worker.finished.connect(on_finished)
         worker.aborted.connect(lambda: setattr(self.status, "value", f"{title or 'job'}: cancelled"))
         self._worker = worker
+        self._activity = napari_progress(total=0, desc=f"MobileSAM {title}".strip())  # napari's activity dock
         self.progress.visible = True
         self.progress.max = 0
         self.cancel_btn.enabled = True
@@ -86,6 +90,18 @@ class JobHost(QWidget):
             b.enabled = False
         worker.start()
         return worker
+
+    def show_progress(self, done: int, total: int, message: str) -> None:
+        """Update the widget's bar, status line and napari's activity bar (total 0: busy)."""
+        self.progress.max = max(total, 0)
+        self.progress.value = min(done, total) if total > 0 else 0
+        self.status.value = message
+        act = self._activity  # napari's bar may process events (and end the job) while updating
+        if act is not None:
+            if act.total != total:
+                act.total = total
+            act.n = min(done, total) if total > 0 else 0
+            act.set_description(message[:60])
 
     def cancel(self) -> None:
         if self._worker is not None:

@@ -177,21 +177,25 @@ class MobileSAMWidget(JobHost):
     def _on_points(self, layer: Points | None) -> None:
         if self._points is not None:
             self._points.events.data.disconnect(self._on_prompt_data)
+            self._points.events.highlight.disconnect(self._sync_mask_choice)
         self._points = layer
         if layer is None:
             return
         L.ensure_point_features(layer)
         layer.events.data.connect(self._on_prompt_data)
+        layer.events.highlight.connect(self._sync_mask_choice)
         layer.bind_key("t", self._toggle_mode, overwrite=True)
         self._on_mode(self.mode.value)
 
     def _on_shapes(self, layer: Shapes | None) -> None:
         if self._shapes is not None:
             self._shapes.events.data.disconnect(self._on_prompt_data)
+            self._shapes.events.highlight.disconnect(self._sync_mask_choice)
         self._shapes = layer
         if layer is not None:
             L.ensure_shape_features(layer)
             layer.events.data.connect(self._on_prompt_data)
+            layer.events.highlight.connect(self._sync_mask_choice)
 
     def _on_labels(self, layer: Labels | None) -> None:
         # label ids stored on prompts refer to the previous output layer: forget them
@@ -211,6 +215,18 @@ class MobileSAMWidget(JobHost):
     def _toggle_mode(self, layer=None) -> None:
         self.mode.value = "negative" if self.mode.value == "positive" else "positive"
 
+    def _sync_mask_choice(self, event: Event | None = None) -> None:
+        """Show the mask choice of the selected prompt."""
+        layer = getattr(event, "source", None)
+        if layer is None or "mask" not in layer.features:
+            return
+        rows = [i for i in layer.selected_data if i < len(layer.features)]  # stale while rows are removed
+        if not rows:
+            return
+        value = int(layer.features["mask"].iloc[min(rows)])
+        with self.mask_choice.changed.blocked():
+            self.mask_choice.value = value if value in (0, 1, 2, 3) else 0
+
     def _on_mask_choice(self, value: int) -> None:
         changed = False
         for layer in (self._points, self._shapes):
@@ -222,6 +238,8 @@ class MobileSAMWidget(JobHost):
             self.live_update()
         elif changed:
             self.status.value = "Mask choice set for the selection: press Segment."
+        else:
+            self.status.value = "Select a point or box (select mode, S) to choose its mask."
 
     # ------------------------------------------------------------------ context
     def context(self) -> tuple[Image, L.FrameGeometry, tuple[int, ...]]:
