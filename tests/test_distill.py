@@ -171,11 +171,13 @@ def test_training_lowers_the_loss_and_resumes_exactly(precomputed, images, tmp_p
     # A run stopped after step 1 has exactly that checkpoint; resuming must continue the same run.
     (tmp_path / "b").mkdir()
     shutil.copy(tmp_path / "a" / "step_0000001.pt", tmp_path / "b")
+    shutil.copy(tmp_path / "a" / "log.csv", tmp_path / "b")  # it logged steps 2 and 3 after that checkpoint
     with pytest.raises(FileExistsError, match="resume"):
         next(iter_train(tiny_student(), source, store.root, tmp_path / "b", cfg))
     resumed = tiny_student()
     rest = list(iter_train(resumed, source, store.root, tmp_path / "b", cfg, resume=True))
     assert [e["step"] for e in rest] == [2, 3]
+    assert [r.split(",")[0] for r in (tmp_path / "b" / "log.csv").read_text().splitlines()] == ["step", "1", "2", "3"]
     # Same frames, weights and optimizer moments as the uninterrupted run. (Parameters are not compared
     # one by one: AdamW turns float noise in gradients of output-invariant directions, such as the key
     # biases, into lr-sized steps, so those differ while the function does not.)

@@ -42,7 +42,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="keep BatchNorm statistics fixed (default: on with --student, off for a random start)")
     d.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on for CUDA)")
     d.add_argument("--save-every", type=int, default=500, help="training checkpoint every N steps (and at the end)")
-    d.add_argument("--keep", type=int, default=2, help="training checkpoints to keep")
+    d.add_argument("--keep", type=int, default=2, help="training checkpoints to keep (0: all)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--workers", type=int, default=None, help="data-loading processes (default: 0 on CPU, up to 8 on CUDA)")
     d.add_argument("--resume", action="store_true", help="continue training from the latest checkpoint in WORK/train")

@@ -208,7 +208,11 @@ def iter_train(
         num_workers=_workers(cfg.workers, dev), pin_memory=dev.type == "cuda", persistent_workers=False,
     )
     batches = iter(loader)
-    log = (train_dir / "log.csv").open("a")
+    log_path = train_dir / "log.csv"
+    if step and log_path.is_file():  # drop rows of steps after the checkpoint: they are redone now
+        rows = log_path.read_text().splitlines(keepends=True)
+        log_path.write_text("".join(r for r in rows if not r[:1].isdigit() or int(r.split(",")[0]) <= step))
+    log = log_path.open("a")
     if log.tell() == 0:
         log.write("step,loss,lr,seconds\n")
     start = time.perf_counter()
