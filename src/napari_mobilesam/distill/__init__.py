@@ -88,9 +88,15 @@ def iter_distill(
     source = FrameSource(images)
     store_dir, train_dir = work / "teacher", work / "train"
     loaded: Teacher | None = None
-    needs_teacher = not (store_dir / "manifest.json").is_file() or EmbeddingStore(store_dir).missing()
+    stored = EmbeddingStore(store_dir) if (store_dir / "manifest.json").is_file() else None
+    if stored is not None and stored.frames != source.describe():
+        raise ValueError(
+            f"{store_dir} holds teacher embeddings of other images ({len(stored)} frames; now {len(source)}). "
+            "Use another work folder for another image set, or delete it to start over."
+        )
+    needs_teacher = stored is None or bool(stored.missing())
     if not needs_teacher and isinstance(teacher, (str, os.PathLike)):
-        _check_same_teacher(EmbeddingStore(store_dir), teacher)
+        _check_same_teacher(stored, teacher)
     if needs_teacher or isinstance(teacher, torch.nn.Module):
         loaded = load_teacher(teacher, decoder_from, device)
         yield from iter_precompute(source, loaded, store_dir, fp16=fp16)

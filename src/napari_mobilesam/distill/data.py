@@ -150,7 +150,7 @@ class FrameSource(torch.utils.data.Dataset):
                     counts.append(_file_frames(p))
                 except Exception as err:
                     raise ValueError(f"Could not read image {p}: {type(err).__name__}: {err}. Remove or convert it.") from err
-            self.sources = [str(p) for p in paths]
+            self.sources = [str(p.absolute()) for p in paths]  # absolute: a rerun from elsewhere matches
         self.items = [_Item(s, f) for s, n in enumerate(counts) for f in range(n)]
         if not self.items:
             raise ValueError(f"No frames found in {images!r}.")

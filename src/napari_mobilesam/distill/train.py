@@ -176,7 +176,7 @@ def iter_train(
     source = images if isinstance(images, FrameSource) else FrameSource(images)
     store = EmbeddingStore(store_dir)
     if store.frames != source.describe():
-        raise ValueError(f"The teacher embeddings in {store_dir} were computed for other images; precompute them for these images.")
+        raise ValueError(f"The teacher embeddings in {store_dir} were computed for other images; use another work folder for these images.")
     if missing := store.missing():
         raise ValueError(f"{len(missing)} of {len(store)} teacher embeddings are missing in {store_dir}; run the precompute step to finish them.")
     dev = resolve_device(device)
