@@ -53,8 +53,15 @@ def _linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False, fuse: bool = 
     if fuse and _onednn(x):
         attr, algorithm = ("gelu", "none") if gelu else ("none", "")  # "none" algorithm = exact (erf) GELU
         return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, attr, [], algorithm)
-    y = layer(x)
-    return F.gelu(y) if gelu else y
+    if gelu:  # ONNX Runtime fuses 3-D MatMul + bias + GELU (BiasGelu)
+        return F.gelu(layer(x))
+    # 2-D in the fast path: an ONNX export then gets Gemm with the bias fused in, not MatMul + Add.
+    return layer(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1) if fuse else layer(x)
+
+
+def _layer_norm_2d(norm: LayerNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """segment-anything's ``LayerNorm2d`` (over channels) as one fused layer norm on ``B x H x W x C``."""
+    return F.layer_norm(x, (int(norm.weight.shape[0]),), norm.weight, norm.bias, norm.eps)  # int: static for ONNX
 
 
 def _tokens_to_image(x: torch.Tensor, res: int) -> torch.Tensor:
@@ -368,7 +375,10 @@ class TinyViT(nn.Module):
             return self.neck(_tokens_to_image(self._features(x), self.out_res))
         # Channels-last from here on: 1x1 convs become plain GEMMs, layout switches become views.
         x = self._features(x.contiguous(memory_format=torch.channels_last))
-        return self.neck(_tokens_to_image(x, self.out_res)).contiguous()
+        conv1, norm1, conv2, norm2 = self.neck
+        x = _layer_norm_2d(norm1, F.linear(x, conv1.weight.flatten(1)))  # a 1x1 conv on tokens is a linear
+        x = conv2(_tokens_to_image(x, self.out_res))
+        return _layer_norm_2d(norm2, x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
