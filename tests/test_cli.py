@@ -126,6 +126,15 @@ def test_segment_and_embeddings(tmp_path, stack_path, model_args, predictor, mon
     assert main(["segment", str(stack_path), "--points", str(pts), "--boxes", str(boxes), "-o", str(out2),
                  "--embeddings", str(emb), *model_args]) == 0
     np.testing.assert_array_equal(tifffile.imread(out2), result)
+    # everything reuses the store too: the image encoder never runs
+    from segment_anything import SamPredictor
+
+    encodes = []
+    original_set_image = SamPredictor.set_image
+    monkeypatch.setattr(SamPredictor, "set_image", lambda self, *a, **k: encodes.append(1) or original_set_image(self, *a, **k))
+    assert main(["everything", str(stack_path), "-o", str(tmp_path / "all.tif"), "--embeddings", str(emb), *EVERYTHING[:4],
+                 "--max-det", "1", *model_args]) == 0
+    assert encodes == [] and tifffile.imread(tmp_path / "all.tif").shape == (3, 64, 64)
 
     # a store made for another image is refused
     other = tmp_path / "other.tif"
