@@ -20,7 +20,7 @@ from ..model.build import build_mobilesam
 from ..model.weights import REGISTRY, iter_fetch
 from .prompts import ObjectPrompt
 
-__all__ = ["FrameDone", "ModelReady", "Progress", "decode_objects", "load_model", "segment_frames", "worker_predictor"]
+__all__ = ["FrameDone", "FrameReady", "ModelReady", "Progress", "decode_objects", "load_model", "segment_frames", "worker_predictor"]
 
 Frame = tuple[int, ...]
 
@@ -36,6 +36,16 @@ class Progress:
 class ModelReady:
     sam: Sam
     key: tuple
+
+
+@dataclass
+class FrameReady:
+    """A frame's embedding is cached; ``decoder`` is its prompt-independent decoder state, built in
+    the worker so that the first live click on the frame does not pay for it on the GUI thread."""
+
+    frame: Frame
+    key: Hashable
+    decoder: object
 
 
 @dataclass
@@ -107,5 +117,7 @@ def segment_frames(
         pred.set_image(frame(f), key=key(f), **image_kwargs)
         if objects:
             yield FrameDone(f, list(objects), decode_objects(pred, objects))
+        else:
+            yield FrameReady(f, key(f), pred.frame_decoder)
     yield Progress(n, n, "done")
     return n

@@ -7,6 +7,7 @@ the objects a click changed runs on the GUI thread (live mode).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,12 +23,13 @@ from ..engine.labels import render_labels
 from ..engine.predictor import Predictor
 from ..model.weights import REGISTRY
 from . import layers as L
-from .jobs import FrameDone, decode_objects, load_model, segment_frames
+from .jobs import FrameDone, load_model, segment_frames
+from .live import LiveMode
 from .runner import JobHost
 from .prompts import ObjectPrompt, collect_objects
 from .propagate import PropagateSection
 from .everything import EverythingSection
-from .writer import check_ids_fit, frame_view, write_frames
+from .writer import check_ids_fit, write_frames
 
 __all__ = ["MobileSAMWidget", "PROMPT_HELP"]
 
@@ -56,7 +58,7 @@ def _group(title: str, *widgets) -> tuple[QGroupBox, Container]:
     return box, inner
 
 
-class MobileSAMWidget(JobHost):
+class MobileSAMWidget(LiveMode, JobHost):
     """Dock widget: image + prompt layers -> instance labels with MobileSAM."""
 
     def __init__(self, napari_viewer) -> None:
@@ -66,6 +68,7 @@ class MobileSAMWidget(JobHost):
         self.sam = None
         self._sam_key: tuple | None = None
         self._pred: Predictor | None = None  # GUI-thread predictor (live decoding)
+        self._decoders: OrderedDict = OrderedDict()  # frame key -> FrameDecoder (a few recent frames)
         self._signatures: dict[int, tuple] = {}  # label id -> prompt signature of its current mask
         self._points: Points | None = None
         self._shapes: Shapes | None = None
@@ -316,6 +319,7 @@ class MobileSAMWidget(JobHost):
     def set_model(self, sam, key: tuple) -> None:
         if key != self._sam_key:
             self.cache.clear()
+            self._decoders.clear()
         self.sam, self._sam_key = sam, key
         self._pred = Predictor(sam)
         self._pred.cache = self.cache
@@ -359,58 +363,3 @@ class MobileSAMWidget(JobHost):
                 )
 
         self.run_job(segment_frames(self.model_step(), self.cache, frame, key, list(work.items()), kw), on_msg, on_finish, title="Segment")
-
-    # ------------------------------------------------------------------ live mode
-    def _on_prompt_data(self, event: Event) -> None:
-        action = str(getattr(event, "action", "")).split(".")[-1].lower()
-        if action == "added":
-            # napari copies the selected row's features to new rows: a new prompt is a new object
-            layer = event.source
-            # add() reports new rows as negative indices; a wholesale data replacement keeps its features
-            rows = sorted(len(layer.data) + int(i) for i in (getattr(event, "data_indices", None) or ()) if int(i) < 0)
-            f = layer.features
-            if rows and "label_id" in f:
-                if f.loc[rows, ["label_id", "mask"]].to_numpy().any():
-                    f.loc[rows, ["label_id", "mask"]] = 0
-                want = 1 if self.mode.value == "positive" else 0
-                if layer is self._points and (f.loc[rows, "label"].to_numpy() != want).any():
-                    f.loc[rows, "label"] = want
-                    layer.refresh_colors(update_color_mapping=False)
-        if self.live.value and action in ("added", "changed", "removed"):
-            self.live_update()
-
-    def prepare_live(self) -> None:
-        """Compute the viewed frame's embedding in the background (if needed), then update."""
-        if self.image_box.value is not None and self.image_box.value in self.viewer.layers:
-            self._guard(lambda: self._live_update(force_embedding=True))
-
-    def live_update(self) -> None:
-        """Decode the objects of the current frame whose prompts changed (GUI thread, decoder only)."""
-        self._guard(self._live_update)
-
-    def _live_update(self, force_embedding: bool = False) -> None:
-        image, geo, cur = self.context()
-        objs = self.objects([cur])
-        alive = {o.label_id for o in objs}
-        changed = [o for o in objs if o.label_id <= 0 or self._signatures.get(o.label_id) != o.signature]
-        gone = [lid for lid, sig in self._signatures.items() if sig[0] == cur and lid not in alive]
-        if not changed and not gone and not force_embedding:
-            return
-        frame, key, kw = self._frame_reader(image)
-        if self.sam is None or key(cur) not in self.cache or self.model_step() is not self.sam:
-            if self.busy:  # a job runs: update when it ends
-                if self.live_update not in self._after_job:
-                    self._after_job.append(self.live_update)
-                return
-            # embedding (and maybe the model) first, in the background; then come back here
-            self.run_job(segment_frames(self.model_step(), self.cache, frame, key, [(cur, [])], kw),
-                         on_finish=lambda: self.sam is not None and key(cur) in self.cache and self.live_update(),
-                         title="Live")
-            return
-        if not changed and not gone:
-            return
-        self.assign_ids(changed)
-        if self._pred.key != key(cur):
-            self._pred.set_embedding(self.cache.get(key(cur)), key(cur))
-        masks = decode_objects(self._pred, changed) if changed else []
-        self.write_objects(cur, changed, masks, also_clear=gone)
