@@ -339,3 +339,19 @@ def test_manifest_sample_data_and_widget(make_napari_viewer):
     assert w.labels_box.value is None  # created on the first result
     # the prompt semantics are in the tooltips
     assert "nearest" in w.segment_btn.tooltip and "T" in w.mode.tooltip
+
+
+def test_switching_images_switches_prompt_and_label_layers(make_napari_viewer, checkpoint):
+    viewer = make_napari_viewer()
+    a = viewer.add_image(np.zeros((64, 64), np.uint8), name="a")
+    w = MobileSAMWidget(viewer)
+    pa, sa = w.points_box.value, w.shapes_box.value
+    assert pa.metadata["image"] == "a" and sa.metadata["image"] == "a"
+    b = viewer.add_image(np.zeros((3, 32, 48), np.uint16), name="a stack")
+    w.image_box.value = b
+    assert w.points_box.value is not pa and w.points_box.value.ndim == 3
+    assert w.labels_box.value is None  # a's labels (none yet) would not fit anyway
+    mismatched = viewer.add_labels(np.zeros((32, 48), np.uint32), name="2D labels")
+    assert not any(v is mismatched for v in w.labels_box.choices)  # a 2D labels layer cannot hold a stack
+    w.image_box.value = a
+    assert w.points_box.value is pa and w.shapes_box.value is sa

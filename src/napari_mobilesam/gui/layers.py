@@ -208,7 +208,7 @@ def new_points_layer(image: Image) -> Points:
             face_color_cycle={1: POSITIVE_COLOR, 0: NEGATIVE_COLOR},
             border_color="white",
             size=size,
-            metadata={MARK: "points"},
+            metadata={MARK: "points", "image": image.name},
             **_same_transform(image),
         )
     return layer
@@ -225,7 +225,7 @@ def new_shapes_layer(image: Image) -> Shapes:
         edge_color=POSITIVE_COLOR,
         face_color="transparent",
         edge_width=max(1.0, 0.004 * max(FrameGeometry.of(image).spatial)),
-        metadata={MARK: "shapes"},
+        metadata={MARK: "shapes", "image": image.name},
         **_same_transform(image),
     )
 
@@ -236,6 +236,6 @@ def new_labels_layer(image: Image) -> Labels:
     return Labels(
         np.zeros(geo.lead_shape + geo.spatial, dtype=np.uint32),
         name=f"{image.name} labels",
-        metadata={MARK: "labels"},
+        metadata={MARK: "labels", "image": image.name},
         **_same_transform(image),
     )

@@ -139,9 +139,9 @@ class MobileSAMWidget(LiveMode, JobHost):
     def _choices(self, kind: type, new: str | None) -> Callable:
         def get(_widget=None) -> list:
             items = [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, kind)]
-            if kind is Labels and self.image_box_value() is not None:
-                spatial = L.FrameGeometry.of(self.image_box_value()).spatial
-                items = [(n, la) for n, la in items if tuple(la.data.shape[-2:]) == spatial]
+            if kind is Labels and self.image_box_value() is not None:  # same stack + spatial shape
+                geo = L.FrameGeometry.of(self.image_box_value())
+                items = [(n, la) for n, la in items if tuple(la.data.shape) == geo.lead_shape + geo.spatial]
             return items + ([(new, None)] if new else [])
 
         return get
@@ -159,9 +159,12 @@ class MobileSAMWidget(LiveMode, JobHost):
         """Prefer the layer this plugin made for the current image, else keep / 'new'."""
         image = self.image_box.value
         for layer in self.viewer.layers:
-            if layer.metadata.get(L.MARK) == kind and layer.name.startswith(image.name if image else "\0"):
-                box.value = layer
-                return
+            if image is not None and layer.metadata.get(L.MARK) == kind and layer.metadata.get("image") == image.name:
+                if any(layer is v for v in box.choices):
+                    box.value = layer
+                    return
+        if box.value is not None and box.value.metadata.get(L.MARK) and box.value.metadata.get("image") != image.name:
+            box.value = None  # a prompt/labels layer made for another image
 
     def _on_image(self, image: Image | None) -> None:
         self._reset_choices()
