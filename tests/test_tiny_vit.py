@@ -68,6 +68,7 @@ def test_embedding_parity(backend, sam, images, model_inputs, reference_dir, tmp
     if backend not in ("reference", "eager"):
         assert optimize_encoder(model, backend, cache=tmp_path_factory.mktemp("onnx")) == backend
         assert model.image_encoder.runner is not None
+        assert copy.deepcopy(model).image_encoder.runner is None  # a copy may get other weights: eager
     for name in images if backend != "reference" else ["photo"]:  # the baseline: one image is enough
         expected = np.load(reference_dir / f"expected_{name}.npz")["embedding"]
         with torch.inference_mode():

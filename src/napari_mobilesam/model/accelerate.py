@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from . import tiny_vit
 from .tiny_vit import TinyViT
 
 __all__ = ["BACKENDS", "available_backends", "optimize_encoder", "time_encoder", "time_encoders"]
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "eager", "onnxruntime")
 ONNX_OPSET = 17
-EXPORT_VERSION = "1"  # bump when the exported graph changes, to invalidate cached files
 
 
 def _have_onnxruntime() -> bool:
@@ -98,6 +98,12 @@ class _Runner:
         self._fn = build(encoder)
         self._fingerprint = _fingerprint(encoder)
 
+    def __deepcopy__(self, memo: dict) -> None:
+        return None  # a copied encoder must not run (and check) the original's weights: it starts eager
+
+    def __reduce__(self):  # pickling (torch.save of a whole model) likewise drops the backend
+        return (type(None), ())
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
         encoder = self._encoder()
         if encoder is None or not _check_input(encoder, x):
@@ -117,7 +123,9 @@ class _Runner:
 
 
 def _onnx_path(encoder: TinyViT, folder: Path) -> Path:
-    key = f"{weights_hash(encoder)}-s{encoder.img_size}-op{ONNX_OPSET}-v{EXPORT_VERSION}-torch{torch.__version__}"
+    """Cache file for these weights, this image size and this exporter (model code, torch, opset)."""
+    code = hashlib.sha256(Path(tiny_vit.__file__).read_bytes()).hexdigest()[:16]
+    key = f"{weights_hash(encoder)}-s{encoder.img_size}-op{ONNX_OPSET}-code{code}-torch{torch.__version__}"
     return folder / f"tinyvit-{hashlib.sha256(key.encode()).hexdigest()[:24]}.onnx"
 
 
@@ -222,11 +230,7 @@ def optimize_encoder(sam: torch.nn.Module, backend: str = "auto", cache: str | o
 
 def _prepared(encoder: TinyViT, backend: str, cache: str | os.PathLike | None) -> TinyViT:
     """A copy of ``encoder`` (same weights) set up for ``backend``: ``"reference"`` or one of :data:`BACKENDS`."""
-    runner, encoder.runner = encoder.runner, None  # a runner may hold unpicklable sessions
-    try:
-        enc = copy.deepcopy(encoder).eval()
-    finally:
-        encoder.runner = runner
+    enc = copy.deepcopy(encoder).eval()  # without the backend (see _Runner.__deepcopy__)
     enc.set_reference(backend == "reference")
     if backend not in ("reference", "eager"):
         holder = torch.nn.Module()
