@@ -327,4 +327,12 @@ class LabelWriter:
         return self.path
 
 
-from .csv_prompts import read_prompts  # noqa: E402  (re-export; csv_prompts imports ImageSource from here)
+
+def read_prompts(source: ImageSource, points: str | os.PathLike | None = None, boxes: str | os.PathLike | None = None) -> dict:
+    """napari Points/Shapes CSV -> ``{frame t: [(label id, Prompt), ...]}``; see :mod:`.csv_prompts`.
+
+    (Imported on use: this module stays free of torch, for ``mobilesam --help`` and light readers.)
+    """
+    from .csv_prompts import read_prompts as read
+
+    return read(source, points, boxes)
