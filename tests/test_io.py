@@ -176,3 +176,12 @@ def test_label_writer_resume(tmp_path, name):
     with pytest.raises(InputError, match="different run"):  # also once the output is complete
         LabelWriter(out, (2, 2), (8, 9), {"input": "b"})
     assert LabelWriter(out, (2, 2), (8, 9), sig, overwrite=True).todo() == [0, 1, 2, 3]
+
+
+def test_label_writer_never_touches_foreign_files(tmp_path):
+    tifffile.imwrite(tmp_path / "mine.tif", np.ones((8, 9), np.uint16))
+    __import__("zarr").save_array(tmp_path / "mine.zarr", np.ones((8, 9)))
+    for name in ("mine.tif", "mine.zarr"):
+        with pytest.raises(InputError, match="not written by mobilesam"):
+            LabelWriter(tmp_path / name, (), (8, 9), {"a": 1}, overwrite=True)
+        assert (tmp_path / name).exists()

@@ -247,20 +247,21 @@ class LabelWriter:
         self.shape = tuple(leading_shape) + tuple(hw)
         self.n_frames = int(np.prod(leading_shape, dtype=np.int64))
         self.signature = json.loads(json.dumps(signature))
-        if overwrite:
-            for p in {self.store_path, self.path}:
-                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        for p in {self.store_path, self.path}:
+            if p.exists() and self._signature_of(p) is None:  # never delete or write into what we did not make
+                raise InputError(f"Output {p} exists and was not written by mobilesam; choose another output path.")
+            if overwrite and p.exists():
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
         self.complete = not self.is_zarr and self.path.exists()
         if self.complete:
-            if self._tiff_signature() != self.signature:
+            if self._signature_of(self.path) != self.signature:
                 raise InputError(f"{self.path} exists and holds results of a different run (other input or settings); "
                                  "pass --overwrite to replace it, or choose another output.")
             self._max = np.zeros(self.n_frames, np.int64)
             return
         if self.store_path.exists():
             group = zarr.open_group(self.store_path, mode="r+")
-            old = dict(group.attrs).get("mobilesam_labels", {})
-            if old.get("signature") != self.signature:
+            if self._signature_of(self.store_path) != self.signature:
                 raise InputError(
                     f"{self.store_path} holds results of a different run (other input or settings); "
                     "pass --overwrite to replace it, or choose another output."
@@ -297,14 +298,20 @@ class LabelWriter:
         self._labels[tuple(int(i) for i in idx)] = np.asarray(labels, np.uint32)
         self._marks[t] = self._max[t] = int(labels.max(initial=0))
 
-    def _tiff_signature(self) -> dict | None:
-        import tifffile
-
+    @staticmethod
+    def _signature_of(path: Path) -> dict | None:
+        """The run signature stored in a label output of ours (TIFF or zarr), else None."""
         try:
-            with tifffile.TiffFile(self.path) as tf:
+            if path.is_dir():
+                import zarr
+
+                return dict(zarr.open_group(path, mode="r").attrs)["mobilesam_labels"]["signature"]
+            import tifffile
+
+            with tifffile.TiffFile(path) as tf:
                 meta = (tf.shaped_metadata or [{}])[0]
             return json.loads(meta["mobilesam"])
-        except Exception:  # not ours, or not a TIFF: never resumed over
+        except Exception:  # not ours, or not readable: never resumed over, never deleted
             return None
 
     def finish(self) -> Path:
