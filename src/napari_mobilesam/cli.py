@@ -255,6 +255,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     spec = _spec(args)
     out = Path(args.output)
     if args.overwrite and out.exists():
+        EmbeddingStore.open(out, "", "", mode="r", check=False)  # raises unless it is an embedding store
         shutil.rmtree(out)
     with _runner(args, spec) as run:
         ((_, model_hash),) = list(run(ModelHashJob(), [(source, 0, None)]))

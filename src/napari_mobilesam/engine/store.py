@@ -100,6 +100,7 @@ class EmbeddingStore:
         image_size: int = 1024,
         dtype: str = "float32",
         mode: str = "a",
+        check: bool = True,
     ) -> EmbeddingStore:
         """Open (mode "r": existing only; "a": create if missing) and check it matches.
 
@@ -109,6 +110,7 @@ class EmbeddingStore:
             image_fingerprint: :func:`image_fingerprint` of the image in use.
             n_frames, original_size: needed to create a store: frame count, ``(H, W)``.
             dtype: "float32" (exact) or "float16" (half the disk).
+            check: compare model and image (False: only make sure it is an embedding store).
 
         Raises:
             EmbeddingStoreMismatch: the store belongs to another model or image.
@@ -128,7 +130,8 @@ class EmbeddingStore:
                 meta = dict(group.attrs)[ATTR]
             except Exception as err:
                 raise InputError(f"{p} is not a mobilesam embedding store ({type(err).__name__}); choose another path.") from err
-            cls._check(p, meta, model_hash, image_fingerprint, image_size)
+            if check:
+                cls._check(p, meta, model_hash, image_fingerprint, image_size)
             return cls(p, group)
         if n_frames is None or original_size is None:
             raise ValueError("n_frames and original_size are needed to create an embedding store.")
