@@ -311,7 +311,12 @@ def _outputs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
     if src.is_dir() and not _is_zarr(src):
         if out.suffix.lower() in (".tif", ".tiff") or (out.exists() and not out.is_dir()):
             raise InputError(f"{src} is a folder, so -o must be a folder for the label files, not {out}.")
-        return [(f, out / f"{f.name.split('.')[0]}_labels.{args.format}") for f in list_images(src)]
+        pairs = [(f, out / f"{f.name.split('.')[0]}_labels.{args.format}") for f in list_images(src)]
+        names = [o.name for _, o in pairs]
+        clash = sorted({f.name for f, o in pairs if names.count(o.name) > 1})
+        if clash:
+            raise InputError(f"{', '.join(clash)} would share an output name in {out}; rename them or run them separately.")
+        return pairs
     if out.suffix.lower() not in (".tif", ".tiff", ".zarr"):
         return [(src, out / f"{src.name.split('.')[0]}_labels.{args.format}")]
     return [(src, out)]
