@@ -11,7 +11,7 @@ its parameters and its state-dict keys stay as they are):
   are optional; without them this backend falls back to eager, with a logged reason.
 - ``"auto"``: ``"onnxruntime"`` for a CPU encoder when both packages are installed, else eager.
   On the shared 2-core CPU this was tuned on, ONNX Runtime was the fastest in every same-run
-  comparison with two threads (0.30-0.37x the official op sequence, eager 0.47-0.51x); with
+  comparison with two threads (0.30-0.40x the official op sequence, eager 0.46-0.51x); with
   one thread the two were level (eager 0.51x, ONNX Runtime 0.54x). Its thread pool copes
   better with a busy machine. See ``benchmarks/bench_encoder.py``.
 
@@ -19,6 +19,7 @@ A backend only serves eval-mode, no-grad calls on CPU float32 ``B x 3 x S x S`` 
 else (training, autograd, GPU, reference mode) runs the PyTorch path. If the weights change
 after a backend was attached (``load_state_dict``, in-place edits), the next call notices it,
 rebuilds the backend for the new weights and logs it, so a stale export is never used.
+``copy.deepcopy`` and pickling of the encoder drop the backend (the copy runs eager).
 """
 
 from __future__ import annotations
