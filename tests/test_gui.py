@@ -236,6 +236,11 @@ def test_live_mode_click_move_delete_and_mask_choice(qtbot, make_widget, predict
     pts.selected_data = {1}
     pts.remove_selected()
     assert not (labels.data == 2).any()
+    # a finished rectangle is segmented at once too, with the next id
+    before = labels.data.copy()
+    w.shapes_box.value.add_rectangles(np.array([[100, 20], [100, 60], [150, 60], [150, 20]]))
+    ref_box = expected(predictor, small_cell, [(Prompt(box=[100, 20, 150, 60]), False, "best", 3)], small_cell.shape, existing=before)
+    assert agree(labels.data, ref_box) > 0.999
 
 
 def test_propagate_through_stack(qtbot, make_widget, predictor, small_cell):

@@ -70,6 +70,7 @@ class MobileSAMWidget(LiveMode, JobHost):
         self._pred: Predictor | None = None  # GUI-thread predictor (live decoding)
         self._decoders: OrderedDict = OrderedDict()  # frame key -> FrameDecoder (a few recent frames)
         self._signatures: dict[int, tuple] = {}  # label id -> prompt signature of its current mask
+        self._issued = 0  # highest label id given out for the current output layer
         self._points: Points | None = None
         self._shapes: Shapes | None = None
         self._labels_prev: Labels | None = None
@@ -210,6 +211,7 @@ class MobileSAMWidget(LiveMode, JobHost):
                 if pl is not None and "label_id" in pl.features:
                     pl.features["label_id"] = 0
             self._signatures.clear()
+            self._issued = 0
         self._labels_prev = layer
 
     def _on_mode(self, value: str) -> None:
@@ -274,8 +276,9 @@ class MobileSAMWidget(LiveMode, JobHost):
         return layer
 
     def next_id(self) -> int:
-        """One more than any label in the output layer or any id already given to a prompt."""
-        return L.next_free_label(self.labels_box.value, (self._points, self._shapes))
+        """One more than any label in the output layer, any id on a prompt, and any id issued before
+        (an id whose prompt was deleted is not reused: Ctrl+Z may bring its mask back)."""
+        return max(L.next_free_label(self.labels_box.value, (self._points, self._shapes)), self._issued + 1)
 
     def assign_ids(self, objects: list[ObjectPrompt]) -> None:
         """Give objects without a label id the next free ids, stored on their prompt rows."""
@@ -283,6 +286,7 @@ class MobileSAMWidget(LiveMode, JobHost):
         for o in objects:
             if o.label_id <= 0:
                 o.label_id, nxt = nxt, nxt + 1
+            self._issued = max(self._issued, o.label_id)
             if self._points is not None and o.point_rows:
                 self._points.features.loc[o.point_rows, "label_id"] = o.label_id
             if self._shapes is not None and o.shape_rows:
