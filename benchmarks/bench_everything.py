@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -65,10 +66,36 @@ def random_yolo(folder: Path) -> Path:
     return path
 
 
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
+
+
+class PeakRSS:
+    """Peak resident memory above the level at start, sampled every 20 ms (Linux)."""
+
+    def __enter__(self):
+        self.base = self.peak = _rss_mib()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._watch, daemon=True)
+        self._t.start()
+        return self
+
+    def _watch(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _rss_mib())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.extra = self.peak - self.base
+
+
 def timed_run(sam, image: np.ndarray, sampler: str, **options) -> dict[str, float]:
     """One cold run; phase times from progress messages."""
     pred = Predictor(sam)  # cold cache: end-to-end includes the encoder
     stamps: list[tuple[float, str]] = []
+    mem = PeakRSS().__enter__()
     t0 = time.perf_counter()
     gen = iter_segment_everything(image, pred, sampler, **options)
     while True:
@@ -79,6 +106,7 @@ def timed_run(sam, image: np.ndarray, sampler: str, **options) -> dict[str, floa
             break
         stamps.append((time.perf_counter(), p.message))
     end = time.perf_counter()
+    mem.__exit__()
 
     def last(word: str) -> float:
         return max(t for t, m in stamps if word in m)
@@ -99,6 +127,7 @@ def timed_run(sam, image: np.ndarray, sampler: str, **options) -> dict[str, floa
         "decode": decoded - sampled,
         "labels": end - decoded,
         "total": end - t0,
+        "peak_MiB": mem.extra,
     }
 
 
@@ -124,18 +153,17 @@ def main() -> None:
         small = cells(128, 5)
         for s, o in (("object-aware", dict(detector=detector, max_det=2)), ("blobs", dict(max_det=2)), ("grid", dict(points_per_side=1))):
             timed_run(sam, small, s, **o)
-        runs = {
-            "object-aware": timed_run(sam, image, "object-aware", detector=detector),
-            "blobs": timed_run(sam, image, "blobs", diameter=26 * args.size / 1024),
-        }
-        if not args.skip_grid:
-            runs["grid"] = timed_run(
-                sam, image, "grid", points_per_side=args.points_per_side, points_per_batch=args.points_per_batch
-            )
-    cols = ("prompts", "objects", "embed", "sample", "decode", "labels", "total")
-    print(f"{'sampler':>14} " + " ".join(f"{c:>9}" for c in cols) + "   (seconds)")
-    for name, r in runs.items():
-        print(f"{name:>14} " + " ".join(f"{r[c]:>9d}" if isinstance(r[c], int) else f"{r[c]:>9.2f}" for c in cols))
+        cols = ("prompts", "objects", "embed", "sample", "decode", "labels", "total", "peak_MiB")
+        print(f"{'sampler':>14} " + " ".join(f"{c:>9}" for c in cols) + "   (seconds; peak_MiB: RSS above the start of the run)")
+        plans = [
+            ("object-aware", dict(detector=detector)),
+            ("blobs", dict(diameter=26 * args.size / 1024)),
+            ("grid", dict(points_per_side=args.points_per_side, points_per_batch=args.points_per_batch)),
+        ]
+        runs = {}
+        for name, opts in plans[: 2 if args.skip_grid else 3]:
+            r = runs[name] = timed_run(sam, image, name, **opts)
+            print(f"{name:>14} " + " ".join(f"{r[c]:>9d}" if isinstance(r[c], int) else f"{r[c]:>9.2f}" for c in cols), flush=True)
     if "grid" in runs:
         g = runs["grid"]
         for name in ("object-aware", "blobs"):

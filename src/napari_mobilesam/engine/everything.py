@@ -34,7 +34,10 @@ __all__ = ["SAMPLERS", "EverythingProgress", "iter_segment_everything", "objects
 SAMPLERS = ("object-aware", "grid", "blobs")
 UNITS = 100  # progress units per frame
 
-_COMMON = dict(min_score=None, min_stability=None, min_area=1, max_area=None, min_visible=0.5, channels=None, contrast_limits=None, key=None, out=None)
+_COMMON = dict(
+    min_score=None, min_stability=None, min_area=1, max_area=None, min_visible=0.5,
+    channels=None, contrast_limits=None, key=None, out=None,
+)
 _BOXES = dict(prompt="box")
 _OPTIONS = {
     "object-aware": dict(conf=0.4, iou=0.9, imgsz=1024, max_det=320, **_BOXES),
