@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, Label, PushButton, SpinBox
 
-from . import layers as L
 from .jobs import worker_predictor
 from .writer import write_frames
 
@@ -118,7 +118,11 @@ class EverythingSection:
                 last[0] = msg.message
                 w.show_progress(msg.done, msg.total, f"Everything: {msg.message}")
                 if msg.labels is not None:  # a finished frame: one undoable write
-                    write_frames(labels, [(tuple(msg.index), msg.labels)], overwrite=w.overwrite.value)
+                    new = msg.labels
+                    if new.any():  # keep clear of ids already given to prompts (not yet in the layer)
+                        shift = max(0, w.next_id() - int(new[new > 0].min()))
+                        new = np.where(new > 0, new + shift, 0).astype(new.dtype) if shift else new
+                    write_frames(labels, [(tuple(msg.index), new)], overwrite=w.overwrite.value)
                     done.append(msg.index)
 
         def on_finish() -> None:
