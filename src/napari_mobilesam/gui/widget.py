@@ -16,7 +16,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Pro
 from napari.layers import Image, Labels, Points, Shapes
 from napari.utils.events import Event
 from napari.utils.notifications import show_info
-from qtpy.QtWidgets import QGroupBox, QVBoxLayout
+from qtpy.QtWidgets import QGroupBox, QLabel, QVBoxLayout
 
 from ..engine.embeddings import EmbeddingCache
 from ..engine.labels import render_labels
@@ -48,10 +48,14 @@ PROMPT_HELP = (
 )
 
 
-def _group(title: str, *widgets) -> tuple[QGroupBox, Container]:
+def _group(title: str, *widgets, note: str = "") -> tuple[QGroupBox, Container]:
     box = QGroupBox(title)
     lay = QVBoxLayout(box)
     lay.setContentsMargins(4, 4, 4, 4)
+    if note:  # full-width hint above the controls
+        hint = QLabel(note)
+        hint.setWordWrap(True)
+        lay.addWidget(hint)
     inner = Container(widgets=list(widgets), labels=True)
     inner.margins = (0, 0, 0, 0)
     lay.addWidget(inner.native)
@@ -93,8 +97,6 @@ class MobileSAMWidget(LiveMode, JobHost):
         self.overwrite = CheckBox(text="overwrite existing labels", value=False)
         self.mask_choice = ComboBox(label="mask of selected", choices=MASK_CHOICES, value=0,
                                     tooltip="For the selected point/box: best by predicted IoU or one of SAM's 3 masks")
-        self.help = Label(value="Click objects in the points layer (T: positive/negative),\nor draw rectangles in the boxes layer.")
-        self.help.tooltip = PROMPT_HELP
         self.segment_btn = PushButton(text="Segment")
         self.segment_btn.tooltip = PROMPT_HELP
         # -- progress
@@ -103,11 +105,13 @@ class MobileSAMWidget(LiveMode, JobHost):
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
 
         root = QVBoxLayout(self)
-        for title, ws in (
-            ("Input", (self.image_box, self.points_box, self.shapes_box, self.labels_box, self.model_box, self.model_file, self.device_box)),
-            ("Prompts", (self.help, self.mode, self.live, self.all_frames, self.overwrite, self.mask_choice, self.segment_btn)),
+        for title, ws, note in (
+            ("Input", (self.image_box, self.points_box, self.shapes_box, self.labels_box, self.model_box, self.model_file, self.device_box), ""),
+            ("Prompts", (self.mode, self.live, self.all_frames, self.overwrite, self.mask_choice, self.segment_btn),
+             "Click objects in the points layer (T toggles positive/negative) or draw rectangles in the boxes layer, "
+             "then press Segment. Hover for the rules."),
         ):
-            box, _ = _group(title, *ws)
+            box, _ = _group(title, *ws, note=note)
             box.setToolTip(PROMPT_HELP)
             root.addWidget(box)
         self.propagate = PropagateSection(self)
