@@ -360,3 +360,27 @@ def test_switching_images_switches_prompt_and_label_layers(make_napari_viewer, c
     assert not any(v is mismatched for v in w.labels_box.choices)  # a 2D labels layer cannot hold a stack
     w.image_box.value = a
     assert w.points_box.value is pa and w.shapes_box.value is sa
+
+
+def test_region_write_equals_whole_frame_write(make_napari_viewer):
+    """write_masks (live path) == render on the whole frame + write_frames, incl. replaced ids."""
+    from napari_mobilesam.engine.predictor import ObjectMask
+    from napari_mobilesam.gui.writer import write_frames, write_masks
+
+    rng = np.random.default_rng(1)
+    viewer = make_napari_viewer()
+    base = np.zeros((2, 60, 70), np.uint16)
+    base[1, 5:20, 5:30] = 4  # an existing label
+    base[1, 40:50, 50:60] = 9  # the old mask of object 9 (re-segmented below)
+    masks, ids = [], [9, 11]
+    for r, c, h, w in ((10, 20, 30, 25), (30, 45, 20, 20)):
+        masks.append(ObjectMask(rng.random((h, w)) > 0.3, (r, c), (60, 70), 0.9, 0.9, 0, np.zeros((256, 256), np.float32)))
+    for overwrite in (False, True):
+        a = viewer.add_labels(base.copy())
+        b = viewer.add_labels(base.copy())
+        write_masks(a, (1,), masks, ids, overwrite, replace_ids=[9, 11])
+        write_frames(b, [((1,), render_labels(masks, (60, 70), ids=ids))], overwrite, replace_ids=[9, 11])
+        assert np.array_equal(a.data, b.data)
+        assert not (a.data[1, 40:50, 50:60] == 9).all()  # old pixels of 9 released
+        a.undo()
+        assert np.array_equal(a.data, base)

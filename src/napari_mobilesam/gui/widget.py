@@ -19,7 +19,6 @@ from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QGroupBox, QLabel, QVBoxLayout
 
 from ..engine.embeddings import EmbeddingCache
-from ..engine.labels import render_labels
 from ..engine.predictor import Predictor
 from ..model.weights import REGISTRY
 from . import layers as L
@@ -29,7 +28,7 @@ from .runner import JobHost
 from .prompts import ObjectPrompt, collect_objects
 from .propagate import PropagateSection
 from .everything import EverythingSection
-from .writer import check_ids_fit, write_frames
+from .writer import check_ids_fit, write_masks
 
 __all__ = ["MobileSAMWidget", "PROMPT_HELP"]
 
@@ -301,10 +300,8 @@ class MobileSAMWidget(LiveMode, JobHost):
     def write_objects(self, frame, objects: list[ObjectPrompt], masks, also_clear=()) -> int:
         """Paint the masks of ``objects`` on ``frame`` as one undoable step."""
         layer = self.labels_layer()
-        geo = L.FrameGeometry.of(self.image_box.value)
-        new = render_labels(masks, geo.spatial, ids=[o.label_id for o in objects], dtype=layer.data.dtype)
         replace = [o.label_id for o in objects] + list(also_clear)
-        n = write_frames(layer, [(tuple(frame), new)], overwrite=self.overwrite.value, replace_ids=replace)
+        n = write_masks(layer, tuple(frame), masks, [o.label_id for o in objects], self.overwrite.value, replace)
         for o in objects:
             self._signatures[o.label_id] = o.signature
         for lid in also_clear:

@@ -8,13 +8,14 @@ in the history (memory scales with the change, not with the stack).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import numpy as np
 from napari.layers import Labels
 
-from ..engine.labels import label_changes
+from ..engine.labels import label_changes, render_labels
 
-__all__ = ["check_ids_fit", "frame_view", "write_frames"]
+__all__ = ["check_ids_fit", "frame_view", "write_frames", "write_masks"]
 
 Frame = tuple[int, ...]
 
@@ -61,3 +62,42 @@ def write_frames(
             labels.data_setitem(full, values)
             n += len(values)
     return n
+
+
+def write_masks(
+    labels: Labels,
+    frame: Frame,
+    masks: Sequence,
+    ids: Sequence[int],
+    overwrite: bool = False,
+    replace_ids: Sequence[int] = (),
+) -> int:
+    """Paint cropped masks (``ObjectMask``) with ``ids`` into ``frame`` as one undoable step.
+
+    Same result as rendering the masks on the whole frame and calling :func:`write_frames`, but
+    only the region the change can touch (the masks' boxes and the pixels of ``replace_ids``) is
+    processed, so a live click costs little on large frames.
+    """
+    existing = frame_view(labels, frame)
+    h, w = existing.shape
+    boxes = [m.bbox for m in masks]
+    if len(replace_ids):
+        hit = existing == replace_ids[0]
+        for i in replace_ids[1:]:
+            hit |= existing == i
+        rows, cols = np.flatnonzero(hit.any(1)), np.flatnonzero(hit.any(0))
+        if len(rows):
+            boxes.append((rows[0], cols[0], rows[-1] + 1, cols[-1] + 1))
+    if not boxes:
+        return 0
+    r0, c0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    r1, c1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
+    shifted = [replace(m, offset=(m.offset[0] - r0, m.offset[1] - c0), shape=(r1 - r0, c1 - c0)) for m in masks]
+    new = render_labels(shifted, (r1 - r0, c1 - c0), ids=list(ids), dtype=existing.dtype)
+    index, values = label_changes(existing[r0:r1, c0:c1], new, overwrite=overwrite, replace_ids=replace_ids)
+    if not len(values):
+        return 0
+    full = tuple(np.full(len(values), f, dtype=np.intp) for f in frame) + (index[0] + r0, index[1] + c0)
+    with labels.block_history():
+        labels.data_setitem(full, values)
+    return len(values)
