@@ -163,14 +163,18 @@ class Predictor(SamPredictor):
             self.cache.put(key, emb)
         self.set_embedding(emb, key)
 
-    def set_embedding(self, emb: Embedding, key: Hashable | None = None) -> None:
-        """Make ``emb`` the current frame (e.g. an embedding loaded from disk)."""
+    def set_embedding(self, emb: Embedding, key: Hashable | None = None, frame_decoder: FrameDecoder | None = None) -> None:
+        """Make ``emb`` the current frame (e.g. an embedding loaded from disk).
+
+        ``frame_decoder``: the per-frame decoder state built earlier for this embedding (e.g. in a
+        worker thread, from :attr:`frame_decoder`), so that the next decode starts at once.
+        """
         self.features = emb.features.to(self.device, torch.float32)
         self.original_size = tuple(emb.original_size)
         self.input_size = tuple(emb.input_size)
         self.is_image_set = True
         self.key = key
-        self._frame_decoder = None
+        self._frame_decoder = frame_decoder
 
     def get_embedding(self) -> Embedding:
         self._require_image()

@@ -80,9 +80,8 @@ class LiveMode:
         self.assign_ids(changed)
         k = key(cur)
         if self._pred.key != k:
-            self._pred.set_embedding(self.cache.get(k), k)
-            if k in self._decoders:  # built in the worker, or on an earlier visit
-                self._pred._frame_decoder = self._decoders[k]  # Predictor has no public setter (yet)
+            # the decoder state was built in the worker, or on an earlier visit
+            self._pred.set_embedding(self.cache.get(k), k, frame_decoder=self._decoders.get(k))
         masks = decode_objects(self._pred, changed) if changed else []
         if changed:
             self._remember_decoder(k, self._pred.frame_decoder)
