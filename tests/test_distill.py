@@ -31,7 +31,7 @@ from napari_mobilesam.distill import (
     load_teacher,
     preprocess,
 )
-from napari_mobilesam.distill.cli import add_commands
+from napari_mobilesam.distill_cli import add_commands
 from napari_mobilesam.distill.evaluation import mask_iou
 from napari_mobilesam.distill.teacher import SAM_VITS, vit_config_from_state
 from napari_mobilesam.engine.image import to_rgb_uint8

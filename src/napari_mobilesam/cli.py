@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(func=cmd_weights)
 
     try:  # distill/evaluate live in their own module; the other commands work without it
-        from .distill.cli import add_commands
+        from .distill_cli import add_commands
 
         add_commands(sub)
     except Exception:  # noqa: BLE001 - optional part, e.g. missing extra dependencies

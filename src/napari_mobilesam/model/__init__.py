@@ -1,15 +1,5 @@
-"""Model code (torch only): TinyViT encoder, builder, weights registry, detector."""
+"""Model code (torch only): TinyViT encoder, builder, weights registry, detector, encoder backends.
 
-from .build import CheckpointError, build_mobilesam, resolve_device
-from .tiny_vit import TinyViT
-from .weights import REGISTRY, WeightsUnavailableError, download_weights
-
-__all__ = [
-    "REGISTRY",
-    "CheckpointError",
-    "TinyViT",
-    "WeightsUnavailableError",
-    "build_mobilesam",
-    "download_weights",
-    "resolve_device",
-]
+Submodules are imported explicitly (``napari_mobilesam.model.build`` …) so that importing the
+weights registry does not import torch.
+"""

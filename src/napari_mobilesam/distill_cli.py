@@ -1,4 +1,4 @@
-"""``mobilesam distill`` and ``mobilesam evaluate``: argparse subcommands for the ``mobilesam`` entry point.
+"""`mobilesam distill` and `mobilesam evaluate` (kept outside the distill package so that `mobilesam --help` does not import torch).
 
 The entry point calls :func:`add_commands` with its subparsers object; each subcommand sets
 ``func(args) -> int`` (the exit status).
@@ -94,7 +94,7 @@ def _progress(events, desc: str) -> dict:
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    from . import TrainConfig, iter_distill
+    from .distill import TrainConfig, iter_distill
 
     config = TrainConfig(
         epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
@@ -116,7 +116,7 @@ def run_distill(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import format_table, iter_evaluate
+    from .distill.evaluation import format_table, iter_evaluate
 
     try:
         result = _progress(iter_evaluate(
