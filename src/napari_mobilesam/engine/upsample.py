@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 __all__ = ["MaskUpsampler", "bilinear_matrix"]
 
@@ -65,6 +66,8 @@ class MaskUpsampler:
 
     def __init__(self, original_size: tuple[int, int], input_size: tuple[int, int], img_size: int = 1024, low_res: int = 256):
         self.shape = (int(original_size[0]), int(original_size[1]))
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.img_size = img_size
         self.rows = _Axis(self.shape[0], int(input_size[0]), img_size, low_res)
         self.cols = _Axis(self.shape[1], int(input_size[1]), img_size, low_res)
 
@@ -83,6 +86,9 @@ class MaskUpsampler:
             return np.zeros((0, 0), np.float32), (0, 0)
         r0, r1 = self.rows.span(prow[0], prow[-1])
         c0, c1 = self.cols.span(pcol[0], pcol[-1])
+        if (r1 - r0) * (c1 - c0) > 0.3 * self.shape[0] * self.shape[1]:
+            # a large object: PyTorch's own two resizes of the whole frame are faster than gathers
+            return self._stock_logits(low)[r0:r1, c0:c1], (r0, c0)
         ri, rw = self.rows.idx[r0:r1], self.rows.wts[r0:r1]
         ci, cw = self.cols.idx[c0:c1], self.cols.wts[c0:c1]
         j0 = int(ci.min())
@@ -95,6 +101,13 @@ class MaskUpsampler:
         for k in range(1, ci.shape[1]):
             out += cw[None, :, k] * tmp[:, ci[:, k]]
         return out, (r0, c0)
+
+    def _stock_logits(self, low: np.ndarray) -> np.ndarray:
+        """The full-frame logits exactly as segment-anything's ``postprocess_masks`` computes them."""
+        x = torch.from_numpy(np.ascontiguousarray(low, dtype=np.float32))[None, None]
+        x = F.interpolate(x, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        x = x[..., : self.input_size[0], : self.input_size[1]]
+        return F.interpolate(x, self.shape, mode="bilinear", align_corners=False)[0, 0].numpy()
 
     def crop_mask(self, low: np.ndarray, threshold: float) -> tuple[np.ndarray, tuple[int, int]]:
         """Like :meth:`crop_logits`, thresholded and trimmed to the mask's bounding box."""
