@@ -93,3 +93,16 @@ def test_object_aware_decodes_the_detector_boxes(predictor, detector, frame):
     # the same run from a path, with a stricter filter, keeps a subset of the objects
     strict = segment_everything(frame, predictor, "object-aware", detector=detector.path, max_det=6, min_score=0.0)
     assert len(np.unique(strict)) <= len(np.unique(labels))
+
+
+def test_detect_keeps_torch_thread_count(yolo_file):
+    """ultralytics sets torch to (cores - 1) threads on a model's first prediction; we restore it."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        load_detector(yolo_file).detect(np.zeros((64, 64, 3), np.uint8))  # a fresh model: first prediction
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

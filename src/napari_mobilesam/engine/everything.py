@@ -222,7 +222,7 @@ def _iter_frame(
     prompts = _box_prompts(boxes, opts["prompt"] == "box+point")
     yield 0.3, f"{len(prompts)} boxes"
     objects: list[ObjectMask] = []
-    step = pred._batch_size() if hasattr(pred, "_batch_size") else 8
+    step = pred.batch_size
     for start in range(0, len(prompts), step):
         batch = pred.predict_objects(prompts[start : start + step], multimask_output=False)
         for o in batch:  # 256 KiB each, not needed here: keep a frame's objects small

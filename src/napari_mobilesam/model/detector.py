@@ -109,7 +109,15 @@ class Detector:
             kwargs["device"] = device
         # numpy input to ultralytics is BGR, as from cv2 (the layout YOLO checkpoints are trained with)
         bgr = np.ascontiguousarray(rgb[..., ::-1])
-        result = self._model.predict(bgr, **kwargs)[0]
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            result = self._model.predict(bgr, **kwargs)[0]
+        finally:
+            # ultralytics' device selection sets torch's CPU threads to cores - 1 for the whole
+            # process (1 on a 2-core machine), which would halve the decoder's speed afterwards.
+            torch.set_num_threads(threads)
         xyxy = result.boxes.xyxy.detach().cpu().double().numpy().reshape(-1, 4)
         scores = result.boxes.conf.detach().cpu().double().numpy().reshape(-1)
         order = np.argsort(-scores, kind="stable")
