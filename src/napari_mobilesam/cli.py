@@ -373,6 +373,7 @@ def cmd_everything(args: argparse.Namespace) -> int:
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
+    from ._progress import drive
     from .model.weights import REGISTRY, cache_dir, env_var_for, iter_fetch
 
     if args.action == "list":
@@ -389,18 +390,14 @@ def cmd_weights(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"Unknown weights name(s) {', '.join(unknown)}; known: {', '.join(REGISTRY)}.")
     for name in names:
-        gen = iter_fetch(name)
         with _bar(args, 0, name) as bar:
             bar.unit, bar.unit_scale = "B", True
-            while True:
-                try:
-                    done, total = next(gen)
-                except StopIteration as stop:
-                    path = stop.value
-                    break
-                bar.total = total
-                bar.n = done
+
+            def show(progress: tuple[int, int], bar=bar) -> None:
+                bar.n, bar.total = progress
                 bar.refresh()
+
+            path = drive(iter_fetch(name), show)
         print(f"{name}: {path}")
     return 0
 

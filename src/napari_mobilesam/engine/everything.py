@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from segment_anything.modeling import Sam
 
+from .._progress import drive, relay
 from .image import to_rgb_uint8
 from .labels import filter_objects, render_labels
 from .predictor import ObjectMask, Predictor, Prompt
@@ -204,12 +205,7 @@ def _iter_frame(
             pred, rgb, key, opts["points_per_side"], opts["points_per_batch"], opts["min_score"], opts["min_stability"],
             opts["box_nms_thresh"], opts["crop_n_layers"], opts["crop_nms_thresh"],
         )
-        while True:
-            try:
-                done, total = next(grid)
-            except StopIteration as stop:
-                return stop.value
-            yield 0.2 + 0.75 * done / total, f"point batch {done}/{total}"
+        return (yield from relay(grid, lambda p: (0.2 + 0.75 * p[0] / p[1], f"point batch {p[0]}/{p[1]}")))
     if sampler == "object-aware":
         boxes, _ = det.detect(rgb, conf=opts["conf"], iou=opts["iou"], imgsz=opts["imgsz"], max_det=opts["max_det"], device=str(pred.device))
     else:
@@ -310,13 +306,9 @@ def _run(
         frame = np.asarray(image[idx] if idx else image)
         rgb8 = to_rgb_uint8(frame, channels=opts["channels"], contrast_limits=opts["contrast_limits"])
         work = _iter_frame(pred, rgb8, keyfn(idx), sampler, det, opts)
-        while True:
-            try:
-                frac, msg = next(work)
-            except StopIteration as stop:
-                objects = stop.value
-                break
-            yield EverythingProgress(frame_no, idx, base + int(frac * UNITS), total, f"frame {frame_no}: {msg}")
+        objects = yield from relay(
+            work, lambda p: EverythingProgress(frame_no, idx, base + int(p[0] * UNITS), total, f"frame {frame_no}: {p[1]}")
+        )
         kept = filter_objects(objects, opts["min_score"], opts["min_stability"], opts["min_area"], opts["max_area"])
         existing = None if labels is None else np.asarray(labels[idx] if idx else labels)
         free = None if existing is None or overwrite else existing == 0
@@ -353,9 +345,4 @@ def segment_everything(
     **options: Any,
 ) -> np.ndarray:
     """Blocking :func:`iter_segment_everything`: returns the label array (``leading + (H, W)``)."""
-    gen = iter_segment_everything(image, predictor_or_sam, sampler, detector, **options)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return drive(iter_segment_everything(image, predictor_or_sam, sampler, detector, **options))

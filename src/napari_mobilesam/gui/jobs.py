@@ -17,6 +17,7 @@ from segment_anything.modeling import Sam
 from ..engine.embeddings import EmbeddingCache
 from ..engine.predictor import ObjectMask, Predictor
 from ..model.build import build_mobilesam
+from .._progress import relay
 from ..model.weights import REGISTRY, iter_fetch
 from .prompts import ObjectPrompt
 
@@ -60,14 +61,7 @@ class FrameDone:
 def load_model(source: str | Path, device: str) -> Generator[Progress | ModelReady, None, Sam]:
     """Download registry weights if needed (with byte progress), then build the model."""
     if isinstance(source, str) and source in REGISTRY:
-        fetch = iter_fetch(source)
-        while True:
-            try:
-                done, total = next(fetch)
-            except StopIteration as stop:
-                path = stop.value
-                break
-            yield Progress(done, total, f"downloading {source} weights")
+        path = yield from relay(iter_fetch(source), lambda p: Progress(p[0], p[1], f"downloading {source} weights"))
     else:
         path = Path(source)
     yield Progress(0, 0, f"loading model {Path(path).name}")

@@ -69,12 +69,12 @@ def _tokens_to_image(attn: Attention, q: torch.Tensor, k_in: torch.Tensor, v_in:
 
 
 def _image_to_tokens(
-    attn: Attention, q_in: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor
+    attn: Attention, q_in: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor, inplace: bool
 ) -> torch.Tensor:
     """Image tokens attend to prompt tokens; the query projection is folded into the keys.
 
     q_in, residual: Bk x N x C (Bk in {1, B}); k, v: B x T x C. Returns ``residual`` plus the
-    attention output, B x N x C (the residual add is fused into the last matmul).
+    attention output, B x N x C (see :func:`_mix_tokens` for ``inplace``).
     Scores are laid out B x (h, T) x N so that the softmax over the few tokens runs along a
     strided axis with the long image axis contiguous (much faster than a softmax over 7 values).
     """
@@ -91,11 +91,11 @@ def _image_to_tokens(
         scores = m @ q_in.transpose(1, 2)
     scores = (scores + m_bias) * (1.0 / math.sqrt(d))
     probs = torch.softmax(scores.view(b, h, t, -1), dim=2).view(b, h * t, -1)  # B x hT x N
-    return _mix_tokens(attn, probs, v, residual)
+    return _mix_tokens(attn, probs, v, residual, inplace)
 
 
 def _image_to_tokens_pre(
-    attn: Attention, q_img: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor
+    attn: Attention, q_img: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor, inplace: bool
 ) -> torch.Tensor:
     """As :func:`_image_to_tokens`, with the image queries already projected: ``q_img`` h x N x d."""
     h = attn.num_heads
@@ -104,13 +104,14 @@ def _image_to_tokens_pre(
     kh = attn.k_proj(k).view(b, t, h, d).permute(2, 0, 1, 3).reshape(h, b * t, d)
     scores = (kh @ q_img.transpose(1, 2)) * (1.0 / math.sqrt(d))  # h x BT x N
     probs = torch.softmax(scores.view(h, b, t, -1), dim=2).transpose(0, 1).reshape(b, h * t, -1)
-    return _mix_tokens(attn, probs, v, residual)
+    return _mix_tokens(attn, probs, v, residual, inplace)
 
 
-def _mix_tokens(attn: Attention, probs: torch.Tensor, v: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """``residual + out_proj(concat_h P_h V_h)`` as one ``baddbmm(residual, Pᵀ, V Wᵀ)``.
+def _mix_tokens(attn: Attention, probs: torch.Tensor, v: torch.Tensor, residual: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """``residual + out_proj(concat_h P_h V_h)`` computed as ``residual + Pᵀ (V Wᵀ)``.
 
-    probs: B x hT x N; v: B x T x C; residual: Bk x N x C with Bk in {1, B}.
+    probs: B x hT x N; v: B x T x C; residual: Bk x N x C with Bk in {1, B}, updated in place
+    when ``inplace`` (it must then be B x N x C and not needed by the caller any more).
     """
     h = attn.num_heads
     d = attn.internal_dim // h
@@ -120,8 +121,9 @@ def _mix_tokens(attn: Attention, probs: torch.Tensor, v: torch.Tensor, residual:
     # Each head's probabilities sum to one over its T tokens, so adding bias/h to every row of
     # vw adds the output bias exactly once.
     vw = vw + attn.out_proj.bias / h
-    b, _, n = probs.shape
-    return torch.baddbmm(residual.expand(b, n, -1), probs.transpose(1, 2), vw)
+    if inplace:
+        return residual.baddbmm_(probs.transpose(1, 2), vw)  # saves copying 4 MB per prompt
+    return torch.bmm(probs.transpose(1, 2), vw).add_(residual)
 
 
 def _tokens_to_image_pre(attn: Attention, q: torch.Tensor, k_img: torch.Tensor, v_img: torch.Tensor) -> torch.Tensor:
@@ -219,10 +221,11 @@ class FrameDecoder:
             queries = layer.norm2(queries + attn_out)
             queries = layer.norm3(queries + layer.mlp(queries))
             i2t = layer.cross_attn_image_to_token
+            own = keys.shape[0] == b and keys is not self._shared[0]  # never write into the frame's keys
             if shared:
-                keys = _image_to_tokens_pre(i2t, q0, queries + query_pe, queries, keys)
+                keys = _image_to_tokens_pre(i2t, q0, queries + query_pe, queries, keys, own)
             else:
-                keys = _image_to_tokens(i2t, keys_pe, queries + query_pe, queries, keys)
+                keys = _image_to_tokens(i2t, keys_pe, queries + query_pe, queries, keys, own)
             keys = layer.norm4(keys)
         keys_pe = keys + self.pe
         final = _tokens_to_image(tr.final_attn_token_to_image, queries + query_pe, keys_pe, keys)

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pooch
 
+from .._progress import drive
+
 __all__ = [
     "REGISTRY",
     "WeightsSpec",
@@ -173,12 +175,7 @@ def _file_downloader(url: str, output_file: str, _pooch: object) -> None:
 
 def download_weights(name: str, progress: bool = False) -> Path:
     """Return the local path of registry weights ``name``, downloading them if needed."""
-    gen = iter_fetch(name, progress)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return drive(iter_fetch(name, progress))
 
 
 def resolve_weights(checkpoint: str | os.PathLike | None) -> Path:
