@@ -116,7 +116,8 @@ class EverythingSection:
         def on_msg(msg) -> None:
             if isinstance(msg, EverythingProgress):
                 last[0] = msg.message
-                w.show_progress(msg.done, msg.total, f"Everything: {msg.message}")
+                # write before updating the progress bars: napari's activity bar may process events,
+                # and with them the job's end, before this function returns
                 if msg.labels is not None:  # a finished frame: one undoable write
                     new = msg.labels
                     if new.any():  # keep clear of ids already given to prompts (not yet in the layer)
@@ -124,6 +125,7 @@ class EverythingSection:
                         new = np.where(new > 0, new + shift, 0).astype(new.dtype) if shift else new
                     write_frames(labels, [(tuple(msg.index), new)], overwrite=w.overwrite.value)
                     done.append(msg.index)
+                w.show_progress(msg.done, msg.total, f"Everything: {msg.message}")
 
         def on_finish() -> None:
             n = geo.n_frames if every else 1

@@ -48,7 +48,21 @@ class JobHost(QWidget):
 
         worker = create_worker(guarded, _start_thread=False)
 
+        # Updating napari's activity bar can process Qt events, and with them the worker's
+        # `finished`, while a message is still being handled: finishing then waits for it.
+        state = {"in_msg": False, "finish_pending": False}
+
         def on_yield(msg) -> None:
+            state["in_msg"] = True
+            try:
+                handle(msg)
+            finally:
+                state["in_msg"] = False
+                if state["finish_pending"]:
+                    state["finish_pending"] = False
+                    on_finished()
+
+        def handle(msg) -> None:
             if isinstance(msg, Exception):
                 on_error(msg)
                 return
@@ -63,6 +77,9 @@ class JobHost(QWidget):
             self.report_error(err)
 
         def on_finished() -> None:
+            if state["in_msg"]:
+                state["finish_pending"] = True
+                return
             self._worker = None
             if self._activity is not None:
                 self._activity.close()
