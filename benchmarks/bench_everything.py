@@ -56,9 +56,9 @@ def cells(size: int, n: int = 300, seed: int = 0) -> np.ndarray:
 def random_yolo(folder: Path) -> Path:
     os.environ.setdefault("YOLO_CONFIG_DIR", str(folder / "ultralytics"))
     os.environ.setdefault("YOLO_OFFLINE", "1")
-    from ultralytics import YOLO  # benchmark only: the package imports ultralytics in model/detector.py
+    from napari_mobilesam.model.detector import _import_yolo  # ultralytics, imported by the package's guard
 
-    model = YOLO("yolov8n.yaml")
+    model = _import_yolo()("yolov8n.yaml")
     for branch in model.model.model[-1].cv3:
         branch[-1].bias.data.zero_()
     path = folder / "random_yolov8n.pt"

@@ -148,7 +148,9 @@ def test_segment_and_embeddings(tmp_path, stack_path, model_args, predictor, mon
 @pytest.mark.slow
 def test_everything_folder_with_yolo_detector(tmp_path, model_args, monkeypatch):
     import imageio.v3 as iio
-    from ultralytics import YOLO  # only to create a random detector file for the test
+    from napari_mobilesam.model.detector import _import_yolo  # the guarded ultralytics import
+
+    YOLO = _import_yolo()  # only to create a random detector file for the test
 
     monkeypatch.chdir(tmp_path)
     YOLO("yolov8n.yaml").save(tmp_path / "det.pt")

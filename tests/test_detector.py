@@ -18,9 +18,9 @@ def yolo_file(tmp_path_factory):
     The class-logit biases are zeroed (random values around 0, like every other weight): the stock
     initialisation puts every score near 1e-4, so nothing would pass conf=0.4.
     """
-    from ultralytics import YOLO
+    from napari_mobilesam.model.detector import _import_yolo  # ultralytics, keeping Qt's environment
 
-    model = YOLO("yolov8n.yaml")
+    model = _import_yolo()("yolov8n.yaml")
     for branch in model.model.model[-1].cv3:
         branch[-1].bias.data.zero_()
     path = tmp_path_factory.mktemp("yolo") / "random_yolov8n.pt"
@@ -106,3 +106,23 @@ def test_detect_keeps_torch_thread_count(yolo_file):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_loading_a_detector_leaves_qt_environment_alone(yolo_file):
+    """opencv (imported by ultralytics) redirects Qt to its own plugins, and napari would then abort.
+
+    Checked in a fresh interpreter, where the import really happens.
+    """
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys; from napari_mobilesam.model.detector import load_detector; "
+        f"load_detector({str(yolo_file)!r}); assert 'cv2' in sys.modules; "
+        "print(os.environ.get('QT_QPA_PLATFORM_PLUGIN_PATH'), os.environ.get('QT_QPA_FONTDIR'))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QT_QPA_")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == ["None", "None"]

@@ -23,9 +23,15 @@ class DetectorError(ValueError):
     """A detector file that cannot be used; the message names the file and the fix."""
 
 
+# opencv-python (pulled in by ultralytics) points Qt at its own bundled plugins when imported; a
+# QApplication created afterwards (napari) then aborts. These variables are restored after import.
+_CV2_ENV = ("QT_QPA_PLATFORM_PLUGIN_PATH", "QT_QPA_FONTDIR", "LD_LIBRARY_PATH")
+
+
 def _import_yolo():
     # no network checks or hub downloads: a detector is always a local file
     os.environ.setdefault("YOLO_OFFLINE", "1")
+    saved = {k: os.environ.get(k) for k in _CV2_ENV}
     try:
         from ultralytics import YOLO
     except ImportError as e:  # pragma: no cover - ultralytics is a dependency
@@ -33,6 +39,12 @@ def _import_yolo():
             "The object-aware sampler needs the 'ultralytics' package (pip install ultralytics); "
             "or use sampler='blobs' or sampler='grid', which need no detector."
         ) from e
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return YOLO
 
 
