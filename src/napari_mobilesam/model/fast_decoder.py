@@ -28,6 +28,9 @@ from segment_anything.modeling.transformer import Attention
 
 __all__ = ["FrameDecoder"]
 
+# Image tokens per block in the streamed decoder (a few hundred KB per prompt: stays in cache).
+STREAM_BLOCK = 512
+
 
 def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
     b, n, c = x.shape
@@ -65,6 +68,28 @@ def _tokens_to_image(attn: Attention, q: torch.Tensor, k_in: torch.Tensor, v_in:
         mixed = (probs.reshape(b, h * t, -1) @ v_in).view(b, h, t, -1)  # B x h x T x C
     wv = attn.v_proj.weight.view(h, d, -1)
     out = torch.einsum("bhtc,hdc->bthd", mixed, wv) + attn.v_proj.bias.view(h, d)
+    return attn.out_proj(out.reshape(b, t, h * d))
+
+
+def _t2i_prepare(attn: Attention, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt queries projected back into image space: ``(q_back B x hT x C, q_bias B x hT)``."""
+    h = attn.num_heads
+    b, t, _ = q.shape
+    d = attn.internal_dim // h
+    qh = _heads(attn.q_proj(q), h)  # B x h x T x d
+    q_back = torch.einsum("bhtd,hdc->bhtc", qh, attn.k_proj.weight.view(h, d, -1)).reshape(b, h * t, -1)
+    q_bias = torch.einsum("bhtd,hd->bht", qh, attn.k_proj.bias.view(h, d)).reshape(b, h * t)
+    return q_back, q_bias
+
+
+def _t2i_finish(attn: Attention, scores: torch.Tensor, q_bias: torch.Tensor, keys: torch.Tensor, t: int) -> torch.Tensor:
+    """Softmax of raw scores (B x hT x N, before bias and scale) and mixing of ``keys`` (B x N x C)."""
+    h = attn.num_heads
+    b = scores.shape[0]
+    d = attn.internal_dim // h
+    probs = torch.softmax((scores + q_bias[..., None]) * (1.0 / math.sqrt(d)), dim=-1)
+    mixed = torch.bmm(probs, keys).view(b, h, t, -1)  # B x h x T x C
+    out = torch.einsum("bhtc,hdc->bthd", mixed, attn.v_proj.weight.view(h, d, -1)) + attn.v_proj.bias.view(h, d)
     return attn.out_proj(out.reshape(b, t, h * d))
 
 
@@ -107,20 +132,27 @@ def _image_to_tokens_pre(
     return _mix_tokens(attn, probs, v, residual, inplace)
 
 
+def _values_out(attn: Attention, v: torch.Tensor) -> torch.Tensor:
+    """Per-token values already through the output projection: B x T x C -> B x hT x C.
+
+    Each head's attention probabilities sum to one over its T tokens, so adding bias/h to every
+    row adds the output bias exactly once.
+    """
+    h = attn.num_heads
+    d = attn.internal_dim // h
+    vh = _heads(attn.v_proj(v), h)  # B x h x T x d
+    wo = attn.out_proj.weight.view(-1, h, d)  # C x h x d
+    vw = torch.einsum("bhtd,chd->bhtc", vh, wo).reshape(v.shape[0], -1, wo.shape[0])
+    return vw + attn.out_proj.bias / h
+
+
 def _mix_tokens(attn: Attention, probs: torch.Tensor, v: torch.Tensor, residual: torch.Tensor, inplace: bool) -> torch.Tensor:
     """``residual + out_proj(concat_h P_h V_h)`` computed as ``residual + Pᵀ (V Wᵀ)``.
 
     probs: B x hT x N; v: B x T x C; residual: Bk x N x C with Bk in {1, B}, updated in place
     when ``inplace`` (it must then be B x N x C and not needed by the caller any more).
     """
-    h = attn.num_heads
-    d = attn.internal_dim // h
-    vh = _heads(attn.v_proj(v), h)  # B x h x T x d
-    wo = attn.out_proj.weight.view(-1, h, d)  # C x h x d
-    vw = torch.einsum("bhtd,chd->bhtc", vh, wo).reshape(v.shape[0], -1, wo.shape[0])  # B x hT x C
-    # Each head's probabilities sum to one over its T tokens, so adding bias/h to every row of
-    # vw adds the output bias exactly once.
-    vw = vw + attn.out_proj.bias / h
+    vw = _values_out(attn, v)
     if inplace:
         return residual.baddbmm_(probs.transpose(1, 2), vw)  # saves copying 4 MB per prompt
     return torch.bmm(probs.transpose(1, 2), vw).add_(residual)
@@ -198,6 +230,9 @@ class FrameDecoder:
         b = sparse.shape[0]
         out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], 0)
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse], 1)
+        if dense is None and len(tr.layers) == 2:
+            hs, keys = self._decode_streamed(tokens)
+            return self._heads_out(hs, keys, multimask_output)
         if dense is None:
             keys, keys_pe = self._shared
         else:
@@ -230,13 +265,93 @@ class FrameDecoder:
         keys_pe = keys + self.pe
         final = _tokens_to_image(tr.final_attn_token_to_image, queries + query_pe, keys_pe, keys)
         hs = tr.norm_final_attn(queries + final)
+        return self._heads_out(hs, keys, multimask_output)
 
+    def _heads_out(self, hs: torch.Tensor, keys: torch.Tensor, multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """IoU head, hypernetworks and upscaling from the final tokens and image tokens."""
+        md = self.md
         masks_sel = slice(1, None) if multimask_output else slice(0, 1)
         iou = md.iou_prediction_head(hs[:, 0])[:, masks_sel]
         mask_tokens = hs[:, 1 : 1 + md.num_mask_tokens][:, masks_sel]
         mlps = list(md.output_hypernetworks_mlps)[masks_sel]
         hyper = torch.stack([mlp(mask_tokens[:, j]) for j, mlp in enumerate(mlps)], 1)  # B x M x 32
         return self._upscale_masks(keys, hyper), iou
+
+    def _decode_streamed(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two-layer transformer without mask input, streaming over blocks of image tokens.
+
+        Each image-token update (image-to-token attention, residual, LayerNorm) runs block by
+        block while the block is in cache, and in the same pass accumulates the raw scores of the
+        *next* token-to-image attention, whose queries are already known (a layer's token
+        self-attention does not depend on the image). Per prompt, the 4096 x 256 image tokens then
+        cross memory a few times instead of about twenty. Same operations, same order per element.
+        Returns ``(hs B x T x C, keys B x N x C)``.
+        """
+        tr = self.transformer
+        l0, l1 = tr.layers
+        keys0 = self._shared[0]
+        k0, v0, q0 = self._layer0
+        query_pe = tokens
+        queries = l0.norm1(_token_self_attention(l0.self_attn, tokens, tokens))
+        queries = l0.norm2(queries + _tokens_to_image_pre(l0.cross_attn_token_to_image, queries + query_pe, k0, v0))
+        queries = l0.norm3(queries + l0.mlp(queries))
+        queries1 = l1.norm1(queries + _token_self_attention(l1.self_attn, queries + query_pe, queries))
+        qb1, qbias1 = _t2i_prepare(l1.cross_attn_token_to_image, queries1 + query_pe)
+        keys1, s1 = self._stream_keys(l0.cross_attn_image_to_token, l0.norm4, queries + query_pe, queries, keys0, qb1, q0)
+        t = tokens.shape[1]
+        queries = l1.norm2(queries1 + _t2i_finish(l1.cross_attn_token_to_image, s1, qbias1, keys1, t))
+        queries = l1.norm3(queries + l1.mlp(queries))
+        final = tr.final_attn_token_to_image
+        qbf, qbiasf = _t2i_prepare(final, queries + query_pe)
+        keys2, s2 = self._stream_keys(l1.cross_attn_image_to_token, l1.norm4, queries + query_pe, queries, keys1, qbf, None)
+        hs = tr.norm_final_attn(queries + _t2i_finish(final, s2, qbiasf, keys2, t))
+        return hs, keys2
+
+    def _stream_keys(
+        self,
+        i2t: Attention,
+        norm: torch.nn.LayerNorm,
+        k_tok: torch.Tensor,
+        v_tok: torch.Tensor,
+        residual: torch.Tensor,
+        q_back_next: torch.Tensor,
+        q_img: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``norm(residual + i2t(...))`` block by block, plus raw next-layer scores ``q_back_next @ (keys + pe)ᵀ``.
+
+        ``q_img``: the image queries already projected (h x N x d, layer 0), or None to fold the
+        query projection into the token keys (queries = residual + pe). ``residual`` is updated in
+        place unless it is the frame's shared keys. Returns ``(keys B x N x C, scores B x hT' x N)``.
+        """
+        h = i2t.num_heads
+        d = i2t.internal_dim // h
+        b, t, _ = k_tok.shape
+        n, c = residual.shape[1:]
+        scale = 1.0 / math.sqrt(d)
+        if q_img is not None:
+            kh = i2t.k_proj(k_tok).view(b, t, h, d).permute(2, 0, 1, 3).reshape(h, b * t, d)
+        else:
+            khb = _heads(i2t.k_proj(k_tok), h)
+            m = torch.einsum("bhtd,hdc->bhtc", khb, i2t.q_proj.weight.view(h, d, -1)).reshape(b, h * t, c)
+            m_bias = torch.einsum("bhtd,hd->bht", khb, i2t.q_proj.bias.view(h, d)).reshape(b, h * t, 1)
+        vw = _values_out(i2t, v_tok)  # B x hT x C
+        shared = residual is self._shared[0] or residual.shape[0] != b
+        out = torch.empty(b, n, c, dtype=residual.dtype, device=residual.device) if shared else residual
+        scores = torch.empty(b, q_back_next.shape[1], n, dtype=residual.dtype, device=residual.device)
+        pe = self.pe[0]
+        for s in range(0, n, STREAM_BLOCK):
+            e = min(s + STREAM_BLOCK, n)
+            res = residual[:, s:e]
+            if q_img is not None:
+                sc = (kh @ q_img[:, s:e].transpose(1, 2)) * scale  # h x BT x n
+                probs = torch.softmax(sc.view(h, b, t, -1), dim=2).transpose(0, 1).reshape(b, h * t, -1)
+            else:
+                sc = (torch.bmm(m, (res + pe[s:e]).transpose(1, 2)) + m_bias) * scale
+                probs = torch.softmax(sc.view(b, h, t, -1), dim=2).view(b, h * t, -1)
+            new = norm(torch.baddbmm(res.expand(b, -1, -1), probs.transpose(1, 2), vw))
+            out[:, s:e] = new
+            scores[:, :, s:e] = torch.bmm(q_back_next, (new + pe[s:e]).transpose(1, 2))
+        return out, scores
 
     def _upscale_masks(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """``output_upscaling`` (ConvT 2x2/2, LayerNorm2d, GELU, ConvT 2x2/2, GELU), then the
