@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from napari_mobilesam import Prompt, iter_segment_everything, segment_everything, to_rgb_uint8
+from napari_mobilesam._progress import drive
 from napari_mobilesam.engine.everything import objects_to_labels
 from napari_mobilesam.engine.labels import filter_objects, write_labels
 from napari_mobilesam.engine.predictor import ObjectMask
@@ -20,11 +21,7 @@ KEEP_ALL = dict(BLOBS, min_score=-1.0, min_visible=0.0)
 
 def run(gen):
     items = []
-    while True:
-        try:
-            items.append(next(gen))
-        except StopIteration as stop:
-            return items, stop.value
+    return items, drive(gen, items.append)
 
 
 def obj(r0, c0, h, w, score=1.0, shape=(20, 20)) -> ObjectMask:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_mobilesam._progress import drive
 from napari_mobilesam.engine.predictor import Prompt
 from napari_mobilesam.engine.propagate import iter_propagate, mask_to_logits
 
@@ -23,11 +24,7 @@ def start_mask(frame) -> np.ndarray:
 
 def run_all(gen):
     steps = []
-    while True:
-        try:
-            steps.append(next(gen))
-        except StopIteration as stop:
-            return steps, stop.value
+    return steps, drive(gen, steps.append)
 
 
 def test_mask_to_logits_follows_the_frame_geometry(predictor, frame, start_mask):
