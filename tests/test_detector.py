@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_mobilesam._progress import drive
 from napari_mobilesam import Prompt, iter_segment_everything, segment_everything, to_rgb_uint8
 from napari_mobilesam.engine.everything import objects_to_labels
 from napari_mobilesam.engine.labels import filter_objects
@@ -74,13 +75,7 @@ def test_object_aware_decodes_the_detector_boxes(predictor, detector, frame):
     """The detector's boxes (conf 0.4, NMS 0.9, max_det) go to the decoder, one mask each, single-mask mode."""
     opts = dict(max_det=6, min_score=-1.0, min_visible=0.0)
     items: list = []
-    gen = iter_segment_everything(frame, predictor, "object-aware", detector=detector, **opts)
-    while True:
-        try:
-            items.append(next(gen))
-        except StopIteration as stop:
-            labels = stop.value
-            break
+    labels = drive(iter_segment_everything(frame, predictor, "object-aware", detector=detector, **opts), items.append)
     assert any("6 boxes" in p.message for p in items)
     boxes, _ = detector.detect(to_rgb_uint8(frame), conf=0.4, iou=0.9, imgsz=1024, max_det=6)
     predictor.set_image(frame)

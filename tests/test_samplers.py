@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_mobilesam._progress import drive
 from napari_mobilesam.engine.samplers import blob_boxes, grid_batch_size, iter_grid_objects
 
 CENTRES = np.array([(30, 40), (40, 150), (100, 90), (150, 30), (160, 170), (95, 200)], float)
@@ -68,12 +69,7 @@ def test_grid_equals_sam_generator(predictor, sam):
     opts = dict(points_per_side=3, min_score=0.0, min_stability=0.0)
     gen = iter_grid_objects(predictor, rgb, points_per_batch=4, **opts)
     steps = []
-    while True:
-        try:
-            steps.append(next(gen))
-        except StopIteration as stop:
-            objects = stop.value
-            break
+    objects = drive(gen, steps.append)
     assert steps == [(1, 3), (2, 3), (3, 3)]  # 9 points in batches of 4
     ref = SamAutomaticMaskGenerator(sam, points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     ref.predictor = predictor

@@ -9,6 +9,7 @@ from functools import partial
 import pooch
 import pytest
 
+from napari_mobilesam._progress import drive
 from napari_mobilesam.model import weights
 from napari_mobilesam.model.weights import WeightsSpec, WeightsUnavailableError
 
@@ -47,12 +48,7 @@ def test_download_http_with_progress_and_cache(registry, served, tmp_path):
     registry["test_w"] = _spec([url], file)
     gen = weights.iter_fetch("test_w")
     progress = []
-    while True:
-        try:
-            progress.append(next(gen))
-        except StopIteration as stop:
-            path = stop.value
-            break
+    path = drive(gen, progress.append)
     assert path == tmp_path / "cache" / "test_w.pt"
     assert path.read_bytes() == file.read_bytes()
     assert progress and progress[-1][0] == file.stat().st_size
