@@ -205,25 +205,33 @@ def test_uint16_image_uses_layer_contrast(qtbot, make_widget, predictor, small_c
     assert agree(labels.data, ref) > 0.999
 
 
+def settle(qtbot, w):
+    """Wait until no live decode is in flight or queued."""
+    qtbot.waitUntil(lambda: not w.live_pending and not w.busy, timeout=TIMEOUT)
+
+
 def test_live_mode_click_move_delete_and_mask_choice(qtbot, make_widget, predictor, small_cell):
     viewer, w, img = make_widget(small_cell)
     pts = w.points_box.value
     w.live.value = True  # computes the frame's embedding in the background
     qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
-    pts.add([[50.0, 50.0]])  # decoded at once on the GUI thread
-    assert not w.busy
+    pts.add([[50.0, 50.0]])  # decoded in a worker thread; the GUI thread only writes the result
+    assert w.live_pending and not w.busy  # no job, no progress bar: just the decode in flight
+    settle(qtbot, w)
     labels = w.labels_box.value
     ref = expected(predictor, small_cell, [(Prompt(points=[[50, 50]]), True, "best", 1)], small_cell.shape)
     assert agree(labels.data, ref) > 0.999
     # second click: its own id, first object untouched
     before = labels.data.copy()
     pts.add([[130.0, 100.0]])
+    settle(qtbot, w)
     ref2 = expected(predictor, small_cell, [(Prompt(points=[[130, 100]]), True, "best", 2)], small_cell.shape, existing=before)
     assert agree(labels.data, ref2) > 0.999
     assert np.array_equal(labels.data[before == 1], before[before == 1])
     # choose SAM's mask 3 for the selected first point
     pts.selected_data = {0}
     w.mask_choice.value = 3
+    settle(qtbot, w)
     ref3 = expected(predictor, small_cell, [(Prompt(points=[[50, 50]]), True, 2, 1)], small_cell.shape)
     m = labels.data == 1
     assert agree(m, (ref3 == 1) & ((labels.data == 0) | m)) > 0.999
@@ -235,12 +243,45 @@ def test_live_mode_click_move_delete_and_mask_choice(qtbot, make_widget, predict
     # delete the second point: its mask goes
     pts.selected_data = {1}
     pts.remove_selected()
+    settle(qtbot, w)
     assert not (labels.data == 2).any()
     # a finished rectangle is segmented at once too, with the next id
     before = labels.data.copy()
     w.shapes_box.value.add_rectangles(np.array([[100, 20], [100, 60], [150, 60], [150, 20]]))
+    settle(qtbot, w)
     ref_box = expected(predictor, small_cell, [(Prompt(box=[100, 20, 150, 60]), False, "best", 3)], small_cell.shape, existing=before)
     assert agree(labels.data, ref_box) > 0.999
+
+
+def test_live_prompts_changed_while_decoding(qtbot, make_widget, predictor, small_cell):
+    """Clicks faster than the decoder: every object ends with the mask of its latest prompt, a
+    point deleted while its decode was in flight leaves no mask, and each write is one undo step."""
+    viewer, w, img = make_widget(small_cell)
+    pts = w.points_box.value
+    w.live.value = True
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
+    pts.add([[50.0, 50.0]])
+    assert w.live_pending
+    pts.add([[130.0, 100.0]])  # queued behind the first decode
+    pts.data = np.array([[50.0, 50.0], [120.0, 40.0]])  # the second point moves before it is decoded
+    settle(qtbot, w)
+    labels = w.labels_box.value
+    assert list(pts.features["label_id"]) == [1, 2]
+    first = expected(predictor, small_cell, [(Prompt(points=[[50, 50]]), True, "best", 1)], small_cell.shape)
+    ref = expected(predictor, small_cell, [(Prompt(points=[[120, 40]]), True, "best", 2)], small_cell.shape, existing=first)
+    assert agree(labels.data, ref) > 0.999
+    # a point added and deleted at once: its decode is dropped, no id 3 appears
+    before = labels.data.copy()
+    pts.add([[20.0, 120.0]])
+    pts.selected_data = {2}
+    pts.remove_selected()
+    settle(qtbot, w)
+    assert np.array_equal(labels.data, before)
+    # exactly two writes reached the history (the dropped decode left none): Ctrl+Z twice empties it
+    labels.undo()
+    assert np.array_equal(labels.data, first)
+    labels.undo()
+    assert not labels.data.any()
 
 
 def test_propagate_through_stack(qtbot, make_widget, predictor, small_cell):

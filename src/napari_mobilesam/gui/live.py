@@ -1,12 +1,16 @@
 """Live mode: a click or a finished rectangle updates that object's mask at once.
 
-Only the decoder runs on the GUI thread; a frame's embedding (and the decoder's per-frame state) is
-computed once in a background job and cached. Objects whose prompt did not change are skipped, and
-deleting a prompt removes its mask.
+The GUI thread only collects the prompts that changed and, when the decoder returns, writes their
+masks (one undoable step). The decoder itself runs in a napari worker thread, so the viewer stays
+responsive while it works; a frame's embedding (and the decoder's per-frame state) is computed
+once in a background job and cached. At most one decode is in flight: prompts changed meanwhile
+are decoded when it returns, and a result whose prompt changed or vanished meanwhile is dropped.
+Objects whose prompt did not change are skipped, and deleting a prompt removes its mask.
 """
 
 from __future__ import annotations
 
+from napari.qt.threading import create_worker
 from napari.utils.events import Event
 
 from .jobs import FrameReady, decode_objects, segment_frames
@@ -18,6 +22,16 @@ MAX_DECODERS = 4  # per-frame decoder states kept for quick returns to recent fr
 
 class LiveMode:
     """Mixin for :class:`~napari_mobilesam.gui.widget.MobileSAMWidget` (uses its layers, model and jobs)."""
+
+    live_threaded = True  # decode in a worker; False: on the GUI thread (the benchmarks' baseline)
+    _live_worker = None  # the decode in flight, if any
+    _live_again = False  # prompts changed while decoding: update again when it returns
+    _prompt_gen = 0  # bumped on every prompt change; a result decoded for an older one is checked
+
+    @property
+    def live_pending(self) -> bool:
+        """A live decode is in flight or queued."""
+        return self._live_worker is not None or self._live_again
 
     def _remember_decoder(self, key, decoder) -> None:
         self._decoders[key] = decoder
@@ -34,14 +48,16 @@ class LiveMode:
             rows = sorted(len(layer.data) + int(i) for i in (getattr(event, "data_indices", None) or ()) if int(i) < 0)
             f = layer.features
             if rows and "label_id" in f:
-                if f.loc[rows, ["label_id", "mask"]].to_numpy().any():
+                if f["label_id"].to_numpy()[rows].any() or f["mask"].to_numpy()[rows].any():
                     f.loc[rows, ["label_id", "mask"]] = 0
                 want = 1 if self.mode.value == "positive" else 0
-                if layer is self._points and (f.loc[rows, "label"].to_numpy() != want).any():
+                if layer is self._points and (f["label"].to_numpy()[rows] != want).any():
                     f.loc[rows, "label"] = want
                     layer.refresh_colors(update_color_mapping=False)
-        if self.live.value and action in ("added", "changed", "removed"):
-            self.live_update()
+        if action in ("added", "changed", "removed"):
+            self._prompt_gen += 1
+            if self.live.value:
+                self.live_update()
 
     def prepare_live(self) -> None:
         """Compute the viewed frame's embedding in the background (if needed), then update."""
@@ -49,10 +65,13 @@ class LiveMode:
             self._guard(lambda: self._live_update(force_embedding=True))
 
     def live_update(self) -> None:
-        """Decode the objects of the current frame whose prompts changed (GUI thread, decoder only)."""
+        """Decode (in a worker) the objects of the current frame whose prompts changed."""
         self._guard(self._live_update)
 
     def _live_update(self, force_embedding: bool = False) -> None:
+        if self._live_worker is not None:  # one decode at a time: the newest prompts follow it
+            self._live_again = True
+            return
         image, geo, cur = self.context()
         objs = self.objects([cur])
         alive = {o.label_id for o in objs}
@@ -61,7 +80,8 @@ class LiveMode:
         if not changed and not gone and not force_embedding:
             return
         frame, key, kw = self._frame_reader(image)
-        if self.sam is None or key(cur) not in self.cache or self.model_step() is not self.sam:
+        k = key(cur)
+        if self.sam is None or k not in self.cache or self.model_step() is not self.sam:
             if self.busy:  # a job runs: update when it ends
                 if self.live_update not in self._after_job:
                     self._after_job.append(self.live_update)
@@ -72,17 +92,60 @@ class LiveMode:
                     self._remember_decoder(msg.key, msg.decoder)
 
             self.run_job(segment_frames(self.model_step(), self.cache, frame, key, [(cur, [])], kw), keep_decoder,
-                         on_finish=lambda: self.sam is not None and key(cur) in self.cache and self.live_update(),
+                         on_finish=lambda: self.sam is not None and k in self.cache and self.live_update(),
                          title="Live")
             return
         if not changed and not gone:
             return
         self.assign_ids(changed)
-        k = key(cur)
-        if self._pred.key != k:
-            # the decoder state was built in the worker, or on an earlier visit
-            self._pred.set_embedding(self.cache.get(k), k, frame_decoder=self._decoders.get(k))
-        masks = decode_objects(self._pred, changed) if changed else []
-        if changed:
-            self._remember_decoder(k, self._pred.frame_decoder)
-        self.write_objects(cur, changed, masks, also_clear=gone)
+        if not changed:  # only deletions: nothing to decode
+            self.write_objects(cur, [], [], also_clear=gone)
+            return
+        self._start_decode(image, cur, k, changed, gone)
+
+    def _start_decode(self, image, cur, k, changed: list, gone: list) -> None:
+        pred, emb, decoder = self._pred, self.cache.get(k), self._decoders.get(k)
+        ticket = (image, self.labels_layer(), self._prompt_gen)
+
+        def decode():
+            try:
+                if pred.key != k:  # the decoder state was built in the embedding job, or on an earlier visit
+                    pred.set_embedding(emb, k, frame_decoder=decoder)
+                return pred.frame_decoder, decode_objects(pred, changed)
+            except Exception as err:  # returned, not raised: shown as a notification
+                return err
+
+        if not self.live_threaded:
+            self._decoded(decode(), ticket, cur, k, changed, gone)
+            return
+        worker = create_worker(decode, _start_thread=False)
+        worker.returned.connect(lambda result: self._decoded(result, ticket, cur, k, changed, gone))
+        self._live_worker = worker
+        worker.start()
+
+    def _decoded(self, result, ticket: tuple, cur, k, changed: list, gone: list) -> None:
+        """GUI thread: write a live decode's masks, unless their prompts changed meanwhile."""
+        self._live_worker = None
+        try:
+            if isinstance(result, Exception):
+                self.report_error(result)
+                return
+            decoder, masks = result
+            self._remember_decoder(k, decoder)
+            image, labels, gen = ticket
+            if image is not self.image_box.value or labels is not self.labels_box.value:
+                self._live_again = True  # another image or output layer: start over
+                return
+            if gen != self._prompt_gen:  # keep only results whose prompt is unchanged
+                self._live_again = True
+                now = {o.label_id: o.signature for o in self.objects([cur])}
+                keep = [i for i, o in enumerate(changed) if now.get(o.label_id) == o.signature]
+                changed, masks = [changed[i] for i in keep], [masks[i] for i in keep]
+                gone = [lid for lid in gone if lid not in now]
+            if changed or gone:
+                self._guard(lambda: self.write_objects(cur, changed, masks, also_clear=gone))
+        finally:
+            if self._live_again and self._live_worker is None:
+                self._live_again = False
+                if self.live.value:
+                    self.live_update()

@@ -1,8 +1,8 @@
 """The MobileSAM dock widget: controls and wiring only (no tensor code).
 
 Long work (weights download, image embeddings, segmenting frames, propagation, segment
-everything) runs in napari's ``thread_worker`` with a progress bar and Cancel; only the decoder for
-the objects a click changed runs on the GUI thread (live mode).
+everything) runs in napari's ``thread_worker`` with a progress bar and Cancel. Live mode decodes the
+objects a click changed in a worker too; the GUI thread only collects prompts and writes labels.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class MobileSAMWidget(LiveMode, JobHost):
         self.cache = EmbeddingCache(1 << 30)
         self.sam = None
         self._sam_key: tuple | None = None
-        self._pred: Predictor | None = None  # GUI-thread predictor (live decoding)
+        self._pred: Predictor | None = None  # live-mode predictor (used by one decode worker at a time)
         self._decoders: OrderedDict = OrderedDict()  # frame key -> FrameDecoder (a few recent frames)
         self._signatures: dict[int, tuple] = {}  # label id -> prompt signature of its current mask
         self._issued = 0  # highest label id given out for the current output layer
@@ -245,6 +245,8 @@ class MobileSAMWidget(LiveMode, JobHost):
                 rows = sorted(layer.selected_data)
                 layer.features.loc[rows, "mask"] = int(value)
                 changed = True
+        if changed:
+            self._prompt_gen += 1
         if changed and self.live.value:
             self.live_update()
         elif changed:
