@@ -284,6 +284,36 @@ def test_live_prompts_changed_while_decoding(qtbot, make_widget, predictor, smal
     assert not labels.data.any()
 
 
+def test_shift_t_flips_selected_points(qtbot, make_widget, predictor, small_cell):
+    viewer, w, img = make_widget(small_cell)
+    pts = w.points_box.value
+    assert any(str(k).replace("-", "+").lower() == "shift+t" for k in pts.keymap)
+    w._flip_selected()  # nothing selected: a hint, no change
+    assert "Select points" in w.status.value
+    w.live.value = True
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
+    pts.add([[50.0, 50.0]])
+    settle(qtbot, w)
+    pts.add([[60.0, 90.0]])
+    settle(qtbot, w)
+    labels = w.labels_box.value
+    assert list(pts.features["label_id"]) == [1, 2]
+    # the second point turns negative: its own mask goes, it refines the first object
+    pts.selected_data = {1}
+    w._flip_selected()
+    settle(qtbot, w)
+    assert list(pts.features["label"]) == [1, 0]
+    ref = expected(predictor, small_cell, [(Prompt(points=[[50, 50], [60, 90]], labels=[1, 0]), False, "best", 1)], small_cell.shape)
+    assert not (labels.data == 2).any()
+    assert agree(labels.data, ref) > 0.999
+    # and back: a positive point of its own again, with a fresh id (2 stays retired for undo)
+    w._flip_selected()
+    settle(qtbot, w)
+    assert list(pts.features["label"]) == [1, 1] and list(pts.features["label_id"]) == [1, 3]
+    ref = expected(predictor, small_cell, [(Prompt(points=[[50, 50]]), True, "best", 1), (Prompt(points=[[60, 90]]), True, "best", 3)], small_cell.shape)
+    assert agree(labels.data, ref) > 0.999
+
+
 def test_propagate_through_stack(qtbot, make_widget, predictor, small_cell):
     from napari_mobilesam.engine.propagate import iter_propagate
 

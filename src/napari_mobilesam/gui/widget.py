@@ -40,7 +40,8 @@ PROMPT_HELP = (
     "• every positive point (green, feature label=1) is one object;\n"
     "• points sharing an 'object' feature value > 0 form one object (positive and negative);\n"
     "• a negative point (magenta, label=0) refines the nearest positive point or box of its frame;\n"
-    "• press T on the Points layer to toggle positive/negative for new points;\n"
+    "• press T on the Points layer to toggle positive/negative for new points,\n"
+    "  Shift+T to flip the selected points;\n"
     "• prompts belong to the frame of their leading coordinates; RGB images are colour, not a stack.\n"
     "New masks fill background only (unless 'overwrite'); re-running a prompt replaces its own mask;\n"
     "Ctrl+Z in the Labels layer undoes each write."
@@ -195,6 +196,7 @@ class MobileSAMWidget(LiveMode, JobHost):
         layer.events.data.connect(self._on_prompt_data)
         layer.events.highlight.connect(self._sync_mask_choice)
         layer.bind_key("t", self._toggle_mode, overwrite=True)
+        layer.bind_key("Shift-T", self._flip_selected, overwrite=True)
         self._on_mode(self.mode.value)
 
     def _on_shapes(self, layer: Shapes | None) -> None:
@@ -225,6 +227,25 @@ class MobileSAMWidget(LiveMode, JobHost):
 
     def _toggle_mode(self, layer=None) -> None:
         self.mode.value = "negative" if self.mode.value == "positive" else "positive"
+
+    def _flip_selected(self, layer=None) -> None:
+        """Shift+T: flip the selected points between positive and negative."""
+        pts = self._points
+        rows = sorted(i for i in pts.selected_data if i < len(pts.features)) if pts is not None else []
+        if not rows:
+            self.status.value = "Select points first (S on the points layer), then Shift+T flips their sign."
+            return
+        f = pts.features
+        f.loc[rows, "label"] = 1 - f.loc[rows, "label"].to_numpy()
+        # an ungrouped point becomes another object (its own, or a refinement of the nearest one)
+        loose = [r for r in rows if "object" not in f or int(f.at[r, "object"]) <= 0]
+        f.loc[loose, ["label_id", "mask"]] = 0
+        pts.refresh_colors(update_color_mapping=False)
+        self._prompt_gen += 1
+        if self.live.value:
+            self.live_update()
+        else:
+            self.status.value = f"Flipped {len(rows)} point(s) between positive and negative: press Segment."
 
     def _sync_mask_choice(self, event: Event | None = None) -> None:
         """Show the mask choice of the selected prompt."""
