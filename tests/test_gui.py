@@ -342,6 +342,39 @@ def test_propagate_through_stack(qtbot, make_widget, predictor, small_cell):
     assert labels.data[1].any() and not labels.data[[0, 2, 3]].any()
 
 
+def test_propagate_several_selected_objects(qtbot, make_widget, predictor, small_cell):
+    """Every selected box is propagated; frames get each object's engine result, where they
+    overlap the first selected keeps the pixel, and one Ctrl+Z undoes the whole run."""
+    from napari_mobilesam.engine.propagate import iter_propagate
+
+    stack = np.stack([np.roll(small_cell[:96, :96], 2 * t, axis=0) for t in range(3)])
+    viewer, w, img = make_widget(stack)
+    viewer.dims.set_current_step(0, 1)
+    shapes = w.shapes_box.value
+    shapes.add_rectangles(np.array([[1, 10, 10], [1, 10, 40], [1, 40, 40], [1, 40, 10]]))
+    shapes.add_rectangles(np.array([[1, 50, 50], [1, 50, 90], [1, 90, 90], [1, 90, 50]]))
+    run(qtbot, w)
+    labels = w.labels_box.value
+    starts = {lid: labels.data[1] == lid for lid in (1, 2)}
+    assert all(m.any() for m in starts.values())
+    shapes.selected_data = {0, 1}
+    w.propagate.min_score.min = -1.0  # random weights: predicted IoUs near 0
+    w.propagate.min_score.value = -1.0
+    w.propagate.min_overlap.value = 0.0
+    before = labels.data.copy()
+    run(qtbot, w, w.propagate.run)
+    for t in (0, 2):
+        want = np.zeros(stack.shape[1:], np.uint32)
+        for lid, start in starts.items():
+            steps = {s.index: s.mask for s in iter_propagate(predictor, lambda i: stack[i], 3, 1, start, min_score=-1.0, min_overlap=0.0)}
+            want[steps[t] & (want == 0)] = lid
+        assert agree(labels.data[t], want) > 0.999
+    assert np.array_equal(labels.data[1], before[1])  # the start frame is untouched
+    assert "label(s) 1, 2" in w.status.value
+    labels.undo()
+    assert np.array_equal(labels.data, before)
+
+
 def test_errors_are_notifications(qtbot, make_widget, small_cell, monkeypatch, tmp_path):
     from napari_mobilesam.gui import runner
     from napari_mobilesam.model.weights import REGISTRY, WeightsSpec

@@ -39,23 +39,27 @@ def write_frames(
     labels: Labels,
     items: Iterable[tuple[Frame, np.ndarray]],
     overwrite: bool = False,
-    replace_ids: Sequence[int] = (),
+    replace_ids: Sequence[int] | str = (),
 ) -> int:
     """Merge new label images into their frames as one undoable step.
 
     Args:
         items: ``(frame, new)`` pairs, ``new`` an ``(H, W)`` label image (0 = nothing new).
         overwrite: new labels may cover existing labels (default: only background is filled).
-        replace_ids: labels released first (the previous masks of re-segmented objects).
+        replace_ids: labels released first (the previous masks of re-segmented objects); "new":
+            in each frame, the labels that ``new`` brings.
 
     Returns:
         Number of pixels changed.
     """
+    if isinstance(replace_ids, str) and replace_ids != "new":
+        raise ValueError(f"replace_ids must be label ids or 'new', not {replace_ids!r}.")
     n = 0
     with labels.block_history():
         for frame, new in items:
             existing = frame_view(labels, frame)
-            index, values = label_changes(existing, new, overwrite=overwrite, replace_ids=replace_ids)
+            release = np.unique(new[new > 0]).tolist() if isinstance(replace_ids, str) else replace_ids
+            index, values = label_changes(existing, new, overwrite=overwrite, replace_ids=release)
             if not len(values):
                 continue
             full = tuple(np.full(len(values), f, dtype=np.intp) for f in frame) + index
