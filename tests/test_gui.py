@@ -375,6 +375,47 @@ def test_propagate_several_selected_objects(qtbot, make_widget, predictor, small
     assert np.array_equal(labels.data, before)
 
 
+def test_embeddings_store_from_the_command_line(qtbot, make_widget, predictor, sam, checkpoint, tmp_path, monkeypatch):
+    """A store from `mobilesam embed` replaces the encoder in the widget (checked against model and
+    image); a store of another image is refused with a notification that says so."""
+    import tifffile
+
+    from napari_mobilesam.cli import main
+    from napari_mobilesam.gui import runner
+
+    rng = np.random.default_rng(3)
+    stack = np.clip(rng.normal(900, 200, (2, 64, 80)), 0, None).astype(np.uint16)
+    stack[:, 20:40, 30:55] += 2500
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    emb = tmp_path / "stack.zarr"
+    assert main(["embed", str(tmp_path / "stack.tif"), "-o", str(emb), "--weights", str(checkpoint), "--device", "cpu", "-q"]) == 0
+
+    viewer, w, img = make_widget(tifffile.imread(tmp_path / "stack.tif"), contrast_limits=(0, 60000))
+    w.embeddings.value = str(emb)
+    viewer.dims.set_current_step(0, 1)
+    encoded = []
+    hook = sam.image_encoder.register_forward_hook(lambda *a: encoded.append(1))
+    try:
+        w.shapes_box.value.add_rectangles(np.array([[1, 15, 25], [1, 15, 60], [1, 45, 60], [1, 45, 25]]))
+        run(qtbot, w)
+    finally:
+        hook.remove()
+    assert encoded == []  # frame 1 came from the store
+    labels = w.labels_box.value
+    # what `mobilesam embed` saw: automatic contrast, not the layer's contrast limits
+    ref = expected(predictor, stack[1], [(Prompt(box=[15, 25, 45, 60]), False, "best", 1)], stack.shape[1:])
+    assert labels.data[1].any() and agree(labels.data[1], ref) > 0.999
+    # a store of another image: a notification naming the mismatch, nothing written
+    errors = []
+    monkeypatch.setattr(runner, "show_error", errors.append)
+    viewer2, w2, _ = make_widget(stack[::-1].copy())
+    w2.embeddings.value = str(emb)
+    w2.shapes_box.value.add_rectangles(np.array([[0, 15, 25], [0, 15, 60], [0, 45, 60], [0, 45, 25]]))
+    run(qtbot, w2)
+    assert errors and "another image" in errors[-1] and "pixel values differ" in errors[-1]
+    assert w2.labels_box.value is None or not w2.labels_box.value.data.any()
+
+
 def test_errors_are_notifications(qtbot, make_widget, small_cell, monkeypatch, tmp_path):
     from napari_mobilesam.gui import runner
     from napari_mobilesam.model.weights import REGISTRY, WeightsSpec

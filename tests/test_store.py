@@ -67,3 +67,26 @@ def test_mismatches_are_refused(tmp_path, sam, frames):
         EmbeddingStore.open(tmp_path / "e.zarr", mh, image_fingerprint(frames, {"channels": [0]}))
     with pytest.raises(ValueError, match="does not exist"):
         EmbeddingStore.open(tmp_path / "none.zarr", mh, fp, mode="r")
+
+
+def test_cache_backed_by_a_store(tmp_path, sam, predictor, frames):
+    """EmbeddingCache.back_with: stored frames are found, read once, then served from memory."""
+    from napari_mobilesam.engine.embeddings import EmbeddingCache
+
+    store = EmbeddingStore.open(tmp_path / "e.zarr", model_fingerprint(sam), image_fingerprint(frames),
+                                n_frames=len(frames), original_size=frames.shape[1:3])
+    predictor.set_image(frames[0])
+    emb = predictor.cache.get(predictor.key)
+    store.save(0, emb)
+    reads = []
+    cache = EmbeddingCache()
+    cache.back_with(lambda k: k[0] == "s" and store.has(k[1]), lambda k: reads.append(k) or store.load(k[1]))
+    assert ("s", 0) in cache and ("s", 1) not in cache and ("x", 0) not in cache
+    assert cache.get(("s", 1)) is None
+    got = cache.get(("s", 0))
+    assert torch.equal(got.features, emb.features.float()) and got.original_size == emb.original_size
+    cache.get(("s", 0))
+    assert reads == [("s", 0)]  # read from disk once
+    cache.back_with(None, None)
+    cache.clear()
+    assert ("s", 0) not in cache

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import torch
@@ -53,12 +53,20 @@ class EmbeddingCache:
         self.fp16 = fp16
         self._items: OrderedDict[Hashable, Embedding] = OrderedDict()
         self._lock = threading.Lock()
+        self._has: Callable[[Hashable], bool] | None = None
+        self._load: Callable[[Hashable], Embedding] | None = None
+
+    def back_with(self, has: Callable[[Hashable], bool] | None, load: Callable[[Hashable], Embedding] | None) -> None:
+        """A second level (e.g. an on-disk store): keys ``has`` accepts are read with ``load`` on a
+        miss, then kept in memory. ``None, None`` removes it."""
+        self._has, self._load = has, load
 
     def __len__(self) -> int:
         return len(self._items)
 
     def __contains__(self, key: Hashable) -> bool:
-        return key in self._items
+        has = self._has
+        return key in self._items or (has is not None and has(key))
 
     @property
     def nbytes(self) -> int:
@@ -70,7 +78,13 @@ class EmbeddingCache:
             emb = self._items.get(key)
             if emb is not None:
                 self._items.move_to_end(key)
-            return emb
+                return emb
+        has, load = self._has, self._load
+        if has is None or load is None or not has(key):
+            return None
+        emb = load(key)  # outside the lock: reading from disk must not block other frames
+        self.put(key, emb)
+        return emb
 
     def put(self, key: Hashable, emb: Embedding) -> None:
         """Store ``emb`` (converted to float16 if configured) and evict beyond the budget."""

@@ -104,13 +104,13 @@ class LiveMode:
         self._start_decode(image, cur, k, changed, gone)
 
     def _start_decode(self, image, cur, k, changed: list, gone: list) -> None:
-        pred, emb, decoder = self._pred, self.cache.get(k), self._decoders.get(k)
+        pred, cache, decoder = self._pred, self.cache, self._decoders.get(k)
         ticket = (image, self.labels_layer(), self._prompt_gen)
 
         def decode():
             try:
                 if pred.key != k:  # the decoder state was built in the embedding job, or on an earlier visit
-                    pred.set_embedding(emb, k, frame_decoder=decoder)
+                    pred.set_embedding(cache.get(k), k, frame_decoder=decoder)  # may read an embeddings store
                 return pred.frame_decoder, decode_objects(pred, changed)
             except Exception as err:  # returned, not raised: shown as a notification
                 return err

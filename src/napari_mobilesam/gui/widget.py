@@ -22,9 +22,10 @@ from ..engine.embeddings import EmbeddingCache
 from ..engine.predictor import Predictor
 from ..model.weights import REGISTRY
 from . import layers as L
-from .jobs import FrameDone, load_model, segment_frames
+from .jobs import FrameDone, Progress, load_model, segment_frames
 from .live import LiveMode
 from .runner import JobHost
+from .stores import StoreLink, store_path, tag_of
 from .prompts import ObjectPrompt, collect_objects
 from .propagate import PropagateSection
 from .everything import EverythingSection
@@ -45,6 +46,14 @@ PROMPT_HELP = (
     "• prompts belong to the frame of their leading coordinates; RGB images are colour, not a stack.\n"
     "New masks fill background only (unless 'overwrite'); re-running a prompt replaces its own mask;\n"
     "Ctrl+Z in the Labels layer undoes each write."
+)
+
+
+STORE_HELP = (
+    "Optional: an embeddings store made by `mobilesam embed IMAGE -o EMB.zarr` for this image and model. "
+    "Frames found there skip the image encoder; a store of another image or model is refused. While a "
+    "store is set, the model sees the image with automatic contrast (as `mobilesam embed` does), not "
+    "through the layer's contrast limits."
 )
 
 
@@ -78,6 +87,7 @@ class MobileSAMWidget(LiveMode, JobHost):
         self._points: Points | None = None
         self._shapes: Shapes | None = None
         self._labels_prev: Labels | None = None
+        self._store: StoreLink | None = None  # checked embeddings store backing self.cache
 
         # -- input
         self.image_box = ComboBox(label="image", choices=self._choices(Image, new=None), tooltip="Image to segment (2D, stack, RGB)")
@@ -89,6 +99,7 @@ class MobileSAMWidget(LiveMode, JobHost):
                                   tooltip="Registry weights (downloaded once) or a checkpoint file")
         self.model_file = FileEdit(label="checkpoint", mode="r", filter="*.pt *.pth", visible=False)
         self.device_box = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.embeddings = FileEdit(label="embeddings", mode="d", tooltip=STORE_HELP)
         # -- prompts
         self.mode = RadioButtons(label="new points", choices=["positive", "negative"], value="positive",
                                  orientation="horizontal", tooltip="T on the Points layer toggles")
@@ -106,7 +117,8 @@ class MobileSAMWidget(LiveMode, JobHost):
 
         root = QVBoxLayout(self)
         for title, ws, note in (
-            ("Input", (self.image_box, self.points_box, self.shapes_box, self.labels_box, self.model_box, self.model_file, self.device_box), ""),
+            ("Input", (self.image_box, self.points_box, self.shapes_box, self.labels_box, self.model_box, self.model_file,
+                       self.device_box, self.embeddings), ""),
             ("Prompts", (self.mode, self.live, self.all_frames, self.overwrite, self.mask_choice, self.segment_btn),
              "Click objects in the points layer (T toggles positive/negative) or draw rectangles in the boxes layer, "
              "then press Segment. Hover for the rules."),
@@ -126,6 +138,7 @@ class MobileSAMWidget(LiveMode, JobHost):
         # -- wiring
         self.model_box.changed.connect(lambda v: setattr(self.model_file, "visible", v == CHOOSE_FILE))
         self.image_box.changed.connect(self._on_image)
+        self.embeddings.changed.connect(self._unlink_store)
         self.points_box.changed.connect(self._on_points)
         self.shapes_box.changed.connect(self._on_shapes)
         self.labels_box.changed.connect(self._on_labels)
@@ -173,6 +186,8 @@ class MobileSAMWidget(LiveMode, JobHost):
 
     def _on_image(self, image: Image | None) -> None:
         self._reset_choices()
+        if self._store is not None and self._store.image is not image:
+            self._unlink_store()
         if image is None:
             return
         self._pick(self.labels_box, "labels")
@@ -341,13 +356,32 @@ class MobileSAMWidget(LiveMode, JobHost):
         return self.model_box.value
 
     def model_step(self) -> object:
-        """The built model, or a generator that builds it (run inside a job)."""
+        """The built model, or a generator (run inside a job) that builds it and checks the
+        embeddings store, if one is set, against it and the image."""
         key = (str(self.model_source()), self.device_box.value)
-        if self.sam is not None and key == self._sam_key:
-            return self.sam
-        return load_model(self.model_source(), self.device_box.value)
+        model = self.sam if self.sam is not None and key == self._sam_key else load_model(self.model_source(), self.device_box.value)
+        path, image = store_path(self.embeddings.value), self.image_box.value
+        linked = self._store is not None and self._store.sam is model and self._store.image is image and self._store.tag == tag_of(path or ".")
+        if path is None or image is None or linked:
+            return model
+        return self._link_store(model, path, image)
+
+    def _link_store(self, model, path: Path, image: Image):
+        sam = (yield from model) if not hasattr(model, "image_encoder") else model
+        yield Progress(0, 0, f"checking embeddings {path.name}")
+        link = StoreLink(path, sam, image)  # raises with the fix when it belongs to another model or image
+        link.attach(self.cache)
+        self._store = link
+        yield Progress(0, 0, f"embeddings {path.name}: {link.store.done_count}/{link.store.n_frames} frames stored")
+        return sam
+
+    def _unlink_store(self, _=None) -> None:
+        self._store = None
+        StoreLink.detach(self.cache)
 
     def set_model(self, sam, key: tuple) -> None:
+        if self._store is not None and self._store.sam is not sam:
+            self._unlink_store()
         if key != self._sam_key:
             self.cache.clear()
             self._decoders.clear()
@@ -359,6 +393,9 @@ class MobileSAMWidget(LiveMode, JobHost):
         data = image.data[0] if image.multiscale else image.data  # read from the worker: plain arrays only
         kw = L.image_kwargs(image)
         ident = L.image_key(image, ())
+        path = store_path(self.embeddings.value)
+        if path is not None:  # the model sees the image as `mobilesam embed` did
+            kw, ident = {}, (*ident[:3], tag_of(path))
         return (lambda f: np.asarray(data[tuple(f)])), (lambda f: (*ident[:2], tuple(f), ident[3])), kw
 
     # ------------------------------------------------------------------ segment

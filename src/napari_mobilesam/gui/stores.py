@@ -1,0 +1,66 @@
+"""Use an embedding store made by ``mobilesam embed`` in the widget: stored frames skip the encoder.
+
+The store is checked against the model (encoder weights) and the image layer (shape, dtype, first
+and last frames), exactly as the command line checks it, so a store of another image or model is
+refused with a message that says what differs. While a store is in use the model sees the image as
+``mobilesam embed`` saw it (automatic contrast), not through the layer's contrast limits, so frames
+read from the store and frames computed here agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from pathlib import Path
+
+import numpy as np
+from napari.layers import Image
+
+from ..engine.embeddings import Embedding, EmbeddingCache
+from ..engine.store import EmbeddingStore, image_fingerprint, model_fingerprint
+from . import layers as L
+
+__all__ = ["StoreLink", "store_path", "tag_of"]
+
+
+def store_path(value) -> Path | None:
+    """The FileEdit's value as a path, or None when it is empty."""
+    text = str(value or "").strip()
+    return None if text in ("", ".") else Path(text).expanduser()
+
+
+def tag_of(path: Path) -> tuple:
+    """Last element of the frame keys while a store is in use (instead of the contrast limits)."""
+    return ("store", str(Path(path).resolve()))
+
+
+class StoreLink:
+    """An opened, checked store bound to one image layer; backs the widget's embedding cache."""
+
+    def __init__(self, path: Path, sam, image: Image):
+        data = image.data[0] if image.multiscale else image.data
+        self.sam, self.image = sam, image
+        self.store = EmbeddingStore.open(path, model_fingerprint(sam), image_fingerprint(data, frame_ndim=3 if image.rgb else 2), mode="r")
+        self.tag = tag_of(path)
+        self.layer = L.image_key(image, ())[1]
+        self.lead_shape = L.FrameGeometry.of(image).lead_shape
+
+    def frame_index(self, key: Hashable) -> int | None:
+        """Store frame of a widget frame key ``(…, layer, frame, tag)`` of this image, else None."""
+        if not (isinstance(key, tuple) and len(key) == 4 and key[3] == self.tag and key[1] == self.layer):
+            return None
+        frame = key[2]
+        return int(np.ravel_multi_index(frame, self.lead_shape)) if self.lead_shape else 0
+
+    def has(self, key: Hashable) -> bool:
+        t = self.frame_index(key)
+        return t is not None and self.store.has(t)
+
+    def load(self, key: Hashable) -> Embedding:
+        return self.store.load(self.frame_index(key))
+
+    def attach(self, cache: EmbeddingCache) -> None:
+        cache.back_with(self.has, self.load)
+
+    @staticmethod
+    def detach(cache: EmbeddingCache) -> None:
+        cache.back_with(None, None)
