@@ -28,8 +28,12 @@ from segment_anything.modeling.transformer import Attention
 
 __all__ = ["FrameDecoder"]
 
-# Image tokens per block in the streamed decoder (a few hundred KB per prompt: stays in cache).
+# Image tokens per block in the streamed decoder: STREAM_ROWS // batch, at least STREAM_BLOCK, so a
+# block of the whole batch stays near 1-4 MB (in cache). Fewer, larger blocks matter for a single
+# prompt: each block is a dozen small ops, and OpenMP threads that sleep between ops (as they do
+# when torch also runs in another thread, e.g. napari's workers) pay a wake-up per op.
 STREAM_BLOCK = 512
+STREAM_ROWS = 4096
 
 
 def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
@@ -339,8 +343,9 @@ class FrameDecoder:
         out = torch.empty(b, n, c, dtype=residual.dtype, device=residual.device) if shared else residual
         scores = torch.empty(b, q_back_next.shape[1], n, dtype=residual.dtype, device=residual.device)
         pe = self.pe[0]
-        for s in range(0, n, STREAM_BLOCK):
-            e = min(s + STREAM_BLOCK, n)
+        block = max(STREAM_BLOCK, STREAM_ROWS // b)
+        for s in range(0, n, block):
+            e = min(s + block, n)
             res = residual[:, s:e]
             if q_img is not None:
                 sc = (kh @ q_img[:, s:e].transpose(1, 2)) * scale  # h x BT x n
