@@ -2,32 +2,47 @@
 
 Run under an X server:  ``xvfb-run -a python benchmarks/bench_gui.py [--size 1024] [--clicks 20]``
 
-Per click (the user pauses between clicks, as people do):
+Per click (with an idle pause before each, as a user makes):
 
 * GUI-thread time = ``Points.add`` (napari's own work plus our handler, which collects the prompts
-  and hands them to the decode worker) + our result handler (label rendering, the undoable
-  ``data_setitem`` write and the layer's refresh). The decoder runs in a worker thread.
+  and hands them to the model thread) + our result handler (label rendering, the undoable
+  ``data_setitem`` write and the layer's refresh).
 * longest freeze: the longest gap between ticks of a 1 ms QTimer from the click until the new
   mask is drawn, i.e. the longest the viewer could not react to anything (napari's own redraws,
-  which under Xvfb's software OpenGL take tens of ms on this 2-core machine, included).
+  which under Xvfb's software OpenGL take tens of ms on a 2-core machine, included).
 * latency: click until the mask is drawn (the first timer tick after our write and its redraw).
 
-Baselines timed in the same run, on the same frame, click by click: the decoder alone
-(``Predictor.predict_objects``, one point, multimask) and the stock
-``segment_anything.SamPredictor.predict`` on the same embedding (what a plugin that decodes on the
-GUI thread with stock segment-anything freezes the viewer for).
+Two designs, each in its own process (a thread that has run the model keeps an OpenMP team for the
+rest of the process, which slows every other thread's model work, see ``gui/threads.py``):
+``worker`` (what the widget does: the decoder runs on the model thread) and ``gui-thread`` (the
+baseline: the decoder runs inside the click handler on the GUI thread, as plugins built on stock
+segment-anything do). In each process, the decoder alone (``Predictor.predict_objects``, one point,
+multimask) and stock ``SamPredictor.predict`` on the same embedding are timed on the model thread.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 REF = Path(os.environ.get("NAPARI_MOBILESAM_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference"))
+KEYS = ("gui", "freeze", "latency", "move", "floor", "decoder", "stock")
+LABELS = {
+    "gui": "live click, GUI-thread time (Points.add + our handlers)",
+    "freeze": "live click, longest GUI freeze until the mask is drawn",
+    "latency": "live click, latency until the mask is drawn",
+    "move": "move a point, GUI-thread time of the data event",
+    "floor": "Points.add with live mode off (napari + bookkeeping)",
+    "decoder": "decoder alone (predict_objects, 1 point, multimask)",
+    "stock": "stock SamPredictor.predict (same embedding)",
+}
 
 
 def stats(ms: list[float]) -> str:
@@ -35,14 +50,7 @@ def stats(ms: list[float]) -> str:
     return f"median {np.median(a):6.1f} ms   p90 {np.percentile(a, 90):6.1f} ms   max {a.max():6.1f} ms  (n={len(a)})"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--size", type=int, default=1024, help="image side in pixels")
-    ap.add_argument("--clicks", type=int, default=20)
-    ap.add_argument("--checkpoint", default=str(REF / "mobile_sam_random.pt"))
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
-    args = ap.parse_args()
-
+def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     import napari
     import torch
     from qtpy.QtCore import QEventLoop, QTimer
@@ -51,42 +59,50 @@ def main() -> None:
     from skimage import data, transform
 
     from napari_mobilesam import Predictor, Prompt, build_mobilesam
+    from napari_mobilesam.gui import threads
     from napari_mobilesam.gui.widget import CHOOSE_FILE, MobileSAMWidget
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     img = (transform.resize(data.cell(), (args.size, args.size), preserve_range=True)).astype(np.uint8)
-    sam = build_mobilesam(args.checkpoint, device="cpu")
     viewer = napari.Viewer(show=True)
-    layer = viewer.add_image(img, name="cell")
+    viewer.add_image(img, name="cell")
     w = MobileSAMWidget(viewer)
     viewer.window.add_dock_widget(w)
+    sam = threads.call(lambda: build_mobilesam(args.checkpoint, device="cpu"))  # the GUI thread never runs the model
     w.model_box.value = CHOOSE_FILE
     w.model_file.value = args.checkpoint
     w.device_box.value = "cpu"
     w.set_model(sam, (args.checkpoint, "cpu"))
+    w.live_threaded = args.mode == "worker"
     app = QApplication.instance()
-    w.live.value = True  # embedding in the background
+    w.live.value = True  # embedding on the model thread
     t0 = time.perf_counter()
     while w.busy:
         app.processEvents()
         time.sleep(0.01)
-    print(f"image {img.shape}, torch threads {torch.get_num_threads()}; embedding (worker thread) {time.perf_counter() - t0:.2f} s")
+    print(f"[{args.mode}] image {img.shape}, torch threads {torch.get_num_threads()}; embedding {time.perf_counter() - t0:.2f} s", file=sys.stderr)
 
-    rng = np.random.default_rng(0)
-    pts = w.points_box.value
-    clicks = rng.uniform(0.1 * args.size, 0.9 * args.size, size=(args.clicks + 3, 2))  # 2 points each: baseline + ours
-    # baselines on the same frame and model, interleaved click by click so that both see the same
-    # machine load (other processes share the CPU)
-    pred = Predictor(sam)
-    pred.set_image(img)
-    stock = SamPredictor(sam)
-    stock.features, stock.original_size, stock.input_size = pred.features, pred.original_size, pred.input_size
-    stock.is_image_set = True
-    gui_ms, lat_ms, freeze_ms, dec_ms, stock_ms, floor_ms, move_ms = [], [], [], [], [], [], []
+    def setup():
+        pred = Predictor(sam)
+        pred.set_image(img)
+        stock = SamPredictor(sam)
+        stock.features, stock.original_size, stock.input_size = pred.features, pred.original_size, pred.input_size
+        stock.is_image_set = True
+        return pred, stock
+
+    pred, stock = threads.call(setup)
+
+    def timed(fn) -> float:
+        def run():
+            t = time.perf_counter()
+            with torch.inference_mode():
+                fn()
+            return (time.perf_counter() - t) * 1e3
+
+        return threads.call(run)
+
+    out: dict[str, list[float]] = {k: [] for k in KEYS}
     handler = {"t": 0.0, "end": 0.0}
     decoded = w._decoded
-
     waiting = QEventLoop()
 
     def timed_decoded(*a, **kw):  # our GUI-thread result handler
@@ -107,18 +123,17 @@ def main() -> None:
     timer.setInterval(1)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     timer.start()
+    pts = w.points_box.value
 
-    def click(r, c, threaded: bool) -> tuple[float, float, float]:
-        """(GUI-thread ms, latency ms, longest freeze ms) of one live click."""
-        w.live_threaded = threaded
-        for _ in range(20):  # an idle pause before the click, as a user makes
+    def click(r, c) -> tuple[float, float, float]:
+        for _ in range(20):  # an idle pause before the click
             app.processEvents(QEventLoop.AllEvents, 10)
             time.sleep(0.01)
         handler["t"] = 0.0
         ticks.clear()
         t0 = time.perf_counter()
         ticks.append(t0)
-        pts.add([[r, c]])  # our handler hands the prompt to the decode worker
+        pts.add([[r, c]])
         t1 = time.perf_counter()
         settle()
         end = handler["end"]
@@ -126,59 +141,58 @@ def main() -> None:
         waiting.exec_()
         shown = min(t for t in ticks if t > end)  # the event loop is free again: the mask is drawn
         gaps = np.diff([t for t in ticks if t <= shown])
-        gui = t1 - t0 + (handler["t"] if end > t1 else 0.0)  # an inline decode's handler ran inside add()
+        gui = t1 - t0 + (handler["t"] if end > t1 else 0.0)  # a GUI-thread decode's handler ran inside add()
         return gui * 1e3, (shown - t0) * 1e3, float(gaps.max()) * 1e3
 
-    base_gui, base_lat, base_freeze = [], [], []
+    rng = np.random.default_rng(0)
+    clicks = rng.uniform(0.1 * args.size, 0.9 * args.size, size=(args.clicks + 3, 2))
     for i, (r, c) in enumerate(clicks):
-        bg, blat, bfr = click(r + 3.0, c + 3.0, threaded=False)  # baseline: decoder on the GUI thread
-        g, lat, fr = click(r, c, threaded=True)
-        t = time.perf_counter()
-        pred.predict_objects([Prompt(points=[[r, c]])], multimask_output=True)
-        dd = (time.perf_counter() - t) * 1e3
-        t = time.perf_counter()
-        with torch.inference_mode():
-            stock.predict(np.array([[c, r]]), np.array([1]), multimask_output=True)
-        ds = (time.perf_counter() - t) * 1e3
+        g, lat, fr = click(r, c)
+        dd = timed(lambda: pred.predict_objects([Prompt(points=[[r, c]])], multimask_output=True))
+        ds = timed(lambda: stock.predict(np.array([[c, r]]), np.array([1]), multimask_output=True))
         if i >= 3:  # warm-up
-            base_gui.append(bg)
-            base_lat.append(blat)
-            base_freeze.append(bfr)
-            gui_ms.append(g)
-            lat_ms.append(lat)
-            freeze_ms.append(fr)
-            dec_ms.append(dd)
-            stock_ms.append(ds)
+            for k, v in zip(("gui", "latency", "freeze", "decoder", "stock"), (g, lat, fr, dd, ds), strict=True):
+                out[k].append(v)
     for i in range(min(10, len(pts.data))):  # move one point: its own mask is replaced
         t = time.perf_counter()
         pts.data = pts.data + np.array([[2.0, 2.0]]) * (np.arange(len(pts.data)) == i)[:, None]
-        move_ms.append((time.perf_counter() - t) * 1e3)
+        out["move"].append((time.perf_counter() - t) * 1e3)
         settle()
     timer.stop()
-    labels = w.labels_box.value
-    assert len(np.unique(labels.data)) > 1, "no labels written"
+    assert len(np.unique(w.labels_box.value.data)) > 1, "no labels written"
     w.live.value = False  # napari's own cost of adding a point (our bookkeeping only, no decoding)
     for r, c in clicks[3:]:
         app.processEvents()
         t = time.perf_counter()
         pts.add([[r, c]])
-        floor_ms.append((time.perf_counter() - t) * 1e3)
-
-    print(f"live click, GUI-thread time (Points.add + our handlers): {stats(gui_ms)}")
-    print(f"live click, longest GUI freeze until the mask is drawn:    {stats(freeze_ms)}")
-    print(f"live click, latency until the mask is drawn:              {stats(lat_ms)}")
-    print(f"baseline, decoder on the GUI thread: GUI-thread time     {stats(base_gui)}")
-    print(f"baseline, decoder on the GUI thread: longest freeze     {stats(base_freeze)}")
-    print(f"baseline, decoder on the GUI thread: latency            {stats(base_lat)}")
-    print(f"move a point, GUI-thread time of the data event:         {stats(move_ms)}")
-    print(f"Points.add with live mode off (napari + bookkeeping):    {stats(floor_ms)}")
-    print(f"decoder alone (predict_objects, 1 point, multimask):     {stats(dec_ms)}")
-    print(f"stock SamPredictor.predict (same embedding):             {stats(stock_ms)}")
-    print(f"worker / GUI-thread decoding, per click pair: GUI-thread time {np.median(np.asarray(gui_ms) / np.asarray(base_gui)):.2f}x, "
-          f"longest freeze {np.median(np.asarray(freeze_ms) / np.asarray(base_freeze)):.2f}x, latency {np.median(np.asarray(lat_ms) / np.asarray(base_lat)):.2f}x")
-    print(f"GUI-thread time / stock predict, per click: median {np.median(np.asarray(gui_ms) / np.asarray(stock_ms)):.2f}x; "
-          f"latency / stock predict: {np.median(np.asarray(lat_ms) / np.asarray(stock_ms)):.2f}x")
+        out["floor"].append((time.perf_counter() - t) * 1e3)
     viewer.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=1024, help="image side in pixels")
+    ap.add_argument("--clicks", type=int, default=20)
+    ap.add_argument("--checkpoint", default=str(REF / "mobile_sam_random.pt"))
+    ap.add_argument("--mode", choices=["both", "worker", "gui-thread"], default="both")
+    args = ap.parse_args()
+    if args.mode != "both":
+        print(json.dumps(measure(args)))
+        return
+    results = {}
+    for mode in ("gui-thread", "worker"):
+        cmd = [sys.executable, __file__, "--mode", mode, "--size", str(args.size), "--clicks", str(args.clicks), "--checkpoint", args.checkpoint]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    for mode, title in (("worker", "decoder on the model thread (the widget)"), ("gui-thread", "baseline: decoder on the GUI thread")):
+        print(f"-- {title}")
+        for k in KEYS:
+            print(f"   {LABELS[k]:56s} {stats(results[mode][k])}")
+    med = {m: {k: float(np.median(v)) for k, v in r.items()} for m, r in results.items()}
+    print("worker / GUI-thread decoding (medians): " + ", ".join(
+        f"{k} {med['worker'][k] / med['gui-thread'][k]:.2f}x" for k in ("gui", "freeze", "latency")))
+    print(f"widget GUI-thread time / stock predict: {med['worker']['gui'] / med['worker']['stock']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -284,6 +284,37 @@ def test_live_prompts_changed_while_decoding(qtbot, make_widget, predictor, smal
     assert not labels.data.any()
 
 
+def test_model_work_runs_on_one_thread(qtbot, make_widget, small_cell, monkeypatch):
+    """Embedding jobs, Segment and live decodes all run on the model thread, never on the GUI
+    thread (a second thread running the model would slow every decode, see gui/threads.py)."""
+    import threading
+
+    from napari_mobilesam.engine.predictor import Predictor
+    from napari_mobilesam.gui import threads
+
+    seen = []
+    for name in ("set_image", "predict_objects"):
+        original = getattr(Predictor, name)
+
+        def recording(self, *a, _original=original, **kw):
+            seen.append(threading.get_ident())
+            return _original(self, *a, **kw)
+
+        monkeypatch.setattr(Predictor, name, recording)
+    viewer, w, img = make_widget(small_cell)
+    pts = w.points_box.value
+    w.live.value = True
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
+    pts.add([[50.0, 50.0]])
+    settle(qtbot, w)
+    pts.add([[120.0, 40.0]])
+    run(qtbot, w)
+    settle(qtbot, w)
+    model_thread = threads.call(threading.get_ident)
+    assert len(seen) >= 3 and set(seen) == {model_thread} and model_thread != threading.get_ident()
+    assert (w.labels_box.value.data == 2).any()
+
+
 def test_shift_t_flips_selected_points(qtbot, make_widget, predictor, small_cell):
     viewer, w, img = make_widget(small_cell)
     pts = w.points_box.value

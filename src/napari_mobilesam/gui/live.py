@@ -1,8 +1,8 @@
 """Live mode: a click or a finished rectangle updates that object's mask at once.
 
 The GUI thread only collects the prompts that changed and, when the decoder returns, writes their
-masks (one undoable step). The decoder itself runs in a napari worker thread, so the viewer stays
-responsive while it works; a frame's embedding (and the decoder's per-frame state) is computed
+masks (one undoable step). The decoder itself runs in a napari worker on the model thread
+(``threads.py``), so the viewer stays responsive while it works; a frame's embedding (and the decoder's per-frame state) is computed
 once in a background job and cached. At most one decode is in flight: prompts changed meanwhile
 are decoded when it returns, and a result whose prompt changed or vanished meanwhile is dropped.
 Objects whose prompt did not change are skipped, and deleting a prompt removes its mask.
@@ -13,6 +13,7 @@ from __future__ import annotations
 from napari.qt.threading import create_worker
 from napari.utils.events import Event
 
+from . import threads
 from .jobs import FrameReady, decode_objects, segment_frames
 
 __all__ = ["LiveMode"]
@@ -121,7 +122,7 @@ class LiveMode:
         worker = create_worker(decode, _start_thread=False)
         worker.returned.connect(lambda result: self._decoded(result, ticket, cur, k, changed, gone))
         self._live_worker = worker
-        worker.start()
+        threads.start(worker)  # after any running job: one thread runs the model (threads.py)
 
     def _decoded(self, result, ticket: tuple, cur, k, changed: list, gone: list) -> None:
         """GUI thread: write a live decode's masks, unless their prompts changed meanwhile."""

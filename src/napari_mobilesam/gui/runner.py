@@ -9,6 +9,7 @@ from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtWidgets import QWidget
 
+from . import threads
 from .jobs import ModelReady, Progress
 
 __all__ = ["JobHost"]
@@ -105,7 +106,7 @@ class JobHost(QWidget):
         self.cancel_btn.enabled = True
         for b in self.job_buttons:
             b.enabled = False
-        worker.start()
+        threads.start(worker)  # the model thread: see threads.py
         return worker
 
     def show_progress(self, done: int, total: int, message: str) -> None:
