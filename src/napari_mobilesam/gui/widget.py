@@ -120,7 +120,8 @@ class MobileSAMWidget(LiveMode, JobHost):
             ("Input", (self.image_box, self.points_box, self.shapes_box, self.labels_box, self.model_box, self.model_file,
                        self.device_box, self.embeddings), ""),
             ("Prompts", (self.mode, self.live, self.all_frames, self.overwrite, self.mask_choice, self.segment_btn),
-             "Click objects in the points layer (T toggles positive/negative) or draw rectangles in the boxes layer, "
+             "Click objects in the points layer (T: positive/negative for new points, Shift+T flips the selected) "
+             "or draw rectangles in the boxes layer, "
              "then press Segment. Hover for the rules."),
         ):
             box, _ = _group(title, *ws, note=note)
