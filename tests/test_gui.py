@@ -210,6 +210,19 @@ def settle(qtbot, w):
     qtbot.waitUntil(lambda: not w.live_pending and not w.busy, timeout=TIMEOUT)
 
 
+def go_live(qtbot, w):
+    """Tick live mode and wait for the frame's embedding."""
+    w.live.value = True
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
+
+
+def live_clicks(qtbot, w, *points):
+    """Click each (row, col) in live mode, waiting for its mask."""
+    for rc in points:
+        w.points_box.value.add([list(map(float, rc))])
+        settle(qtbot, w)
+
+
 def test_live_mode_click_move_delete_and_mask_choice(qtbot, make_widget, predictor, small_cell):
     viewer, w, img = make_widget(small_cell)
     pts = w.points_box.value
@@ -258,8 +271,7 @@ def test_live_prompts_changed_while_decoding(qtbot, make_widget, predictor, smal
     point deleted while its decode was in flight leaves no mask, and each write is one undo step."""
     viewer, w, img = make_widget(small_cell)
     pts = w.points_box.value
-    w.live.value = True
-    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
+    go_live(qtbot, w)
     pts.add([[50.0, 50.0]])
     assert w.live_pending
     pts.add([[130.0, 100.0]])  # queued behind the first decode
@@ -302,12 +314,8 @@ def test_model_work_runs_on_one_thread(qtbot, make_widget, small_cell, monkeypat
 
         monkeypatch.setattr(Predictor, name, recording)
     viewer, w, img = make_widget(small_cell)
-    pts = w.points_box.value
-    w.live.value = True
-    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
-    pts.add([[50.0, 50.0]])
-    settle(qtbot, w)
-    pts.add([[120.0, 40.0]])
+    go_live(qtbot, w)
+    live_clicks(qtbot, w, (50, 50), (120, 40))
     run(qtbot, w)
     settle(qtbot, w)
     model_thread = threads.call(threading.get_ident)
@@ -321,12 +329,8 @@ def test_shift_t_flips_selected_points(qtbot, make_widget, predictor, small_cell
     assert any(str(k).replace("-", "+").lower() == "shift+t" for k in pts.keymap)
     w._flip_selected()  # nothing selected: a hint, no change
     assert "Select points" in w.status.value
-    w.live.value = True
-    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
-    pts.add([[50.0, 50.0]])
-    settle(qtbot, w)
-    pts.add([[60.0, 90.0]])
-    settle(qtbot, w)
+    go_live(qtbot, w)
+    live_clicks(qtbot, w, (50, 50), (60, 90))
     labels = w.labels_box.value
     assert list(pts.features["label_id"]) == [1, 2]
     # the second point turns negative: its own mask goes, it refines the first object
