@@ -139,7 +139,10 @@ class LiveMode:
                 return
             if gen != self._prompt_gen:  # keep only results whose prompt is unchanged
                 self._live_again = True
-                now = {o.label_id: o.signature for o in self.objects([cur])}
+                try:
+                    now = {o.label_id: o.signature for o in self.objects([cur])}
+                except ValueError:  # the prompt layers no longer fit the image: write nothing
+                    now = {}
                 keep = [i for i, o in enumerate(changed) if now.get(o.label_id) == o.signature]
                 changed, masks = [changed[i] for i in keep], [masks[i] for i in keep]
                 gone = [lid for lid in gone if lid not in now]
