@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
@@ -449,6 +450,37 @@ def test_embeddings_store_from_the_command_line(qtbot, make_widget, predictor, s
     run(qtbot, w2)
     assert errors and "another image" in errors[-1] and "pixel values differ" in errors[-1]
     assert w2.labels_box.value is None or not w2.labels_box.value.data.any()
+
+
+def test_widget_creates_an_embeddings_store(qtbot, make_widget, predictor, sam, tmp_path):
+    """A new path: every frame embedded in the widget is saved there, equal to the embedding with
+    automatic contrast; the next session on the same image reads it instead of encoding."""
+    from napari_mobilesam.engine.store import EmbeddingStore, image_fingerprint, model_fingerprint
+
+    rng = np.random.default_rng(4)
+    stack = np.clip(rng.normal(900, 200, (3, 48, 64)), 0, None).astype(np.uint16)
+    path = tmp_path / "new"
+    path.mkdir()  # an empty folder, as a file dialog makes it
+    viewer, w, img = make_widget(stack)
+    w.embeddings.value = str(path)
+    viewer.dims.set_current_step(0, 2)
+    go_live(qtbot, w)
+    store = EmbeddingStore.open(path, model_fingerprint(sam), image_fingerprint(stack), mode="r")
+    assert store.done_count == 1 and store.has(2)
+    predictor.set_image(stack[2])  # what `mobilesam embed` computes: automatic contrast
+    assert torch.allclose(store.load(2).features, predictor.cache.get(predictor.key).features.float(), atol=1e-5)
+
+    viewer2, w2, _ = make_widget(stack)
+    w2.embeddings.value = str(path)
+    viewer2.dims.set_current_step(0, 2)
+    encoded = []
+    hook = sam.image_encoder.register_forward_hook(lambda *a: encoded.append(1))
+    try:
+        go_live(qtbot, w2)
+        live_clicks(qtbot, w2, (2, 20, 30))
+    finally:
+        hook.remove()
+    assert encoded == [] and w2.labels_box.value.data[2].any()
 
 
 def test_errors_are_notifications(qtbot, make_widget, small_cell, monkeypatch, tmp_path):

@@ -78,15 +78,19 @@ def test_cache_backed_by_a_store(tmp_path, sam, predictor, frames):
     predictor.set_image(frames[0])
     emb = predictor.cache.get(predictor.key)
     store.save(0, emb)
-    reads = []
+    reads, saved = [], []
     cache = EmbeddingCache()
-    cache.back_with(lambda k: k[0] == "s" and store.has(k[1]), lambda k: reads.append(k) or store.load(k[1]))
+    cache.back_with(lambda k: k[0] == "s" and store.has(k[1]), lambda k: reads.append(k) or store.load(k[1]),
+                    lambda k, e: saved.append(k))
     assert ("s", 0) in cache and ("s", 1) not in cache and ("x", 0) not in cache
     assert cache.get(("s", 1)) is None
     got = cache.get(("s", 0))
     assert torch.equal(got.features, emb.features.float()) and got.original_size == emb.original_size
     cache.get(("s", 0))
     assert reads == [("s", 0)]  # read from disk once
+    assert saved == []  # what was read back is not saved again
+    cache.put(("s", 1), emb)
+    assert saved == [("s", 1)] and ("s", 1) in cache
     cache.back_with(None, None)
     cache.clear()
     assert ("s", 0) not in cache

@@ -55,11 +55,18 @@ class EmbeddingCache:
         self._lock = threading.Lock()
         self._has: Callable[[Hashable], bool] | None = None
         self._load: Callable[[Hashable], Embedding] | None = None
+        self._save: Callable[[Hashable, Embedding], None] | None = None
 
-    def back_with(self, has: Callable[[Hashable], bool] | None, load: Callable[[Hashable], Embedding] | None) -> None:
+    def back_with(
+        self,
+        has: Callable[[Hashable], bool] | None,
+        load: Callable[[Hashable], Embedding] | None,
+        save: Callable[[Hashable, Embedding], None] | None = None,
+    ) -> None:
         """A second level (e.g. an on-disk store): keys ``has`` accepts are read with ``load`` on a
-        miss, then kept in memory. ``None, None`` removes it."""
-        self._has, self._load = has, load
+        miss, then kept in memory; ``save`` (optional) receives every embedding ``put`` here
+        (computed, not read back). ``None, None`` removes it."""
+        self._has, self._load, self._save = has, load, save
 
     def __len__(self) -> int:
         return len(self._items)
@@ -83,11 +90,18 @@ class EmbeddingCache:
         if has is None or load is None or not has(key):
             return None
         emb = load(key)  # outside the lock: reading from disk must not block other frames
-        self.put(key, emb)
+        self._insert(key, emb)
         return emb
 
     def put(self, key: Hashable, emb: Embedding) -> None:
-        """Store ``emb`` (converted to float16 if configured) and evict beyond the budget."""
+        """Store ``emb`` (converted to float16 if configured) and evict beyond the budget; pass it
+        to the second level's ``save`` if there is one."""
+        save = self._save
+        if save is not None:
+            save(key, emb)
+        self._insert(key, emb)
+
+    def _insert(self, key: Hashable, emb: Embedding) -> None:
         if self.max_bytes == 0:
             return
         if self.fp16 and emb.features.dtype != torch.float16:

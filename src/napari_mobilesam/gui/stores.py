@@ -1,8 +1,10 @@
-"""Use an embedding store made by ``mobilesam embed`` in the widget: stored frames skip the encoder.
+"""Embedding stores in the widget: stored frames skip the encoder, computed frames are saved.
 
-The store is checked against the model (encoder weights) and the image layer (shape, dtype, first
-and last frames), exactly as the command line checks it, so a store of another image or model is
-refused with a message that says what differs. While a store is in use the model sees the image as
+A store made by ``mobilesam embed`` (or by the widget) is checked against the model (encoder
+weights) and the image layer (shape, dtype, first and last frames), exactly as the command line
+checks it, so a store of another image or model is refused with a message that says what differs.
+A path that does not exist yet becomes a new store, filled with every frame the widget embeds, for
+the next session or for ``mobilesam segment/everything --embeddings``. While a store is in use the model sees the image as
 ``mobilesam embed`` saw it (automatic contrast), not through the layer's contrast limits, so frames
 read from the store and frames computed here agree.
 """
@@ -38,11 +40,17 @@ class StoreLink:
 
     def __init__(self, path: Path, sam, image: Image):
         data = image.data[0] if image.multiscale else image.data
+        geo = L.FrameGeometry.of(image)
         self.sam, self.image = sam, image
-        self.store = EmbeddingStore.open(path, model_fingerprint(sam), image_fingerprint(data, frame_ndim=3 if image.rgb else 2), mode="r")
+        p = Path(path).expanduser()
+        if p.is_dir() and not any(p.iterdir()):
+            p.rmdir()  # an empty folder (e.g. made in the file dialog) becomes the new store
+        self.created = not p.exists()
+        self.store = EmbeddingStore.open(path, model_fingerprint(sam), image_fingerprint(data, frame_ndim=3 if image.rgb else 2),
+                                         n_frames=geo.n_frames, original_size=geo.spatial, mode="a")
         self.tag = tag_of(path)
         self.layer = L.image_key(image, ())[1]
-        self.lead_shape = L.FrameGeometry.of(image).lead_shape
+        self.lead_shape = geo.lead_shape
 
     def frame_index(self, key: Hashable) -> int | None:
         """Store frame of a widget frame key ``(…, layer, frame, tag)`` of this image, else None."""
@@ -58,8 +66,14 @@ class StoreLink:
     def load(self, key: Hashable) -> Embedding:
         return self.store.load(self.frame_index(key))
 
+    def save(self, key: Hashable, emb: Embedding) -> None:
+        """Keep a newly computed embedding of this image in the store."""
+        t = self.frame_index(key)
+        if t is not None and not self.store.has(t):
+            self.store.save(t, emb)
+
     def attach(self, cache: EmbeddingCache) -> None:
-        cache.back_with(self.has, self.load)
+        cache.back_with(self.has, self.load, self.save)
 
     @staticmethod
     def detach(cache: EmbeddingCache) -> None:

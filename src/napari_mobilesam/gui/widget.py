@@ -50,10 +50,11 @@ PROMPT_HELP = (
 
 
 STORE_HELP = (
-    "Optional: an embeddings store made by `mobilesam embed IMAGE -o EMB.zarr` for this image and model. "
-    "Frames found there skip the image encoder; a store of another image or model is refused. While a "
-    "store is set, the model sees the image with automatic contrast (as `mobilesam embed` does), not "
-    "through the layer's contrast limits."
+    "Optional: an embeddings store (a .zarr folder) for this image and model, made by "
+    "`mobilesam embed IMAGE -o EMB.zarr` or by this widget: type a new path and every frame embedded "
+    "here is saved there. Frames found there skip the image encoder; a store of another image or model "
+    "is refused. While a store is set, the model sees the image with automatic contrast (as "
+    "`mobilesam embed` does), not through the layer's contrast limits."
 )
 
 
@@ -373,7 +374,8 @@ class MobileSAMWidget(LiveMode, JobHost):
         link = StoreLink(path, sam, image)  # raises with the fix when it belongs to another model or image
         link.attach(self.cache)
         self._store = link
-        yield Progress(0, 0, f"embeddings {path.name}: {link.store.done_count}/{link.store.n_frames} frames stored")
+        what = "new store" if link.created else f"{link.store.done_count}/{link.store.n_frames} frames stored"
+        yield Progress(0, 0, f"embeddings {path.name}: {what}")
         return sam
 
     def _unlink_store(self, _=None) -> None:
