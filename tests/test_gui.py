@@ -324,6 +324,31 @@ def test_model_work_runs_on_one_thread(qtbot, make_widget, small_cell, monkeypat
     assert (w.labels_box.value.data == 2).any()
 
 
+def test_live_click_during_a_long_job(qtbot, make_widget, predictor, small_cell):
+    """A live click made while Segment works through a stack is decoded between two of the job's
+    steps, not after the job; the job's own results are complete too."""
+    stack = np.stack([np.roll(small_cell[:64, :80], 3 * t, axis=1) for t in range(4)])
+    viewer, w, img = make_widget(stack)
+    viewer.dims.set_current_step(0, 0)
+    go_live(qtbot, w)  # frame 0 embedded
+    shapes = w.shapes_box.value
+    for t in (1, 2, 3):
+        shapes.add_rectangles(np.array([[t, 10, 10], [t, 10, 50], [t, 50, 50], [t, 50, 10]]))
+    settle(qtbot, w)
+    w.all_frames.value = True
+    w.segment()  # three frames to embed: seconds of work on the model thread
+    assert w.busy
+    w.points_box.value.add([[0, 30.0, 40.0]])
+    labels_of = lambda: w.labels_box.value  # noqa: E731
+    qtbot.waitUntil(lambda: labels_of() is not None and (labels_of().data[0] > 0).any(), timeout=TIMEOUT)
+    assert w.busy  # the click's mask came while the job still ran
+    qtbot.waitUntil(lambda: not w.busy and not w.live_pending, timeout=TIMEOUT)
+    lid = int(w.points_box.value.features["label_id"].iloc[0])
+    ref = expected(predictor, stack[0], [(Prompt(points=[[30, 40]]), True, "best", lid)], stack.shape[1:])
+    assert agree(labels_of().data[0], ref) > 0.999
+    assert all(labels_of().data[t].any() for t in (1, 2, 3))
+
+
 def test_shift_t_flips_selected_points(qtbot, make_widget, predictor, small_cell):
     viewer, w, img = make_widget(small_cell)
     pts = w.points_box.value

@@ -2,8 +2,9 @@
 
 The GUI thread only collects the prompts that changed and, when the decoder returns, writes their
 masks (one undoable step). The decoder itself runs in a napari worker on the model thread
-(``threads.py``), so the viewer stays responsive while it works; a frame's embedding (and the decoder's per-frame state) is computed
-once in a background job and cached. At most one decode is in flight: prompts changed meanwhile
+(``threads.py``; while a job runs, between two of its steps), so the viewer stays responsive. A
+frame's embedding (and the decoder's per-frame state) is computed once in a background job and
+cached. At most one decode is in flight: prompts changed meanwhile
 are decoded when it returns, and a result whose prompt changed or vanished meanwhile is dropped.
 Objects whose prompt did not change are skipped, and deleting a prompt removes its mask.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from napari.qt.threading import create_worker
 from napari.utils.events import Event
+from qtpy.QtCore import QObject, Signal
 
 from . import threads
 from .jobs import FrameReady, decode_objects, segment_frames
@@ -19,6 +21,12 @@ from .jobs import FrameReady, decode_objects, segment_frames
 __all__ = ["LiveMode"]
 
 MAX_DECODERS = 4  # per-frame decoder states kept for quick returns to recent frames
+
+
+class _Relay(QObject):
+    """Carries an urgent decode's result from the model thread to the GUI thread."""
+
+    result = Signal(object)
 
 
 class LiveMode:
@@ -118,6 +126,14 @@ class LiveMode:
 
         if not self.live_threaded:
             self._decoded(decode(), ticket, cur, k, changed, gone)
+            return
+        if self.busy:  # a job holds the model thread: it decodes this between two of its steps
+            if getattr(self, "_relay", None) is None:
+                self._relay = _Relay()
+                self._relay.result.connect(lambda args: self._decoded(*args))
+            relay = self._relay
+            self._live_worker = "urgent"
+            threads.submit_urgent(lambda: relay.result.emit((decode(), ticket, cur, k, changed, gone)))
             return
         worker = create_worker(decode, _start_thread=False)
         worker.returned.connect(lambda result: self._decoded(result, ticket, cur, k, changed, gone))

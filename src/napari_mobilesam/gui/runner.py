@@ -42,7 +42,13 @@ class JobHost(QWidget):
         def guarded():
             # errors travel as messages: superqt drops the `finished` signal for RuntimeErrors
             try:
-                return (yield from gen)
+                while True:
+                    try:
+                        msg = next(gen)
+                    except StopIteration as stop:
+                        return stop.value
+                    yield msg
+                    threads.run_urgent()  # live decodes asked for meanwhile run between two steps
             except Exception as err:  # shown as a notification with the fix, never a traceback
                 yield err
                 return None
@@ -91,6 +97,7 @@ class JobHost(QWidget):
                 b.enabled = True
             if on_finish is not None:
                 on_finish()
+            threads.drain()  # live decodes queued after the job's last step
             pending, self._after_job = self._after_job, []
             for fn in pending:
                 fn()

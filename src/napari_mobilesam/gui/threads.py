@@ -4,21 +4,25 @@ PyTorch's CPU kernels use OpenMP. Each thread that runs them gets its own OpenMP
 the teams together hold more threads than there are cores, GNU OpenMP stops spinning between
 kernels and puts its threads to sleep after each one. The decoder is hundreds of small kernels, so a
 mask then takes about 1.6x longer (measured: 27 ms on one thread, 40-44 ms once a second thread
-has run the model). So jobs and live decodes all run on this one long-lived thread, one after the
-other, and the GUI thread never runs the model.
+has run the model). So jobs and live decodes all run on this one long-lived thread, and the GUI
+thread never runs the model. A live decode requested while a job holds the thread is queued as
+*urgent*: the job runs it between two of its steps (``run_urgent``), so clicks stay live while, say,
+*Segment everything* works through a stack.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from qtpy.QtCore import QRunnable, QThreadPool
 
-__all__ = ["call", "start", "torch_pool"]
+__all__ = ["call", "drain", "run_urgent", "start", "submit_urgent", "torch_pool"]
 
 _POOL: QThreadPool | None = None
+_URGENT: deque[Callable[[], None]] = deque()
 
 
 def torch_pool() -> QThreadPool:
@@ -66,3 +70,24 @@ def call(fn: Callable[[], Any]) -> Any:
     if job.error is not None:
         raise job.error
     return job.result
+
+
+def submit_urgent(fn: Callable[[], None]) -> None:
+    """Queue ``fn`` to run on the model thread at the running job's next step (or by ``drain``)."""
+    _URGENT.append(fn)
+
+
+def run_urgent() -> None:
+    """On the model thread: run the queued urgent calls now (jobs call this between steps)."""
+    while True:
+        try:
+            fn = _URGENT.popleft()
+        except IndexError:
+            return
+        fn()
+
+
+def drain() -> None:
+    """Run queued urgent calls on the model thread as soon as it is free (after a job ends)."""
+    if _URGENT:
+        torch_pool().start(run_urgent)
