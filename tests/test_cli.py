@@ -145,6 +145,35 @@ def test_segment_and_embeddings(tmp_path, stack_path, model_args, predictor, mon
     assert "another image" in err and "Traceback" not in err
 
 
+def test_channels_and_contrast_options(tmp_path, stack_path, model_args, predictor, capsys):
+    """--contrast / --channels reach the model, are recorded in stores (a store made with another
+    window is refused) and bad values are one-line errors."""
+    import torch
+
+    from test_io import _save_points
+
+    emb = tmp_path / "c.zarr"
+    assert main(["embed", str(stack_path), "-o", str(emb), "--contrast", "0", "2000", *model_args]) == 0
+    frames = synthetic_stack()
+    predictor.set_image(frames[1], contrast_limits=(0.0, 2000.0))
+    from napari_mobilesam.engine.store import EmbeddingStore
+
+    stored = EmbeddingStore.open(emb, "", "", mode="r", check=False).load(1).features
+    assert torch.allclose(stored, predictor.cache.get(predictor.key).features.float(), atol=1e-5)
+    pts = _save_points(tmp_path / "p.csv", [[1, 30, 30]])
+    out = tmp_path / "s.tif"
+    assert main(["segment", str(stack_path), "--points", str(pts), "-o", str(out), "--embeddings", str(emb), "--contrast", "0", "2000", *model_args]) == 0
+    want = render_labels(predictor.predict_objects([Prompt(points=[[30, 30]])]), (64, 64), ids=[1])
+    np.testing.assert_array_equal(tifffile.imread(out)[1], want)
+    capsys.readouterr()
+    assert main(["segment", str(stack_path), "--points", str(pts), "-o", str(tmp_path / "t.tif"), "--embeddings", str(emb), *model_args]) == 2
+    assert "preprocess" in capsys.readouterr().err
+    for bad, msg in ((["--channels", "0"], "channel axis"), (["--contrast", "5", "5"], "LO < HI")):
+        assert main(["embed", str(stack_path), "-o", str(tmp_path / "x.zarr"), *bad, *model_args]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_everything_folder_with_yolo_detector(tmp_path, model_args, monkeypatch):
     import imageio.v3 as iio

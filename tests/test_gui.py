@@ -475,6 +475,22 @@ def test_embeddings_store_from_the_command_line(qtbot, make_widget, predictor, s
     run(qtbot, w2)
     assert errors and "another image" in errors[-1] and "pixel values differ" in errors[-1]
     assert w2.labels_box.value is None or not w2.labels_box.value.data.any()
+    # a store made with `--contrast`: the widget sees the image through that window too
+    emb2 = tmp_path / "window.zarr"
+    assert main(["embed", str(tmp_path / "stack.tif"), "-o", str(emb2), "--contrast", "500", "3000",
+                 "--weights", str(checkpoint), "--device", "cpu", "-q"]) == 0
+    viewer3, w3, _ = make_widget(stack)
+    w3.embeddings.value = str(emb2)
+    viewer3.dims.set_current_step(0, 0)
+    hook = sam.image_encoder.register_forward_hook(lambda *a: encoded.append(1))
+    try:
+        w3.shapes_box.value.add_rectangles(np.array([[0, 15, 25], [0, 15, 60], [0, 45, 60], [0, 45, 25]]))
+        run(qtbot, w3)
+    finally:
+        hook.remove()
+    assert encoded == []
+    ref = expected(predictor, stack[0], [(Prompt(box=[15, 25, 45, 60]), False, "best", 1)], stack.shape[1:], contrast_limits=(500.0, 3000.0))
+    assert agree(w3.labels_box.value.data[0], ref) > 0.999
 
 
 def test_widget_creates_an_embeddings_store(qtbot, make_widget, predictor, sam, tmp_path):

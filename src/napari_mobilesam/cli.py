@@ -51,6 +51,9 @@ def _common(model: bool = True, cluster: bool = True) -> argparse.ArgumentParser
         g = p.add_argument_group("model")
         g.add_argument("--weights", default="mobile_sam", metavar="NAME|PATH", help="registry name (see 'mobilesam weights') or checkpoint file (default: mobile_sam)")
         g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
+        g = p.add_argument_group("image (what the model sees; recorded in stores and resume checks)")
+        g.add_argument("--channels", type=int, nargs="+", metavar="I", help="colour/multichannel frames: 1-3 channels as R, G, B")
+        g.add_argument("--contrast", type=float, nargs=2, metavar=("LO", "HI"), help="intensity window (default: 1-99.8 percentiles per frame)")
     if cluster:
         g = p.add_argument_group("scale-out (dask.distributed; inputs and weights must be readable by every worker)")
         g.add_argument("--workers", type=int, metavar="N", help="start a local cluster of N worker processes")
@@ -225,6 +228,16 @@ def _runner(args: argparse.Namespace, spec) -> Iterator[Callable]:
             cluster.close()
 
 
+def _preprocess(args: argparse.Namespace, source) -> dict:
+    """--channels / --contrast, checked against the image's frames."""
+    from .engine.image import preprocess_options
+
+    try:
+        return preprocess_options(args.channels, args.contrast, source.frame_shape)
+    except ValueError as err:
+        raise InputError(f"{source.path}: {err}") from None
+
+
 def _checked_store(args: argparse.Namespace, run: Callable, source, path: str | None) -> str | None:
     """Validate ``--embeddings`` against the model (where it runs) and the image; returns its absolute path."""
     if not path:
@@ -233,7 +246,7 @@ def _checked_store(args: argparse.Namespace, run: Callable, source, path: str | 
     from .engine.store import EmbeddingStore, image_fingerprint
 
     ((_, model_hash),) = list(run(ModelHashJob(), [(source, 0, None)]))
-    store = EmbeddingStore.open(path, model_hash, image_fingerprint(source), mode="r")
+    store = EmbeddingStore.open(path, model_hash, image_fingerprint(source, _preprocess(args, source)), mode="r")
     _say(args, f"reusing {store.done_count}/{store.n_frames} embeddings from {path}")
     return str(Path(path).resolve())
 
@@ -259,14 +272,15 @@ def cmd_embed(args: argparse.Namespace) -> int:
         shutil.rmtree(out)
     with _runner(args, spec) as run:
         ((_, model_hash),) = list(run(ModelHashJob(), [(source, 0, None)]))
-        store = EmbeddingStore.open(out, model_hash, image_fingerprint(source), n_frames=source.n_frames,
+        prep = _preprocess(args, source)
+        store = EmbeddingStore.open(out, model_hash, image_fingerprint(source, prep), n_frames=source.n_frames,
                                     original_size=source.hw, dtype="float16" if args.half else "float32")
         todo = store.todo()
         if len(todo) < store.n_frames:
             _say(args, f"{out}: {store.n_frames - len(todo)} of {store.n_frames} frames already stored; resuming")
         hw, input_size = tuple(store.meta["original_size"]), tuple(store.meta["input_size"])
         with _bar(args, len(todo), "embed") as bar:
-            for (_, t, _), feats in run(EmbedJob(), [(source, t, None) for t in todo]):
+            for (_, t, _), feats in run(EmbedJob(prep), [(source, t, None) for t in todo]):
                 store.save(t, Embedding(torch.from_numpy(feats)[None], hw, input_size))
                 bar.update()
     _say(args, f"wrote {out}")
@@ -287,7 +301,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if not prompts:
         raise InputError(f"{args.points or args.boxes} holds no prompts.")
     spec = _spec(args)
-    signature = {"command": "segment", "image": image_fingerprint(source), "points": _file_hash(args.points),
+    prep = _preprocess(args, source)
+    signature = {"command": "segment", "image": image_fingerprint(source, prep), "points": _file_hash(args.points),
                  "boxes": _file_hash(args.boxes), "weights": args.weights, "multimask": args.multimask}
     writer = LabelWriter(args.output, source.leading_shape, source.hw, signature, overwrite=args.overwrite)
     for t in writer.todo():
@@ -295,7 +310,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             writer.write(t, np.zeros(source.hw, np.uint32))
     todo = writer.todo()
     with _runner(args, spec) as run:
-        job = SegmentJob(store=_checked_store(args, run, source, args.embeddings), multimask=args.multimask)
+        job = SegmentJob(store=_checked_store(args, run, source, args.embeddings), multimask=args.multimask, preprocess=prep)
         with _bar(args, len(todo), "segment") as bar:
             for (_, t, _), labels in run(job, [(source, t, prompts[t]) for t in todo]):
                 writer.write(t, labels)
@@ -348,6 +363,7 @@ def cmd_everything(args: argparse.Namespace) -> int:
     sources, writers = [], {}
     for path, out in pairs:
         source = open_image(path)
+        options.update(_preprocess(args, source))  # iter_segment_everything takes channels / contrast_limits
         signature = {"command": "everything", "image": image_fingerprint(source), "sampler": sampler, "options": options,
                      "weights": args.weights, "detector": _file_hash(args.detector)}
         writers[source.path] = LabelWriter(out, source.leading_shape, source.hw, signature, overwrite=args.overwrite)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["PERCENTILES", "to_rgb_uint8"]
+__all__ = ["PERCENTILES", "preprocess_options", "to_rgb_uint8"]
 
 PERCENTILES = (1.0, 99.8)
 _SAMPLE = 1 << 22  # percentiles from at most ~4M values: same result within a grey level, much faster
@@ -113,3 +113,40 @@ def to_rgb_uint8(
             arr = _stretch(arr, contrast_limits)
         arr = np.repeat(arr[..., None], 3, axis=-1)
     return np.ascontiguousarray(arr)
+
+
+def preprocess_options(
+    channels: Sequence[int] | None,
+    contrast: Sequence[float] | None,
+    frame_shape: Sequence[int],
+) -> dict:
+    """``to_rgb_uint8`` / ``Predictor.set_image`` options from user input, checked against a frame.
+
+    Args:
+        channels: 1 to 3 channel indices for colour/multichannel ``(H, W, C)`` frames, or None.
+        contrast: ``(lo, hi)`` intensity window, or None (1-99.8 percentiles per frame).
+        frame_shape: ``(H, W)`` or ``(H, W, C)``.
+
+    Returns:
+        ``{"channels": [...], "contrast_limits": [lo, hi]}`` with only the options given (lists,
+        so that the dict is also what embedding-store and resume fingerprints record).
+
+    Raises:
+        ValueError: with the fix, for channels of a grey image, an index out of range or a window
+            with ``lo >= hi``.
+    """
+    out: dict = {}
+    if channels:
+        if len(frame_shape) != 3:
+            raise ValueError(f"--channels needs frames with a channel axis (H, W, C); these frames are {tuple(frame_shape)}.")
+        n = int(frame_shape[-1])
+        bad = [c for c in channels if not 0 <= int(c) < n]
+        if bad or not 1 <= len(channels) <= 3:
+            raise ValueError(f"--channels takes 1 to 3 indices in 0..{n - 1} (the frames have {n} channels), got {list(channels)}.")
+        out["channels"] = [int(c) for c in channels]
+    if contrast is not None:
+        lo, hi = (float(v) for v in contrast)
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise ValueError(f"--contrast LO HI needs finite LO < HI, got {lo} {hi}.")
+        out["contrast_limits"] = [lo, hi]
+    return out

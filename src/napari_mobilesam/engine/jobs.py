@@ -50,11 +50,16 @@ class ModelHashJob:
 
 @dataclass(frozen=True)
 class EmbedJob:
-    """Frame ``t`` -> its image embedding, ``(256, 64, 64)`` float32."""
+    """Frame ``t`` -> its image embedding, ``(256, 64, 64)`` float32.
+
+    ``preprocess``: ``channels`` / ``contrast_limits`` for ``Predictor.set_image`` (default: all
+    colour channels, 1-99.8 percentile contrast)."""
+
+    preprocess: dict = field(default_factory=dict)
 
     def __call__(self, models: ModelHolder, source: ImageSource, t: int, extra: Any) -> np.ndarray:
         pred = models.predictor
-        pred.set_image(source.read(t), key=("embed", source.path, t))
+        pred.set_image(source.read(t), key=("embed", source.path, t), **self.preprocess)
         return pred.get_embedding().features.detach().to("cpu").float().numpy().reshape(256, 64, 64)
 
 
@@ -67,6 +72,7 @@ class SegmentJob:
 
     store: str | None = None
     multimask: bool = False
+    preprocess: dict = field(default_factory=dict)  # as EmbedJob
 
     def __call__(self, models: ModelHolder, source: ImageSource, t: int, extra: Any) -> np.ndarray:
         from .labels import render_labels
@@ -76,7 +82,7 @@ class SegmentJob:
         if key is not None:
             pred.set_embedding(pred.cache.get(key), key)
         else:
-            pred.set_image(source.read(t), key=("segment", source.path, t))
+            pred.set_image(source.read(t), key=("segment", source.path, t), **self.preprocess)
         ids = [i for i, _ in extra]
         objs = pred.predict_objects([p for _, p in extra], multimask_output=self.multimask)
         return render_labels(objs, source.hw, ids=ids)

@@ -4,13 +4,16 @@ A store made by ``mobilesam embed`` (or by the widget) is checked against the mo
 weights) and the image layer (shape, dtype, first and last frames), exactly as the command line
 checks it, so a store of another image or model is refused with a message that says what differs.
 A path that does not exist yet becomes a new store, filled with every frame the widget embeds, for
-the next session or for ``mobilesam segment/everything --embeddings``. While a store is in use the model sees the image as
+the next session or for ``mobilesam segment/everything --embeddings``. The model sees the image as
+the store's frames were made (``--channels`` / ``--contrast`` of ``mobilesam embed``, else
+automatic contrast), so stored and newly computed frames agree. While a store is in use the model sees the image as
 ``mobilesam embed`` saw it (automatic contrast), not through the layer's contrast limits, so frames
 read from the store and frames computed here agree.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Hashable
 from pathlib import Path
 
@@ -21,13 +24,24 @@ from ..engine.embeddings import Embedding, EmbeddingCache
 from ..engine.store import EmbeddingStore, image_fingerprint, model_fingerprint
 from . import layers as L
 
-__all__ = ["StoreLink", "store_path", "tag_of"]
+__all__ = ["StoreLink", "store_path", "store_preprocess", "tag_of"]
 
 
 def store_path(value) -> Path | None:
     """The FileEdit's value as a path, or None when it is empty."""
     text = str(value or "").strip()
     return None if text in ("", ".") else Path(text).expanduser()
+
+
+def store_preprocess(path: Path) -> dict:
+    """The pre-processing an existing store was made with (``mobilesam embed --channels/--contrast``),
+    as recorded in its image fingerprint; ``{}`` (automatic contrast) for a new store."""
+    try:
+        meta = EmbeddingStore.open(path, "", "", mode="r", check=False).meta
+        prep = json.loads(meta["image_fingerprint"]).get("preprocess") or {}
+    except (ValueError, OSError, KeyError):
+        return {}
+    return {k: v for k, v in prep.items() if k in ("channels", "contrast_limits")}
 
 
 def tag_of(path: Path) -> tuple:
@@ -38,7 +52,7 @@ def tag_of(path: Path) -> tuple:
 class StoreLink:
     """An opened, checked store bound to one image layer; backs the widget's embedding cache."""
 
-    def __init__(self, path: Path, sam, image: Image):
+    def __init__(self, path: Path, sam, image: Image, preprocess: dict | None = None):
         data = image.data[0] if image.multiscale else image.data
         geo = L.FrameGeometry.of(image)
         self.sam, self.image = sam, image
@@ -46,8 +60,8 @@ class StoreLink:
         if p.is_dir() and not any(p.iterdir()):
             p.rmdir()  # an empty folder (e.g. made in the file dialog) becomes the new store
         self.created = not p.exists()
-        self.store = EmbeddingStore.open(path, model_fingerprint(sam), image_fingerprint(data, frame_ndim=3 if image.rgb else 2),
-                                         n_frames=geo.n_frames, original_size=geo.spatial, mode="a")
+        fingerprint = image_fingerprint(data, preprocess, frame_ndim=3 if image.rgb else 2)
+        self.store = EmbeddingStore.open(path, model_fingerprint(sam), fingerprint, n_frames=geo.n_frames, original_size=geo.spatial, mode="a")
         self.tag = tag_of(path)
         self.layer = L.image_key(image, ())[1]
         self.lead_shape = geo.lead_shape

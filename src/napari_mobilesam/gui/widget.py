@@ -25,7 +25,7 @@ from . import layers as L
 from .jobs import FrameDone, Progress, load_model, segment_frames
 from .live import LiveMode
 from .runner import JobHost
-from .stores import StoreLink, store_path, tag_of
+from .stores import StoreLink, store_path, store_preprocess, tag_of
 from .prompts import ObjectPrompt, collect_objects
 from .propagate import PropagateSection
 from .everything import EverythingSection
@@ -53,8 +53,8 @@ STORE_HELP = (
     "Optional: an embeddings store (a .zarr folder) for this image and model, made by "
     "`mobilesam embed IMAGE -o EMB.zarr` or by this widget: type a new path and every frame embedded "
     "here is saved there. Frames found there skip the image encoder; a store of another image or model "
-    "is refused. While a store is set, the model sees the image with automatic contrast (as "
-    "`mobilesam embed` does), not through the layer's contrast limits."
+    "is refused. While a store is set, the model sees the image as the store was made (automatic "
+    "contrast, or `mobilesam embed --channels/--contrast`), not through the layer's contrast limits."
 )
 
 
@@ -371,7 +371,7 @@ class MobileSAMWidget(LiveMode, JobHost):
     def _link_store(self, model, path: Path, image: Image):
         sam = (yield from model) if not hasattr(model, "image_encoder") else model
         yield Progress(0, 0, f"checking embeddings {path.name}")
-        link = StoreLink(path, sam, image)  # raises with the fix when it belongs to another model or image
+        link = StoreLink(path, sam, image, self._store_prep(path))  # raises with the fix for another model or image
         link.attach(self.cache)
         self._store = link
         what = "new store" if link.created else f"{link.store.done_count}/{link.store.n_frames} frames stored"
@@ -380,7 +380,14 @@ class MobileSAMWidget(LiveMode, JobHost):
 
     def _unlink_store(self, _=None) -> None:
         self._store = None
+        self._prep_of = None
         StoreLink.detach(self.cache)
+
+    def _store_prep(self, path: Path) -> dict:
+        """Pre-processing of the store at ``path`` (read once per path)."""
+        if getattr(self, "_prep_of", None) is None or self._prep_of[0] != path:
+            self._prep_of = (path, store_preprocess(path))
+        return dict(self._prep_of[1])
 
     def set_model(self, sam, key: tuple) -> None:
         if self._store is not None and self._store.sam is not sam:
@@ -398,7 +405,7 @@ class MobileSAMWidget(LiveMode, JobHost):
         ident = L.image_key(image, ())
         path = store_path(self.embeddings.value)
         if path is not None:  # the model sees the image as `mobilesam embed` did
-            kw, ident = {}, (*ident[:3], tag_of(path))
+            kw, ident = self._store_prep(path), (*ident[:3], tag_of(path))
         return (lambda f: np.asarray(data[tuple(f)])), (lambda f: (*ident[:2], tuple(f), ident[3])), kw
 
     # ------------------------------------------------------------------ segment
