@@ -451,21 +451,26 @@ def test_embeddings_store_from_the_command_line(qtbot, make_widget, predictor, s
     emb = tmp_path / "stack.zarr"
     assert main(["embed", str(tmp_path / "stack.tif"), "-o", str(emb), "--weights", str(checkpoint), "--device", "cpu", "-q"]) == 0
 
-    viewer, w, img = make_widget(tifffile.imread(tmp_path / "stack.tif"), contrast_limits=(0, 60000))
-    w.embeddings.value = str(emb)
-    viewer.dims.set_current_step(0, 1)
-    encoded = []
-    hook = sam.image_encoder.register_forward_hook(lambda *a: encoded.append(1))
-    try:
-        w.shapes_box.value.add_rectangles(np.array([[1, 15, 25], [1, 15, 60], [1, 45, 60], [1, 45, 25]]))
-        run(qtbot, w)
-    finally:
-        hook.remove()
-    assert encoded == []  # frame 1 came from the store
-    labels = w.labels_box.value
+    def segment_with_store(store, frame, **image_kw) -> tuple[np.ndarray, int]:
+        """Segment one box on ``frame`` of a new widget using ``store``: (labels of the frame, encoder runs)."""
+        viewer, w, _ = make_widget(tifffile.imread(tmp_path / "stack.tif"), **image_kw)
+        w.embeddings.value = str(store)
+        viewer.dims.set_current_step(0, frame)
+        encoded = []
+        hook = sam.image_encoder.register_forward_hook(lambda *a: encoded.append(1))
+        try:
+            w.shapes_box.value.add_rectangles(np.array([[frame, 15, 25], [frame, 15, 60], [frame, 45, 60], [frame, 45, 25]]))
+            run(qtbot, w)
+        finally:
+            hook.remove()
+        return w.labels_box.value.data[frame], len(encoded)
+
+    box = [(Prompt(box=[15, 25, 45, 60]), False, "best", 1)]
+    got, encoded = segment_with_store(emb, 1, contrast_limits=(0, 60000))
+    assert encoded == 0  # frame 1 came from the store
     # what `mobilesam embed` saw: automatic contrast, not the layer's contrast limits
-    ref = expected(predictor, stack[1], [(Prompt(box=[15, 25, 45, 60]), False, "best", 1)], stack.shape[1:])
-    assert labels.data[1].any() and agree(labels.data[1], ref) > 0.999
+    ref = expected(predictor, stack[1], box, stack.shape[1:])
+    assert got.any() and agree(got, ref) > 0.999
     # a store of another image: a notification naming the mismatch, nothing written
     errors = []
     monkeypatch.setattr(runner, "show_error", errors.append)
@@ -479,18 +484,9 @@ def test_embeddings_store_from_the_command_line(qtbot, make_widget, predictor, s
     emb2 = tmp_path / "window.zarr"
     assert main(["embed", str(tmp_path / "stack.tif"), "-o", str(emb2), "--contrast", "500", "3000",
                  "--weights", str(checkpoint), "--device", "cpu", "-q"]) == 0
-    viewer3, w3, _ = make_widget(stack)
-    w3.embeddings.value = str(emb2)
-    viewer3.dims.set_current_step(0, 0)
-    hook = sam.image_encoder.register_forward_hook(lambda *a: encoded.append(1))
-    try:
-        w3.shapes_box.value.add_rectangles(np.array([[0, 15, 25], [0, 15, 60], [0, 45, 60], [0, 45, 25]]))
-        run(qtbot, w3)
-    finally:
-        hook.remove()
-    assert encoded == []
-    ref = expected(predictor, stack[0], [(Prompt(box=[15, 25, 45, 60]), False, "best", 1)], stack.shape[1:], contrast_limits=(500.0, 3000.0))
-    assert agree(w3.labels_box.value.data[0], ref) > 0.999
+    got, encoded = segment_with_store(emb2, 0)
+    assert encoded == 0
+    assert agree(got, expected(predictor, stack[0], box, stack.shape[1:], contrast_limits=(500.0, 3000.0))) > 0.999
 
 
 def test_widget_creates_an_embeddings_store(qtbot, make_widget, predictor, sam, tmp_path):
