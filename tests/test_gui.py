@@ -349,6 +349,29 @@ def test_live_click_during_a_long_job(qtbot, make_widget, predictor, small_cell)
     assert all(labels_of().data[t].any() for t in (1, 2, 3))
 
 
+def test_live_on_a_new_frame_during_a_long_job(qtbot, make_widget, predictor, small_cell):
+    """Moving to a frame without an embedding while a job runs: the frame is embedded between two
+    of the job's steps and a click there is decoded before the job ends."""
+    stack = np.stack([np.roll(small_cell[:64, :80], 3 * t, axis=1) for t in range(5)])
+    viewer, w, img = make_widget(stack)
+    viewer.dims.set_current_step(0, 0)
+    go_live(qtbot, w)
+    for t in (1, 2, 3):
+        w.shapes_box.value.add_rectangles(np.array([[t, 10, 10], [t, 10, 50], [t, 50, 50], [t, 50, 10]]))
+    settle(qtbot, w)
+    w.all_frames.value = True
+    w.segment()
+    assert w.busy
+    viewer.dims.set_current_step(0, 4)  # not embedded yet, not part of the job
+    w.points_box.value.add([[4, 30.0, 40.0]])
+    qtbot.waitUntil(lambda: w.labels_box.value is not None and (w.labels_box.value.data[4] > 0).any(), timeout=TIMEOUT)
+    assert w.busy  # embedded and decoded between the job's steps
+    qtbot.waitUntil(lambda: not w.busy and not w.live_pending, timeout=TIMEOUT)
+    ref = expected(predictor, stack[4], [(Prompt(points=[[30, 40]]), True, "best", 4)], stack.shape[1:])
+    assert int(w.points_box.value.features["label_id"].iloc[0]) == 4  # ids 1-3 went to the boxes
+    assert agree(w.labels_box.value.data[4], ref) > 0.999
+
+
 def test_shift_t_flips_selected_points(qtbot, make_widget, predictor, small_cell):
     viewer, w, img = make_widget(small_cell)
     pts = w.points_box.value

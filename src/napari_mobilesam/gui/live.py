@@ -16,7 +16,7 @@ from napari.utils.events import Event
 from qtpy.QtCore import QObject, Signal
 
 from . import threads
-from .jobs import FrameReady, decode_objects, segment_frames
+from .jobs import FrameReady, decode_objects, segment_frames, worker_predictor
 
 __all__ = ["LiveMode"]
 
@@ -24,7 +24,7 @@ MAX_DECODERS = 4  # per-frame decoder states kept for quick returns to recent fr
 
 
 class _Relay(QObject):
-    """Carries an urgent decode's result from the model thread to the GUI thread."""
+    """Carries an urgent call's result (as a closure to run) from the model thread to the GUI thread."""
 
     result = Signal(object)
 
@@ -91,7 +91,10 @@ class LiveMode:
         frame, key, kw = self._frame_reader(image)
         k = key(cur)
         if self.sam is None or k not in self.cache or self.model_step() is not self.sam:
-            if self.busy:  # a job runs: update when it ends
+            if self.busy and self.sam is not None and self.model_step() is self.sam:
+                self._embed_urgently(frame, k, cur, kw)  # between two steps of the running job
+                return
+            if self.busy:  # a job (maybe loading the model) runs: update when it ends
                 if self.live_update not in self._after_job:
                     self._after_job.append(self.live_update)
                 return
@@ -112,6 +115,44 @@ class LiveMode:
             return
         self._start_decode(image, cur, k, changed, gone)
 
+    def _relay_to_gui(self) -> _Relay:
+        """Carries calls from the model thread to the GUI thread."""
+        if getattr(self, "_relay", None) is None:
+            self._relay = _Relay()
+            self._relay.result.connect(lambda call: call())
+        return self._relay
+
+    def _embed_urgently(self, frame, k, cur, kw: dict) -> None:
+        """While a job holds the model thread: embed the viewed frame between two of its steps,
+        then update (clicks made meanwhile are decoded then)."""
+        if getattr(self, "_embedding", None) == k:
+            return
+        self._embedding = k
+        sam, cache, relay = self.sam, self.cache, self._relay_to_gui()
+
+        def embed():
+            if self._embedding != k:  # the user moved on to another frame meanwhile
+                return
+            try:
+                pred = worker_predictor(sam, cache)
+                pred.set_image(frame(cur), key=k, **kw)
+                result = pred.frame_decoder
+            except Exception as err:  # shown as a notification
+                result = err
+            relay.result.emit(lambda: self._embedded(k, result))
+
+        self.status.value = f"Live: embedding frame {cur} between two steps of the running job"
+        threads.submit_urgent(embed)
+
+    def _embedded(self, k, result) -> None:
+        self._embedding = None
+        if isinstance(result, Exception):
+            self.report_error(result)
+            return
+        self._remember_decoder(k, result)
+        if self.live.value:
+            self.live_update()
+
     def _start_decode(self, image, cur, k, changed: list, gone: list) -> None:
         pred, cache, decoder = self._pred, self.cache, self._decoders.get(k)
         ticket = (image, self.labels_layer(), self._prompt_gen)
@@ -128,12 +169,14 @@ class LiveMode:
             self._decoded(decode(), ticket, cur, k, changed, gone)
             return
         if self.busy:  # a job holds the model thread: it decodes this between two of its steps
-            if getattr(self, "_relay", None) is None:
-                self._relay = _Relay()
-                self._relay.result.connect(lambda args: self._decoded(*args))
-            relay = self._relay
+            relay = self._relay_to_gui()
             self._live_worker = "urgent"
-            threads.submit_urgent(lambda: relay.result.emit((decode(), ticket, cur, k, changed, gone)))
+
+            def urgent() -> None:
+                result = decode()
+                relay.result.emit(lambda: self._decoded(result, ticket, cur, k, changed, gone))
+
+            threads.submit_urgent(urgent)
             return
         worker = create_worker(decode, _start_thread=False)
         worker.returned.connect(lambda result: self._decoded(result, ticket, cur, k, changed, gone))
