@@ -174,6 +174,37 @@ def test_channels_and_contrast_options(tmp_path, stack_path, model_args, predict
         assert msg in err and "Traceback" not in err
 
 
+def test_channel_axis(tmp_path, model_args, predictor, capsys):
+    """A (T, C, H, W) stack with --channel-axis 1: one frame per time point, channels chosen with
+    --channels; labels are (T, H, W)."""
+    import torch
+
+    from test_io import _save_points
+
+    from napari_mobilesam.engine.store import EmbeddingStore
+
+    stack = np.stack([synthetic_stack(2, seed=s) for s in (5, 6)], axis=1)  # T=2, C=2, 64 x 64
+    path = tmp_path / "tc.tif"
+    tifffile.imwrite(path, stack, photometric="minisblack", metadata={"axes": "TCYX"}, imagej=True)
+    emb = tmp_path / "tc.zarr"
+    assert main(["embed", str(path), "-o", str(emb), "--channel-axis", "1", "--channels", "1", *model_args]) == 0
+    store = EmbeddingStore.open(emb, "", "", mode="r", check=False)
+    assert store.n_frames == 2
+    predictor.set_image(np.moveaxis(stack[1], 0, -1), channels=[1])  # time point 1, channel 1
+    assert torch.allclose(store.load(1).features, predictor.cache.get(predictor.key).features.float(), atol=1e-5)
+    pts = _save_points(tmp_path / "p.csv", [[1, 30, 30]])  # napari's points on a channel-split image: (T, Y, X)
+    out = tmp_path / "l.tif"
+    assert main(["segment", str(path), "--points", str(pts), "-o", str(out), "--channel-axis", "1", "--channels", "1",
+                 "--embeddings", str(emb), *model_args]) == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == (2, 64, 64) and not labels[0].any()
+    want = render_labels(predictor.predict_objects([Prompt(points=[[30, 30]])]), (64, 64), ids=[1])
+    np.testing.assert_array_equal(labels[1], want)
+    capsys.readouterr()
+    assert main(["embed", str(path), "-o", str(tmp_path / "x.zarr"), "--channel-axis", "2", *model_args]) == 2
+    assert "leading" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_everything_folder_with_yolo_detector(tmp_path, model_args, monkeypatch):
     import imageio.v3 as iio

@@ -52,6 +52,7 @@ def _common(model: bool = True, cluster: bool = True) -> argparse.ArgumentParser
         g.add_argument("--weights", default="mobile_sam", metavar="NAME|PATH", help="registry name (see 'mobilesam weights') or checkpoint file (default: mobile_sam)")
         g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
         g = p.add_argument_group("image (what the model sees; recorded in stores and resume checks)")
+        g.add_argument("--channel-axis", type=int, metavar="A", help="a stack axis that holds channels, e.g. 1 for (T, C, H, W)")
         g.add_argument("--channels", type=int, nargs="+", metavar="I", help="colour/multichannel frames: 1-3 channels as R, G, B")
         g.add_argument("--contrast", type=float, nargs=2, metavar=("LO", "HI"), help="intensity window (default: 1-99.8 percentiles per frame)")
     if cluster:
@@ -260,11 +261,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
     import torch
 
     from .engine.embeddings import Embedding
-    from .engine.io import open_image
+    from .engine.io import open_image, with_channel_axis
     from .engine.jobs import EmbedJob, ModelHashJob
     from .engine.store import EmbeddingStore, image_fingerprint
 
-    source = open_image(args.image)
+    source = with_channel_axis(open_image(args.image), args.channel_axis)
     spec = _spec(args)
     out = Path(args.output)
     if args.overwrite and out.exists():
@@ -290,13 +291,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .engine.io import LabelWriter, open_image, read_prompts
+    from .engine.io import LabelWriter, open_image, read_prompts, with_channel_axis
     from .engine.jobs import SegmentJob
     from .engine.store import image_fingerprint
 
     if not (args.points or args.boxes):
         raise InputError("Give prompts: --points POINTS.csv and/or --boxes SHAPES.csv (napari layers saved as CSV).")
-    source = open_image(args.image)
+    source = with_channel_axis(open_image(args.image), args.channel_axis)
     prompts = read_prompts(source, args.points, args.boxes)
     if not prompts:
         raise InputError(f"{args.points or args.boxes} holds no prompts.")
@@ -340,7 +341,7 @@ def _outputs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
 def cmd_everything(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .engine.io import LabelWriter, open_image
+    from .engine.io import LabelWriter, open_image, with_channel_axis
     from .engine.jobs import EverythingJob
     from .engine.store import image_fingerprint
 
@@ -362,7 +363,7 @@ def cmd_everything(args: argparse.Namespace) -> int:
     spec = _spec(args, args.detector)
     sources, writers = [], {}
     for path, out in pairs:
-        source = open_image(path)
+        source = with_channel_axis(open_image(path), args.channel_axis)
         options.update(_preprocess(args, source))  # iter_segment_everything takes channels / contrast_limits
         signature = {"command": "everything", "image": image_fingerprint(source), "sampler": sampler, "options": options,
                      "weights": args.weights, "detector": _file_hash(args.detector)}

@@ -136,6 +136,8 @@ def preprocess_options(
             with ``lo >= hi``.
     """
     out: dict = {}
+    if not channels and len(frame_shape) == 3 and int(frame_shape[-1]) > 4:
+        raise ValueError(f"The frames have {frame_shape[-1]} channels; pick 1 to 3 of them (as R, G, B) with --channels.")
     if channels:
         if len(frame_shape) != 3:
             raise ValueError(f"--channels needs frames with a channel axis (H, W, C); these frames are {tuple(frame_shape)}.")

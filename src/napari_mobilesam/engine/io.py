@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ __all__ = [
     "list_images",
     "open_image",
     "read_prompts",
+    "with_channel_axis",
 ]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".zarr", ".png", ".jpg", ".jpeg")
@@ -57,6 +58,8 @@ class ImageSource:
         inner: the array inside a zarr group ("" for a plain array); the TIFF series number as text.
         channel_first: the file stores frames as ``(C, H, W)`` (planar TIFF); ``read`` returns ``(H, W, C)``
             and ``shape`` is given in that order.
+        channel_axis: a leading axis of the file that holds channels (see :func:`with_channel_axis`),
+            or -1; it is then the last axis of ``shape`` and of every frame.
     """
 
     path: str
@@ -66,6 +69,7 @@ class ImageSource:
     frame_ndim: int
     inner: str = ""
     channel_first: bool = False
+    channel_axis: int = -1
 
     @property
     def leading_shape(self) -> tuple[int, ...]:
@@ -106,8 +110,11 @@ class ImageSource:
             return _read_plain(self.path)
         arr = self._array()
         try:
-            frame = np.asarray(arr[self.frame_index(t)])
-            return np.moveaxis(frame, 0, -1) if self.channel_first else frame
+            index: tuple = self.frame_index(t)
+            if self.channel_axis >= 0:  # all channels of this frame, moved last
+                index = (*index[: self.channel_axis], slice(None), *index[self.channel_axis :])
+            frame = np.asarray(arr[index])
+            return np.moveaxis(frame, 0, -1) if self.channel_first or self.channel_axis >= 0 else frame
         finally:
             store = getattr(arr, "store", None)
             if self.kind == "tiff" and hasattr(store, "close"):
@@ -208,6 +215,24 @@ def open_image(path: str | os.PathLike) -> ImageSource:
         raise InputError(f"{p} has shape {shape}; need frames of (H, W) or (H, W, C) pixels.")
     planar = kind == "tiff" and planar
     return ImageSource(str(p), kind, tuple(int(s) for s in shape), np.dtype(dtype).name, frame_ndim, inner, planar)
+
+
+def with_channel_axis(source: ImageSource, axis: int | None) -> ImageSource:
+    """``source`` with leading axis ``axis`` of the file read as the frames' channels (e.g. 1 for a
+    ``(T, C, H, W)`` stack: frames become ``(H, W, C)``, one per time point); None: unchanged."""
+    if axis is None:
+        return source
+    ndim = len(source.shape)
+    a = axis + ndim if axis < 0 else axis
+    if source.frame_ndim != 2 or source.kind == "plain" or not 0 <= a < ndim - 2:
+        raise InputError(
+            f"--channel-axis {axis}: {source.path} has shape {source.shape} with "
+            f"{'colour frames' if source.frame_ndim == 3 else 'frames'} of {source.frame_shape}; give one of its leading "
+            f"axes 0..{ndim - 3} (the channel axis of a stack such as (T, C, H, W) is 1)."
+        )
+    lead = source.shape[:-2]
+    shape = (*lead[:a], *lead[a + 1 :], *source.shape[-2:], lead[a])
+    return replace(source, shape=shape, frame_ndim=3, channel_axis=a)
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
