@@ -205,6 +205,18 @@ def test_channel_axis(tmp_path, model_args, predictor, capsys):
     assert "leading" in capsys.readouterr().err
 
 
+def test_everything_tile_options(tmp_path, stack_path, model_args, capsys):
+    out = tmp_path / "t.tif"
+    assert main(["everything", str(stack_path), "-o", str(out), *EVERYTHING, "--tile", "64", "--tile-overlap", "16", *model_args]) == 0
+    assert tifffile.imread(out).shape == (3, 64, 64)  # frames no larger than the tile: not tiled
+    for bad, msg in ((["--tile", "32"], "at least 64"), (["--tile-overlap", "8"], "needs --tile"),
+                     (["--tile", "128", "--embeddings", str(tmp_path / "e.zarr")], "whole-frame")):
+        capsys.readouterr()
+        assert main(["everything", str(stack_path), "-o", str(tmp_path / "x.tif"), *EVERYTHING, *bad, *model_args]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_everything_folder_with_yolo_detector(tmp_path, model_args, monkeypatch):
     import imageio.v3 as iio

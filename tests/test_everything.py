@@ -134,3 +134,60 @@ def test_bad_arguments(predictor):
         iter_segment_everything(np.zeros((2, 32, 32)), predictor, "blobs", frames=[3])
     with pytest.raises(TypeError, match="Predictor"):
         iter_segment_everything(img, "sam", "blobs")
+
+
+def test_tile_boxes_cover_the_frame_with_overlap():
+    from napari_mobilesam.engine.tiles import tile_boxes
+
+    for hw, tile, overlap in (((192, 224), 160, 64), ((1000, 3000), 512, 100), ((100, 90), 128, 32)):
+        boxes = tile_boxes(hw, tile, overlap)
+        cover = np.zeros(hw, int)
+        for r0, c0, r1, c1 in boxes:
+            assert 0 < r1 - r0 <= tile and 0 < c1 - c0 <= tile
+            cover[r0:r1, c0:c1] += 1
+        assert cover.min() >= 1
+        rows = sorted({(b[0], b[2]) for b in boxes})
+        assert all(a[1] - b[0] >= overlap for a, b in zip(rows, rows[1:]))  # neighbours overlap enough
+    assert tile_boxes((100, 90), 128, 32) == [(0, 0, 100, 90)]
+    for bad in ((32, 8), (128, 65), (128, -1)):
+        with pytest.raises(ValueError, match="tile"):
+            tile_boxes((500, 500), *bad)
+
+
+def test_place_tile_objects_drops_cut_masks():
+    from napari_mobilesam.engine.tiles import place_tile_objects
+
+    box, hw = (0, 50, 40, 90), (100, 200)  # top frame edge; inner edges left, right and bottom
+    inside, frame_edge = obj(5, 5, 10, 10, shape=(40, 40)), obj(0, 10, 5, 5, shape=(40, 40))
+    cut_left, cut_bottom = obj(3, 0, 4, 4, shape=(40, 40)), obj(35, 20, 5, 5, shape=(40, 40))
+    empty = ObjectMask(np.zeros((4, 4), bool), (10, 10), (40, 40), 1.0, 1.0, 0, None)
+    placed = place_tile_objects([inside, frame_edge, cut_left, cut_bottom, empty], box, hw)
+    assert [(o.offset, o.shape) for o in placed] == [((5, 55), hw), ((0, 60), hw)]
+
+
+def test_everything_tiled(predictor, monkeypatch):
+    """tile=160 on a 192 x 224 frame: four tiles, each cropped from the frame and segmented at the
+    model's resolution; the labels are the tiles' masks put in place and painted by the usual rule.
+    (Random weights give huge masks that every tile cuts, so the placed list itself may be empty:
+    what each tile decoded is checked directly.)"""
+    from napari_mobilesam.engine import everything
+    from napari_mobilesam.engine.tiles import place_tile_objects, tile_boxes
+
+    seen = []
+    monkeypatch.setattr(everything, "place_tile_objects", lambda objs, box, hw: seen.append((box, objs)) or place_tile_objects(objs, box, hw))
+    img = disks()
+    labels = segment_everything(img, predictor, tile=160, tile_overlap=64, **BLOBS)
+    rgb = to_rgb_uint8(img)
+    assert [box for box, _ in seen] == tile_boxes(img.shape, 160, 64) and len(seen) == 4
+    placed = []
+    for (r0, c0, r1, c1), objs in seen:
+        sub = np.ascontiguousarray(rgb[r0:r1, c0:c1])
+        boxes, _ = blob_boxes(sub, diameter=2 * RADIUS)
+        predictor.set_image(sub)
+        want = predictor.predict_objects([Prompt(box=b) for b in boxes])
+        assert len(objs) == len(want) > 0 and all(o.shape == (r1 - r0, c1 - c0) for o in objs)
+        assert all(np.array_equal(o.full(), w.full()) for o, w in zip(objs, want))
+        placed += place_tile_objects(objs, (r0, c0, r1, c1), img.shape)
+    np.testing.assert_array_equal(labels, objects_to_labels(filter_objects(placed), img.shape))
+    # a frame no larger than the tile is not tiled
+    np.testing.assert_array_equal(segment_everything(img, predictor, tile=256, **BLOBS), segment_everything(img, predictor, **BLOBS))

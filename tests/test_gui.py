@@ -592,6 +592,14 @@ def test_everything_section_blobs_matches_engine_and_cancel_keeps_frames(qtbot, 
     assert np.array_equal(labels.data[0, :20, :20], user[0, :20, :20])  # existing labels kept
     labels.undo()
     assert np.array_equal(labels.data, user)
+    # the tile control becomes the engine's tile option (0: off)
+    ev.tile.value = 32
+    with pytest.raises(ValueError, match="at least 64"):
+        ev.options()
+    ev.tile.value = 96
+    assert ev.options()["tile"] == 96
+    ev.tile.value = 0
+    assert "tile" not in ev.options()
     # all frames, cancelled after the first finished frame: that frame stays, later ones are not touched
     ev.all_frames.value = True
     finished = []

@@ -41,6 +41,8 @@ SAMPLER_OPTIONS = {  # CLI option -> (engine option, samplers it applies to)
     "min_area": ("min_area", ("object-aware", "grid", "blobs")),
     "max_area": ("max_area", ("object-aware", "grid", "blobs")),
     "min_visible": ("min_visible", ("object-aware", "grid", "blobs")),
+    "tile": ("tile", ("object-aware", "grid", "blobs")),
+    "tile_overlap": ("tile_overlap", ("object-aware", "grid", "blobs")),
 }
 
 
@@ -145,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-area", type=int, metavar="PX", help="drop objects smaller than this")
     g.add_argument("--max-area", type=int, metavar="PX", help="drop objects larger than this")
     g.add_argument("--min-visible", type=float, metavar="F", help="drop objects less than this fraction visible (default 0.5)")
+    g.add_argument("--tile", type=int, metavar="PX", help="segment frames larger than PX pixels tile by tile (e.g. 1024)")
+    g.add_argument("--tile-overlap", type=int, metavar="PX", help="overlap of neighbouring tiles, at least the largest object (default tile/4)")
     v.set_defaults(func=cmd_everything)
 
     w = sub.add_parser("weights", usage="mobilesam weights [list | fetch NAME...]", parents=[io_parent], formatter_class=fmt, help="list or pre-download model weights",
@@ -360,6 +364,17 @@ def cmd_everything(args: argparse.Namespace) -> int:
     pairs = _outputs(args)
     if args.embeddings and len(pairs) > 1:
         raise InputError("--embeddings works with a single image, not a folder.")
+    if args.embeddings and args.tile:
+        raise InputError("--embeddings holds whole-frame embeddings; tiles need their own: drop --embeddings or --tile.")
+    if args.tile_overlap is not None and not args.tile:
+        raise InputError("--tile-overlap needs --tile PX.")
+    if args.tile:
+        from .engine.tiles import tile_boxes
+
+        try:
+            tile_boxes((args.tile, args.tile), args.tile, args.tile // 4 if args.tile_overlap is None else args.tile_overlap)
+        except ValueError as err:
+            raise InputError(f"--tile {args.tile} --tile-overlap {args.tile_overlap}: {err}") from None
     spec = _spec(args, args.detector)
     sources, writers = [], {}
     for path, out in pairs:

@@ -13,6 +13,7 @@ Masks become labels by one deterministic rule: filter by predicted IoU, stabilit
 paint largest first (smaller objects stay on top); drop objects of which less than
 ``min_visible`` stays visible (duplicates, boxes around clusters, objects on existing labels);
 number the rest consecutively in proposal order, after every id already used in the stack.
+Frames larger than ``tile`` pixels are segmented tile by tile (see tiles.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .image import to_rgb_uint8
 from .labels import filter_objects, render_labels
 from .predictor import ObjectMask, Predictor, Prompt
 from .samplers import blob_boxes, iter_grid_objects
+from .tiles import place_tile_objects, tile_boxes
 
 __all__ = ["SAMPLERS", "EverythingProgress", "iter_segment_everything", "objects_to_labels", "segment_everything"]
 
@@ -37,7 +39,7 @@ UNITS = 100  # progress units per frame
 
 _COMMON = dict(
     min_score=None, min_stability=None, min_area=1, max_area=None, min_visible=0.5,
-    channels=None, contrast_limits=None, key=None, out=None,
+    channels=None, contrast_limits=None, key=None, out=None, tile=None, tile_overlap=None,
 )
 _BOXES = dict(prompt="box")
 _OPTIONS = {
@@ -132,6 +134,10 @@ def _check_options(sampler: str, options: dict[str, Any]) -> dict[str, Any]:
     opts["min_stability"] = dst if opts["min_stability"] is None else float(opts["min_stability"])
     if opts.get("prompt", "box") not in ("box", "box+point"):
         raise ValueError(f"prompt must be 'box' or 'box+point', got {opts['prompt']!r}.")
+    if opts["tile"]:
+        opts["tile"] = int(opts["tile"])
+        opts["tile_overlap"] = opts["tile"] // 4 if opts["tile_overlap"] is None else int(opts["tile_overlap"])
+        tile_boxes((opts["tile"], opts["tile"]), opts["tile"], opts["tile_overlap"])  # checks both
     return opts
 
 
@@ -197,7 +203,26 @@ def _box_prompts(boxes: np.ndarray, with_point: bool) -> list[Prompt]:
 def _iter_frame(
     pred: Predictor, rgb: np.ndarray, key: Hashable | None, sampler: str, det: Any, opts: dict[str, Any]
 ) -> Generator[tuple[float, str], None, list[ObjectMask]]:
-    """Objects of one frame; yields (fraction of the frame done, message)."""
+    """Objects of one frame, tile by tile when it is larger than ``tile`` (see tiles.py); yields
+    (fraction of the frame done, message)."""
+    tile = opts["tile"]
+    hw = rgb.shape[:2]
+    if not tile or max(hw) <= tile:
+        return (yield from _iter_tile(pred, rgb, key, sampler, det, opts))
+    boxes = tile_boxes(hw, int(tile), int(opts["tile_overlap"]))
+    objects: list[ObjectMask] = []
+    for k, (r0, c0, r1, c1) in enumerate(boxes):
+        sub = np.ascontiguousarray(rgb[r0:r1, c0:c1])
+        work = _iter_tile(pred, sub, None if key is None else (key, "tile", r0, c0), sampler, det, opts)
+        found = yield from relay(work, lambda p, k=k: ((k + p[0]) / len(boxes), f"tile {k + 1}/{len(boxes)}: {p[1]}"))
+        objects += place_tile_objects(found, (r0, c0, r1, c1), hw)
+    return objects
+
+
+def _iter_tile(
+    pred: Predictor, rgb: np.ndarray, key: Hashable | None, sampler: str, det: Any, opts: dict[str, Any]
+) -> Generator[tuple[float, str], None, list[ObjectMask]]:
+    """Objects of one frame or tile; yields (fraction done, message)."""
     pred.set_image(rgb, key=key)
     yield 0.2, "embedded"
     if sampler == "grid":
@@ -259,7 +284,9 @@ def iter_segment_everything(
             ``key`` (embedding-cache key: a callable ``index -> key`` or a prefix giving
             ``(prefix, *index)``), ``out``: an array (e.g. zarr, or ``labels`` itself) into which
             each finished frame's new labels are written, or False to keep nothing (the
-            consumer writes the yielded frames itself; the return value is then None).
+            consumer writes the yielded frames itself; the return value is then None),
+            ``tile`` / ``tile_overlap``: segment frames larger than ``tile`` pixels tile by tile
+            (overlap default ``tile // 4``; see tiles.py).
 
     Yields:
         :class:`EverythingProgress`; items with ``.labels`` set carry a finished frame.

@@ -41,11 +41,14 @@ class EverythingSection:
         self.polarity = ComboBox(label="objects are", choices=["bright", "dark"], value="bright", tooltip="blobs: brighter (fluorescence) or darker (brightfield) than background")
         self.min_score = FloatSpinBox(label="min pred. IoU", value=0.0, min=0.0, max=1.0, step=0.05,
                                       tooltip="Drop masks whose predicted IoU is lower")
+        self.tile = SpinBox(label="tile (px)", value=0, min=0, max=100000, step=256,
+                            tooltip="Frames larger than this are segmented tile by tile at the model's resolution "
+                            "(tiles overlap by a quarter; objects cut by a tile come from its neighbour); 0 = off")
         self.all_frames = CheckBox(text="all frames", value=False)
         self.button = PushButton(text="Segment everything")
         self.box, self.inner = _group(
             "Segment everything", self.sampler, self.detector, self.hint, self.diameter, self.polarity,
-            self.min_score, self.all_frames, self.button,
+            self.min_score, self.tile, self.all_frames, self.button,
         )
         self.box.setToolTip(HELP)
         self.button.tooltip = HELP
@@ -78,6 +81,10 @@ class EverythingSection:
     def options(self) -> dict:
         """Engine options (``iter_segment_everything`` keywords) from the controls."""
         opts = {"min_score": float(self.min_score.value)}
+        if self.tile.value:
+            if self.tile.value < 64:
+                raise ValueError(f"tile {self.tile.value} px is too small: use 0 (off) or at least 64, e.g. 1024.")
+            opts["tile"] = int(self.tile.value)
         if self.sampler.value == "blobs":
             opts["polarity"] = self.polarity.value
             if self.diameter.value > 0:
