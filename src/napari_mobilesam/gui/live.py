@@ -36,6 +36,7 @@ class LiveMode:
     _live_worker = None  # the decode in flight, if any
     _live_again = False  # prompts changed while decoding: update again when it returns
     _prompt_gen = 0  # bumped on every prompt change; a result decoded for an older one is checked
+    _embedding = None  # frame key being embedded between a job's steps (the latest frame moved to)
 
     @property
     def live_pending(self) -> bool:
@@ -125,7 +126,7 @@ class LiveMode:
     def _embed_urgently(self, frame, k, cur, kw: dict) -> None:
         """While a job holds the model thread: embed the viewed frame between two of its steps,
         then update (clicks made meanwhile are decoded then)."""
-        if getattr(self, "_embedding", None) == k:
+        if self._embedding == k:
             return
         self._embedding = k
         sam, cache, relay = self.sam, self.cache, self._relay_to_gui()
