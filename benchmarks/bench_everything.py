@@ -1,7 +1,7 @@
 """Segment everything on one frame: SAM's 32x32 grid vs MobileSAMv2's object-aware boxes vs blobs.
 
     python benchmarks/bench_everything.py [--checkpoint PATH] [--detector YOLO.pt] [--size 1024]
-                                          [--points-per-side 32] [--points-per-batch 32]
+                                          [--points-per-side 32] [--points-per-batch 32] [--tile PX]
 
 One synthetic fluorescence-like frame (``size``², ~300 bright cells), the same MobileSAM model, one run
 per sampler, each from a cold embedding cache (end-to-end includes the image encoder):
@@ -15,7 +15,8 @@ per sampler, each from a cold embedding cache (end-to-end includes the image enc
 - blobs: scikit-image LoG boxes on the same frame, decoded the same way.
 
 Phases come from the generator's own progress reports: embed, sample (detector / blobs), decode,
-labels (filtering, painting). Ratios > 1 mean faster than the grid.
+labels (filtering, painting). Ratios > 1 mean faster than the grid. ``--tile PX`` adds a blobs run
+tile by tile (total time only; its cost against the untiled blobs run is printed).
 """
 
 from __future__ import annotations
@@ -107,6 +108,10 @@ def timed_run(sam, image: np.ndarray, sampler: str, **options) -> dict[str, floa
         stamps.append((time.perf_counter(), p.message))
     end = time.perf_counter()
     mem.__exit__()
+    if options.get("tile"):  # phases repeat per tile: only the total is meaningful
+        nan = float("nan")
+        return {"prompts": 0, "objects": int(len(np.unique(labels)) - 1), "embed": nan, "sample": nan, "decode": nan,
+                "labels": nan, "total": end - t0, "peak_MiB": mem.extra}
 
     def last(word: str) -> float:
         return max(t for t, m in stamps if word in m)
@@ -139,6 +144,7 @@ def main() -> None:
     ap.add_argument("--points-per-side", type=int, default=32)
     ap.add_argument("--points-per-batch", type=int, default=32, help="grid batch (official default 64; same masks)")
     ap.add_argument("--skip-grid", action="store_true")
+    ap.add_argument("--tile", type=int, default=0, help="also run blobs tile by tile with tiles of PX pixels")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -160,10 +166,18 @@ def main() -> None:
             ("blobs", dict(diameter=26 * args.size / 1024)),
             ("grid", dict(points_per_side=args.points_per_side, points_per_batch=args.points_per_batch)),
         ]
+        plans = plans[: 2 if args.skip_grid else 3]
+        if args.tile:
+            plans.append(("blobs, tiled", dict(diameter=26 * args.size / 1024, tile=args.tile)))
         runs = {}
-        for name, opts in plans[: 2 if args.skip_grid else 3]:
-            r = runs[name] = timed_run(sam, image, name, **opts)
+        for name, opts in plans:
+            r = runs[name] = timed_run(sam, image, name.split(",")[0], **opts)
             print(f"{name:>14} " + " ".join(f"{r[c]:>9d}" if isinstance(r[c], int) else f"{r[c]:>9.2f}" for c in cols), flush=True)
+        if args.tile:
+            from napari_mobilesam.engine.tiles import tile_boxes
+
+            n = len(tile_boxes(image.shape, args.tile, args.tile // 4))
+            print(f"blobs tiled ({n} tiles of <= {args.tile} px) / untiled: {runs['blobs, tiled']['total'] / runs['blobs']['total']:.2f}x the time")
     if "grid" in runs:
         g = runs["grid"]
         for name in ("object-aware", "blobs"):
