@@ -1,6 +1,6 @@
 """Segment everything: every object of a frame, or of every frame of a stack, as instance labels.
 
-Three samplers propose the objects (see docs/everything.md):
+Three samplers propose the objects (see README.md, "Segment everything"):
 
 - ``"object-aware"`` (MobileSAMv2): a YOLO detector proposes boxes (conf 0.4, NMS IoU 0.9,
   imgsz 1024, at most 320), decoded in batches, single-mask mode;
@@ -279,7 +279,7 @@ def iter_segment_everything(
         labels: existing labels, ``leading + (H, W)`` (or ``(H, W)`` for one frame); read only.
             Their ids are never reused, and new objects fill only their background unless
             ``overwrite``.
-        **options: see docs/everything.md. Common: ``min_score``, ``min_stability``,
+        **options: see README.md, "Segment everything" > Options. Common: ``min_score``, ``min_stability``,
             ``min_area``, ``max_area``, ``min_visible``, ``channels``, ``contrast_limits``,
             ``key`` (embedding-cache key: a callable ``index -> key`` or a prefix giving
             ``(prefix, *index)``), ``out``: an array (e.g. zarr, or ``labels`` itself) into which
