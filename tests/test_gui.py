@@ -372,6 +372,21 @@ def test_live_on_a_new_frame_during_a_long_job(qtbot, make_widget, predictor, sm
     assert agree(w.labels_box.value.data[4], ref) > 0.999
 
 
+def test_urgent_calls_run_on_the_model_thread_after_a_job(qtbot):
+    """What a job has not run between its steps, drain() runs on the model thread once it is free."""
+    import threading
+
+    from napari_mobilesam.gui import threads
+
+    ran = []
+    threads.submit_urgent(lambda: ran.append(threading.get_ident()))
+    threads.drain()
+    qtbot.waitUntil(lambda: bool(ran), timeout=10_000)
+    assert ran == [threads.call(threading.get_ident)] and ran[0] != threading.get_ident()
+    threads.drain()  # nothing queued: nothing runs
+    assert len(ran) == 1
+
+
 def test_shift_t_flips_selected_points(qtbot, make_widget, predictor, small_cell):
     viewer, w, img = make_widget(small_cell)
     pts = w.points_box.value

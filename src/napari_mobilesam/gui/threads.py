@@ -87,7 +87,13 @@ def run_urgent() -> None:
         fn()
 
 
+_DRAINS: list[_Call] = []  # kept alive until they have run (Qt must not run a deleted runnable)
+
+
 def drain() -> None:
     """Run queued urgent calls on the model thread as soon as it is free (after a job ends)."""
+    _DRAINS[:] = [d for d in _DRAINS if not d.done.is_set()]
     if _URGENT:
-        torch_pool().start(run_urgent)
+        job = _Call(run_urgent)
+        _DRAINS.append(job)
+        torch_pool().start(job)
