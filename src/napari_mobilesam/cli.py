@@ -15,165 +15,17 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from .cli_parser import SAMPLER_OPTIONS
 from .engine.io import InputError
 
 __all__ = ["build_parser", "main"]
 
-EXAMPLES = """\
-examples:
-  mobilesam embed movie.tif -o movie.emb.zarr            # encode every frame once
-  mobilesam segment movie.tif --points clicks.csv --boxes boxes.csv -o labels.tif
-  mobilesam everything nuclei.tif -o nuclei_labels.tif --sampler blobs --diameter 20
-  mobilesam everything plate/ -o plate_labels/ --detector ObjectAwareModel.pt --workers 4
-  mobilesam weights fetch mobile_sam                     # pre-download (e.g. on a cluster login node)
-
-Run 'mobilesam COMMAND --help' for a command's options. Interrupted runs resume when re-run."""
-
-SAMPLER_OPTIONS = {  # CLI option -> (engine option, samplers it applies to)
-    "points_per_side": ("points_per_side", ("grid",)),
-    "diameter": ("diameter", ("blobs",)),
-    "polarity": ("polarity", ("blobs",)),
-    "threshold": ("threshold", ("blobs",)),
-    "conf": ("conf", ("object-aware",)),
-    "max_det": ("max_det", ("object-aware", "blobs")),
-    "min_score": ("min_score", ("object-aware", "grid", "blobs")),
-    "min_stability": ("min_stability", ("object-aware", "grid", "blobs")),
-    "min_area": ("min_area", ("object-aware", "grid", "blobs")),
-    "max_area": ("max_area", ("object-aware", "grid", "blobs")),
-    "min_visible": ("min_visible", ("object-aware", "grid", "blobs")),
-    "tile": ("tile", ("object-aware", "grid", "blobs")),
-    "tile_overlap": ("tile_overlap", ("object-aware", "grid", "blobs")),
-}
-
-
-# ------------------------------------------------------------------------------------------- parser
-def _common(model: bool = True, cluster: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    if model:
-        g = p.add_argument_group("model")
-        g.add_argument("--weights", default="mobile_sam", metavar="NAME|PATH", help="registry name (see 'mobilesam weights') or checkpoint file (default: mobile_sam)")
-        g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
-        g = p.add_argument_group("image (what the model sees; recorded in stores and resume checks)")
-        g.add_argument("--channel-axis", type=int, metavar="A", help="a stack axis that holds channels, e.g. 1 for (T, C, H, W)")
-        g.add_argument("--channels", type=int, nargs="+", metavar="I", help="colour/multichannel frames: 1-3 channels as R, G, B")
-        g.add_argument("--contrast", type=float, nargs=2, metavar=("LO", "HI"), help="intensity window (default: 1-99.8 percentiles per frame)")
-    if cluster:
-        g = p.add_argument_group("scale-out (dask.distributed; inputs and weights must be readable by every worker)")
-        g.add_argument("--workers", type=int, metavar="N", help="start a local cluster of N worker processes")
-        g.add_argument("--scheduler", metavar="ADDRESS", help="use a running cluster, e.g. tcp://10.0.0.5:8786")
-    g = p.add_argument_group("general")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    return p
-
-
-class _TopParser(argparse.ArgumentParser):
-    """Top-level help: commands grouped by purpose, common options, examples (like git/docker)."""
-
-    GROUPS = (("segmentation", ("segment", "everything", "embed")), ("models and training", ("weights", "distill", "evaluate")))
-
-    def format_help(self) -> str:
-        sub = next(a for a in self._actions if isinstance(a, argparse._SubParsersAction))
-        helps = {a.dest: a.help for a in sub._choices_actions}
-        lines = [f"usage: {self.usage}", "", self.description or "", ""]
-        for title, names in self.GROUPS:
-            lines.append(f"{title}:")
-            lines += [f"  {n:<12}{helps[n]}" for n in names if n in helps]
-            lines.append("")
-        lines += ["common options:",
-                  "  --weights NAME|PATH   model weights (default mobile_sam)   --device cpu|cuda|mps|auto",
-                  "  --workers N | --scheduler ADDRESS   run frames on a dask cluster   -q, --quiet   --version", "",
-                  self.epilog or "", ""]
-        return "\n".join(lines)
-
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``mobilesam`` argument parser (sub-commands embed, segment, everything, weights, + distill/evaluate)."""
-    fmt = argparse.RawDescriptionHelpFormatter
-    parser = _TopParser(
-        prog="mobilesam", usage="mobilesam COMMAND [options]", formatter_class=fmt, epilog=EXAMPLES,
-        description="Segment microscopy images with MobileSAM / MobileSAMv2, headless and at scale.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command", parser_class=argparse.ArgumentParser)
-    io_parent, all_parent = _common(model=False, cluster=False), _common()
+    """The ``mobilesam`` argument parser (see cli_parser.py)."""
+    from .cli_parser import build_parser as build
 
-    e = sub.add_parser("embed", usage="mobilesam embed IMAGE -o EMB.zarr [options]", parents=[all_parent], formatter_class=fmt, help="precompute image embeddings into a zarr store",
-                       description="Encode every frame once and store the embeddings (segment, everything and the napari "
-                       "widget reuse a matching store and skip the encoder).",
-                       epilog="example:\n  mobilesam embed movie.tif -o movie.emb.zarr --workers 4")
-    e.add_argument("image", metavar="IMAGE", help="TIFF/OME-TIFF, zarr/OME-Zarr, PNG or JPEG; leading axes are frames")
-    e.add_argument("-o", "--output", required=True, metavar="EMB.zarr", help="embedding store to create or complete")
-    e.add_argument("--half", action="store_true", help="store float16 (half the disk, ~1e-3 relative error)")
-    e.add_argument("--overwrite", action="store_true", help="discard an existing store instead of completing it")
-    e.set_defaults(func=cmd_embed)
-
-    s = sub.add_parser("segment", usage="mobilesam segment IMAGE --points CSV [--boxes CSV] -o LABELS [options]", parents=[all_parent], formatter_class=fmt, help="segment objects from napari point/box prompts",
-                       description="Prompts are napari CSV files (File > Save Selected Layers... on a Points or Shapes layer): "
-                       "every box and every positive point is one object; points sharing an 'object' column value form one "
-                       "object (that value is its label id); a 'label' column marks negative points (0), which refine the "
-                       "nearest object of their frame.",
-                       epilog="example:\n  mobilesam segment movie.tif --points clicks.csv -o labels.tif --embeddings movie.emb.zarr")
-    s.add_argument("image", metavar="IMAGE", help="image file the prompts were drawn on")
-    s.add_argument("--points", metavar="POINTS.csv", help="napari Points layer CSV")
-    s.add_argument("--boxes", metavar="SHAPES.csv", help="napari Shapes layer CSV (rectangles)")
-    s.add_argument("-o", "--output", required=True, metavar="LABELS.tif|.zarr", help="label image to write")
-    s.add_argument("--embeddings", metavar="EMB.zarr", help="reuse embeddings from 'mobilesam embed'")
-    s.add_argument("--multimask", action="store_true", help="pick the best of SAM's 3 masks (helps single ambiguous clicks)")
-    s.add_argument("--overwrite", action="store_true", help="redo every frame instead of resuming")
-    s.set_defaults(func=cmd_segment)
-
-    v = sub.add_parser("everything", usage="mobilesam everything IMAGE_OR_DIR -o OUT [--sampler S] [options]", parents=[all_parent], formatter_class=fmt, help="segment every object (MobileSAMv2 / grid / blobs)",
-                       description="Label every object of each frame; ids are unique across a stack. Samplers: object-aware "
-                       "(MobileSAMv2: a YOLO detector proposes boxes; needs --detector), grid (SAM's point grid; default without "
-                       "a detector), blobs (boxes from blob detection; roundish objects such as nuclei, no extra weights).",
-                       epilog="examples:\n  mobilesam everything cells.tif -o cells_labels.tif --detector ObjectAwareModel.pt\n"
-                       "  mobilesam everything wells/ -o labels/ --sampler blobs --diameter 25 --format zarr --workers 8")
-    v.add_argument("image", metavar="IMAGE_OR_DIR", help="image file, stack, or a folder of images")
-    v.add_argument("-o", "--output", required=True, metavar="OUT", help="label file (.tif/.zarr), or a folder for folder input")
-    v.add_argument("--sampler", choices=("object-aware", "grid", "blobs"), help="object-aware with --detector, else grid")
-    v.add_argument("--detector", metavar="PATH", help="YOLO detect/segment .pt, e.g. MobileSAMv2's ObjectAwareModel.pt")
-    v.add_argument("--format", choices=("tif", "zarr"), default="tif", help="output format for folder input (default tif)")
-    v.add_argument("--embeddings", metavar="EMB.zarr", help="reuse embeddings from 'mobilesam embed' (single image only)")
-    v.add_argument("--overwrite", action="store_true", help="redo every frame instead of resuming")
-    g = v.add_argument_group("sampler options")
-    g.add_argument("--points-per-side", type=int, metavar="N", help="grid: points per side (default 32)")
-    g.add_argument("--diameter", type=float, metavar="PX", help="blobs: typical object diameter in pixels")
-    g.add_argument("--polarity", choices=("bright", "dark"), help="blobs: objects brighter (default) or darker than background")
-    g.add_argument("--threshold", type=float, metavar="T", help="blobs: detection threshold (default 0.05; lower finds fainter objects)")
-    g.add_argument("--conf", type=float, metavar="C", help="object-aware: detector confidence (default 0.4)")
-    g.add_argument("--max-det", type=int, metavar="N", help="object-aware/blobs: at most N boxes per frame")
-    g.add_argument("--min-score", type=float, metavar="S", help="drop masks with predicted IoU below this")
-    g.add_argument("--min-stability", type=float, metavar="S", help="drop masks with stability score below this")
-    g.add_argument("--min-area", type=int, metavar="PX", help="drop objects smaller than this")
-    g.add_argument("--max-area", type=int, metavar="PX", help="drop objects larger than this")
-    g.add_argument("--min-visible", type=float, metavar="F", help="drop objects less than this fraction visible (default 0.5)")
-    g.add_argument("--tile", type=int, metavar="PX", help="segment frames larger than PX pixels tile by tile (e.g. 1024)")
-    g.add_argument("--tile-overlap", type=int, metavar="PX", help="overlap of neighbouring tiles, at least the largest object (default tile/4)")
-    v.set_defaults(func=cmd_everything)
-
-    w = sub.add_parser("weights", usage="mobilesam weights [list | fetch NAME...]", parents=[io_parent], formatter_class=fmt, help="list or pre-download model weights",
-                       description="Without arguments: list the registry, the cache folder and what is cached.",
-                       epilog="examples:\n  mobilesam weights\n  mobilesam weights fetch mobile_sam vit_t_lm")
-    w.add_argument("action", nargs="?", choices=("list", "fetch"), default="list")
-    w.add_argument("names", nargs="*", metavar="NAME", help="registry names to fetch (default: mobile_sam)")
-    w.set_defaults(func=cmd_weights)
-
-    try:  # distill/evaluate live in their own module; the other commands work without it
-        from .distill_cli import add_commands
-
-        add_commands(sub)
-    except Exception:  # noqa: BLE001 - optional part, e.g. missing extra dependencies
-        pass
-    return parser
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("napari-mobilesam")
-    except PackageNotFoundError:
-        return "0.0.0"
+    return build({"embed": cmd_embed, "segment": cmd_segment, "everything": cmd_everything, "weights": cmd_weights})
 
 
 # ------------------------------------------------------------------------------------------- helpers

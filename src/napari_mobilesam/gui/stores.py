@@ -23,8 +23,9 @@ from napari.layers import Image
 from ..engine.embeddings import Embedding, EmbeddingCache
 from ..engine.store import EmbeddingStore, image_fingerprint, model_fingerprint
 from . import layers as L
+from .jobs import Progress
 
-__all__ = ["StoreLink", "store_path", "store_preprocess", "tag_of"]
+__all__ = ["StoreLink", "StoreUse", "store_path", "store_preprocess", "tag_of"]
 
 
 def store_path(value) -> Path | None:
@@ -92,3 +93,49 @@ class StoreLink:
     @staticmethod
     def detach(cache: EmbeddingCache) -> None:
         cache.back_with(None, None)
+
+
+class StoreUse:
+    """Mixin for :class:`~napari_mobilesam.gui.widget.MobileSAMWidget`: its *embeddings* field
+    (uses ``embeddings``, ``image_box`` and ``cache``)."""
+
+    _store: StoreLink | None = None  # the checked store backing the cache
+    _prep_of: tuple | None = None  # (path, its pre-processing)
+
+    def with_store(self, model):
+        """``model`` (built, or a generator that builds it), followed by checking and attaching the
+        store when one is set and not attached for this model and image."""
+        path, image = store_path(self.embeddings.value), self.image_box.value
+        link = self._store
+        if path is None or image is None or (link is not None and link.sam is model and link.image is image and link.tag == tag_of(path)):
+            return model
+        return self._link_store(model, path, image)
+
+    def _link_store(self, model, path: Path, image: Image):
+        sam = (yield from model) if not hasattr(model, "image_encoder") else model
+        yield Progress(0, 0, f"checking embeddings {path.name}")
+        link = StoreLink(path, sam, image, self._store_prep(path))  # raises with the fix for another model or image
+        link.attach(self.cache)
+        self._store = link
+        what = "new store" if link.created else f"{link.store.done_count}/{link.store.n_frames} frames stored"
+        yield Progress(0, 0, f"embeddings {path.name}: {what}")
+        return sam
+
+    def _unlink_store(self, _=None) -> None:
+        self._store = None
+        self._prep_of = None
+        StoreLink.detach(self.cache)
+
+    def _store_prep(self, path: Path) -> dict:
+        """Pre-processing of the store at ``path`` (read once per path)."""
+        if self._prep_of is None or self._prep_of[0] != path:
+            self._prep_of = (path, store_preprocess(path))
+        return dict(self._prep_of[1])
+
+    def store_view(self, kw: dict, ident: tuple) -> tuple[dict, tuple]:
+        """Image options and frame-key prefix: with a store set, the model sees the image as the
+        store's frames were made, and keys name the store instead of the contrast limits."""
+        path = store_path(self.embeddings.value)
+        if path is None:
+            return kw, ident
+        return self._store_prep(path), (*ident[:3], tag_of(path))

@@ -22,10 +22,10 @@ from ..engine.embeddings import EmbeddingCache
 from ..engine.predictor import Predictor
 from ..model.weights import REGISTRY
 from . import layers as L
-from .jobs import FrameDone, Progress, load_model, segment_frames
+from .jobs import FrameDone, load_model, segment_frames
 from .live import LiveMode
 from .runner import JobHost
-from .stores import StoreLink, store_path, store_preprocess, tag_of
+from .stores import StoreUse
 from .prompts import ObjectPrompt, collect_objects
 from .propagate import PropagateSection
 from .everything import EverythingSection
@@ -72,7 +72,7 @@ def _group(title: str, *widgets, note: str = "") -> tuple[QGroupBox, Container]:
     return box, inner
 
 
-class MobileSAMWidget(LiveMode, JobHost):
+class MobileSAMWidget(LiveMode, StoreUse, JobHost):
     """Dock widget: image + prompt layers -> instance labels with MobileSAM."""
 
     def __init__(self, napari_viewer) -> None:
@@ -88,7 +88,6 @@ class MobileSAMWidget(LiveMode, JobHost):
         self._points: Points | None = None
         self._shapes: Shapes | None = None
         self._labels_prev: Labels | None = None
-        self._store: StoreLink | None = None  # checked embeddings store backing self.cache
 
         # -- input
         self.image_box = ComboBox(label="image", choices=self._choices(Image, new=None), tooltip="Image to segment (2D, stack, RGB)")
@@ -362,32 +361,7 @@ class MobileSAMWidget(LiveMode, JobHost):
         embeddings store, if one is set, against it and the image."""
         key = (str(self.model_source()), self.device_box.value)
         model = self.sam if self.sam is not None and key == self._sam_key else load_model(self.model_source(), self.device_box.value)
-        path, image = store_path(self.embeddings.value), self.image_box.value
-        linked = self._store is not None and self._store.sam is model and self._store.image is image and self._store.tag == tag_of(path or ".")
-        if path is None or image is None or linked:
-            return model
-        return self._link_store(model, path, image)
-
-    def _link_store(self, model, path: Path, image: Image):
-        sam = (yield from model) if not hasattr(model, "image_encoder") else model
-        yield Progress(0, 0, f"checking embeddings {path.name}")
-        link = StoreLink(path, sam, image, self._store_prep(path))  # raises with the fix for another model or image
-        link.attach(self.cache)
-        self._store = link
-        what = "new store" if link.created else f"{link.store.done_count}/{link.store.n_frames} frames stored"
-        yield Progress(0, 0, f"embeddings {path.name}: {what}")
-        return sam
-
-    def _unlink_store(self, _=None) -> None:
-        self._store = None
-        self._prep_of = None
-        StoreLink.detach(self.cache)
-
-    def _store_prep(self, path: Path) -> dict:
-        """Pre-processing of the store at ``path`` (read once per path)."""
-        if getattr(self, "_prep_of", None) is None or self._prep_of[0] != path:
-            self._prep_of = (path, store_preprocess(path))
-        return dict(self._prep_of[1])
+        return self.with_store(model)
 
     def set_model(self, sam, key: tuple) -> None:
         if self._store is not None and self._store.sam is not sam:
@@ -401,11 +375,7 @@ class MobileSAMWidget(LiveMode, JobHost):
 
     def _frame_reader(self, image: Image) -> tuple[Callable, Callable, dict]:
         data = image.data[0] if image.multiscale else image.data  # read from the worker: plain arrays only
-        kw = L.image_kwargs(image)
-        ident = L.image_key(image, ())
-        path = store_path(self.embeddings.value)
-        if path is not None:  # the model sees the image as `mobilesam embed` did
-            kw, ident = self._store_prep(path), (*ident[:3], tag_of(path))
+        kw, ident = self.store_view(L.image_kwargs(image), L.image_key(image, ()))
         return (lambda f: np.asarray(data[tuple(f)])), (lambda f: (*ident[:2], tuple(f), ident[3])), kw
 
     # ------------------------------------------------------------------ segment
