@@ -174,9 +174,9 @@ def main() -> None:
             r = runs[name] = timed_run(sam, image, name.split(",")[0], **opts)
             print(f"{name:>14} " + " ".join(f"{r[c]:>9d}" if isinstance(r[c], int) else f"{r[c]:>9.2f}" for c in cols), flush=True)
         if args.tile:
-            from napari_mobilesam.engine.tiles import tile_boxes
+            from napari_mobilesam.engine.tiles import tile_boxes, tile_settings
 
-            n = len(tile_boxes(image.shape, args.tile, args.tile // 4))
+            n = len(tile_boxes(image.shape, *tile_settings(args.tile)))
             print(f"blobs tiled ({n} tiles of <= {args.tile} px) / untiled: {runs['blobs, tiled']['total'] / runs['blobs']['total']:.2f}x the time")
     if "grid" in runs:
         g = runs["grid"]

@@ -221,10 +221,10 @@ def cmd_everything(args: argparse.Namespace) -> int:
     if args.tile_overlap is not None and not args.tile:
         raise InputError("--tile-overlap needs --tile PX.")
     if args.tile:
-        from .engine.tiles import tile_boxes
+        from .engine.tiles import tile_settings
 
         try:
-            tile_boxes((args.tile, args.tile), args.tile, args.tile // 4 if args.tile_overlap is None else args.tile_overlap)
+            tile_settings(args.tile, args.tile_overlap)
         except ValueError as err:
             raise InputError(f"--tile {args.tile} --tile-overlap {args.tile_overlap}: {err}") from None
     spec = _spec(args, args.detector)

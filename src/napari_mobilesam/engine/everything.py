@@ -30,7 +30,7 @@ from .image import to_rgb_uint8
 from .labels import filter_objects, render_labels
 from .predictor import ObjectMask, Predictor, Prompt
 from .samplers import blob_boxes, iter_grid_objects
-from .tiles import place_tile_objects, tile_boxes
+from .tiles import place_tile_objects, tile_boxes, tile_settings
 
 __all__ = ["SAMPLERS", "EverythingProgress", "iter_segment_everything", "objects_to_labels", "segment_everything"]
 
@@ -135,9 +135,7 @@ def _check_options(sampler: str, options: dict[str, Any]) -> dict[str, Any]:
     if opts.get("prompt", "box") not in ("box", "box+point"):
         raise ValueError(f"prompt must be 'box' or 'box+point', got {opts['prompt']!r}.")
     if opts["tile"]:
-        opts["tile"] = int(opts["tile"])
-        opts["tile_overlap"] = opts["tile"] // 4 if opts["tile_overlap"] is None else int(opts["tile_overlap"])
-        tile_boxes((opts["tile"], opts["tile"]), opts["tile"], opts["tile_overlap"])  # checks both
+        opts["tile"], opts["tile_overlap"] = tile_settings(opts["tile"], opts["tile_overlap"])
     return opts
 
 
@@ -209,7 +207,7 @@ def _iter_frame(
     hw = rgb.shape[:2]
     if not tile or max(hw) <= tile:
         return (yield from _iter_tile(pred, rgb, key, sampler, det, opts))
-    boxes = tile_boxes(hw, int(tile), int(opts["tile_overlap"]))
+    boxes = tile_boxes(hw, tile, opts["tile_overlap"])
     objects: list[ObjectMask] = []
     for k, (r0, c0, r1, c1) in enumerate(boxes):
         sub = np.ascontiguousarray(rgb[r0:r1, c0:c1])

@@ -22,7 +22,22 @@ import numpy as np
 
 from .predictor import ObjectMask
 
-__all__ = ["place_tile_objects", "tile_boxes"]
+__all__ = ["place_tile_objects", "tile_boxes", "tile_settings"]
+
+
+def tile_settings(tile: int, overlap: int | None = None) -> tuple[int, int]:
+    """``(tile, overlap)`` as ints, the overlap defaulting to a quarter tile.
+
+    Raises:
+        ValueError: ``tile`` under 64 pixels, or ``overlap`` not in ``0 .. tile // 2``.
+    """
+    tile = int(tile)
+    overlap = tile // 4 if overlap is None else int(overlap)
+    if tile < 64:
+        raise ValueError(f"tile must be at least 64 pixels, got {tile}.")
+    if not 0 <= overlap <= tile // 2:
+        raise ValueError(f"tile overlap must be between 0 and half the tile ({tile // 2}), got {overlap}.")
+    return tile, overlap
 
 
 def _starts(n: int, tile: int, overlap: int) -> list[int]:
@@ -36,12 +51,9 @@ def tile_boxes(hw: Sequence[int], tile: int, overlap: int) -> list[tuple[int, in
     """``(row0, col0, row1, col1)`` of tiles covering an ``(H, W)`` frame, row by row.
 
     Raises:
-        ValueError: ``tile`` under 64 pixels, or ``overlap`` not in ``0 .. tile // 2``.
+        ValueError: as :func:`tile_settings`.
     """
-    if tile < 64:
-        raise ValueError(f"tile must be at least 64 pixels, got {tile}.")
-    if not 0 <= overlap <= tile // 2:
-        raise ValueError(f"tile overlap must be between 0 and half the tile ({tile // 2}), got {overlap}.")
+    tile, overlap = tile_settings(tile, overlap)
     h, w = int(hw[0]), int(hw[1])
     return [(r, c, min(r + tile, h), min(c + tile, w)) for r in _starts(h, tile, overlap) for c in _starts(w, tile, overlap)]
 

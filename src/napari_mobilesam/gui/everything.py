@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, Label, PushButton, SpinBox
 
+from ..engine.tiles import tile_settings
 from .jobs import worker_predictor
 from .writer import write_frames
 
@@ -82,9 +83,10 @@ class EverythingSection:
         """Engine options (``iter_segment_everything`` keywords) from the controls."""
         opts = {"min_score": float(self.min_score.value)}
         if self.tile.value:
-            if self.tile.value < 64:
-                raise ValueError(f"tile {self.tile.value} px is too small: use 0 (off) or at least 64, e.g. 1024.")
-            opts["tile"] = int(self.tile.value)
+            try:
+                opts["tile"], _ = tile_settings(self.tile.value)
+            except ValueError as err:
+                raise ValueError(f"{err} Use 0 (off) or a tile such as 1024.") from None
         if self.sampler.value == "blobs":
             opts["polarity"] = self.polarity.value
             if self.diameter.value > 0:
