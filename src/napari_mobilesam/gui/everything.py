@@ -9,7 +9,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, Label, PushButton, SpinBox
 
 from ..engine.tiles import tile_settings
-from .jobs import worker_predictor
+from .jobs import built, worker_predictor
 from .writer import write_frames
 
 if TYPE_CHECKING:
@@ -111,9 +111,7 @@ class EverythingSection:
         existing = labels.data
 
         def gen():
-            model = w.model_step()
-            sam = (yield from model) if not hasattr(model, "image_encoder") else model
-            pred = worker_predictor(sam, w.cache)
+            pred = worker_predictor((yield from built(w.model_step())), w.cache)
             return (yield from iter_segment_everything(
                 data, pred, sampler=sampler, detector=detector, rgb=image.rgb, frames=None if every else [cur],
                 labels=existing, overwrite=w.overwrite.value, **opts,

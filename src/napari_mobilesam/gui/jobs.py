@@ -21,7 +21,9 @@ from .._progress import relay
 from ..model.weights import REGISTRY, iter_fetch
 from .prompts import ObjectPrompt
 
-__all__ = ["FrameDone", "FrameReady", "ModelReady", "Progress", "decode_objects", "load_model", "segment_frames", "worker_predictor"]
+__all__ = [
+    "FrameDone", "FrameReady", "ModelReady", "Progress", "built", "decode_objects", "load_model", "segment_frames", "worker_predictor",
+]
 
 Frame = tuple[int, ...]
 
@@ -70,6 +72,12 @@ def load_model(source: str | Path, device: str) -> Generator[Progress | ModelRea
     return sam
 
 
+def built(model: Sam | Generator) -> Generator[Progress | ModelReady, None, Sam]:
+    """The model of the widget's ``model_step()`` inside a job: as it is, or built by running its
+    generator (download, load, store check), whose messages pass through."""
+    return (yield from model) if isinstance(model, Generator) else model
+
+
 def worker_predictor(sam: Sam, cache: EmbeddingCache) -> Predictor:
     """A predictor for a worker thread that shares the widget's embedding cache (thread-safe LRU)."""
     pred = Predictor(sam)
@@ -102,8 +110,7 @@ def segment_frames(
 
     ``model`` is a built ``Sam`` or a :func:`load_model` generator. Returns the frames done.
     """
-    sam = (yield from model) if isinstance(model, Generator) else model
-    pred = worker_predictor(sam, cache)
+    pred = worker_predictor((yield from built(model)), cache)
     n = len(work)
     for k, (f, objects) in enumerate(work):
         where = f" {f}" if f else ""

@@ -10,7 +10,7 @@ from magicgui.widgets import ComboBox, FloatSpinBox, PushButton
 from .._progress import relay
 from ..engine.propagate import PropagationStep, iter_propagate
 from . import layers as L
-from .jobs import worker_predictor
+from .jobs import built, worker_predictor
 from .writer import frame_view, write_frames
 
 if TYPE_CHECKING:
@@ -92,9 +92,7 @@ class PropagateSection:
             return tuple(f)
 
         def gen():
-            model = w.model_step()
-            sam = (yield from model) if not hasattr(model, "image_encoder") else model
-            pred = worker_predictor(sam, w.cache)  # embeddings cached: computed once for all objects
+            pred = worker_predictor((yield from built(w.model_step())), w.cache)  # embeddings cached: computed once for all objects
             for lid, mask in starts.items():
                 yield from relay(iter_propagate(
                     pred, lambda i: read(frame_at(i)), geo.lead_shape[ax], cur[ax], mask, key=lambda i: key(frame_at(i)),

@@ -23,7 +23,7 @@ from napari.layers import Image
 from ..engine.embeddings import Embedding, EmbeddingCache
 from ..engine.store import EmbeddingStore, image_fingerprint, model_fingerprint
 from . import layers as L
-from .jobs import Progress
+from .jobs import Progress, built
 
 __all__ = ["StoreLink", "StoreUse", "store_path", "store_preprocess", "tag_of"]
 
@@ -112,7 +112,7 @@ class StoreUse:
         return self._link_store(model, path, image)
 
     def _link_store(self, model, path: Path, image: Image):
-        sam = (yield from model) if not hasattr(model, "image_encoder") else model
+        sam = yield from built(model)
         yield Progress(0, 0, f"checking embeddings {path.name}")
         link = StoreLink(path, sam, image, self._store_prep(path))  # raises with the fix for another model or image
         link.attach(self.cache)
