@@ -95,15 +95,16 @@ def _preprocess(args: argparse.Namespace, source) -> dict:
         raise InputError(f"{source.path}: {err}") from None
 
 
-def _checked_store(args: argparse.Namespace, run: Callable, source, path: str | None) -> str | None:
-    """Validate ``--embeddings`` against the model (where it runs) and the image; returns its absolute path."""
+def _checked_store(args: argparse.Namespace, run: Callable, source, path: str | None, prep: dict) -> str | None:
+    """Validate ``--embeddings`` against the model (where it runs) and the image as pre-processed
+    with ``prep`` (from ``_preprocess``); returns its absolute path."""
     if not path:
         return None
     from .engine.jobs import ModelHashJob
     from .engine.store import EmbeddingStore, image_fingerprint
 
     ((_, model_hash),) = list(run(ModelHashJob(), [(source, 0, None)]))
-    store = EmbeddingStore.open(path, model_hash, image_fingerprint(source, _preprocess(args, source)), mode="r")
+    store = EmbeddingStore.open(path, model_hash, image_fingerprint(source, prep), mode="r")
     _say(args, f"reusing {store.done_count}/{store.n_frames} embeddings from {path}")
     return str(Path(path).resolve())
 
@@ -167,7 +168,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             writer.write(t, np.zeros(source.hw, np.uint32))
     todo = writer.todo()
     with _runner(args, spec) as run:
-        job = SegmentJob(store=_checked_store(args, run, source, args.embeddings), multimask=args.multimask, preprocess=prep)
+        job = SegmentJob(store=_checked_store(args, run, source, args.embeddings, prep), multimask=args.multimask, preprocess=prep)
         with _bar(args, len(todo), "segment") as bar:
             for (_, t, _), labels in run(job, [(source, t, prompts[t]) for t in todo]):
                 writer.write(t, labels)
@@ -231,7 +232,8 @@ def cmd_everything(args: argparse.Namespace) -> int:
     sources, writers = [], {}
     for path, out in pairs:
         source = with_channel_axis(open_image(path), args.channel_axis)
-        options.update(_preprocess(args, source))  # iter_segment_everything takes channels / contrast_limits
+        prep = _preprocess(args, source)
+        options.update(prep)  # iter_segment_everything takes channels / contrast_limits
         signature = {"command": "everything", "image": image_fingerprint(source), "sampler": sampler, "options": options,
                      "weights": args.weights, "detector": _file_hash(args.detector)}
         writers[source.path] = LabelWriter(out, source.leading_shape, source.hw, signature, overwrite=args.overwrite)
@@ -241,7 +243,7 @@ def cmd_everything(args: argparse.Namespace) -> int:
     if done_before:
         _say(args, f"resuming: {done_before} frames already finished")
     with _runner(args, spec) as run:
-        job = EverythingJob(sampler, options, _checked_store(args, run, sources[0], args.embeddings))
+        job = EverythingJob(sampler, options, _checked_store(args, run, sources[0], args.embeddings, prep))  # one image
         with _bar(args, len(tasks), "everything") as bar:
             for (source, t, _), labels in run(job, tasks):
                 writer = writers[source.path]

@@ -6,9 +6,8 @@ checks it, so a store of another image or model is refused with a message that s
 A path that does not exist yet becomes a new store, filled with every frame the widget embeds, for
 the next session or for ``mobilesam segment/everything --embeddings``. The model sees the image as
 the store's frames were made (``--channels`` / ``--contrast`` of ``mobilesam embed``, else
-automatic contrast), so stored and newly computed frames agree. While a store is in use the model sees the image as
-``mobilesam embed`` saw it (automatic contrast), not through the layer's contrast limits, so frames
-read from the store and frames computed here agree.
+automatic contrast), not through the layer's contrast limits, so stored and newly computed frames
+agree.
 """
 
 from __future__ import annotations
