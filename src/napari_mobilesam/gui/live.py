@@ -1,17 +1,16 @@
 """Live mode: a click or a finished rectangle updates that object's mask at once.
 
 The GUI thread only collects the prompts that changed and, when the decoder returns, writes their
-masks (one undoable step). The decoder itself runs in a napari worker on the model thread
-(``threads.py``; while a job runs, between two of its steps), so the viewer stays responsive. A
-frame's embedding (and the decoder's per-frame state) is computed once in a background job and
-cached. At most one decode is in flight: prompts changed meanwhile
-are decoded when it returns, and a result whose prompt changed or vanished meanwhile is dropped.
+masks (one undoable step). The decoder itself runs on the model thread (``threads.py``: at once,
+or between two steps of a running job), so the viewer stays responsive. A frame's embedding (and
+the decoder's per-frame state) is computed once in a background job and cached. At most one decode
+is in flight: prompts changed meanwhile are decoded when it returns, and a result whose prompt
+changed or vanished meanwhile is dropped.
 Objects whose prompt did not change are skipped, and deleting a prompt removes its mask.
 """
 
 from __future__ import annotations
 
-from napari.qt.threading import create_worker
 from napari.utils.events import Event
 from qtpy.QtCore import QObject, Signal
 
@@ -33,10 +32,11 @@ class LiveMode:
     """Mixin for :class:`~napari_mobilesam.gui.widget.MobileSAMWidget` (uses its layers, model and jobs)."""
 
     live_threaded = True  # decode in a worker; False: on the GUI thread (the benchmarks' baseline)
-    _live_worker = None  # the decode in flight, if any
+    _live_worker = None  # the decode in flight (queued for the model thread), if any
     _live_again = False  # prompts changed while decoding: update again when it returns
     _prompt_gen = 0  # bumped on every prompt change; a result decoded for an older one is checked
     _embedding = None  # frame key being embedded between a job's steps (the latest frame moved to)
+    _relay: _Relay | None = None
 
     @property
     def live_pending(self) -> bool:
@@ -91,8 +91,10 @@ class LiveMode:
             return
         frame, key, kw = self._frame_reader(image)
         k = key(cur)
-        if self.sam is None or k not in self.cache or self.model_step() is not self.sam:
-            if self.busy and self.sam is not None and self.model_step() is self.sam:
+        step = self.model_step()
+        model_ready = self.sam is not None and step is self.sam
+        if not model_ready or k not in self.cache:
+            if self.busy and model_ready:
                 self._embed_urgently(frame, k, cur, kw)  # between two steps of the running job
                 return
             if self.busy:  # a job (maybe loading the model) runs: update when it ends
@@ -104,7 +106,7 @@ class LiveMode:
                 if isinstance(msg, FrameReady):
                     self._remember_decoder(msg.key, msg.decoder)
 
-            self.run_job(segment_frames(self.model_step(), self.cache, frame, key, [(cur, [])], kw), keep_decoder,
+            self.run_job(segment_frames(step, self.cache, frame, key, [(cur, [])], kw), keep_decoder,
                          on_finish=lambda: self.sam is not None and k in self.cache and self.live_update(),
                          title="Live")
             return
@@ -118,7 +120,7 @@ class LiveMode:
 
     def _relay_to_gui(self) -> _Relay:
         """Carries calls from the model thread to the GUI thread."""
-        if getattr(self, "_relay", None) is None:
+        if self._relay is None:
             self._relay = _Relay()
             self._relay.result.connect(lambda call: call())
         return self._relay
@@ -169,20 +171,16 @@ class LiveMode:
         if not self.live_threaded:
             self._decoded(decode(), ticket, cur, k, changed, gone)
             return
-        if self.busy:  # a job holds the model thread: it decodes this between two of its steps
-            relay = self._relay_to_gui()
-            self._live_worker = "urgent"
+        relay = self._relay_to_gui()
 
-            def urgent() -> None:
-                result = decode()
-                relay.result.emit(lambda: self._decoded(result, ticket, cur, k, changed, gone))
+        def on_model_thread() -> None:
+            result = decode()
+            relay.result.emit(lambda: self._decoded(result, ticket, cur, k, changed, gone))
 
-            threads.submit_urgent(urgent)
-            return
-        worker = create_worker(decode, _start_thread=False)
-        worker.returned.connect(lambda result: self._decoded(result, ticket, cur, k, changed, gone))
-        self._live_worker = worker
-        threads.start(worker)  # after any running job: one thread runs the model (threads.py)
+        self._live_worker = on_model_thread
+        threads.submit_urgent(on_model_thread)  # a running job decodes it between two of its steps
+        if not self.busy:
+            threads.drain()  # else the model thread is free: now
 
     def _decoded(self, result, ticket: tuple, cur, k, changed: list, gone: list) -> None:
         """GUI thread: write a live decode's masks, unless their prompts changed meanwhile."""
