@@ -65,9 +65,16 @@ class LiveMode:
                     f.loc[rows, "label"] = want
                     layer.refresh_colors(update_color_mapping=False)
         if action in ("added", "changed", "removed"):
-            self._prompt_gen += 1
-            if self.live.value:
-                self.live_update()
+            self.prompts_changed()
+
+    def prompts_changed(self, hint: str = "") -> None:
+        """A prompt (or a feature of one: sign, mask choice) changed: live mode updates at once,
+        otherwise ``hint`` goes to the status line."""
+        self._prompt_gen += 1
+        if self.live.value:
+            self.live_update()
+        elif hint:
+            self.status.value = hint
 
     def prepare_live(self) -> None:
         """Compute the viewed frame's embedding in the background (if needed), then update."""

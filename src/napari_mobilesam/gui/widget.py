@@ -257,11 +257,7 @@ class MobileSAMWidget(LiveMode, StoreUse, JobHost):
         loose = [r for r in rows if "object" not in f or int(f.at[r, "object"]) <= 0]
         f.loc[loose, ["label_id", "mask"]] = 0
         pts.refresh_colors(update_color_mapping=False)
-        self._prompt_gen += 1
-        if self.live.value:
-            self.live_update()
-        else:
-            self.status.value = f"Flipped {len(rows)} point(s) between positive and negative: press Segment."
+        self.prompts_changed(f"Flipped {len(rows)} point(s) between positive and negative: press Segment.")
 
     def _sync_mask_choice(self, event: Event | None = None) -> None:
         """Show the mask choice of the selected prompt."""
@@ -283,11 +279,7 @@ class MobileSAMWidget(LiveMode, StoreUse, JobHost):
                 layer.features.loc[rows, "mask"] = int(value)
                 changed = True
         if changed:
-            self._prompt_gen += 1
-        if changed and self.live.value:
-            self.live_update()
-        elif changed:
-            self.status.value = "Mask choice set for the selection: press Segment."
+            self.prompts_changed("Mask choice set for the selection: press Segment.")
         else:
             self.status.value = "Select a point or box (select mode, S) to choose its mask."
 
