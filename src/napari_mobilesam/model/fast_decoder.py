@@ -58,6 +58,24 @@ def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
     return x.view(b, n, h, c // h).transpose(1, 2)
 
 
+def _heads_first(lin: torch.nn.Linear, x: torch.Tensor, h: int) -> torch.Tensor:
+    """Project B x T x C tokens and lay the heads first: h x BT x d."""
+    b, t, _ = x.shape
+    return lin(x).view(b, t, h, -1).permute(2, 0, 1, 3).reshape(h, b * t, -1)
+
+
+def _fold_queries(attn: Attention, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The query projection folded into the token keys, so that image tokens need no projection:
+    ``scores = m @ imageᵀ + m_bias`` with ``(m B x hT x C, m_bias B x hT x 1)``."""
+    h = attn.num_heads
+    b, t, _ = k.shape
+    d = attn.internal_dim // h
+    kh = _heads(attn.k_proj(k), h)  # B x h x T x d
+    m = torch.einsum("bhtd,hdc->bhtc", kh, attn.q_proj.weight.view(h, d, -1)).reshape(b, h * t, -1)
+    m_bias = torch.einsum("bhtd,hd->bht", kh, attn.q_proj.bias.view(h, d)).reshape(b, h * t, 1)
+    return m, m_bias
+
+
 def _token_self_attention(attn: Attention, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Self-attention among the few prompt tokens (cheap; same as the stock module)."""
     return attn(q=q, k=q, v=v)
@@ -71,17 +89,14 @@ def _tokens_to_image(attn: Attention, q: torch.Tensor, k_in: torch.Tensor, v_in:
     h = attn.num_heads
     b, t, _ = q.shape
     d = attn.internal_dim // h
-    qh = _heads(attn.q_proj(q), h)  # B x h x T x d
-    wk = attn.k_proj.weight.view(h, d, -1)  # h x d x C
-    q_back = torch.einsum("bhtd,hdc->bhtc", qh, wk)  # B x h x T x C
-    q_bias = torch.einsum("bhtd,hd->bht", qh, attn.k_proj.bias.view(h, d))
+    q_back, q_bias = _t2i_prepare(attn, q)  # B x hT x C, B x hT
     scale = 1.0 / math.sqrt(d)
     if k_in.shape[0] == 1:
         scores = (q_back.reshape(-1, q_back.shape[-1]) @ k_in[0].T).view(b, h, t, -1)
     else:
-        scores = q_back.reshape(b, h * t, -1) @ k_in.transpose(1, 2)
+        scores = q_back @ k_in.transpose(1, 2)
         scores = scores.view(b, h, t, -1)
-    scores = (scores + q_bias[..., None]) * scale
+    scores = (scores + q_bias.view(b, h, t, 1)) * scale
     probs = torch.softmax(scores, dim=-1)  # B x h x T x N
     if v_in.shape[0] == 1:
         mixed = (probs.reshape(-1, probs.shape[-1]) @ v_in[0]).view(b, h, t, -1)
@@ -127,10 +142,7 @@ def _image_to_tokens(
     h = attn.num_heads
     b, t, _ = k.shape
     d = attn.internal_dim // h
-    kh = _heads(attn.k_proj(k), h)  # B x h x T x d
-    wq = attn.q_proj.weight.view(h, d, -1)
-    m = torch.einsum("bhtd,hdc->bhtc", kh, wq).reshape(b, h * t, -1)  # B x hT x C
-    m_bias = torch.einsum("bhtd,hd->bht", kh, attn.q_proj.bias.view(h, d)).reshape(b, h * t, 1)
+    m, m_bias = _fold_queries(attn, k)  # B x hT x C, B x hT x 1
     if q_in.shape[0] == 1:
         scores = (m.reshape(b * h * t, -1) @ q_in[0].T).view(b, h * t, -1)
     else:
@@ -147,7 +159,7 @@ def _image_to_tokens_pre(
     h = attn.num_heads
     b, t, _ = k.shape
     d = attn.internal_dim // h
-    kh = attn.k_proj(k).view(b, t, h, d).permute(2, 0, 1, 3).reshape(h, b * t, d)
+    kh = _heads_first(attn.k_proj, k, h)
     scores = (kh @ q_img.transpose(1, 2)) * (1.0 / math.sqrt(d))  # h x BT x N
     probs = torch.softmax(scores.view(h, b, t, -1), dim=2).transpose(0, 1).reshape(b, h * t, -1)
     return _mix_tokens(attn, probs, v, residual, inplace)
@@ -184,7 +196,7 @@ def _tokens_to_image_pre(attn: Attention, q: torch.Tensor, k_img: torch.Tensor, 
     h = attn.num_heads
     b, t, _ = q.shape
     d = attn.internal_dim // h
-    qh = attn.q_proj(q).view(b, t, h, d).permute(2, 0, 1, 3).reshape(h, b * t, d)
+    qh = _heads_first(attn.q_proj, q, h)
     probs = torch.softmax((qh @ k_img.transpose(1, 2)) * (1.0 / math.sqrt(d)), dim=-1)  # h x BT x N
     out = (probs @ v_img).view(h, b, t, d).permute(1, 2, 0, 3).reshape(b, t, h * d)
     return attn.out_proj(out)
@@ -350,11 +362,9 @@ class FrameDecoder:
         n, c = residual.shape[1:]
         scale = 1.0 / math.sqrt(d)
         if q_img is not None:
-            kh = i2t.k_proj(k_tok).view(b, t, h, d).permute(2, 0, 1, 3).reshape(h, b * t, d)
+            kh = _heads_first(i2t.k_proj, k_tok, h)
         else:
-            khb = _heads(i2t.k_proj(k_tok), h)
-            m = torch.einsum("bhtd,hdc->bhtc", khb, i2t.q_proj.weight.view(h, d, -1)).reshape(b, h * t, c)
-            m_bias = torch.einsum("bhtd,hd->bht", khb, i2t.q_proj.bias.view(h, d)).reshape(b, h * t, 1)
+            m, m_bias = _fold_queries(i2t, k_tok)
         vw = _values_out(i2t, v_tok)  # B x hT x C
         shared = residual is self._shared[0] or residual.shape[0] != b
         out = _scratch((b, n, c), residual) if shared else residual
