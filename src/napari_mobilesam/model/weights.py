@@ -13,6 +13,7 @@ and how to pass it (``--weights PATH``, a path argument, or the environment vari
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import shutil
@@ -35,7 +36,9 @@ __all__ = [
     "cache_dir",
     "download_weights",
     "env_var_for",
+    "git_blob_id",
     "iter_fetch",
+    "registry_names",
     "resolve_weights",
 ]
 
@@ -48,13 +51,23 @@ class WeightsUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class WeightsSpec:
-    """One registry entry. ``known_hash`` uses pooch's ``alg:hex`` form."""
+    """One registry entry.
+
+    ``known_hash`` uses pooch's ``alg:hex`` form, or ``gitblob:hex``: a git blob id (SHA-1 of
+    ``b"blob %d\\0" % size`` + the file), which is what a GitHub repository records for a file.
+    ``kind``: "model" (a whole SAM), "encoder" (an image encoder that needs ``decoder=``) or
+    "decoder" (a prompt encoder + mask decoder, for ``decoder=``). ``urls`` may be empty for files
+    only available by hand (``page`` says where); they are then found in the cache or through the
+    environment variable.
+    """
 
     name: str
     filename: str
     urls: tuple[str, ...]
     known_hash: str | None
     description: str
+    kind: str = "model"
+    page: str | None = None
 
 
 REGISTRY: dict[str, WeightsSpec] = {
@@ -75,7 +88,50 @@ REGISTRY: dict[str, WeightsSpec] = {
         known_hash="xxh128:72ec5074774761a6e5c05a08942f981e",
         description="MobileSAM fine-tuned for light microscopy by micro-sam.",
     ),
+    "sam_vit_b": WeightsSpec(
+        name="sam_vit_b",
+        filename="sam_vit_b_01ec64.pth",
+        urls=("https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",),
+        known_hash="md5:01ec64d29a2fca3f0661936605ae66f8",
+        description="SAM ViT-B (Meta, 91M-param encoder, 375 MB), Apache-2.0.",
+    ),
+    "sam_vit_l": WeightsSpec(
+        name="sam_vit_l",
+        filename="sam_vit_l_0b3195.pth",
+        urls=("https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",),
+        known_hash="md5:0b3195507c641ddb6910d2bb5adee89c",
+        description="SAM ViT-L (Meta, 308M-param encoder, 1.25 GB), Apache-2.0.",
+    ),
+    "sam_vit_h": WeightsSpec(
+        name="sam_vit_h",
+        filename="sam_vit_h_4b8939.pth",
+        urls=("https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",),
+        known_hash="md5:4b8939a88964f0f4ff5f5b2642c598a6",
+        description="SAM ViT-H (Meta, 632M-param encoder, 2.6 GB; MobileSAM's teacher), Apache-2.0.",
+    ),
+    "efficientvit_l2": WeightsSpec(
+        name="efficientvit_l2",
+        filename="l2.pt",
+        urls=(),
+        known_hash=None,
+        description="MobileSAMv2's EfficientViT-L2 encoder (l2.pt; needs decoder='mobilesamv2'), Apache-2.0.",
+        kind="encoder",
+        page="the Google Drive folder linked from https://github.com/ChaoningZhang/MobileSAM/tree/master/MobileSAMv2",
+    ),
+    "mobilesamv2": WeightsSpec(
+        name="mobilesamv2",
+        filename="Prompt_guided_Mask_Decoder.pt",
+        urls=("https://github.com/ChaoningZhang/MobileSAM/raw/master/MobileSAMv2/PromptGuidedDecoder/Prompt_guided_Mask_Decoder.pt",),
+        known_hash="gitblob:c13b15a3a4496dbcba5f4f0d3e8453f41d818420",
+        description="MobileSAMv2's prompt-guided mask decoder (for decoder=), Apache-2.0.",
+        kind="decoder",
+    ),
 }
+
+
+def registry_names(*kinds: str) -> list[str]:
+    """Registry names of the given kinds ("model", "encoder", "decoder"), in registry order."""
+    return [n for n, s in REGISTRY.items() if s.kind in kinds]
 
 
 def cache_dir() -> Path:
@@ -101,9 +157,10 @@ def _spec(name: str) -> WeightsSpec:
 
 def _unavailable(spec: WeightsSpec, reason: str) -> WeightsUnavailableError:
     target = cache_dir() / spec.filename
+    where = spec.urls[0] if spec.urls else f"{spec.filename} from {spec.page}"
     return WeightsUnavailableError(
         f"Could not get the {spec.name!r} weights: {reason}\n"
-        f"Download {spec.urls[0]} on a machine with internet access, then either\n"
+        f"Download {where} on a machine with internet access, then either\n"
         f"  - put it at {target}, or\n"
         f"  - pass its path (`--weights PATH` on the command line, the model's file picker in napari,\n"
         f"    or build_mobilesam('PATH') in Python), or\n"
@@ -129,6 +186,12 @@ def iter_fetch(name: str, progress: bool = False) -> Generator[tuple[int, int], 
     target = folder / spec.filename
     if target.is_file() and _hash_ok(target, spec.known_hash):
         return target
+    if not spec.urls:
+        raise _unavailable(spec, "it has no direct download link.")
+    git_blob = spec.known_hash is not None and spec.known_hash.startswith("gitblob:")
+    pooch_hash = None if git_blob else spec.known_hash
+    if git_blob and target.is_file():  # a stale or damaged copy: pooch would keep it when given no hash
+        target.unlink()
     errors = []
     for url in spec.urls:
         events: queue.Queue = queue.Queue()
@@ -138,9 +201,11 @@ def iter_fetch(name: str, progress: bool = False) -> Generator[tuple[int, int], 
 
         def run(url: str = url, downloader=downloader, result: dict = result) -> None:
             try:
-                result["path"] = pooch.retrieve(
-                    url, known_hash=spec.known_hash, fname=spec.filename, path=folder, downloader=downloader
-                )
+                got = pooch.retrieve(url, known_hash=pooch_hash, fname=spec.filename, path=folder, downloader=downloader)
+                if git_blob and (found := git_blob_id(got)) != spec.known_hash[8:]:
+                    Path(got).unlink()
+                    raise ValueError(f"the download's git blob id is {found}, expected {spec.known_hash[8:]}")
+                result["path"] = got
             except Exception as err:  # network/HTTP errors, hash mismatch: reported, next mirror tried
                 result["error"] = err
             finally:
@@ -158,10 +223,21 @@ def iter_fetch(name: str, progress: bool = False) -> Generator[tuple[int, int], 
     raise _unavailable(spec, "every download failed (offline, or the file changed).\n  " + "\n  ".join(errors))
 
 
+def git_blob_id(path: str | os.PathLike) -> str:
+    """The id git gives the file's contents: SHA-1 of ``b"blob <size>\\0"`` followed by the bytes."""
+    h = hashlib.sha1(b"blob %d\0" % os.path.getsize(path))
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _hash_ok(path: Path, known_hash: str | None) -> bool:
     if known_hash is None:
         return True
     alg, value = known_hash.split(":")
+    if alg == "gitblob":
+        return git_blob_id(path) == value
     return pooch.file_hash(str(path), alg) == value
 
 
