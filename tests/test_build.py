@@ -99,3 +99,59 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+# ------------------------------------------------------------------ micro-sam, damaged and unsafe files
+@pytest.mark.parametrize("prefix", ["sam.", "module.sam."])
+def test_micro_sam_training_checkpoint_loads_its_sam_part(tmp_path, state, prefix):
+    """micro-sam's trainer saves model_state (keys sam.* or, under DDP, module.sam.*) beside decoder_state and optimizer state."""
+    path = tmp_path / "best.pt"
+    decoder_state = {"base.0.weight": torch.randn(4, 4), "out_conv.bias": torch.randn(2)}
+    optimizer_state = {"state": {0: {"step": torch.tensor(10.0), "exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 1e-5, "params": [0]}]}
+    torch.save({"model_state": {prefix + k: v for k, v in state.items()}, "decoder_state": decoder_state,
+                "optimizer_state": optimizer_state, "scheduler_state": {"last_epoch": 3}, "epoch": 3,
+                "best_metric": 0.25, "init_data": {"model_type": "vit_t", "name": "lm"}}, path)
+    with pytest.warns(UserWarning, match=r"decoder_state \(micro-sam's instance-segmentation decoder\) is not") as record:
+        sam = build_mobilesam(path)
+    assert len(record) == 1 and "\n" not in str(record[0].message)
+    for key, value in sam.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_micro_sam_checkpoint_with_python_objects_is_refused(tmp_path, state):
+    """weights_only=True holds whatever else the file carries; the message does not advise turning it off."""
+    import pathlib
+
+    path = tmp_path / "with_path.pt"
+    torch.save({"model_state": {"sam." + k: v for k, v in state.items()}, "decoder_state": {},
+                "save_dir": pathlib.PurePosixPath("/data/checkpoints")}, path)
+    with pytest.raises(CheckpointError) as info:
+        build_mobilesam(path)
+    msg = str(info.value)
+    assert str(path) in msg and "pathlib.PurePosixPath" in msg and "could run code" in msg
+    assert "weights_only" not in msg and "False" not in msg and "add_safe_globals" not in msg
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(tmp_path, state, bad):
+    broken = dict(state)
+    broken["mask_decoder.iou_token.weight"] = state["mask_decoder.iou_token.weight"].clone()
+    broken["mask_decoder.iou_token.weight"][0, 3] = bad
+    path = tmp_path / "diverged.pt"
+    torch.save(broken, path)
+    with pytest.raises(CheckpointError, match=r"not finite numbers \(NaN or infinity\) in 1 of \d+ tensors: mask_decoder.iou_token.weight"):
+        build_mobilesam(path)
+
+
+def test_all_nan_checkpoint_is_refused(tmp_path, state):
+    path = tmp_path / "nan.pt"
+    torch.save({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}, path)
+    with pytest.raises(CheckpointError, match="not finite numbers"):
+        build_mobilesam(path)
+
+
+def test_encoder_only_checkpoint_needs_a_decoder(tmp_path, state):
+    path = tmp_path / "encoder_only.pt"
+    torch.save({k: v for k, v in state.items() if k.startswith("image_encoder.")}, path)
+    with pytest.raises(CheckpointError, match=r"only an image encoder \(MobileSAM TinyViT-5M\).*decoder='mobilesamv2'.*--decoder"):
+        build_mobilesam(path)

@@ -1,23 +1,66 @@
-"""Build a segment-anything ``Sam`` with the TinyViT encoder and load a MobileSAM checkpoint strictly."""
+"""Build a segment-anything ``Sam`` from a checkpoint, recognised by its keys, and load it strictly.
+
+Image encoders (``image_encoder.*`` keys):
+
+- MobileSAM's TinyViT-5M (``mobile_sam.pt``, micro-sam's ``vit_t`` models, ``mobilesam distill`` exports);
+- SAM ViT-B/L/H (``sam_vit_*.pth``), built with segment-anything's own builders;
+- MobileSAMv2's EfficientViT-L2 (``l2.pt``: ``{'state_dict': {image_encoder.*}}``), which holds no
+  prompt encoder or mask decoder and so needs ``decoder=``.
+
+``decoder=`` replaces the prompt encoder and mask decoder with MobileSAMv2's prompt-guided decoder
+(``Prompt_guided_Mask_Decoder.pt``: ``{'PromtEncoder': state_dict, 'MaskDecoder': state_dict}``,
+SAM's shapes) or any file in that layout.
+
+Every file is read with ``torch.load(weights_only=True)``; wrappers (``model_state``, ``state_dict``,
+DDP's ``module.``, micro-sam's ``sam.``) are unwrapped, the weights must be finite, and the load is
+strict: a missing, unexpected or misshapen key is an error that names it.
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from .efficient_vit import EfficientViTL2Encoder, is_efficientvit_state
 from .tiny_vit import TinyViT
 from .weights import resolve_weights
 
-__all__ = ["CheckpointError", "build_mobilesam", "load_checkpoint", "mobilesam_architecture", "resolve_device"]
+__all__ = [
+    "CheckpointError",
+    "build_mobilesam",
+    "encoder_kind",
+    "load_checkpoint",
+    "load_decoder",
+    "mobilesam_architecture",
+    "resolve_device",
+]
 
 # Keys of the original TinyViT classifier, present in the official checkpoint, unused by SAM.
 CLASSIFIER_PREFIXES = ("image_encoder.head.", "image_encoder.norm_head.")
 # Wrappers seen around state dicts (training checkpoints, micro-sam exports).
 WRAPPER_KEYS = ("model_state", "model_state_dict", "state_dict", "model")
+HEAD_PREFIXES = ("prompt_encoder.", "mask_decoder.")
+# MobileSAMv2's decoder file (its spelling 'PromtEncoder'; the correct one is accepted too)
+DECODER_PARTS = {"PromtEncoder": "prompt_encoder.", "PromptEncoder": "prompt_encoder.", "MaskDecoder": "mask_decoder."}
+SAM_VIT_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+ENCODER_NAMES = {
+    "tiny_vit": "MobileSAM TinyViT-5M",
+    "vit_b": "SAM ViT-B",
+    "vit_l": "SAM ViT-L",
+    "vit_h": "SAM ViT-H",
+    "efficientvit_l2": "MobileSAMv2 EfficientViT-L2",
+}
+DECODER_FIX = (
+    "pass decoder='mobilesamv2' (MobileSAMv2's Prompt_guided_Mask_Decoder.pt, downloaded and verified) or "
+    "decoder=PATH; on the command line --decoder, in napari the 'decoder' choice"
+)
 
 
 class CheckpointError(ValueError):
@@ -63,16 +106,43 @@ def mobilesam_architecture(encoder: torch.nn.Module | None = None) -> Sam:
     )
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict (plain, or wrapped under a key such as ``model_state``) with ``weights_only=True``."""
-    path = Path(path)
+def _read(path: Path) -> object:
+    """``torch.load(weights_only=True)`` with an error that names the file and the fix."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # PyTorch's message advises weights_only=False, i.e. running the file's code: not passed on
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"{path} holds Python objects besides tensors{what}. They are not loaded, because unpickling them could "
+            "run code from the file. Use the official file, or save the weights alone: torch.save(model.state_dict(), path)."
+        ) from None
     except Exception as err:
         raise CheckpointError(
             f"Could not read checkpoint {path}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}\n"
             "The file may be truncated or not a PyTorch state dict; download it again or pick another file."
         ) from err
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict with ``weights_only=True``: plain, or wrapped (``model_state``, ``state_dict`` ...).
+
+    DDP's ``module.`` and micro-sam's ``sam.`` key prefixes are removed; of a micro-sam training
+    checkpoint (``model_state`` beside ``decoder_state`` and optimizer state) only the SAM part is
+    kept, with a one-line warning that ``decoder_state`` is not used.
+    """
+    path = Path(path)
+    obj = _read(path)
+    if isinstance(obj, Mapping) and any(k in obj for k in DECODER_PARTS):
+        raise CheckpointError(f"{path} is a MobileSAMv2 decoder file (PromtEncoder / MaskDecoder), not a model: pass it as decoder=.")
+    if isinstance(obj, Mapping) and "decoder_state" in obj and isinstance(obj.get("model_state"), Mapping):
+        warnings.warn(
+            f"{path.name}: micro-sam training checkpoint; its SAM weights (model_state) are used, its decoder_state "
+            "(micro-sam's instance-segmentation decoder) is not.",
+            UserWarning,
+            stacklevel=3,
+        )
     for _ in range(2):
         if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
             inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
@@ -81,47 +151,110 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             obj = inner
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(f"{path} does not hold a state dict (found {type(obj).__name__}).")
-    state = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    state = {}
+    for k, v in obj.items():
+        if isinstance(v, torch.Tensor):
+            k = k.removeprefix("module.").removeprefix("sam.")
+            if not k.startswith("image_encoder.") and ".image_encoder." in k:  # e.g. EfficientViT-SAM's model.image_encoder.*
+                k = k[k.index(".image_encoder.") + 1 :]
+            state[k] = v
     return state
 
 
-def _check_keys(state: Mapping[str, torch.Tensor], model: torch.nn.Module, path: Path) -> None:
+def load_decoder(decoder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """MobileSAMv2's decoder file (a registry name or a path) -> ``prompt_encoder.*`` / ``mask_decoder.*`` tensors."""
+    path = resolve_weights(decoder)
+    obj = _read(path)
+    parts = [k for k in DECODER_PARTS if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)]
+    if {DECODER_PARTS[k] for k in parts} != set(HEAD_PREFIXES):
+        found = f"a dict with keys {sorted(map(str, obj))[:6]}" if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(
+            f"{path} is not a MobileSAMv2 decoder file: expected a dict holding 'PromtEncoder' and 'MaskDecoder' state "
+            f"dicts (as Prompt_guided_Mask_Decoder.pt), found {found}. Use decoder='mobilesamv2' for the official one."
+        )
+    state = {DECODER_PARTS[p] + k.removeprefix("module."): v for p in parts for k, v in obj[p].items() if isinstance(v, torch.Tensor)}
+    _check_finite(state, path)
+    return state
+
+
+def encoder_kind(state: Mapping[str, torch.Tensor]) -> str:
+    """Which image encoder a state dict holds: "tiny_vit", "vit_b", "vit_l", "vit_h" or "efficientvit_l2"."""
+    if is_efficientvit_state(state):
+        return "efficientvit_l2"
+    proj = state.get("image_encoder.patch_embed.proj.weight")
+    if proj is not None and "image_encoder.blocks.0.attn.qkv.weight" in state:
+        width = int(proj.shape[0])
+        if width not in SAM_VIT_WIDTHS:
+            raise CheckpointError(f"A SAM ViT image encoder of width {width} is not one of ViT-B/L/H (768/1024/1280).")
+        return SAM_VIT_WIDTHS[width]
+    return "tiny_vit"  # also anything unknown: the strict check then names what differs from MobileSAM
+
+
+def _architecture(kind: str) -> Sam:
+    if kind == "tiny_vit":
+        return mobilesam_architecture()
+    if kind == "efficientvit_l2":
+        return mobilesam_architecture(EfficientViTL2Encoder())
+    from segment_anything import sam_model_registry
+
+    return sam_model_registry[kind](checkpoint=None)
+
+
+def _show(keys: list[str]) -> str:
+    return ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")
+
+
+def _check_keys(state: Mapping[str, torch.Tensor], model: torch.nn.Module, path: Path, what: str = "a MobileSAM (TinyViT-5M) checkpoint") -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
     if not (missing or unexpected or shapes):
         return
-
-    def show(keys: list[str]) -> str:
-        return ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")
-
     parts = []
     if missing:
-        parts.append(f"missing keys: {show(missing)}")
+        parts.append(f"missing keys: {_show(missing)}")
     if unexpected:
-        parts.append(f"unexpected keys: {show(unexpected)}")
+        parts.append(f"unexpected keys: {_show(unexpected)}")
     if shapes:
-        parts.append(
-            "shape mismatches: "
-            + show([f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in shapes])
-        )
+        parts.append("shape mismatches: " + _show([f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in shapes]))
     raise CheckpointError(
-        f"{path} is not a MobileSAM (TinyViT-5M) checkpoint: " + "; ".join(parts) + ".\n"
-        "Use the official mobile_sam.pt, micro-sam's vit_t models, or a checkpoint exported by `mobilesam distill`."
+        f"{path} is not {what}: " + "; ".join(parts) + ".\n"
+        "Use the official mobile_sam.pt, micro-sam's vit_t models, a checkpoint exported by `mobilesam distill`, "
+        "SAM's sam_vit_b/l/h.pth, or MobileSAMv2's l2.pt with decoder=."
     )
 
 
-def build_mobilesam(checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Sam:
-    """Build MobileSAM and load weights strictly.
+def _check_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights that are NaN or infinite: a damaged file or a diverged training run."""
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise CheckpointError(
+            f"{path} holds weights that are not finite numbers (NaN or infinity) in {len(bad)} of {len(state)} tensors: "
+            f"{_show(bad)}. The file is damaged or comes from a training run that diverged; download it again or use an earlier checkpoint."
+        )
+
+
+def build_mobilesam(
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    decoder: str | os.PathLike | None = None,
+) -> Sam:
+    """Build SAM with the image encoder the checkpoint holds and load weights strictly.
 
     Args:
-        checkpoint: a registry name (``"mobile_sam"``, ``"vit_t_lm"``), a path to a ``.pt`` state
-            dict in the official layout, or None for ``"mobile_sam"``.
+        checkpoint: a registry name (``"mobile_sam"``, ``"vit_t_lm"``, ``"sam_vit_b"`` / ``_l`` / ``_h``,
+            ``"efficientvit_l2"``), a path to a checkpoint (TinyViT, SAM ViT-B/L/H or EfficientViT-L2;
+            see the module docstring), or None for ``"mobile_sam"``.
         device: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``.
+        decoder: MobileSAMv2's prompt encoder + mask decoder, replacing the checkpoint's: the registry
+            name ``"mobilesamv2"`` or a path to a ``{'PromtEncoder', 'MaskDecoder'}`` file. Required for
+            an encoder-only checkpoint (``l2.pt``).
 
     Returns:
-        A ``segment_anything.modeling.Sam`` in eval mode on ``device``.
+        A ``segment_anything.modeling.Sam`` in eval mode on ``device``; its image encoder takes
+        ``B x 3 x 1024 x 1024`` and gives ``B x 256 x 64 x 64``.
 
     Raises:
         FileNotFoundError / CheckpointError / WeightsUnavailableError / ValueError with the fix.
@@ -130,7 +263,16 @@ def build_mobilesam(checkpoint: str | os.PathLike | None = None, device: str | t
     dev = resolve_device(device)
     state = load_checkpoint(path)
     state = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIXES)}
-    sam = mobilesam_architecture()
-    _check_keys(state, sam, path)
+    kind = encoder_kind(state)
+    name = ENCODER_NAMES[kind]
+    if decoder is not None:
+        heads = load_decoder(decoder)
+        state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)} | heads
+    elif not any(k.startswith(HEAD_PREFIXES) for k in state) and any(k.startswith("image_encoder.") for k in state):
+        raise CheckpointError(f"{path} holds only an image encoder ({name}), no prompt encoder or mask decoder: {DECODER_FIX}.")
+    sam = _architecture(kind)
+    what = "a MobileSAM (TinyViT-5M) checkpoint" if kind == "tiny_vit" else f"a {name} checkpoint"
+    _check_keys(state, sam, path, what + (" with MobileSAMv2's decoder" if decoder is not None else ""))
+    _check_finite(state, path)
     sam.load_state_dict(state, strict=True)
     return sam.eval().to(dev)
