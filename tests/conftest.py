@@ -1,4 +1,10 @@
-"""Shared fixtures: the real model on the reference checkpoint (random values, official layout)."""
+"""Shared fixtures: the real model on the reference checkpoint (random values, official layout).
+
+The reference data (a seeded official-layout checkpoint and the official code's outputs for it) is
+built live by :func:`napari_mobilesam.testing.reference.build_reference` with the official MobileSAM
+package (``mobilesam-mirror``), once, and cached in pytest's cache folder; nothing outside the
+repository is needed. ``NAPARI_MOBILESAM_REFERENCE=DIR`` keeps that cache in another folder.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +15,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REFERENCE = Path(os.environ.get("NAPARI_MOBILESAM_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference"))
-CHECKPOINT = REFERENCE / "mobile_sam_random.pt"
-
-
 def pytest_configure(config):
     os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(config.rootpath) / ".pytest_cache" / "ultralytics"))
     os.environ.setdefault("YOLO_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
-def reference_dir() -> Path:
-    if not CHECKPOINT.is_file():
-        pytest.fail(f"Reference data missing: {CHECKPOINT}. Set NAPARI_MOBILESAM_REFERENCE to shared/reference.")
-    return REFERENCE
+def reference_dir(request, tmp_path_factory) -> Path:
+    from napari_mobilesam.testing.reference import build_reference
+
+    folder = os.environ.get("NAPARI_MOBILESAM_REFERENCE")
+    if not folder:
+        cache = getattr(request.config, "cache", None)
+        folder = cache.mkdir("napari-mobilesam-reference") if cache else tmp_path_factory.mktemp("reference")
+    return build_reference(folder)
 
 
 @pytest.fixture(scope="session")

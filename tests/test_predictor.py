@@ -1,4 +1,4 @@
-"""Parity with the official MobileSAM outputs (../shared/reference) and batched-prompt behaviour."""
+"""Parity with the official MobileSAM outputs (computed live by napari_mobilesam.testing.reference) and batched-prompt behaviour."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import torch
 from segment_anything import SamPredictor
 
 from napari_mobilesam import Predictor, Prompt
+from napari_mobilesam.testing.reference import IMAGES
 
-IMAGES = ["photo.jpg", "cell.png"]
+# measured 2026-12-02 against the official code: max |Δ logit| 5.6e-7 to 1.0e-6 (embedding rel. error 1.3e-6)
+LOGITS_TOL = 1e-5
 PROMPTS = ["point", "point_multimask", "points_pos_neg", "box", "box_and_point"]
 
 
@@ -49,7 +51,7 @@ def test_predict_matches_reference(predictor, frames, expected, cases, name, pro
     ref = expected[name]
     assert masks.shape == ref[f"{prompt}/mask"].shape and masks.dtype == bool
     assert (masks == ref[f"{prompt}/mask"]).mean() >= 0.999
-    assert np.abs(low - ref[f"{prompt}/low_res_logits"]).max() <= 1e-3
+    assert np.abs(low - ref[f"{prompt}/low_res_logits"]).max() <= LOGITS_TOL
     assert np.abs(iou - ref[f"{prompt}/iou"]).max() <= 1e-4
 
 
@@ -64,7 +66,7 @@ def test_boxes_batch_matches_reference(predictor, frames, expected, cases, name)
     masks = np.stack([o.full() for o in objs])
     assert (masks == ref["boxes_batch/mask"][:, 0]).mean() >= 0.999
     low = np.stack([o.low_res_logits for o in objs])
-    assert np.abs(low - ref["boxes_batch/low_res_logits"][:, 0]).max() <= 1e-3
+    assert np.abs(low - ref["boxes_batch/low_res_logits"][:, 0]).max() <= LOGITS_TOL
     assert np.abs(np.array([o.score for o in objs]) - ref["boxes_batch/iou"][:, 0]).max() <= 1e-4
 
 
@@ -94,7 +96,7 @@ def test_fast_decoder_matches_stock_with_mask_input_and_mixed_prompts(sam, predi
 
 
 def test_multimask_select(predictor, frames):
-    predictor.set_image(frames["photo.jpg"], key="photo.jpg")
+    predictor.set_image(frames["photo.png"], key="photo.png")
     p = Prompt(points=[[423.5, 346.05]])
     masks, iou, low = predictor.predict(np.array([[346.05, 423.5]]), np.array([1]), multimask_output=True)
     best = predictor.predict_objects([p], multimask_output=True)[0]
@@ -150,7 +152,7 @@ def test_sixteen_bit_frame_click(predictor):
     predictor.set_image(img, key="u16")
     obj = predictor.predict_objects([Prompt(points=[[45, 60]])])[0]
     assert obj.shape == (96, 128)
-    assert 0 <= obj.score <= 2 and obj.low_res_logits.shape == (256, 256)
+    assert np.isfinite(obj.score) and obj.low_res_logits.shape == (256, 256)  # random weights: any score
 
 
 def test_errors(sam):
@@ -167,3 +169,130 @@ def test_errors(sam):
         Prompt(points=[[np.nan, 1]])
     with pytest.raises(ValueError, match="2D"):
         pred.set_image(np.zeros((2, 3, 8, 8)))
+
+
+# ---------------------------------------------------------------- the drop-in API against the official code
+@pytest.fixture(scope="module")
+def official(checkpoint):
+    """The official MobileSAM (mobile_sam package) on the same weights."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # timm's deprecation and registry warnings
+        from mobile_sam import sam_model_registry
+
+        sam = sam_model_registry["vit_t"]()
+    sam.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    return sam.eval()  # the official TinyViT gathers its attention biases in eval(): after loading
+
+
+@pytest.fixture(scope="module")
+def small_frame(sam):
+    """Our predictor on a small frame (cheap full-resolution masks), and the official SamPredictor on the
+    same embedding (decoder parity does not depend on the encoder; that is tested above)."""
+    from mobile_sam import SamPredictor as OfficialPredictor
+
+    img = np.random.default_rng(3).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    img[20:70, 30:90] = 255
+    ours = Predictor(sam)
+    ours.set_image(img, key="small")
+    return ours
+
+
+def _official_on(official, ours):
+    from mobile_sam import SamPredictor as OfficialPredictor
+
+    ref = OfficialPredictor(official)
+    ref.features, ref.original_size, ref.input_size = ours.features.clone(), ours.original_size, ours.input_size
+    ref.is_image_set = True
+    return ref
+
+
+def _boxes(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    wh = rng.uniform(8, 60, (n, 2))
+    xy = rng.uniform(0, 1, (n, 2)) * (np.array([w, h]) - wh)
+    return np.concatenate([xy, xy + wh], 1)
+
+
+@pytest.mark.parametrize("batch,multimask", [(1, True), (7, True), (64, False)])
+def test_fast_decoder_logits_match_official_decoder(official, small_frame, batch, multimask):
+    """FrameDecoder.decode for one batch of B box prompts vs the official MaskDecoder (run 8 at a time)."""
+    from napari_mobilesam.model.fast_decoder import FrameDecoder
+
+    ours = small_frame
+    pe = official.prompt_encoder
+    boxes = torch.as_tensor(ours.transform.apply_boxes(_boxes(batch, 96, 128, batch), ours.original_size), dtype=torch.float32)
+    with torch.inference_mode():
+        sparse, dense = pe(points=None, boxes=boxes, masks=None)
+        low, iou = FrameDecoder(ours.model, ours.features).decode(sparse, None, multimask)
+        ref = [official.mask_decoder(ours.features, pe.get_dense_pe(), sparse[s : s + 8], dense[s : s + 8], multimask) for s in range(0, batch, 8)]
+    ref_low, ref_iou = torch.cat([r[0] for r in ref]), torch.cat([r[1] for r in ref])
+    assert low.shape == ref_low.shape == (batch, 3 if multimask else 1, 256, 256)
+    assert (low - ref_low).abs().max() <= 1e-4
+    assert (iou - ref_iou).abs().max() <= 1e-4
+
+
+def test_predict_torch_320_boxes_matches_official(official, small_frame):
+    """320 boxes in one predict_torch call (decoded in chunks) vs the official predict_torch on a sample of them."""
+    ours = small_frame
+    ref = _official_on(official, ours)
+    boxes = torch.as_tensor(ours.transform.apply_boxes(_boxes(320, 96, 128), ours.original_size), dtype=torch.float32)
+    masks, iou, low = ours.predict_torch(None, None, boxes=boxes, multimask_output=False)
+    assert masks.shape == (320, 1, 96, 128) and masks.dtype == torch.bool
+    assert iou.shape == (320, 1) and low.shape == (320, 1, 256, 256) and low.dtype == iou.dtype == torch.float32
+    pick = torch.arange(3, 320, 41)
+    with torch.inference_mode():
+        r_masks, r_iou, r_low = ref.predict_torch(None, None, boxes=boxes[pick], multimask_output=False)
+    assert (low[pick] - r_low).abs().max() <= 1e-4
+    assert (iou[pick] - r_iou).abs().max() <= 1e-4
+    assert (masks[pick] == r_masks).float().mean() >= 0.999
+    assert not masks.is_inference() and not low.is_inference()  # usable outside inference mode, as the stock outputs
+
+
+def test_predict_torch_points_mask_input_and_logits_match_official(official, small_frame):
+    ours = small_frame
+    ref = _official_on(official, ours)
+    rng = np.random.default_rng(5)
+    pts = torch.as_tensor(ours.transform.apply_coords(rng.uniform(0, 96, (5, 3, 2)), ours.original_size), dtype=torch.float32)
+    lbl = torch.tensor([[1, 1, 0]] * 5)
+    for kwargs in (dict(multimask_output=True), dict(multimask_output=False, return_logits=True)):
+        got = ours.predict_torch(pts, lbl, **kwargs)
+        with torch.inference_mode():
+            exp = ref.predict_torch(pts, lbl, **kwargs)
+        assert [g.shape for g in got] == [e.shape for e in exp] and [g.dtype for g in got] == [e.dtype for e in exp]
+        if kwargs.get("return_logits"):
+            assert (got[0] - exp[0]).abs().max() <= 1e-4
+        else:
+            assert (got[0] == exp[0]).float().mean() >= 0.999
+        assert (got[1] - exp[1]).abs().max() <= 1e-4 and (got[2] - exp[2]).abs().max() <= 1e-4
+    # mask input (the previous low-res logits) with a box and a point
+    box = torch.as_tensor(ours.transform.apply_boxes(np.array([[20.0, 10, 100, 80]] * 5), ours.original_size), dtype=torch.float32)
+    prev = exp[2]
+    got = ours.predict_torch(pts[:, :1], lbl[:, :1], boxes=box, mask_input=prev, multimask_output=False)
+    with torch.inference_mode():
+        exp = ref.predict_torch(pts[:, :1], lbl[:, :1], boxes=box, mask_input=prev, multimask_output=False)
+    assert (got[2] - exp[2]).abs().max() <= 1e-4 and (got[1] - exp[1]).abs().max() <= 1e-4
+    assert (got[0] == exp[0]).float().mean() >= 0.999
+
+
+def test_predict_matches_official_predict(official, small_frame):
+    ours = small_frame
+    ref = _official_on(official, ours)
+    for args in (
+        dict(point_coords=np.array([[60.0, 45.0]]), point_labels=np.array([1]), multimask_output=True),
+        dict(point_coords=np.array([[60.0, 45.0]]), point_labels=np.array([1]), box=np.array([25, 15, 95, 75]), multimask_output=False),
+        dict(box=np.array([25, 15, 95, 75]), multimask_output=True, return_logits=True),
+    ):
+        got, exp = ours.predict(**args), ref.predict(**args)
+        assert [type(g) for g in got] == [np.ndarray] * 3
+        assert [(g.shape, g.dtype) for g in got] == [(e.shape, e.dtype) for e in exp]
+        if args.get("return_logits"):
+            assert np.abs(got[0] - exp[0]).max() <= 1e-4
+        else:
+            assert (got[0] == exp[0]).mean() >= 0.999
+        assert np.abs(got[1] - exp[1]).max() <= 1e-4 and np.abs(got[2] - exp[2]).max() <= 1e-4
+    _, _, low = ref.predict(np.array([[60.0, 45.0]]), np.array([1]), multimask_output=False)
+    got = ours.predict(np.array([[60.0, 45.0]]), np.array([1]), mask_input=low, multimask_output=False)
+    exp = ref.predict(np.array([[60.0, 45.0]]), np.array([1]), mask_input=low, multimask_output=False)
+    assert np.abs(got[2] - exp[2]).max() <= 1e-4 and (got[0] == exp[0]).mean() >= 0.999

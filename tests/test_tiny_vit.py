@@ -28,7 +28,7 @@ def images(reference_dir) -> dict[str, np.ndarray]:
     grey = imread(reference_dir / "cell.png")
     assert grey.ndim == 2 and grey.dtype == np.uint8
     return {
-        "photo": imread(reference_dir / "photo.jpg"),
+        "photo": imread(reference_dir / "photo.png"),
         "cell": np.repeat(grey[..., None], 3, axis=-1),  # as the reference was made: no rescaling
     }
 

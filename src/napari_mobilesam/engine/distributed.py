@@ -4,7 +4,7 @@ The unit of work is one frame of one :class:`~napari_mobilesam.engine.io.ImageSo
 *job* object is called as ``job(models, source, t, extra) -> numpy array`` where ``models`` is a
 :class:`ModelHolder` (the predictor and detector of this process, built on first use). The same jobs
 run inline (:func:`run_local`) or on a cluster (:func:`run_distributed`); each dask worker builds
-its model once, held by a :class:`ModelPlugin` (a ``distributed.WorkerPlugin``). Workers read their
+its model once, held by a ``_worker_plugin.ModelPlugin`` (a ``distributed.WorkerPlugin``). Workers read their
 frames from the file themselves (only paths travel), so input files and weights must be reachable
 from every worker, e.g. on a shared file system.
 
@@ -20,11 +20,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from distributed.diagnostics.plugin import WorkerPlugin
-
 from .io import ImageSource
 
-__all__ = ["PLUGIN_NAME", "ModelHolder", "ModelPlugin", "ModelSpec", "Task", "run_distributed", "run_local", "start_client"]
+# dask.distributed is imported only when a run asks for it (--workers / --scheduler): a plain
+# `mobilesam segment` must not pay for it, so the worker plugin lives in _worker_plugin.py.
+
+__all__ = ["PLUGIN_NAME", "ModelHolder", "ModelSpec", "Task", "run_distributed", "run_local", "start_client"]
 
 PLUGIN_NAME = "napari-mobilesam-model"
 
@@ -102,23 +103,6 @@ def run_local(models: ModelHolder, job: Job, tasks: Iterable[Task]) -> Iterator[
         yield task, result
 
 
-class ModelPlugin(WorkerPlugin):
-    """``distributed.WorkerPlugin`` holding one :class:`ModelHolder` per worker (built on first task)."""
-
-    def __init__(self, spec: ModelSpec):
-        self.spec = spec
-        self.holder: ModelHolder | None = None
-
-    def setup(self, worker: Any) -> None:
-        self.holder = ModelHolder(self.spec)
-
-    def teardown(self, worker: Any) -> None:
-        self.holder = None
-
-    def __getstate__(self) -> dict:
-        return {"spec": self.spec, "holder": None}
-
-
 def _run_on_worker(job: Job, source: ImageSource, t: int, extra: Any) -> Any:
     from distributed import get_worker
 
@@ -147,6 +131,8 @@ def run_distributed(client: Any, spec: ModelSpec, job: Job, tasks: Sequence[Task
     Closing the generator (Ctrl+C) cancels what is still queued.
     """
     from distributed import as_completed
+
+    from ._worker_plugin import ModelPlugin
 
     client.register_plugin(ModelPlugin(spec), name=PLUGIN_NAME)
     if window is None:
