@@ -348,8 +348,9 @@ class LabelWriter:
         import tifffile
 
         tmp = self.path.with_name(self.path.name + ".tmp")
-        frames: Iterable[np.ndarray] = (np.asarray(self._labels[np.unravel_index(t, self.shape[:-2])]) for t in range(self.n_frames)) \
-            if len(self.shape) > 2 else [np.asarray(self._labels[...])]
+        # a 2D image is written as one array: tifffile reads a one-page iterator back as (1, H, W)
+        frames: Iterable[np.ndarray] | np.ndarray = (np.asarray(self._labels[np.unravel_index(t, self.shape[:-2])]) for t in range(self.n_frames)) \
+            if len(self.shape) > 2 else np.asarray(self._labels[...])
         with tifffile.TiffWriter(tmp, bigtiff=4 * int(np.prod(self.shape)) > 2**31) as tw:
             tw.write(frames, shape=self.shape, dtype=np.uint32, compression="zlib", photometric="minisblack",
                      metadata={"mobilesam": json.dumps(self.signature, sort_keys=True)})
