@@ -315,21 +315,87 @@ class Predictor(SamPredictor):
         multimask_output: bool = True,
         return_logits: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``SamPredictor.predict`` (x, y points; x0, y0, x1, y1 box), computed by the fast path.
+        """``SamPredictor.predict`` (x, y points; x0, y0, x1, y1 box; ``mask_input`` 1 x 256 x 256),
+        computed by the fast path (:meth:`predict_torch`).
 
-        Returns ``(masks C x H x W bool, iou C float32, low_res_logits C x 256 x 256 float32)``.
+        Returns ``(masks C x H x W bool, or float32 logits with return_logits; iou C float32;
+        low_res_logits C x 256 x 256 float32)``, as ``SamPredictor.predict`` does.
         """
         self._require_image()
-        if return_logits:
-            return super().predict(point_coords, point_labels, box, mask_input, multimask_output, True)
         if point_coords is not None and point_labels is None:
-            raise ValueError("point_labels must be given with point_coords.")
-        points = None if point_coords is None else np.asarray(point_coords, np.float64).reshape(-1, 2)[:, ::-1]
-        rc_box = None if box is None else np.asarray(box, np.float64).reshape(-1)[[1, 0, 3, 2]]
-        mask = None if mask_input is None else np.asarray(mask_input, np.float32).reshape(256, 256)
-        prompt = Prompt(points=points, labels=point_labels, box=rc_box, mask_input=mask)
+            raise ValueError("point_labels must be given with point_coords (1 = object, 0 = background).")
+        # lists are accepted as well as arrays, and a 256 x 256 mask_input as well as 1 x 256 x 256
+        point_coords = None if point_coords is None else np.asarray(point_coords, np.float64).reshape(-1, 2)
+        point_labels = None if point_labels is None else np.asarray(point_labels).reshape(-1)
+        box = None if box is None else np.asarray(box, np.float64).reshape(-1)
+        if mask_input is not None and np.ndim(mask_input) == 2:
+            mask_input = np.asarray(mask_input)[None]
+        return super().predict(point_coords, point_labels, box, mask_input, multimask_output, return_logits)
+
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``SamPredictor.predict_torch`` on the fast decoder, any batch size.
+
+        Args:
+            point_coords: ``B x N x 2`` float (x, y) in the resized input frame (``transform.apply_coords``).
+            point_labels: ``B x N`` int (1 object, 0 background, -1 padding).
+            boxes: ``B x 4`` float x0, y0, x1, y1 in the resized input frame.
+            mask_input: ``B x 1 x 256 x 256`` low-resolution logits of an earlier prediction.
+
+        Returns:
+            ``(masks B x C x H x W bool, or float32 logits with return_logits; iou B x C float32;
+            low_res_logits B x C x 256 x 256 float32)`` with C = 3 or 1, as ``SamPredictor``
+            returns them (values equal to float32 rounding). Prompts are decoded
+            :attr:`batch_size` at a time, so memory does not grow with B beyond the outputs.
+        """
+        self._require_image()
+        points = None if point_coords is None else (point_coords, point_labels)
         with torch.inference_mode():
-            low, iou = self._decode_grouped(self.frame_decoder, [prompt], multimask_output)
+            sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        low, iou = self._decode_batches(sparse, None if mask_input is None else dense, multimask_output)
+        with torch.no_grad():
+            masks = self._full_masks(low, return_logits)
+        return masks, iou, low
+
+    def _decode_batches(
+        self, sparse: torch.Tensor, dense: torch.Tensor | None, multimask: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``FrameDecoder.decode`` in chunks of :attr:`batch_size` into ordinary (not inference-mode)
+        tensors: ``(low_res B x M x 256 x 256, iou B x M)`` float32 on the model's device."""
+        dec = self.frame_decoder
+        b, m = sparse.shape[0], 3 if multimask else 1
+        side = 4 * self.features.shape[-1]
+        low = torch.empty(b, m, side, side, device=self.device)
+        iou = torch.empty(b, m, device=self.device)
+        step = self.batch_size
+        with torch.inference_mode():
+            for s in range(0, b, step):
+                d = None if dense is None else dense if dense.shape[0] == 1 else dense[s : s + step]
+                lo, io = dec.decode(sparse[s : s + step], d, multimask)
+                low[s : s + step], iou[s : s + step] = lo, io
+        return low, iou
+
+    def _full_masks(self, low: torch.Tensor, return_logits: bool) -> torch.Tensor:
+        """Low-resolution logits ``B x M x 256 x 256`` -> full-resolution ``B x M x H x W`` masks
+        (bool) or logits (float32), as ``Sam.postprocess_masks`` (+ threshold) computes them.
+
+        Boolean masks on the CPU are computed only around each mask (:class:`MaskUpsampler`)."""
+        thr = self.model.mask_threshold
+        if return_logits or low.device.type != "cpu":
+            masks = self.model.postprocess_masks(low, self.input_size, self.original_size)
+            return masks if return_logits else masks > thr
         up = self._upsampler()
-        masks = np.stack([up.full_mask(low[0, k].numpy(), self.model.mask_threshold) for k in range(low.shape[1])])
-        return masks, iou[0].numpy(), low[0].numpy()
+        b, m = low.shape[:2]
+        out = torch.zeros(b, m, *self.original_size, dtype=torch.bool)
+        flat, lows = out.view(b * m, *self.original_size).numpy(), low.reshape(b * m, *low.shape[2:]).numpy()
+        for k in range(b * m):
+            mask, (r0, c0) = up.crop_mask(lows[k], thr)
+            flat[k, r0 : r0 + mask.shape[0], c0 : c0 + mask.shape[1]] = mask
+        return out
