@@ -27,6 +27,8 @@ _EXPORTS = {
     "Predictor": ".engine.predictor",
     "Prompt": ".engine.predictor",
     "iter_propagate": ".engine.propagate",
+    "render_labels": ".engine.labels",
+    "write_labels": ".engine.labels",
     "optimize_encoder": ".model.accelerate",
     "CheckpointError": ".model.build",
     "build_mobilesam": ".model.build",
@@ -54,6 +56,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .engine.everything import iter_segment_everything, segment_everything
     from .engine.image import to_rgb_uint8
     from .engine.predictor import ObjectMask, Predictor, Prompt
+    from .engine.labels import render_labels, write_labels
     from .engine.propagate import iter_propagate
     from .model.accelerate import optimize_encoder
     from .model.build import CheckpointError, build_mobilesam
