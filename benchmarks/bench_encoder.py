@@ -14,19 +14,18 @@ import argparse
 import logging
 import os
 import time
-from pathlib import Path
 
 import torch
 
 from napari_mobilesam import build_mobilesam
 from napari_mobilesam.model.accelerate import available_backends, time_encoders
+from napari_mobilesam.testing.reference import random_checkpoint
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mobile_sam_random.pt"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_weights = os.environ.get("NAPARI_MOBILESAM_BENCH_WEIGHTS", str(DEFAULT_CHECKPOINT))
+    default_weights = os.environ.get("NAPARI_MOBILESAM_BENCH_WEIGHTS") or str(random_checkpoint())
     parser.add_argument("--checkpoint", default=default_weights, help="registry name or .pt path")
     parser.add_argument("--backends", nargs="+", default=None, help="default: every available one")
     parser.add_argument("--repeats", type=int, default=5)

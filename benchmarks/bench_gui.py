@@ -24,15 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-REF = Path(os.environ.get("NAPARI_MOBILESAM_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference"))
 KEYS = ("gui", "freeze", "latency", "move", "floor", "decoder", "stock")
 LABELS = {
     "gui": "live click, GUI-thread time (Points.add + our handlers)",
@@ -174,9 +171,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=1024, help="image side in pixels")
     ap.add_argument("--clicks", type=int, default=20)
-    ap.add_argument("--checkpoint", default=str(REF / "mobile_sam_random.pt"))
+    ap.add_argument("--checkpoint", default=None, help="default: the seeded random test checkpoint")
     ap.add_argument("--mode", choices=["both", "worker", "gui-thread"], default="both")
     args = ap.parse_args()
+    if args.checkpoint is None:
+        from napari_mobilesam.testing.reference import random_checkpoint
+
+        args.checkpoint = str(random_checkpoint())
     if args.mode != "both":
         print(json.dumps(measure(args)))
         return

@@ -12,22 +12,24 @@ same clicks with no job running.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REF = Path(os.environ.get("NAPARI_MOBILESAM_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference"))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--clicks", type=int, default=8)
-    ap.add_argument("--checkpoint", default=str(REF / "mobile_sam_random.pt"))
+    ap.add_argument("--checkpoint", default=None, help="default: the seeded random test checkpoint")
     args = ap.parse_args()
+    if args.checkpoint is None:
+        from napari_mobilesam.testing.reference import random_checkpoint
+
+        args.checkpoint = str(random_checkpoint())
 
     import napari
     from qtpy.QtWidgets import QApplication

@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINT = ROOT.parent / "shared" / "reference" / "mobile_sam_random.pt"
 
 IO_SCRIPT = """
 import sys, numpy as np
@@ -76,9 +75,13 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--cli-frames", type=int, nargs="*", default=[4, 16])
-    ap.add_argument("--checkpoint", default=str(CHECKPOINT))
+    ap.add_argument("--checkpoint", default=None, help="default: the seeded random test checkpoint")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
+    if args.checkpoint is None:
+        from napari_mobilesam.testing.reference import random_checkpoint
+
+        args.checkpoint = str(random_checkpoint())
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         tmp = Path(tmp)
         stack = tmp / "stack.tif"

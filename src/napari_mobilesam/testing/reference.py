@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["IMAGES", "VERSION", "build_reference", "official_sam", "perturbed_state_dict", "reference_images"]
+__all__ = ["IMAGES", "VERSION", "build_reference", "official_sam", "perturbed_state_dict", "random_checkpoint", "reference_images"]
 
 VERSION = 1
 """Bumped whenever the recipe changes, so a cached folder from an older recipe is rebuilt."""
@@ -171,3 +171,21 @@ def build_reference(folder: str | os.PathLike) -> Path:
     (folder / "cases.json").write_text(json.dumps(cases, indent=1))
     stamp.write_text(str(VERSION))
     return folder
+
+
+def random_checkpoint(folder: str | os.PathLike | None = None) -> Path:
+    """Only the seeded official-layout checkpoint (no official outputs), for benchmarks; returns its path.
+
+    ``folder`` defaults to ``$NAPARI_MOBILESAM_REFERENCE`` or ``~/.cache/napari-mobilesam/reference``.
+    The same file as :func:`build_reference` writes (same seed, same recipe).
+    """
+    import torch
+
+    folder = Path(folder or os.environ.get("NAPARI_MOBILESAM_REFERENCE") or Path.home() / ".cache" / "napari-mobilesam" / "reference")
+    path = folder / "mobile_sam_random.pt"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(perturbed_state_dict(official_sam().state_dict()), tmp)
+        os.replace(tmp, path)
+    return path
