@@ -85,3 +85,80 @@ def test_grid_equals_sam_generator(predictor, sam):
 def test_grid_batch_size_follows_budget():
     assert grid_batch_size((1024, 1024), 256 << 20) < grid_batch_size((128, 128), 256 << 20) <= 64
     assert grid_batch_size((4096, 4096), 1) == 1
+
+
+def _median_diameter(labels: np.ndarray) -> float:
+    from skimage.measure import regionprops
+
+    return float(np.median([p.equivalent_diameter_area for p in regionprops(labels)]))
+
+
+def _coins_truth() -> tuple[np.ndarray, float]:
+    """scikit-image's coins() and the median coin diameter by its classic watershed segmentation."""
+    from scipy import ndimage
+    from skimage import data, filters, measure, segmentation
+
+    coins = data.coins()
+    markers = np.zeros_like(coins)
+    markers[coins < 30], markers[coins > 150] = 1, 2
+    fg = ndimage.binary_fill_holes(segmentation.watershed(filters.sobel(coins), markers) == 2)
+    lab = measure.label(fg)
+    sizes = np.bincount(lab.ravel())
+    lab[np.isin(lab, np.flatnonzero(sizes < 50))] = 0  # specks
+    return coins, _median_diameter(measure.label(lab > 0))
+
+
+def _cell_truth() -> tuple[np.ndarray, float]:
+    """scikit-image's cell() (one bright cell) and that cell's diameter (largest bright component)."""
+    from scipy import ndimage
+    from skimage import data, measure
+
+    cell = data.cell()
+    lab = measure.label(ndimage.binary_fill_holes(cell > 150))
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return cell, _median_diameter((lab == sizes.argmax()).astype(int))
+
+
+def test_estimate_diameter_within_factor_1p5():
+    from napari_mobilesam import to_rgb_uint8
+    from napari_mobilesam.engine.samplers import _grey, estimate_diameter
+    from napari_mobilesam.testing import synthetic_cells
+
+    cases = [_coins_truth(), _cell_truth()]
+    for seed in range(3):
+        img, lab = synthetic_cells((256, 256), 20, seed)
+        cases.append((img, _median_diameter(lab)))
+    img, lab = synthetic_cells((384, 384), 60, 7, radius=(5, 15))
+    cases.append((img, _median_diameter(lab)))
+    img, lab = synthetic_cells((256, 256), 20, 4, polarity="dark")
+    for img_, truth, polarity in [(i, t, "bright") for i, t in cases] + [(img, _median_diameter(lab), "dark")]:
+        est = estimate_diameter(_grey(to_rgb_uint8(img_), polarity))
+        assert truth / 1.5 <= est <= truth * 1.5, (img_.shape, truth, est)
+    assert cases[0][1] > 35 and cases[1][1] > 90  # the truths themselves are sane (coins ~43 px, the cell ~110 px)
+
+
+def test_blobs_automatic_diameter_on_coins_and_disks():
+    from napari_mobilesam import to_rgb_uint8
+
+    coins, truth = _coins_truth()
+    boxes, scores = blob_boxes(to_rgb_uint8(coins))
+    side = np.median(boxes[:, 2:] - boxes[:, :2])
+    assert 15 <= len(boxes) <= 60 and truth / 1.5 <= side / 1.2 <= truth * 1.5  # one box per coin or so, coin-sized
+    boxes, _ = blob_boxes(to_rgb_uint8(disks()))
+    assert _match((boxes[:, :2] + boxes[:, 2:]) / 2, CENTRES).max() <= 2.0
+
+
+def test_blobs_noise_gives_few_boxes():
+    from napari_mobilesam import to_rgb_uint8
+
+    noise = to_rgb_uint8(np.random.default_rng(0).normal(100, 10, (128, 512)))
+    assert len(blob_boxes(noise)[0]) <= 5
+    assert len(blob_boxes(noise, min_snr=None, max_det=None)[0]) > 100  # the contrast cap is what removes them
+    # a faint disk in noise stands out; its contrast is its score
+    img = np.random.default_rng(1).normal(100, 10, (128, 128))
+    rr, cc = np.mgrid[:128, :128]
+    img[(rr - 64) ** 2 + (cc - 64) ** 2 <= 100] += 25
+    boxes, scores = blob_boxes(img / 255.0, diameter=20)
+    assert len(boxes) >= 1 and np.abs((boxes[0, :2] + boxes[0, 2:]) / 2 - 64).max() <= 2
+    assert 20 / 255 <= scores[0] <= 30 / 255  # contrast in 0..1 units (25 grey levels, minus blur at the rim)

@@ -26,7 +26,7 @@ import numpy as np
 from segment_anything.modeling import Sam
 
 from .._progress import drive, relay
-from .image import to_rgb_uint8
+from .image import channels_last, to_rgb_uint8
 from .labels import filter_objects, render_labels
 from .predictor import ObjectMask, Predictor, Prompt
 from .samplers import blob_boxes, iter_grid_objects
@@ -39,7 +39,7 @@ UNITS = 100  # progress units per frame
 
 _COMMON = dict(
     min_score=None, min_stability=None, min_area=1, max_area=None, min_visible=0.5,
-    channels=None, contrast_limits=None, key=None, out=None, tile=None, tile_overlap=None,
+    channels=None, contrast_limits=None, channel_axis=None, key=None, out=None, tile=None, tile_overlap=None,
 )
 _BOXES = dict(prompt="box")
 _OPTIONS = {
@@ -47,7 +47,7 @@ _OPTIONS = {
     "grid": dict(points_per_side=32, points_per_batch=None, box_nms_thresh=0.7, crop_n_layers=0, crop_nms_thresh=0.7),
     "blobs": dict(
         diameter=None, diameter_range=(0.5, 2.0), method="log", threshold=0.05, polarity="bright",
-        overlap=0.5, num_sigma=6, box_scale=1.2, max_det=1000, **_BOXES,
+        overlap=0.5, num_sigma=6, box_scale=1.2, max_det=1000, min_snr=5.0, **_BOXES,
     ),
 }
 # grid keeps SAM's own quality filter; boxes from a detector are objects already
@@ -142,6 +142,13 @@ def _check_options(sampler: str, options: dict[str, Any]) -> dict[str, Any]:
 def _frame_layout(shape: tuple[int, ...], rgb: bool | None) -> tuple[tuple[int, ...], tuple[int, int]]:
     """(leading stack shape, (H, W)) of an image."""
     if rgb is None:
+        if len(shape) >= 3 and shape[-1] <= 16 and shape[-1] not in (3, 4):
+            lead = " x ".join(map(str, shape[:-2])) + " frames of "
+            raise ValueError(
+                f"Image of shape {shape} is ambiguous: {lead}{shape[-2]} x {shape[-1]} pixels, or "
+                f"{'one ' if len(shape) == 3 else ''}{' x '.join(map(str, shape[-3:-1]))} frame(s) with {shape[-1]} channels? "
+                "Pass channel_axis=-1 for channels (or the axis that holds them), or rgb=False for frames."
+            )
         rgb = len(shape) >= 3 and shape[-1] in (3, 4)
     spatial = 3 if rgb else 2
     if len(shape) < spatial:
@@ -234,7 +241,7 @@ def _iter_tile(
     else:
         boxes, _ = blob_boxes(
             rgb, opts["diameter"], tuple(opts["diameter_range"]), opts["method"], opts["threshold"], opts["polarity"],
-            opts["overlap"], opts["num_sigma"], opts["box_scale"], opts["max_det"],
+            opts["overlap"], opts["num_sigma"], opts["box_scale"], opts["max_det"], opts["min_snr"],
         )
     # degenerate boxes (zero width/height after clipping) cannot hold an object
     boxes = boxes[(boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)] if len(boxes) else boxes
@@ -272,13 +279,16 @@ def iter_segment_everything(
         sampler: "object-aware" (needs ``detector``), "grid" or "blobs".
         detector: path to a YOLO detect/segment ``.pt`` (e.g. ObjectAwareModel.pt) or a loaded
             :class:`~napari_mobilesam.model.detector.Detector`; only for "object-aware".
-        rgb: whether the last axis is colour/channels; None guesses (last dim 3 or 4).
+        rgb: whether the last axis is colour/channels; None guesses (last dim 3 or 4; a last dim of
+            at most 16 otherwise is ambiguous and raises, naming both readings).
         frames: frame numbers (C-order ordinals or index tuples) to do; default all.
         labels: existing labels, ``leading + (H, W)`` (or ``(H, W)`` for one frame); read only.
             Their ids are never reused, and new objects fill only their background unless
             ``overwrite``.
         **options: see README.md, "Segment everything" > Options. Common: ``min_score``, ``min_stability``,
             ``min_area``, ``max_area``, ``min_visible``, ``channels``, ``contrast_limits``,
+            ``channel_axis`` (the axis of ``image`` holding channels, e.g. -1 for ``(H, W, 5)``, 1 for
+            ``(T, C, H, W)``; frames are then read with it last),
             ``key`` (embedding-cache key: a callable ``index -> key`` or a prefix giving
             ``(prefix, *index)``), ``out``: an array (e.g. zarr, or ``labels`` itself) into which
             each finished frame's new labels are written, or False to keep nothing (the
@@ -297,6 +307,8 @@ def iter_segment_everything(
     opts = _check_options(sampler, options)
     pred = _predictor(predictor_or_sam)
     det = _load_detector(sampler, detector)
+    if opts["channel_axis"] is not None:  # frames read with that axis moved last
+        image, rgb = channels_last(image, opts["channel_axis"]), True
     shape = tuple(np.shape(image))
     lead, hw = _frame_layout(shape, rgb)
     todo = _frame_list(lead, frames)
@@ -329,7 +341,7 @@ def _run(
         base = n * UNITS
         yield EverythingProgress(frame_no, idx, base, total, f"frame {frame_no}: embedding")
         frame = np.asarray(image[idx] if idx else image)
-        rgb8 = to_rgb_uint8(frame, channels=opts["channels"], contrast_limits=opts["contrast_limits"])
+        rgb8 = to_rgb_uint8(frame, channel_axis=-1 if frame.ndim == 3 else None, channels=opts["channels"], contrast_limits=opts["contrast_limits"])
         work = _iter_frame(pred, rgb8, keyfn(idx), sampler, det, opts)
         objects = yield from relay(
             work, lambda p: EverythingProgress(frame_no, idx, base + int(p[0] * UNITS), total, f"frame {frame_no}: {p[1]}")
