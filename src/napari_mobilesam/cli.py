@@ -258,6 +258,24 @@ def cmd_everything(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say_objects(args: argparse.Namespace, bar, source, t, labels, sampler: str) -> None:
+    """Objects found in one frame; a warning (even with --quiet) when there are none."""
+    import numpy as np
+
+    n = int(np.count_nonzero(np.bincount(labels.ravel())[1:])) if labels.size else 0
+    where = f"{Path(str(source.path)).name} frame {t}"
+    if n:
+        if not args.quiet:
+            bar.write(f"{where}: {n} objects", file=sys.stderr)
+        return
+    hint = {
+        "blobs": "give --diameter PX (typical object diameter), --polarity dark for dark objects, or a lower --threshold",
+        "object-aware": "check that the detector was trained on objects like these, or try --sampler blobs",
+        "grid": "lower --min-score / --min-stability, or try --sampler blobs",
+    }.get(sampler, "try another --sampler")
+    bar.write(f"warning: {where}: 0 objects; {hint}.", file=sys.stderr)
+
+
 def cmd_weights(args: argparse.Namespace) -> int:
     from ._progress import drive
     from .model.weights import REGISTRY, cache_dir, env_var_for, iter_fetch
