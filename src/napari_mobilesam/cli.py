@@ -249,6 +249,7 @@ def cmd_everything(args: argparse.Namespace) -> int:
                 writer = writers[source.path]
                 offset = writer.offset(t)
                 writer.write(t, np.where(labels > 0, labels + np.uint32(offset), 0).astype(np.uint32))
+                _say_objects(args, bar, source, t, labels, sampler)
                 if writer.done_count == writer.n_frames:
                     writer.finish()
                 bar.update()
