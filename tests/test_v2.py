@@ -270,3 +270,26 @@ def test_sam_vit_b_parity_with_segment_anything(tmp_path):
     np.testing.assert_allclose(ours[2], theirs[2], atol=1e-3)
     np.testing.assert_allclose(ours[1], theirs[1], atol=1e-4)
     assert (ours[0] == theirs[0]).mean() >= 0.999
+
+
+def test_cli_decoder_option(tmp_path, checkpoint, v2_sam, official_decoder, cells_rgb, capsys):
+    """`mobilesam everything --decoder FILE` gives the labels of the API with build_mobilesam(decoder=FILE);
+    an encoder-only file without --decoder is a one-line error, exit 2."""
+    import tifffile
+
+    from napari_mobilesam import segment_everything
+    from napari_mobilesam.cli import main
+
+    image = tmp_path / "cells.tif"
+    tifffile.imwrite(image, cells_rgb[..., 0])
+    out = tmp_path / "labels.tif"
+    args = ["everything", str(image), "-o", str(out), "--sampler", "blobs", "--max-det", "8", "--weights", str(checkpoint), "--device", "cpu", "-q"]
+    assert main([*args, "--decoder", str(official_decoder[0])]) == 0
+    expected = segment_everything(cells_rgb[..., 0], v2_sam, sampler="blobs", max_det=8)
+    np.testing.assert_array_equal(tifffile.imread(out), expected)
+    encoder_only = tmp_path / "encoder_only.pt"
+    torch.save({k: v for k, v in torch.load(checkpoint, weights_only=True).items() if k.startswith("image_encoder.")}, encoder_only)
+    capsys.readouterr()
+    assert main([*args[:-5], "--weights", str(encoder_only), "--device", "cpu", "-q", "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "only an image encoder" in err[0] and "--decoder" in err[0]

@@ -45,16 +45,22 @@ def _spec(args: argparse.Namespace, detector: str | None = None):
     from .model.build import resolve_device
     from .model.weights import resolve_weights
 
-    weights = args.weights
+    weights, decoder = args.weights, args.decoder
     if not args.scheduler:  # a remote cluster resolves names itself; locally fail before any work starts
         weights = str(resolve_weights(weights))
+        decoder = str(resolve_weights(decoder)) if decoder else None
         try:
             resolve_device(args.device)
         except RuntimeError as err:
             raise InputError(f"--device {args.device}: {err}") from None
     if detector and not args.scheduler and not Path(detector).is_file():
         raise InputError(f"--detector {detector} does not exist; give a YOLO .pt file, or use --sampler blobs or grid.")
-    return ModelSpec(weights=weights, device=args.device, detector=str(Path(detector).resolve()) if detector else None)
+    return ModelSpec(weights=weights, device=args.device, decoder=decoder, detector=str(Path(detector).resolve()) if detector else None)
+
+
+def _decoder_sig(args: argparse.Namespace) -> dict:
+    """--decoder in a run's resume signature (absent without one, so older partial runs still resume)."""
+    return {"decoder": args.decoder} if getattr(args, "decoder", None) else {}
 
 
 @contextmanager
@@ -161,7 +167,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     spec = _spec(args)
     prep = _preprocess(args, source)
     signature = {"command": "segment", "image": image_fingerprint(source, prep), "points": _file_hash(args.points),
-                 "boxes": _file_hash(args.boxes), "weights": args.weights, "multimask": args.multimask}
+                 "boxes": _file_hash(args.boxes), "weights": args.weights, "multimask": args.multimask, **_decoder_sig(args)}
     writer = LabelWriter(args.output, source.leading_shape, source.hw, signature, overwrite=args.overwrite)
     for t in writer.todo():
         if t not in prompts:
@@ -235,7 +241,7 @@ def cmd_everything(args: argparse.Namespace) -> int:
         prep = _preprocess(args, source)
         options.update(prep)  # iter_segment_everything takes channels / contrast_limits
         signature = {"command": "everything", "image": image_fingerprint(source), "sampler": sampler, "options": options,
-                     "weights": args.weights, "detector": _file_hash(args.detector)}
+                     "weights": args.weights, "detector": _file_hash(args.detector), **_decoder_sig(args)}
         writers[source.path] = LabelWriter(out, source.leading_shape, source.hw, signature, overwrite=args.overwrite)
         sources.append(source)
     tasks = [(s, t, None) for s in sources for t in writers[s.path].todo()]

@@ -40,6 +40,8 @@ def _common(model: bool = True, cluster: bool = True) -> argparse.ArgumentParser
     if model:
         g = p.add_argument_group("model")
         g.add_argument("--weights", default="mobile_sam", metavar="NAME|PATH", help="registry name (see 'mobilesam weights') or checkpoint file (default: mobile_sam)")
+        g.add_argument("--decoder", metavar="NAME|PATH", help="MobileSAMv2's prompt-guided decoder instead of the checkpoint's: mobilesamv2 "
+                       "(downloaded, verified) or a Prompt_guided_Mask_Decoder.pt; needed by --weights efficientvit_l2 / l2.pt")
         g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
         g = p.add_argument_group("image (what the model sees; recorded in stores and resume checks)")
         g.add_argument("--channel-axis", type=int, metavar="A", help="a stack axis that holds channels, e.g. 1 for (T, C, H, W)")

@@ -41,6 +41,7 @@ class ModelSpec:
     device: str = "cpu"
     detector: str | None = None
     cache_frames: int = 1
+    decoder: str | None = None
 
 
 class ModelHolder:
@@ -66,7 +67,7 @@ class ModelHolder:
             from ..model.build import build_mobilesam
             from .predictor import Predictor
 
-            sam = build_mobilesam(self.spec.weights, device=self.spec.device)
+            sam = build_mobilesam(self.spec.weights, device=self.spec.device, decoder=self.spec.decoder)
             self.loads += 1
             # keep at most cache_frames embeddings in memory: nothing accumulates over a long stack
             self._predictor = Predictor(sam, cache_bytes=max(1, self.spec.cache_frames) * (4 << 20))
