@@ -97,8 +97,8 @@ def test_fast_decoder_matches_stock_with_mask_input_and_mixed_prompts(sam, predi
 
 def test_multimask_select(predictor, frames):
     predictor.set_image(frames["photo.png"], key="photo.png")
-    p = Prompt(points=[[423.5, 346.05]])
-    masks, iou, low = predictor.predict(np.array([[346.05, 423.5]]), np.array([1]), multimask_output=True)
+    p = Prompt(points=[[219.5, 268.7]])  # (row, col) of the official "point" case: (0.55 H, 0.45 W)
+    masks, iou, low = predictor.predict(np.array([[268.7, 219.5]]), np.array([1]), multimask_output=True)
     best = predictor.predict_objects([p], multimask_output=True)[0]
     assert best.mask_index == int(np.argmax(iou))
     for k in range(3):
