@@ -293,3 +293,16 @@ def test_cli_decoder_option(tmp_path, checkpoint, v2_sam, official_decoder, cell
     assert main([*args[:-5], "--weights", str(encoder_only), "--device", "cpu", "-q", "--overwrite"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "only an image encoder" in err[0] and "--decoder" in err[0]
+
+
+def test_widget_model_loader_takes_the_decoder(checkpoint, official_decoder):
+    """The widget's model job (gui/jobs.load_model) builds with decoder=, and keys the model by it."""
+    from napari_mobilesam._progress import drive
+    from napari_mobilesam.gui.jobs import ModelReady, load_model
+
+    steps = []
+    sam = drive(load_model(str(checkpoint), "cpu", official_decoder[0]), steps.append)
+    ready = [s for s in steps if isinstance(s, ModelReady)]
+    assert len(ready) == 1 and ready[0].key == (str(checkpoint), "cpu", str(official_decoder[0]))
+    assert torch.equal(sam.mask_decoder.iou_token.weight, official_decoder[1]["MaskDecoder"].iou_token.weight)
+    assert any("with decoder Prompt_guided_Mask_Decoder.pt" in getattr(s, "message", "") for s in steps)

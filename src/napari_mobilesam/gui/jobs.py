@@ -60,15 +60,21 @@ class FrameDone:
     masks: list[ObjectMask]
 
 
-def load_model(source: str | Path, device: str) -> Generator[Progress | ModelReady, None, Sam]:
-    """Download registry weights if needed (with byte progress), then build the model."""
-    if isinstance(source, str) and source in REGISTRY:
-        path = yield from relay(iter_fetch(source), lambda p: Progress(p[0], p[1], f"downloading {source} weights"))
-    else:
-        path = Path(source)
-    yield Progress(0, 0, f"loading model {Path(path).name}")
-    sam = build_mobilesam(path, device=device)
-    yield ModelReady(sam, (str(source), device))
+def load_model(source: str | Path, device: str, decoder: str | Path | None = None) -> Generator[Progress | ModelReady, None, Sam]:
+    """Download registry weights if needed (with byte progress), then build the model; ``decoder``:
+    MobileSAMv2's decoder (registry name or path) replacing the checkpoint's. The model's key is
+    ``(source, device)``, plus the decoder when one is given."""
+
+    def fetch(name: str | Path) -> Generator[Progress, None, Path]:
+        if isinstance(name, str) and name in REGISTRY:
+            return (yield from relay(iter_fetch(name), lambda p: Progress(p[0], p[1], f"downloading {name} weights")))
+        return Path(name)
+
+    path = yield from fetch(source)
+    decoder_path = None if decoder is None else (yield from fetch(decoder))
+    yield Progress(0, 0, f"loading model {Path(path).name}" + (f" with decoder {Path(decoder_path).name}" if decoder_path else ""))
+    sam = build_mobilesam(path, device=device, decoder=decoder_path)
+    yield ModelReady(sam, (str(source), device) + ((str(decoder),) if decoder is not None else ()))
     return sam
 
 
