@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["PERCENTILES", "preprocess_options", "to_rgb_uint8"]
+__all__ = ["PERCENTILES", "channels_last", "preprocess_options", "to_rgb_uint8"]
 
 PERCENTILES = (1.0, 99.8)
 _SAMPLE = 1 << 22  # percentiles from at most ~4M values: same result within a grey level, much faster
@@ -152,3 +152,42 @@ def preprocess_options(
             raise ValueError(f"--contrast LO HI needs finite LO < HI, got {lo} {hi}.")
         out["contrast_limits"] = [lo, hi]
     return out
+
+
+class _ChannelsLast:
+    """A lazy view of an array-like (numpy, dask, zarr) with one axis moved last; indexing a leading
+    (frame) index reads only that frame."""
+
+    def __init__(self, array, axis: int):
+        self.array, self.axis = array, axis
+        shape = tuple(np.shape(array))
+        self.shape = (*shape[:axis], *shape[axis + 1 :], shape[axis])
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, idx) -> np.ndarray:
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        if any(not isinstance(i, (int, np.integer)) for i in idx) or len(idx) > self.ndim - 3:
+            return np.asarray(self)[idx]
+        full = (*idx[: self.axis], slice(None), *idx[self.axis :]) if self.axis < len(idx) else idx
+        frame = np.asarray(self.array[full])
+        return np.moveaxis(frame, self.axis - len(idx) if self.axis >= len(idx) else 0, -1)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = np.moveaxis(np.asarray(self.array), self.axis, -1)
+        return out if dtype is None else out.astype(dtype)
+
+
+def channels_last(image, channel_axis: int):
+    """``image`` (``(..., H, W)`` with a channel axis anywhere but the last two spatial axes, or
+    ``(..., H, W, C)``) as ``(..., H, W, C)``; lazy for dask/zarr. ``channel_axis`` may be negative.
+
+    Raises:
+        ValueError: the axis does not exist, or would leave fewer than two spatial axes.
+    """
+    shape = tuple(np.shape(image))
+    a = channel_axis + len(shape) if channel_axis < 0 else channel_axis
+    if not 0 <= a < len(shape) or len(shape) < 3 or a == len(shape) - 2:
+        raise ValueError(f"channel_axis={channel_axis} does not fit an image of shape {shape}; give the axis holding "
+                         "the channels, e.g. -1 for (H, W, C), 0 for (C, H, W), 1 for (T, C, H, W).")
+    return image if a == len(shape) - 1 else _ChannelsLast(image, a)
