@@ -55,17 +55,19 @@ def test_detector_boxes_in_napari_order(detector, frame):
     assert len(detector.detect(rgb, max_det=3)[0]) == 3
 
 
-def test_detector_errors(tmp_path, reference_dir, predictor):
+def test_detector_errors(tmp_path, checkpoint, predictor):
     with pytest.raises(FileNotFoundError, match="blobs"):
         Detector(tmp_path / "ObjectAwareModel.pt")
     with pytest.raises(DetectorError, match="not a YOLO checkpoint"):
-        Detector(reference_dir / "mobile_sam_random.pt")  # a SAM state dict
+        Detector(checkpoint)  # a SAM state dict
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(DetectorError, match="junk.pt"):
+    with pytest.raises(DetectorError, match="junk.pt.*can run any code"):
         Detector(junk)
-    with pytest.raises(DetectorError, match=r"\.pt"):
-        Detector(reference_dir / "cell.png")
+    png = tmp_path / "cell.png"
+    png.write_bytes(b"\x89PNG")
+    with pytest.raises(DetectorError, match=r"\.pt checkpoint or \.onnx.*trust=True.*run any code"):
+        Detector(png)
     img = np.zeros((32, 32), np.uint8)
     with pytest.raises(FileNotFoundError):
         iter_segment_everything(img, predictor, "object-aware", detector=tmp_path / "missing.pt")  # raised at the call
@@ -121,3 +123,80 @@ def test_loading_a_detector_leaves_qt_environment_alone(yolo_file):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-2:] == ["None", "None"]
+
+
+# ------------------------------------------------------------------------------- files that must not run code
+_EVIL = """
+import os, pickle, sys, torch
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch " + sys.argv[2],))
+if sys.argv[3] == "torch":
+    torch.save({"model": Evil()}, sys.argv[1])
+else:
+    with open(sys.argv[1], "wb") as fh:
+        pickle.dump(Evil(), fh)
+"""
+
+
+def _run(args: list, **kw):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, **kw)
+
+
+@pytest.mark.parametrize("kind", ["torch", "pickle"])
+def test_malicious_detector_file_runs_no_code(tmp_path, checkpoint, kind):
+    """A .pt whose unpickling calls os.system: refused by the API and the CLI, and the command never runs;
+    only --trust-detector unpickles it (and then it does run: trust is the one gate)."""
+    evil, marker = tmp_path / "evil.pt", tmp_path / "pwned"
+    assert _run(["-c", _EVIL, str(evil), str(marker), kind]).returncode == 0 and not marker.exists()
+    api = _run(["-c", "import sys; from napari_mobilesam.model.detector import Detector, DetectorError\n"
+                      "try:\n    Detector(sys.argv[1])\nexcept DetectorError as e:\n    print(e)", str(evil)])
+    assert api.returncode == 0 and "run any code" in api.stdout and "onnx" in api.stdout, api.stderr
+    assert not marker.exists()
+    image = tmp_path / "img.tif"
+    import tifffile
+
+    tifffile.imwrite(image, np.zeros((32, 32), np.uint8))
+    cli = ["-m", "napari_mobilesam.cli", "everything", str(image), "-o", str(tmp_path / "out.tif"),
+           "--weights", str(checkpoint), "--detector", str(evil), "-q"]
+    out = _run(cli)
+    assert out.returncode == 2 and "--trust-detector" in out.stderr and not marker.exists(), out.stderr
+    assert not (tmp_path / "out.tif.partial.zarr").exists()  # a failed detector load leaves no partial output
+    _run([*cli, "--trust-detector"])
+    assert marker.exists()
+
+
+@pytest.fixture(scope="session")
+def v2_reference(tmp_path_factory):
+    """MobileSAMv2's detector on an ultralytics 8.0.120 checkpoint, run by the official code (tests/v2_detector_reference.py)."""
+    from pathlib import Path
+
+    out = tmp_path_factory.mktemp("v2det")
+    res = _run([str(Path(__file__).with_name("v2_detector_reference.py")), str(out), "0.4"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_detector_saved_by_ultralytics_80_proposes_v2s_boxes(v2_reference, tmp_path):
+    """Issue 15 item 4: v2's detector file (8.0.x, a Segment head without prototypes) loads safely with today's
+    ultralytics and proposes ObjectAwareModel's boxes at v2's settings: within 1 px, in the same order; so does
+    its ONNX export. Without v2's border rule the boxes differ by pixels (the rule is needed)."""
+    det = load_detector(v2_reference / "object_aware_80.pt")
+    assert det.version.startswith("8.0.") and det.task == "detect"
+    bgr = np.load(v2_reference / "image.npy")
+    ref = np.load(v2_reference / "boxes.npy")[:, [1, 0, 3, 2]]  # x0 y0 x1 y1 -> napari order
+    ref_scores = np.load(v2_reference / "scores.npy")
+    assert 50 <= len(ref) < 300 and (ref == 0).any()  # enough boxes, some on the border
+    rgb = np.ascontiguousarray(bgr[..., ::-1])
+    boxes, scores = det.detect(rgb, conf=0.4, iou=0.9, imgsz=1024, max_det=300)
+    assert boxes.shape == ref.shape and np.abs(boxes - ref).max() <= 1.0
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-4)
+    plain, _ = det.detect(rgb, conf=0.4, iou=0.9, imgsz=1024, max_det=300, border=0)
+    assert np.abs(plain - ref).max() > 1.0
+    onnx = det._model.export(format="onnx", imgsz=1024, simplify=False, verbose=False)
+    boxes_onnx, _ = load_detector(onnx).detect(rgb, conf=0.4, iou=0.9, max_det=300)
+    assert boxes_onnx.shape == ref.shape and np.abs(boxes_onnx - ref).max() <= 1.0

@@ -35,13 +35,15 @@ Task = tuple[ImageSource, int, Any]
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a process needs to build its models. ``weights``: registry name or path (None: mobile_sam)."""
+    """What a process needs to build its models. ``weights``: registry name or path (None: mobile_sam);
+    ``trust_detector``: load a detector file that needs full unpickling (see model/detector.py)."""
 
     weights: str | None = None
     device: str = "cpu"
     detector: str | None = None
     cache_frames: int = 1
     decoder: str | None = None
+    trust_detector: bool = False
 
 
 class ModelHolder:
@@ -79,7 +81,7 @@ class ModelHolder:
         if self._detector is None and self.spec.detector:
             from ..model.detector import load_detector
 
-            self._detector = load_detector(self.spec.detector)
+            self._detector = load_detector(self.spec.detector, trust=self.spec.trust_detector)
         return self._detector
 
     @property
