@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import shutil
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from .cli_parser import SAMPLER_OPTIONS
 from .engine.io import InputError
+from .engine.labelfile import OutputLock
 
 __all__ = ["build_parser", "main"]
 
@@ -54,8 +54,17 @@ def _spec(args: argparse.Namespace, detector: str | None = None):
         except RuntimeError as err:
             raise InputError(f"--device {args.device}: {err}") from None
     if detector and not args.scheduler and not Path(detector).is_file():
-        raise InputError(f"--detector {detector} does not exist; give a YOLO .pt file, or use --sampler blobs or grid.")
-    return ModelSpec(weights=weights, device=args.device, decoder=decoder, detector=str(Path(detector).resolve()) if detector else None)
+        raise InputError(f"--detector {detector} does not exist; give a YOLO .pt or .onnx file, or use --sampler blobs or grid.")
+    return ModelSpec(weights=weights, device=args.device, decoder=decoder, detector=str(Path(detector).resolve()) if detector else None,
+                     trust_detector=bool(getattr(args, "trust_detector", False)))
+
+
+def _models_ready(run: Callable, source) -> str:
+    """Load the model (and detector) where they run before any output is created; returns the model hash."""
+    from .engine.jobs import ModelHashJob
+
+    ((_, model_hash),) = list(run(ModelHashJob(), [(source, 0, None)]))
+    return model_hash
 
 
 def _decoder_sig(args: argparse.Namespace) -> dict:
@@ -106,10 +115,9 @@ def _checked_store(args: argparse.Namespace, run: Callable, source, path: str | 
     with ``prep`` (from ``_preprocess``); returns its absolute path."""
     if not path:
         return None
-    from .engine.jobs import ModelHashJob
     from .engine.store import EmbeddingStore, image_fingerprint
 
-    ((_, model_hash),) = list(run(ModelHashJob(), [(source, 0, None)]))
+    model_hash = _models_ready(run, source)
     store = EmbeddingStore.open(path, model_hash, image_fingerprint(source, prep), mode="r")
     _say(args, f"reusing {store.done_count}/{store.n_frames} embeddings from {path}")
     return str(Path(path).resolve())
@@ -125,27 +133,29 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     from .engine.embeddings import Embedding
     from .engine.io import open_image, with_channel_axis
-    from .engine.jobs import EmbedJob, ModelHashJob
+    from .engine.jobs import EmbedJob
     from .engine.store import EmbeddingStore, image_fingerprint
 
     source = with_channel_axis(open_image(args.image), args.channel_axis)
     spec = _spec(args)
     out = Path(args.output)
-    if args.overwrite and out.exists():
-        EmbeddingStore.open(out, "", "", mode="r", check=False)  # raises unless it is an embedding store
-        shutil.rmtree(out)
-    with _runner(args, spec) as run:
-        ((_, model_hash),) = list(run(ModelHashJob(), [(source, 0, None)]))
-        prep = _preprocess(args, source)
+    prep = _preprocess(args, source)
+    with OutputLock(out, _command_line()), _runner(args, spec) as run:
+        model_hash = _models_ready(run, source)
+        if args.overwrite and out.exists():
+            EmbeddingStore.remove(out)  # raises unless it is an embedding store
         store = EmbeddingStore.open(out, model_hash, image_fingerprint(source, prep), n_frames=source.n_frames,
                                     original_size=source.hw, dtype="float16" if args.half else "float32")
+        bad = store.verify()  # damaged embeddings are computed again
+        if bad:
+            _say(args, f"{out}: frame(s) {', '.join(map(str, bad[:10]))} failed their checksum; computing them again")
         todo = store.todo()
         if len(todo) < store.n_frames:
             _say(args, f"{out}: {store.n_frames - len(todo)} of {store.n_frames} frames already stored; resuming")
         hw, input_size = tuple(store.meta["original_size"]), tuple(store.meta["input_size"])
         with _bar(args, len(todo), "embed") as bar:
-            for (_, t, _), feats in run(EmbedJob(prep), [(source, t, None) for t in todo]):
-                store.save(t, Embedding(torch.from_numpy(feats)[None], hw, input_size))
+            for (_, t, _), (feats, pixels) in run(EmbedJob(prep), [(source, t, None) for t in todo]):
+                store.save(t, Embedding(torch.from_numpy(feats)[None], hw, input_size), frame_hash=pixels)
                 bar.update()
     _say(args, f"wrote {out}")
     return 0
@@ -168,19 +178,39 @@ def cmd_segment(args: argparse.Namespace) -> int:
     prep = _preprocess(args, source)
     signature = {"command": "segment", "image": image_fingerprint(source, prep), "points": _file_hash(args.points),
                  "boxes": _file_hash(args.boxes), "weights": args.weights, "multimask": args.multimask, **_decoder_sig(args)}
-    writer = LabelWriter(args.output, source.leading_shape, source.hw, signature, overwrite=args.overwrite)
-    for t in writer.todo():
-        if t not in prompts:
-            writer.write(t, np.zeros(source.hw, np.uint32))
-    todo = writer.todo()
-    with _runner(args, spec) as run:
-        job = SegmentJob(store=_checked_store(args, run, source, args.embeddings, prep), multimask=args.multimask, preprocess=prep)
-        with _bar(args, len(todo), "segment") as bar:
-            for (_, t, _), labels in run(job, [(source, t, prompts[t]) for t in todo]):
-                writer.write(t, labels)
-                bar.update()
-    _say(args, f"wrote {writer.finish()}")
+    inputs = [p for p in (args.image, args.points, args.boxes, args.embeddings) if p]
+    with ExitStack() as stack:
+        writer = LabelWriter(args.output, source.leading_shape, source.hw, signature, overwrite=args.overwrite, inputs=inputs,
+                             lock=stack.enter_context(OutputLock(args.output, _command_line())))
+        _say_repaired(args, writer)
+        with _runner(args, spec) as run:
+            job = SegmentJob(store=_checked_store(args, run, source, args.embeddings, prep), multimask=args.multimask, preprocess=prep)
+            _models_ready(run, source)  # nothing is written before the model has loaded
+            for _ in range(2):  # the second pass recomputes frames that fail their checksum
+                todo = writer.todo()
+                for t in todo:
+                    if t not in prompts:
+                        writer.write(t, np.zeros(source.hw, np.uint32))
+                todo = writer.todo()
+                with _bar(args, len(todo), "segment") as bar:
+                    for (_, t, _), labels in run(job, [(source, t, prompts[t]) for t in todo]):
+                        writer.write(t, labels)
+                        bar.update()
+                if not _say_repaired(args, writer, writer.verify()):
+                    break
+        _say(args, f"wrote {writer.finish()}")
     return 0
+
+
+def _say_repaired(args: argparse.Namespace, writer, bad: list[int] | None = None) -> list[int]:
+    bad = writer.repaired if bad is None else bad
+    if bad:
+        _say(args, f"{writer.store_path}: frame(s) {', '.join(map(str, bad[:10]))} failed their checksum; computing them again")
+    return bad
+
+
+def _command_line() -> str:
+    return " ".join(["mobilesam", *sys.argv[1:]])[:300]
 
 
 def _outputs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
@@ -236,31 +266,39 @@ def cmd_everything(args: argparse.Namespace) -> int:
             raise InputError(f"--tile {args.tile} --tile-overlap {args.tile_overlap}: {err}") from None
     spec = _spec(args, args.detector)
     sources, writers = [], {}
-    for path, out in pairs:
-        source = with_channel_axis(open_image(path), args.channel_axis)
-        prep = _preprocess(args, source)
-        options.update(prep)  # iter_segment_everything takes channels / contrast_limits
-        signature = {"command": "everything", "image": image_fingerprint(source), "sampler": sampler, "options": options,
-                     "weights": args.weights, "detector": _file_hash(args.detector), **_decoder_sig(args)}
-        writers[source.path] = LabelWriter(out, source.leading_shape, source.hw, signature, overwrite=args.overwrite)
-        sources.append(source)
-    tasks = [(s, t, None) for s in sources for t in writers[s.path].todo()]
-    done_before = sum(w.done_count for w in writers.values() if not w.complete) + sum(w.n_frames for w in writers.values() if w.complete)
-    if done_before:
-        _say(args, f"resuming: {done_before} frames already finished")
-    with _runner(args, spec) as run:
-        job = EverythingJob(sampler, options, _checked_store(args, run, sources[0], args.embeddings, prep))  # one image
-        with _bar(args, len(tasks), "everything") as bar:
-            for (source, t, _), labels in run(job, tasks):
-                writer = writers[source.path]
-                offset = writer.offset(t)
-                writer.write(t, np.where(labels > 0, labels + np.uint32(offset), 0).astype(np.uint32))
-                _say_objects(args, bar, source, t, labels, sampler)
-                if writer.done_count == writer.n_frames:
-                    writer.finish()
-                bar.update()
-    for w in writers.values():
-        w.finish()
+    with ExitStack() as stack:
+        for path, out in pairs:
+            source = with_channel_axis(open_image(path), args.channel_axis)
+            prep = _preprocess(args, source)
+            options.update(prep)  # iter_segment_everything takes channels / contrast_limits
+            signature = {"command": "everything", "image": image_fingerprint(source), "sampler": sampler, "options": options,
+                         "weights": args.weights, "detector": _file_hash(args.detector), **_decoder_sig(args)}
+            lock = stack.enter_context(OutputLock(out, _command_line()))
+            writers[source.path] = LabelWriter(out, source.leading_shape, source.hw, signature, overwrite=args.overwrite,
+                                               inputs=[path], lock=lock)
+            _say_repaired(args, writers[source.path])
+            sources.append(source)
+        done_before = sum(w.done_count for w in writers.values() if not w.complete) + sum(w.n_frames for w in writers.values() if w.complete)
+        if done_before:
+            _say(args, f"resuming: {done_before} frames already finished")
+        with _runner(args, spec) as run:
+            job = EverythingJob(sampler, options, _checked_store(args, run, sources[0], args.embeddings, prep))  # one image
+            _models_ready(run, sources[0])  # model and detector load before any output is created
+            for _ in range(2):  # the second pass recomputes frames that fail their checksum
+                tasks = [(s, t, None) for s in sources for t in writers[s.path].todo()]
+                with _bar(args, len(tasks), "everything") as bar:
+                    for (source, t, _), labels in run(job, tasks):
+                        writer = writers[source.path]
+                        offset = writer.offset(t)
+                        writer.write(t, np.where(labels > 0, labels + np.uint32(offset), 0).astype(np.uint32))
+                        _say_objects(args, bar, source, t, labels, sampler)
+                        if writer.done_count == writer.n_frames and not _say_repaired(args, writer, writer.verify()):
+                            writer.finish()
+                        bar.update()
+                if not any([_say_repaired(args, w, w.verify()) for w in writers.values() if not w.complete]):
+                    break
+        for w in writers.values():
+            w.finish()
     _say(args, f"wrote {pairs[0][1] if len(pairs) == 1 else f'{len(pairs)} label files to {args.output}'}")
     return 0
 

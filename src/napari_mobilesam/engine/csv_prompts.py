@@ -10,6 +10,7 @@ import numpy as np
 
 from .io import ImageSource, InputError
 from .predictor import Prompt
+from .prompt_checks import box_problem, fmt, point_problem
 
 __all__ = ["read_prompts"]
 
@@ -56,10 +57,13 @@ def _frame_of(coords: np.ndarray, source: ImageSource, path: Path, row: int) -> 
             f"{path} has {len(coords)}D coordinates but {source.path} has {len(lead) + 2} dims "
             f"(frames {lead or 'none'} + rows, cols); save the layer drawn on this image."
         )
+    if not np.isfinite(coords).all():
+        raise InputError(f"{path} row {row + 2}: position {fmt(coords)} is not a number (NaN or infinite); fix or delete that row.")
     idx = tuple(int(round(c)) for c in coords[:-2])
     h, w = source.hw
-    if any(not 0 <= i < n for i, n in zip(idx, lead)) or not (-0.5 <= coords[-2] < h - 0.5 and -0.5 <= coords[-1] < w - 0.5):
-        raise InputError(f"{path} row {row + 2}: position {tuple(np.round(coords, 1))} is outside the image {source.shape[:len(lead) + 2]}.")
+    if any(not 0 <= i < n for i, n in zip(idx, lead)) or point_problem(coords[-2:], (h, w)):
+        shape = " x ".join(str(int(n)) for n in source.shape[: len(lead) + 2])
+        raise InputError(f"{path} row {row + 2}: position {fmt(coords)} is outside the image ({shape}).")
     return int(np.ravel_multi_index(idx, lead)) if lead else 0
 
 
@@ -117,6 +121,9 @@ def read_prompts(source: ImageSource, points: str | os.PathLike | None = None, b
             if hi[0] < 0 or hi[1] < 0 or lo[0] > h or lo[1] > w:
                 raise InputError(f"{path}: shape {k} lies outside the image ({h} x {w}).")
             box = np.concatenate([np.clip(lo, 0, [h, w]), np.clip(hi, 0, [h, w])])
+            problem = box_problem(box, (h, w))
+            if problem:
+                raise InputError(f"{path}: shape {k}: {problem}.")
             singles.append((t, Prompt(box=box)))
     out: dict[int, list[tuple[int, Prompt]]] = {}
     for (t, obj), pts in sorted(grouped.items()):

@@ -7,18 +7,16 @@
   an ``ImageSource`` is a small picklable record, so dask workers open the file themselves.
 - :func:`read_prompts` turns napari's Points/Shapes CSV files (File > Save Layers) into engine
   :class:`~napari_mobilesam.engine.predictor.Prompt` objects per frame, in (row, col) coordinates.
-- :class:`LabelWriter` writes a label stack frame by frame with a completion marker per frame, so an
-  interrupted run keeps every finished frame and a rerun skips them.
+- :class:`~.labelfile.LabelWriter` (in labelfile.py) writes a label stack frame by frame with a checksum and a
+  completion marker per frame, so an interrupted run keeps every finished frame and a rerun skips them.
 
 Errors about the user's files are :class:`InputError` (a ``ValueError``) with the file and the fix.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -196,7 +194,7 @@ def open_image(path: str | os.PathLike) -> ImageSource:
                 series = tf.series[0]
                 shape, dtype = tuple(series.levels[0].shape), series.dtype
                 frame_ndim = len(series.keyframe.shape)
-                planar = frame_ndim == 3 and series.keyframe.planarconfig == 2 and series.keyframe.shape[0] <= 4
+                planar = frame_ndim == 3 and series.keyframe.planarconfig == 2  # (C, H, W) pages, any C
             kind, inner = "tiff", "0"
             if planar:
                 shape = (*shape[:-3], shape[-2], shape[-1], shape[-3])
@@ -218,21 +216,31 @@ def open_image(path: str | os.PathLike) -> ImageSource:
 
 
 def with_channel_axis(source: ImageSource, axis: int | None) -> ImageSource:
-    """``source`` with leading axis ``axis`` of the file read as the frames' channels (e.g. 1 for a
-    ``(T, C, H, W)`` stack: frames become ``(H, W, C)``, one per time point); None: unchanged."""
+    """``source`` with axis ``axis`` of the file's array read as the frames' channels; None: unchanged.
+
+    ``axis`` counts the file's axes (negative: from the end): a leading axis (e.g. 1 for a ``(T, C, H, W)``
+    stack: frames become ``(H, W, C)``, one per time point), the last axis (``-1``: ``(..., H, W, C)``, any
+    number of channels), or the axis a colour file already stores its channels in (``(C, H, W)`` planar
+    TIFF pages: ``-3``); the two axes before (or after) it are rows and columns."""
     if axis is None:
         return source
     ndim = len(source.shape)
     a = axis + ndim if axis < 0 else axis
-    if source.frame_ndim != 2 or source.kind == "plain" or not 0 <= a < ndim - 2:
-        raise InputError(
-            f"--channel-axis {axis}: {source.path} has shape {source.shape} with "
-            f"{'colour frames' if source.frame_ndim == 3 else 'frames'} of {source.frame_shape}; give one of its leading "
-            f"axes 0..{ndim - 3} (the channel axis of a stack such as (T, C, H, W) is 1)."
-        )
-    lead = source.shape[:-2]
-    shape = (*lead[:a], *lead[a + 1 :], *source.shape[-2:], lead[a])
-    return replace(source, shape=shape, frame_ndim=3, channel_axis=a)
+    if source.frame_ndim == 3:  # the file's own channel axis: last, or first of planar (C, H, W) pages
+        if a == (ndim - 3 if source.channel_first else ndim - 1) and source.channel_axis < 0:
+            return source
+    elif source.kind != "plain" and a == ndim - 1 and ndim >= 3:
+        return replace(source, frame_ndim=3)
+    elif source.kind != "plain" and 0 <= a < ndim - 2:
+        lead = source.shape[:-2]
+        shape = (*lead[:a], *lead[a + 1 :], *source.shape[-2:], lead[a])
+        return replace(source, shape=shape, frame_ndim=3, channel_axis=a)
+    where = "its channel axis" if source.frame_ndim == 3 else f"one of its leading axes 0..{ndim - 3} or -1 (the last)"
+    raise InputError(
+        f"--channel-axis {axis}: {source.path} has shape {source.shape} with "
+        f"{'colour frames' if source.frame_ndim == 3 else 'frames'} of {source.frame_shape}; give {where} "
+        "(the channel axis of a stack such as (T, C, H, W) is 1, of (H, W, C) it is -1)."
+    )
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -245,120 +253,12 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------------- output
-class LabelWriter:
-    """Label output written frame by frame, resumable.
+def __getattr__(name: str):
+    if name == "LabelWriter":  # lives in labelfile.py (checksums, lock); imported on use
+        from .labelfile import LabelWriter
 
-    ``OUT.zarr`` is written in place: array ``labels`` (``leading + (H, W)``, uint32) and array
-    ``max_id`` (one entry per frame; -1 until the frame is finished). Any other ``OUT`` (``.tif``)
-    is built in ``OUT.partial.zarr`` and assembled into the TIFF when every frame is done, then the
-    partial store is removed. ``signature`` (input and settings) is stored; resuming with another
-    signature is refused, so results of different runs are never mixed.
-
-    Args:
-        path: output file (``.tif``/``.tiff`` or ``.zarr``).
-        leading_shape, hw: frame layout of the input; the output is ``leading_shape + hw``.
-        signature: JSON-able description of input and settings.
-        overwrite: discard earlier output instead of resuming.
-    """
-
-    def __init__(self, path: str | os.PathLike, leading_shape: tuple[int, ...], hw: tuple[int, int], signature: dict, overwrite: bool = False):
-        import zarr
-
-        self.path = Path(path)
-        self.is_zarr = self.path.suffix.lower() == ".zarr"
-        if not self.is_zarr and self.path.suffix.lower() not in (".tif", ".tiff"):
-            raise InputError(f"Output {self.path}: use a .tif, .tiff or .zarr name.")
-        self.store_path = self.path if self.is_zarr else self.path.with_name(self.path.name + ".partial.zarr")
-        self.shape = tuple(leading_shape) + tuple(hw)
-        self.n_frames = int(np.prod(leading_shape, dtype=np.int64))
-        self.signature = json.loads(json.dumps(signature))
-        for p in {self.store_path, self.path}:
-            if p.exists() and self._signature_of(p) is None:  # never delete or write into what we did not make
-                raise InputError(f"Output {p} exists and was not written by mobilesam; choose another output path.")
-            if overwrite and p.exists():
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-        self.complete = not self.is_zarr and self.path.exists()
-        if self.complete:
-            if self._signature_of(self.path) != self.signature:
-                raise InputError(f"{self.path} exists and holds results of a different run (other input or settings); "
-                                 "pass --overwrite to replace it, or choose another output.")
-            self._max = np.zeros(self.n_frames, np.int64)
-            return
-        if self.store_path.exists():
-            group = zarr.open_group(self.store_path, mode="r+")
-            if self._signature_of(self.store_path) != self.signature:
-                raise InputError(
-                    f"{self.store_path} holds results of a different run (other input or settings); "
-                    "pass --overwrite to replace it, or choose another output."
-                )
-        else:
-            self.store_path.parent.mkdir(parents=True, exist_ok=True)
-            group = zarr.open_group(self.store_path, mode="w")
-            group.attrs["mobilesam_labels"] = {"signature": self.signature, "shape": list(self.shape)}
-            tile = (1,) * len(leading_shape) + tuple(min(s, 2048) for s in hw)
-            group.create_array("labels", shape=self.shape, chunks=tile, dtype="uint32", fill_value=0)
-            group.create_array("max_id", shape=(self.n_frames,), chunks=(1,), dtype="int64", fill_value=-1)
-        self._labels, self._marks = group["labels"], group["max_id"]
-        self._max = np.asarray(self._marks[:])
-        self.complete = self.done_count == self.n_frames and self.is_zarr
-
-    @property
-    def done_count(self) -> int:
-        return int((self._max >= 0).sum())
-
-    def is_done(self, t: int) -> bool:
-        return bool(self._max[t] >= 0)
-
-    def todo(self) -> list[int]:
-        """Frames still to compute."""
-        return [] if self.complete else [t for t in range(self.n_frames) if self._max[t] < 0]
-
-    def offset(self, t: int) -> int:
-        """Largest id in the finished frames before ``t``: frame ``t``'s ids start after it."""
-        return int(max(0, self._max[:t].max(initial=0)))
-
-    def write(self, t: int, labels: np.ndarray) -> None:
-        """Store frame ``t`` (final ids), then mark it finished."""
-        idx = np.unravel_index(t, self.shape[:-2]) if len(self.shape) > 2 else ()
-        self._labels[tuple(int(i) for i in idx)] = np.asarray(labels, np.uint32)
-        self._marks[t] = self._max[t] = int(labels.max(initial=0))
-
-    @staticmethod
-    def _signature_of(path: Path) -> dict | None:
-        """The run signature stored in a label output of ours (TIFF or zarr), else None."""
-        try:
-            if path.is_dir():
-                import zarr
-
-                return dict(zarr.open_group(path, mode="r").attrs)["mobilesam_labels"]["signature"]
-            import tifffile
-
-            with tifffile.TiffFile(path) as tf:
-                meta = (tf.shaped_metadata or [{}])[0]
-            return json.loads(meta["mobilesam"])
-        except Exception:  # not ours, or not readable: never resumed over, never deleted
-            return None
-
-    def finish(self) -> Path:
-        """Assemble the TIFF (frame by frame) once every frame is done; returns the output path."""
-        if self.is_zarr or self.complete:
-            return self.path
-        if self.done_count < self.n_frames:
-            raise RuntimeError(f"{self.n_frames - self.done_count} frames of {self.path} are not finished.")
-        import tifffile
-
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        # a 2D image is written as one array: tifffile reads a one-page iterator back as (1, H, W)
-        frames: Iterable[np.ndarray] | np.ndarray = (np.asarray(self._labels[np.unravel_index(t, self.shape[:-2])]) for t in range(self.n_frames)) \
-            if len(self.shape) > 2 else np.asarray(self._labels[...])
-        with tifffile.TiffWriter(tmp, bigtiff=4 * int(np.prod(self.shape)) > 2**31) as tw:
-            tw.write(frames, shape=self.shape, dtype=np.uint32, compression="zlib", photometric="minisblack",
-                     metadata={"mobilesam": json.dumps(self.signature, sort_keys=True)})
-        os.replace(tmp, self.path)
-        shutil.rmtree(self.store_path)
-        self.complete = True
-        return self.path
-
+        return LabelWriter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def read_prompts(source: ImageSource, points: str | os.PathLike | None = None, boxes: str | os.PathLike | None = None) -> dict:

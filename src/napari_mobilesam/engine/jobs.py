@@ -29,38 +29,46 @@ def _trusted_store(path: str):
 
 
 def use_stored_embedding(models: ModelHolder, store_path: str | None, source: ImageSource, t: int) -> Any:
-    """Put frame ``t``'s stored embedding in the predictor's cache; returns the cache key (None if absent)."""
+    """Put frame ``t``'s stored embedding in the predictor's cache; returns the cache key (None if absent).
+
+    The frame is read and compared with the hash the store recorded for it, and the embedding with its
+    checksum (:meth:`EmbeddingStore.load`): a store made for another image, or a damaged one, is refused."""
     if not store_path:
         return None
     store = _trusted_store(store_path)
     if not store.has(t):
         return None
     key = ("embedding-store", store_path, t)
-    models.predictor.cache.put(key, store.load(t))
+    models.predictor.cache.put(key, store.load(t, frame=source.read(t)))
     return key
 
 
 @dataclass(frozen=True)
 class ModelHashJob:
-    """Returns the process's model fingerprint (to validate an embedding store where the model lives)."""
+    """Returns the process's model fingerprint (to validate an embedding store where the model lives); loads
+    the detector too, so that a run fails on a bad model or detector file before it writes anything."""
 
     def __call__(self, models: ModelHolder, source: ImageSource, t: int, extra: Any) -> str:
+        models.detector  # noqa: B018 - loaded now (None without one)
         return models.model_hash
 
 
 @dataclass(frozen=True)
 class EmbedJob:
-    """Frame ``t`` -> its image embedding, ``(256, 64, 64)`` float32.
+    """Frame ``t`` -> ``(its image embedding (256, 64, 64) float32, the frame's hash)`` (see :func:`~.store.frame_hash`).
 
     ``preprocess``: ``channels`` / ``contrast_limits`` for ``Predictor.set_image`` (default: all
     colour channels, 1-99.8 percentile contrast)."""
 
     preprocess: dict = field(default_factory=dict)
 
-    def __call__(self, models: ModelHolder, source: ImageSource, t: int, extra: Any) -> np.ndarray:
+    def __call__(self, models: ModelHolder, source: ImageSource, t: int, extra: Any) -> tuple[np.ndarray, int]:
+        from .store import frame_hash
+
         pred = models.predictor
-        pred.set_image(source.read(t), key=("embed", source.path, t), **self.preprocess)
-        return pred.get_embedding().features.detach().to("cpu").float().numpy().reshape(256, 64, 64)
+        frame = source.read(t)
+        pred.set_image(frame, key=("embed", source.path, t), **self.preprocess)
+        return pred.get_embedding().features.detach().to("cpu").float().numpy().reshape(256, 64, 64), frame_hash(frame)
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,12 @@ Layout of ``EMB.zarr`` (a zarr group):
 - array ``features``: ``(n_frames, 256, 64, 64)`` float32 (or float16), one chunk per frame;
 - array ``done``: ``(n_frames,)`` uint8, 1 once a frame's features are written (written after them,
   so an interrupted run never leaves a half-written frame marked done);
+- arrays ``checksum`` and ``frame_hash``: ``(n_frames,)`` uint64, a checksum of each frame's stored
+  features and a hash of the image frame it was computed from (0: not recorded). :meth:`EmbeddingStore.load`
+  checks both: a damaged embedding or another image's frame is refused, never used;
 - attribute ``mobilesam_embeddings``: format version, ``model_hash`` (image encoder weights and
   pixel normalisation), ``image_fingerprint`` (shape, dtype, pre-processing and a hash of the first
-  and last frames), ``original_size``, ``input_size``, encoder ``image_size`` and package version.
+  and last frames, a quick check on opening; every frame is checked on use), ``original_size``, ``input_size``, encoder ``image_size`` and package version.
 
 Opening a store made for another model or image raises :class:`EmbeddingStoreMismatch`, naming what
 differs; reusing one that matches skips the encoder entirely (``pred.set_embedding(store.load(t))``).
@@ -27,14 +30,29 @@ import torch
 from .embeddings import Embedding
 from .io import ImageSource, InputError
 
-__all__ = ["EmbeddingStore", "EmbeddingStoreMismatch", "image_fingerprint", "model_fingerprint"]
+__all__ = ["EmbeddingStore", "EmbeddingStoreDamaged", "EmbeddingStoreMismatch", "frame_hash", "image_fingerprint", "model_fingerprint"]
 
-FORMAT = 1
+FORMAT = 2  # 2: per-frame checksum and frame hash
 ATTR = "mobilesam_embeddings"
 
 
 class EmbeddingStoreMismatch(InputError):
     """The store on disk was computed for another model, image or settings."""
+
+
+class EmbeddingStoreDamaged(InputError):
+    """A stored embedding fails its checksum or cannot be read."""
+
+
+def frame_hash(frame: np.ndarray) -> int:
+    """64-bit hash of one image frame (pixels, shape, dtype) as the store records it; never 0."""
+    from .labelfile import frame_checksum
+
+    return frame_checksum(np.asarray(frame))
+
+
+def _looks_like_store(p: Path) -> bool:
+    return p.is_dir() and all((p / n).is_dir() for n in ("features", "done"))
 
 
 def model_fingerprint(sam: torch.nn.Module) -> str:
@@ -84,9 +102,13 @@ class EmbeddingStore:
     def __init__(self, path: Path, group: Any):
         self.path = path
         self.meta: dict = dict(group.attrs)[ATTR]
-        self._features = group["features"]
-        self._done_arr = group["done"]
-        self._done = np.asarray(self._done_arr[:]).astype(bool)
+        try:
+            self._features, self._done_arr = group["features"], group["done"]
+            self._sums, self._hashes = group["checksum"], group["frame_hash"]
+            self._done = np.asarray(self._done_arr[:]).astype(bool)
+        except Exception as err:
+            raise EmbeddingStoreDamaged(f"{path} is damaged ({type(err).__name__}); recompute it with "
+                                        f"`mobilesam embed IMAGE -o {path} --overwrite`.") from None
 
     @classmethod
     def open(
@@ -129,6 +151,9 @@ class EmbeddingStore:
                 group = zarr.open_group(p, mode="r" if mode == "r" else "r+")
                 meta = dict(group.attrs)[ATTR]
             except Exception as err:
+                if _looks_like_store(p):
+                    raise InputError(f"{p} is a damaged embedding store ({type(err).__name__}: its zarr.json cannot be read); "
+                                     f"recompute it with `mobilesam embed IMAGE -o {p} --overwrite`.") from None
                 raise InputError(f"{p} is not a mobilesam embedding store ({type(err).__name__}); choose another path.") from err
             if check:
                 cls._check(p, meta, model_hash, image_fingerprint, image_size)
@@ -140,6 +165,8 @@ class EmbeddingStore:
         group = zarr.open_group(p, mode="w")
         group.create_array("features", shape=(n_frames, 256, 64, 64), chunks=(1, 256, 64, 64), dtype=dtype, fill_value=0)
         group.create_array("done", shape=(n_frames,), chunks=(1,), dtype="uint8", fill_value=0)
+        group.create_array("checksum", shape=(n_frames,), chunks=(1,), dtype="uint64", fill_value=0)
+        group.create_array("frame_hash", shape=(n_frames,), chunks=(1,), dtype="uint64", fill_value=0)
         group.attrs[ATTR] = {
             "format": FORMAT,
             "model_hash": model_hash,
@@ -185,17 +212,68 @@ class EmbeddingStore:
     def todo(self) -> list[int]:
         return [t for t in range(self.n_frames) if not self._done[t]]
 
-    def load(self, t: int) -> Embedding:
-        """Frame ``t``'s :class:`Embedding` (features ``1 x 256 x 64 x 64`` float32 on the CPU)."""
+    def load(self, t: int, frame: np.ndarray | None = None) -> Embedding:
+        """Frame ``t``'s :class:`Embedding` (features ``1 x 256 x 64 x 64`` float32 on the CPU), checked.
+
+        Args:
+            frame: the image frame it is used for; compared with the hash recorded when it was stored.
+
+        Raises:
+            KeyError: not stored. EmbeddingStoreDamaged: fails its checksum or cannot be read.
+            EmbeddingStoreMismatch: ``frame`` is not the frame the embedding was computed from.
+        """
         if not self.has(t):
             raise KeyError(f"Frame {t} has no stored embedding in {self.path}; run `mobilesam embed` to complete it.")
-        feats = torch.from_numpy(np.asarray(self._features[t], dtype=np.float32))[None]
+        fix = f"run `mobilesam embed IMAGE -o {self.path}` (it recomputes damaged frames), or delete the store."
+        try:
+            stored = np.asarray(self._features[t])
+            ok = int(self._sums[t]) == _checksum(stored)
+        except Exception as err:  # a damaged chunk
+            raise EmbeddingStoreDamaged(f"Frame {t}'s embedding in {self.path} cannot be read ({type(err).__name__}); {fix}") from None
+        if not ok:
+            raise EmbeddingStoreDamaged(f"Frame {t}'s embedding in {self.path} fails its checksum (the file was damaged); {fix}")
+        if frame is not None and int(self._hashes[t]) not in (0, frame_hash(frame)):
+            raise EmbeddingStoreMismatch(f"Frame {t} of this image differs from the frame {self.path} was computed for; "
+                                         "use the store made for this image, or recompute it with `mobilesam embed ... --overwrite`.")
+        feats = torch.from_numpy(stored.astype(np.float32))[None]
         return Embedding(feats, tuple(self.meta["original_size"]), tuple(self.meta["input_size"]))
 
-    def save(self, t: int, emb: Embedding) -> None:
-        """Write frame ``t``'s embedding, then mark it done."""
+    def save(self, t: int, emb: Embedding, frame_hash: int | None = None) -> None:
+        """Write frame ``t``'s embedding, its checksum and ``frame_hash`` (of the image frame, see
+        :func:`frame_hash`; None: not recorded), then mark it done."""
         if tuple(emb.original_size) != tuple(self.meta["original_size"]) or tuple(emb.input_size) != tuple(self.meta["input_size"]):
             raise ValueError(f"Embedding of a {emb.original_size} frame does not fit store {self.path} of {self.meta['original_size']} frames.")
-        self._features[t] = emb.features.detach().to("cpu", torch.float32).reshape(256, 64, 64).numpy()
+        stored = emb.features.detach().to("cpu", torch.float32).reshape(256, 64, 64).numpy().astype(self._features.dtype)
+        self._features[t] = stored
+        self._sums[t] = np.uint64(_checksum(stored))
+        self._hashes[t] = np.uint64(frame_hash or 0)
         self._done_arr[t] = 1
         self._done[t] = True
+
+    def verify(self) -> list[int]:
+        """Check every stored embedding; those damaged are marked missing (to be recomputed). Returns them."""
+        bad = []
+        for t in np.flatnonzero(self._done):
+            try:
+                ok = int(self._sums[t]) == _checksum(np.asarray(self._features[t]))
+            except Exception:
+                ok = False
+            if not ok:
+                bad.append(int(t))
+                self._done_arr[t] = 0
+                self._done[t] = False
+        return bad
+
+    @staticmethod
+    def remove(path: str | os.PathLike) -> None:
+        """Delete an embedding store of ours (also one whose metadata is damaged); refuse anything else."""
+        import shutil
+
+        p = Path(path).expanduser()
+        if not _looks_like_store(p):
+            EmbeddingStore.open(p, "", "", mode="r", check=False)  # raises: not an embedding store
+        shutil.rmtree(p)
+
+
+def _checksum(stored: np.ndarray) -> int:
+    return frame_hash(stored)
