@@ -69,3 +69,27 @@ def test_ids_mask_choice_and_signature():
     assert select_of(0) == "best" and select_of(3) == 2
     moved = collect_objects(table([[5, 5], [6, 7]], [1, 1], groups=[4, 4], ids=[0, 7], masks=[2, 0]), 0, (), ())[0]
     assert moved.signature != o.signature
+
+
+def test_prompts_outside_the_frame_are_skipped_and_named():
+    from napari_mobilesam.gui.prompts import outside_prompts
+
+    pts = [[10, 278], [20, 20], [-3, 5]]  # col 278 of a 256-wide frame; a row above it
+    inside_box = [[10, 10], [40, 40]]
+    partly = [[200, 240], [230, 300]]  # clipped to the frame
+    away = [[300, 300], [320, 330]]
+    t = table(pts, [1, 1, 1], shapes=[inside_box, partly, away])
+    objs = collect_objects(t, 0, (), (), spatial=(256, 256))
+    assert [o.point_rows for o in objs if o.prompt.box is None] == [[1]]
+    assert [o.prompt.box.tolist() for o in objs if o.prompt.box is not None] == [[10, 10, 40, 40], [200, 240, 230, 255]]
+    assert outside_prompts(t, (256, 256)) == ["point at row 10, col 278", "point at row -3, col 5", "box at rows 300–320, cols 300–330"]
+    assert len(collect_objects(t, 0, (), ())) == 6  # without a frame size nothing is skipped
+
+
+def test_wrong_dimensions_message_names_the_fix():
+    with pytest.raises(ValueError) as err:
+        collect_objects(table([[0, 0, 1]], [1]), 0, (), ())
+    msg = str(err.value)
+    assert "2 or 2" not in msg and "prompt layers need 2 dimensions" in msg and "pick 'new' as 'points' layer" in msg
+    with pytest.raises(ValueError, match="need 2 or 3 dimensions"):
+        collect_objects(table(shapes=[[[0, 0, 0, 1], [0, 0, 2, 2]]]), 1, (2,), (0,))

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..engine.predictor import Prompt
 
-__all__ = ["ObjectPrompt", "PromptTable", "collect_objects", "select_of"]
+__all__ = ["ObjectPrompt", "PromptTable", "collect_objects", "outside_prompts", "select_of"]
 
 Frame = tuple[int, ...]
 
@@ -106,10 +106,43 @@ def _frames(coords: np.ndarray, n_lead: int, current: Frame, lead_shape: Sequenc
 
 def _check_dims(name: str, ndim: int, n_lead: int) -> None:
     if ndim not in (2, n_lead + 2):
+        fits = "2" if n_lead == 0 else f"2 or {n_lead + 2}"
+        box = {"Points": "points", "Shapes": "boxes"}.get(name, name.lower())
         raise ValueError(
-            f"The {name} layer has {ndim} dimensions but the image has {n_lead + 2} (without colour); "
-            f"use a {name} layer with 2 or {n_lead + 2} dimensions (the widget creates one if you pick 'new')."
+            f"The {name} layer has {ndim} dimensions but the image has {n_lead + 2} (without colour): "
+            f"pick 'new' as '{box}' layer (prompt layers need {fits} dimensions)."
         )
+
+
+def _inside_point(rc: np.ndarray, spatial: Sequence[int]) -> bool:
+    """A (row, col) falls on a pixel of an ``(H, W)`` frame (pixel centres at integers)."""
+    return bool(-0.5 <= rc[0] < spatial[0] - 0.5 and -0.5 <= rc[1] < spatial[1] - 0.5)
+
+
+def _box_of(verts) -> np.ndarray:
+    yx = np.asarray(verts, float)[:, -2:]
+    return np.concatenate([yx.min(0), yx.max(0)])
+
+
+def _inside_box(box: np.ndarray, spatial: Sequence[int]) -> bool:
+    """The box overlaps the frame (a box partly outside is clipped to it) and is at least 1 pixel high and wide
+    (the engine refuses smaller boxes; here they are skipped and named, like boxes outside)."""
+    return bool(box[2] >= -0.5 and box[3] >= -0.5 and box[0] < spatial[0] - 0.5 and box[1] < spatial[1] - 0.5
+                and box[2] - box[0] >= 1 and box[3] - box[1] >= 1)
+
+
+def outside_prompts(table: PromptTable, spatial: Sequence[int]) -> list[str]:
+    """Descriptions of the points and boxes of ``table`` that lie outside an ``(H, W)`` frame
+    (``collect_objects`` skips them), e.g. ``"point at row 10, col 278"``."""
+    out = []
+    for p in np.asarray(table.points, float).reshape(len(table.points), -1) if len(table.points) else ():
+        if not _inside_point(p[-2:], spatial):
+            out.append(f"point at row {p[-2]:.0f}, col {p[-1]:.0f}")
+    for v in table.shapes:
+        b = _box_of(v)
+        if not _inside_box(b, spatial):
+            out.append(f"box at rows {b[0]:.0f}–{b[2]:.0f}, cols {b[1]:.0f}–{b[3]:.0f}")
+    return out
 
 
 def _box_distance(p: np.ndarray, box: np.ndarray) -> float:
@@ -124,6 +157,7 @@ def collect_objects(
     lead_shape: Sequence[int],
     current: Frame,
     frames: Sequence[Frame] | None = None,
+    spatial: Sequence[int] | None = None,
 ) -> list[ObjectPrompt]:
     """Group the prompts of ``table`` into objects.
 
@@ -131,6 +165,8 @@ def collect_objects(
         n_lead, lead_shape: number and sizes of the image's leading (stack) dimensions.
         current: the frame being viewed (for 2D prompt layers on a stack).
         frames: keep only objects in these frames (None: all frames).
+        spatial: ``(H, W)`` of a frame: points outside it and boxes not touching it are skipped
+            (:func:`outside_prompts` names them); boxes partly outside are clipped to it.
 
     Returns:
         Objects ordered by frame, then boxes, groups and single points in layer order.
@@ -150,8 +186,11 @@ def collect_objects(
         f = sframes[j]
         if f is None or (keep is not None and f not in keep):
             continue
-        yx = np.asarray(verts, float)[:, -2:]
-        box = np.concatenate([yx.min(0), yx.max(0)])
+        box = _box_of(verts)
+        if spatial is not None:
+            if not _inside_box(box, spatial):
+                continue
+            box = np.clip(box, 0, [spatial[0] - 1, spatial[1] - 1] * 2)
         ob = ObjectPrompt(f, Prompt(box=box), int(table.shape_ids[j]), [], [j], select_of(int(table.shape_masks[j])))
         objects[("box", j)] = ob
         anchors.setdefault(f, []).append((ob, box, True))
@@ -161,6 +200,8 @@ def collect_objects(
     for i in range(len(pts)):
         f = pframes[i]
         if f is None or (keep is not None and f not in keep):
+            continue
+        if spatial is not None and not _inside_point(pts[i, -2:], spatial):
             continue
         g = int(table.point_groups[i])
         if g > 0:
