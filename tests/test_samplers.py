@@ -73,7 +73,7 @@ def test_grid_equals_sam_generator(predictor, sam):
     assert steps == [(1, 3), (2, 3), (3, 3)]  # 9 points in batches of 4
     ref = SamAutomaticMaskGenerator(sam, points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     ref.predictor = predictor
-    expected = ref.generate(rgb)
+    expected = [m for m in ref.generate(rgb) if m["area"] > 0]  # an empty mask is no object: we leave those out
     assert len(objects) == len(expected) > 0
     ours = sorted((o.full().tobytes(), round(o.score, 5)) for o in objects)
     theirs = sorted((m["segmentation"].tobytes(), round(m["predicted_iou"], 5)) for m in expected)

@@ -230,6 +230,70 @@ def blob_boxes(
     return boxes, scores.astype(np.float64)
 
 
+def _iter_grid_fast(
+    predictor: Predictor,
+    rgb: np.ndarray,
+    key: Hashable | None,
+    points_per_side: int,
+    points_per_batch: int | None,
+    min_score: float,
+    min_stability: float,
+    box_nms_thresh: float,
+    stability_offset: float = 1.0,
+) -> Generator[tuple[int, int], None, list[ObjectMask]]:
+    """The generator's whole-frame pass (``crop_n_layers=0``) with each mask computed only around itself.
+
+    Same steps as ``SamAutomaticMaskGenerator._process_batch`` + ``_process_crop``: the point
+    grid, three masks per point, predicted IoU ``> min_score``, stability ``>= min_stability``
+    (of the full-resolution logits, thresholded at ±``stability_offset``; each filter only when
+    its threshold is > 0), box NMS; empty masks are left out. The full-size
+    logit maps (4 MB per mask for a 1024² frame) never exist: each mask's full-resolution logits
+    are computed in the window where they can exceed ``threshold - offset`` (:class:`MaskUpsampler`).
+    """
+    from segment_anything.utils.amg import build_point_grid
+    from torchvision.ops.boxes import batched_nms
+
+    size = tuple(rgb.shape[:2])
+    predictor.set_image(rgb, key=key)
+    up = predictor._upsampler()
+    thr = predictor.model.mask_threshold
+    points = build_point_grid(points_per_side) * np.array(size)[None, ::-1]  # (x, y)
+    step = int(points_per_batch or 64)
+    total = math.ceil(len(points) / step)
+    objects: list[ObjectMask] = []
+    boxes: list[tuple[int, int, int, int]] = []
+    for k in range(total):
+        xy = predictor.transform.apply_coords(points[k * step : (k + 1) * step], size)
+        coords = torch.as_tensor(xy, dtype=torch.float32, device=predictor.device)[:, None]
+        labels = torch.ones(len(xy), 1, dtype=torch.int, device=predictor.device)
+        with torch.inference_mode():
+            sparse, _ = predictor.model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        low, iou = predictor._decode_batches(sparse, None, True)
+        low, iou = low.flatten(0, 1).cpu().numpy(), iou.flatten(0, 1).cpu().numpy()
+        for j in np.flatnonzero(iou > min_score) if min_score > 0 else range(len(iou)):  # the generator's rules
+            logits, (r0, c0) = up.crop_logits(low[j], thr - stability_offset)
+            n_loose = int((logits > thr - stability_offset).sum())
+            stability = float((logits > thr + stability_offset).sum()) / n_loose if n_loose else 0.0
+            if min_stability > 0 and stability < min_stability:
+                continue
+            mask = logits > thr
+            rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+            if rows.size == 0:
+                continue
+            crop = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            top, left = r0 + int(rows[0]), c0 + int(cols[0])
+            objects.append(ObjectMask(crop, (top, left), size, float(iou[j]), stability, int(j % 3), None))
+            boxes.append((left, top, left + crop.shape[1] - 1, top + crop.shape[0] - 1))  # x0, y0, x1, y1 inclusive
+        yield k + 1, total
+    if not objects:
+        return []
+    scores = torch.tensor([o.score for o in objects])
+    keep = batched_nms(torch.tensor(boxes, dtype=torch.float32), scores, torch.zeros(len(objects)), box_nms_thresh)
+    kept = [objects[i] for i in keep.tolist()]
+    kept.sort(key=lambda o: -o.score)
+    return kept
+
+
 def grid_batch_size(shape: tuple[int, int], budget_bytes: int) -> int:
     """Points per batch of the stock generator within ``budget_bytes``.
 
@@ -283,6 +347,8 @@ def iter_grid_objects(
     if int(points_per_side) < 1:
         raise ValueError(f"points_per_side must be >= 1, got {points_per_side}.")
     size = tuple(rgb.shape[:2])
+    if int(crop_n_layers) == 0:
+        return (yield from _iter_grid_fast(predictor, rgb, key, int(points_per_side), points_per_batch, min_score, min_stability, box_nms_thresh))
     if points_per_batch is None:
         points_per_batch = grid_batch_size(size, predictor.batch_bytes)
     gen = SamAutomaticMaskGenerator(
