@@ -28,12 +28,17 @@ def small_cell(cell_image) -> np.ndarray:
 
 
 @pytest.fixture
-def make_widget(make_napari_viewer, sam, checkpoint):
-    """A viewer with one image and the widget, using the session's model (built once)."""
+def make_widget(make_napari_viewer, request, checkpoint):
+    """A viewer with one image and the widget, using the session's model (built once).
+
+    As in a user's napari, the viewer (and its OpenGL context) exists before the model is asked for;
+    tests/test_first_use.py checks that order in a fresh process, where it really matters.
+    """
 
     def make(image, **image_kw):
         viewer = make_napari_viewer()
         layer = viewer.add_image(image, name="img", **image_kw)
+        sam = request.getfixturevalue("sam")
         w = MobileSAMWidget(viewer)
         w.model_box.value = CHOOSE_FILE
         w.model_file.value = str(checkpoint)
@@ -177,6 +182,7 @@ def test_cancel_keeps_finished_frames(qtbot, make_widget, small_cell):
     written = [t for t in range(3) if labels.data[t].any()]
     assert written == [t for (t,) in frames_written]  # cleanly partial: finished frames only
     assert len(written) < 3
+    assert w.status.value.startswith(f"Segment cancelled: {len(written)} of 3 frames written")
     assert w.segment_btn.enabled and not w.cancel_btn.enabled
 
 
@@ -429,7 +435,14 @@ def test_propagate_through_stack(qtbot, make_widget, predictor, small_cell):
     w.propagate.min_score.min = -1.0
     w.propagate.min_score.value = -1.0
     w.propagate.min_overlap.value = 0.0
+    statuses = []
+    show = w.status.native.set_full_text
+    w.status.native.set_full_text = lambda text: (statuses.append(text), show(text))
     run(qtbot, w, w.propagate.run)
+    assert "Propagate: label 1 from frame 1 along axis 0: embedding the next frame" in statuses
+    per_frame = [s for s in statuses if s.startswith("Propagate label 1: frame ")]
+    assert [s.split(" (")[0] for s in per_frame] == ["Propagate label 1: frame 2", "Propagate label 1: frame 3", "Propagate label 1: frame 0"]
+    assert w.status.value.startswith("Propagated label(s) 1 from frame 1 along axis 0 to 3 frame(s)")
     gen = iter_propagate(predictor, lambda i: stack[i], 4, 1, start, min_score=-1.0, min_overlap=0.0)
     steps = list(gen)
     want = {s.index: s.mask for s in steps if s.mask is not None}
@@ -480,7 +493,6 @@ def test_embeddings_store_from_the_command_line(qtbot, make_widget, predictor, s
     import tifffile
 
     from napari_mobilesam.cli import main
-    from napari_mobilesam.gui import runner
 
     rng = np.random.default_rng(3)
     stack = np.clip(rng.normal(900, 200, (2, 64, 80)), 0, None).astype(np.uint16)
@@ -510,13 +522,12 @@ def test_embeddings_store_from_the_command_line(qtbot, make_widget, predictor, s
     ref = expected(predictor, stack[1], box, stack.shape[1:])
     assert got.any() and agree(got, ref) > 0.999
     # a store of another image: a notification naming the mismatch, nothing written
-    errors = []
-    monkeypatch.setattr(runner, "show_error", errors.append)
+    errors = capture_errors(monkeypatch)
     viewer2, w2, _ = make_widget(stack[::-1].copy())
     w2.embeddings.value = str(emb)
     w2.shapes_box.value.add_rectangles(np.array([[0, 15, 25], [0, 15, 60], [0, 45, 60], [0, 45, 25]]))
     run(qtbot, w2)
-    assert errors and "another image" in errors[-1] and "pixel values differ" in errors[-1]
+    assert errors and "another image" in errors[-1].message and "pixel values differ" in errors[-1].message
     assert w2.labels_box.value is None or not w2.labels_box.value.data.any()
     # a store made with `--contrast`: the widget sees the image through that window too
     emb2 = tmp_path / "window.zarr"
@@ -555,28 +566,48 @@ def test_widget_creates_an_embeddings_store(qtbot, make_widget, predictor, sam, 
         live_clicks(qtbot, w2, (2, 20, 30))
     finally:
         hook.remove()
-    assert encoded == [] and w2.labels_box.value.data[2].any()
+    assert encoded == [] and w2.status.value.startswith("object 1: ")
+    ref = expected(predictor, stack[2], [(Prompt(points=[[20, 30]]), True, "best", 1)], stack.shape[1:])
+    assert agree(w2.labels_box.value.data[2], ref) > 0.999  # (the random test weights may find no mask here)
+
+
+def capture_errors(monkeypatch) -> list:
+    """The error notifications the user would see (``.message``: the short sentence;
+    ``str(.exception)``: the details behind 'View Traceback')."""
+    from napari_mobilesam.gui import feedback
+
+    seen: list = []
+    monkeypatch.setattr(feedback, "notify", seen.append)
+    return seen
 
 
 def test_errors_are_notifications(qtbot, make_widget, small_cell, monkeypatch, tmp_path):
-    from napari_mobilesam.gui import runner
     from napari_mobilesam.model.weights import REGISTRY, WeightsSpec
 
-    errors = []
-    monkeypatch.setattr(runner, "show_error", errors.append)
+    errors = capture_errors(monkeypatch)
     viewer, w, img = make_widget(small_cell)
     w.model_file.value = str(tmp_path / "missing.pt")
     w.points_box.value.add([[40.0, 40.0]])
     w.sam = None
     w.segment()
-    assert not w.busy and errors and "missing.pt" in errors[-1] and "pick a .pt file" in errors[-1]
-    # registry weights while offline: the message names the fix
+    assert not w.busy and errors and "missing.pt" in errors[-1].message and "pick a .pt file" in errors[-1].message
+    # an empty checkpoint field says so (not "Checkpoint '.' is not a file")
+    w.model_file.line_edit.value = ""  # the user cleared the field
+    w.segment()
+    assert errors[-1].message == "MobileSAM: No checkpoint chosen: pick a .pt file next to 'checkpoint', or a registry model under 'model'."
+    assert w.status.value.startswith("Error: No checkpoint chosen")
+    # registry weights while offline: one short sentence naming the fix; URLs and the cause behind the details
     monkeypatch.setenv("NAPARI_MOBILESAM_CACHE", str(tmp_path))
     offline = WeightsSpec("mobile_sam", "mobile_sam.pt", ("file:///nonexistent/mobile_sam.pt",), None, "unreachable mirror")
     monkeypatch.setitem(REGISTRY, "mobile_sam", offline)
     w.model_box.value = "mobile_sam"
     run(qtbot, w)
-    assert "NAPARI_MOBILESAM_WEIGHTS_MOBILE_SAM" in errors[-1]
+    short = errors[-1].message
+    assert short.startswith("MobileSAM: Could not download the 'mobile_sam' weights (offline?)")
+    assert "NAPARI_MOBILESAM_WEIGHTS_MOBILE_SAM" in short and "file://" not in short and len(short) < 220
+    details = str(errors[-1].exception)
+    assert "file:///nonexistent/mobile_sam.pt" in details and "put it at" in details
+    assert w.status.value == "Error: " + short.removeprefix("MobileSAM: ")
     assert w.labels_box.value is None or not w.labels_box.value.data.any()
 
 
@@ -622,6 +653,7 @@ def test_everything_section_blobs_matches_engine_and_cancel_keeps_frames(qtbot, 
     w._worker.yielded.connect(lambda m: getattr(m, "labels", None) is not None and (finished.append(m.index), w.cancel()))
     qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
     assert finished[:1] == [(0,)] and len(finished) < 3
+    assert w.status.value.startswith(f"Segment everything cancelled: {len(finished)} of 3 frames written")
     assert [t for t in range(3) if (labels.data[t] != user[t]).any()] == [t for (t,) in finished]
 
 
@@ -679,3 +711,159 @@ def test_region_write_equals_whole_frame_write(make_napari_viewer):
         assert not (a.data[1, 40:50, 50:60] == 9).all()  # old pixels of 9 released
         a.undo()
         assert np.array_equal(a.data, base)
+
+
+def count_decodes(monkeypatch) -> list[int]:
+    """Number of prompts each ``Predictor.predict_objects`` call decodes."""
+    from napari_mobilesam.engine.predictor import Predictor
+
+    calls: list[int] = []
+    original = Predictor.predict_objects
+
+    def recording(self, prompts, *a, **kw):
+        calls.append(len(prompts))
+        return original(self, prompts, *a, **kw)
+
+    monkeypatch.setattr(Predictor, "predict_objects", recording)
+    return calls
+
+
+def rect(r0, c0, r1, c1):
+    return np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]], float)
+
+
+def test_objects_stay_as_written(qtbot, make_widget, predictor, small_cell, monkeypatch):
+    """Segment decodes only new or changed prompts; written objects keep their pixels; a
+    re-segmented object replaces only its own pixels; each step is one undo."""
+    viewer, w, img = make_widget(small_cell)
+    shapes = w.shapes_box.value
+    shapes.add_rectangles([rect(10, 10, 60, 60), rect(70, 20, 120, 80), rect(100, 70, 150, 130)])
+    decoded = count_decodes(monkeypatch)
+    run(qtbot, w)
+    labels = w.labels_box.value
+    step1 = labels.data.copy()
+    assert sum(decoded) == 3 and {1, 2, 3} <= set(np.unique(step1))
+    # two new boxes, each overlapping written objects: only they are decoded, ids 1-3 keep every pixel
+    decoded.clear()
+    new_boxes = [rect(30, 30, 100, 100), rect(5, 60, 160, 135)]
+    shapes.add_rectangles(new_boxes)
+    run(qtbot, w)
+    step2 = labels.data.copy()
+    assert sum(decoded) == 2
+    for lid in (1, 2, 3):
+        assert np.array_equal(step2 == lid, step1 == lid), f"object {lid} changed"
+    ref = expected(predictor, small_cell, [(Prompt(box=[30, 30, 100, 100]), False, "best", 4),
+                                           (Prompt(box=[5, 60, 160, 135]), False, "best", 5)], small_cell.shape, existing=step1)
+    assert np.array_equal(step2, ref)  # new masks fill background only (largest first among themselves)
+    assert (step2 == 4).any() and (step2 == 5).any()
+    assert w.status.value.startswith("Segment → 'img labels': 2 object(s); object 4: ") and "3 unchanged kept" in w.status.value
+    # nothing changed: nothing decoded, nothing written, and the status says why
+    decoded.clear()
+    run(qtbot, w)
+    assert decoded == [] and np.array_equal(labels.data, step2)
+    assert w.status.value.startswith("Segment: nothing to do — all 5 object(s) are as written")
+    # object 2's box moves: only id 2's pixels change, into background or its own old pixels
+    shapes.data = [shapes.data[0], rect(75, 25, 125, 85), *shapes.data[2:]]
+    shapes.features["label_id"] = [1, 2, 3, 4, 5]  # napari resets features when data is replaced wholesale
+    run(qtbot, w)
+    step3 = labels.data.copy()
+    assert sum(decoded) == 1
+    diff = step3 != step2
+    assert diff.any() and np.all((step2[diff] == 2) | (step3[diff] == 2))
+    assert np.all(np.isin(step2[step3 == 2], [0, 2]))  # it took no pixel of another object
+    for lid in (1, 3, 4, 5):
+        assert np.array_equal(step3 == lid, step2 == lid)
+    # each step is one Ctrl+Z
+    labels.undo()
+    assert np.array_equal(labels.data, step2)
+    labels.undo()
+    assert np.array_equal(labels.data, step1)
+    labels.undo()
+    assert not labels.data.any()
+    # an object whose mask is gone from the layer (undone) is segmented again
+    decoded.clear()
+    run(qtbot, w)
+    assert sum(decoded) == 5
+
+
+def test_status_lines(qtbot, make_widget, predictor, small_cell, monkeypatch):
+    """Live results, ids after the user's labels, prompts outside the image, overwrite."""
+    from napari_mobilesam.gui import widget as widget_module
+
+    warnings = []
+    monkeypatch.setattr(widget_module, "show_warning", warnings.append)
+    viewer, w, img = make_widget(small_cell)
+    user = np.zeros(small_cell.shape, np.uint32)
+    user[:20, :20] = 99  # a hand-painted label 99
+    labels = viewer.add_labels(user.copy(), name="mine")
+    w.labels_box.value = labels
+    go_live(qtbot, w)
+    live_clicks(qtbot, w, (80, 70))
+    n = int((labels.data == 100).sum())
+    assert n > 0
+    assert w.status.value == f"object 100: {n:,} px; new ids start at 100, after the largest label in 'mine'"
+    labels.data[labels.data == 0] = 99  # the user paints all the rest: a new mask has no room
+    live_clicks(qtbot, w, (120, 30))
+    assert not (labels.data == 101).any()
+    assert w.status.value == "object 101: nothing written — the mask lies on existing labels (tick 'overwrite' to cover them)"
+    # a point outside the 165 x 138 image: warned, skipped, never segmented
+    w.live.value = False
+    w.points_box.value.add([[10.0, 278.0]])
+    before = labels.data.copy()
+    run(qtbot, w)
+    assert warnings and "skipped 1 prompt outside the 165×138 image: point at row 10, col 278" in warnings[-1]
+    assert "skipped 1 prompt outside" in w.status.value and np.array_equal(labels.data, before)
+    assert list(w.points_box.value.features["label_id"])[-1] == 0
+
+
+def test_new_layer_ids_start_at_one_after_another_image(qtbot, make_widget, predictor, small_cell):
+    """Ids of another image's output do not carry over: a new layer for an RGB image starts at 1;
+    switching back keeps the first image's objects as written."""
+    from skimage import data
+
+    viewer, w, img = make_widget(small_cell)
+    w.points_box.value.add([[40.0, 40.0], [110.0, 90.0]])
+    run(qtbot, w)
+    first = w.labels_box.value
+    written = first.data.copy()
+    rgb = viewer.add_image(np.ascontiguousarray(data.astronaut()[::4, ::4]), name="rgb")
+    w.image_box.value = rgb
+    assert w.labels_box.value is None
+    w.points_box.value.add([[64.0, 64.0]])
+    run(qtbot, w)
+    assert list(w.points_box.value.features["label_id"]) == [1]
+    assert set(np.unique(w.labels_box.value.data)) <= {0, 1} and w.labels_box.value is not first
+    w.image_box.value = img
+    assert w.labels_box.value is first and list(w.points_box.value.features["label_id"]) == [1, 2]
+    run(qtbot, w)
+    assert np.array_equal(first.data, written) and "nothing to do" in w.status.value
+
+
+def test_axis_names_show_label_and_index(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((4, 32, 32), np.uint8), name="t-stack", axis_labels=("t", "y", "x"))
+    w = MobileSAMWidget(viewer)
+    assert [w.propagate.axis.native.itemText(i) for i in range(w.propagate.axis.native.count())] == ["t (axis 0, 4 frames)"]
+    assert w.propagate.section.expanded  # a stack: the section is open
+    plain = viewer.add_image(np.zeros((3, 2, 32, 32), np.uint8), name="plain")
+    w.image_box.value = plain
+    assert [w.propagate.axis.native.itemText(i) for i in range(2)] == ["axis 0 (3 frames)", "axis 1 (2 frames)"]
+    flat = viewer.add_image(np.zeros((32, 32), np.uint8), name="flat")
+    w.image_box.value = flat
+    assert not w.propagate.section.expanded and not w.propagate.box.isEnabled()
+
+
+def test_sample_data_through_the_manifest(make_napari_viewer):
+    """File → Open Sample → MobileSAM: the nuclei (RGB, many nuclei) and the synthetic time-lapse."""
+    from napari_mobilesam.testing.synthetic import synthetic_stack
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-mobilesam", "nuclei")
+    viewer.open_sample("napari-mobilesam", "synthetic_cells")
+    nuclei, cells = viewer.layers
+    assert nuclei.rgb and nuclei.data.shape == (512, 512, 3) and nuclei.data.dtype == np.uint8
+    assert cells.data.shape == (8, 256, 256) and cells.data.dtype == np.uint8 and tuple(cells.axis_labels) == ("t", "y", "x")
+    stack, truth = synthetic_stack(n_frames=8, shape=(256, 256), seed=0)
+    assert np.array_equal(cells.data, stack)
+    assert min(len(np.unique(f)) - 1 for f in truth) >= 8  # many cells in every frame
+    assert cells.data[truth > 0].mean() > cells.data[truth == 0].mean() + 30  # bright cells: fluorescence-like

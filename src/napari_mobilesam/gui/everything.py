@@ -9,7 +9,9 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, Label, PushButton, SpinBox
 
 from ..engine.tiles import tile_settings
+from .feedback import cancelled, ids_note
 from .jobs import built, worker_predictor
+from .layout import Section
 from .writer import write_frames
 
 if TYPE_CHECKING:
@@ -26,31 +28,31 @@ HELP = (
     "Finds all objects without prompts. 'blobs': scale-space blob detection proposes one box per roundish "
     "object (no extra weights); 'object-aware': MobileSAMv2's YOLO detector proposes boxes (needs a detector "
     ".pt file); 'grid': SAM's 32×32 point grid (slow, generic). Each finished frame is written at once "
-    "(one Ctrl+Z per frame); Cancel keeps the frames already done."
+    "(one Ctrl+Z per frame); Cancel keeps the frames already done. Key: Shift+E."
 )
 
 
 class EverythingSection:
     def __init__(self, widget: MobileSAMWidget) -> None:
-        from .widget import _group
-
         self.w = widget
         self.sampler = ComboBox(label="sampler", choices=SAMPLERS, value="blobs", tooltip=HELP)
         self.detector = FileEdit(label="detector", mode="r", filter="*.pt", tooltip="YOLO detect/segment checkpoint (e.g. ObjectAwareModel.pt)")
         self.hint = Label(value="")
-        self.diameter = SpinBox(label="diameter (px)", value=0, min=0, max=10000, tooltip="Expected object diameter; 0 = automatic")
-        self.polarity = ComboBox(label="objects are", choices=["bright", "dark"], value="bright", tooltip="blobs: brighter (fluorescence) or darker (brightfield) than background")
-        self.min_score = FloatSpinBox(label="min pred. IoU", value=0.0, min=0.0, max=1.0, step=0.05,
-                                      tooltip="Drop masks whose predicted IoU is lower")
-        self.tile = SpinBox(label="tile (px)", value=0, min=0, max=100000, step=256,
-                            tooltip="Frames larger than this are segmented tile by tile at the model's resolution "
+        self.hint.native.setWordWrap(True)
+        self.diameter = SpinBox(label="diameter", value=0, min=0, max=10000, tooltip="Expected object diameter in pixels; 0 = automatic")
+        self.polarity = ComboBox(label="objects", choices=["bright", "dark"], value="bright", tooltip="blobs: brighter (fluorescence) or darker (brightfield) than background")
+        self.min_score = FloatSpinBox(label="min IoU", value=0.0, min=0.0, max=1.0, step=0.05,
+                                      tooltip="Drop masks whose predicted IoU (the model's own quality score) is lower")
+        self.tile = SpinBox(label="tile", value=0, min=0, max=100000, step=256,
+                            tooltip="Tile size in pixels. Frames larger than this are segmented tile by tile at the model's resolution "
                             "(tiles overlap by a quarter; objects cut by a tile come from its neighbour); 0 = off")
         self.all_frames = CheckBox(text="all frames", value=False)
-        self.button = PushButton(text="Segment everything")
-        self.box, self.inner = _group(
+        self.button = PushButton(text="Run (Shift+E)")
+        self.section = Section(
             "Segment everything", self.sampler, self.detector, self.hint, self.diameter, self.polarity,
             self.min_score, self.tile, self.all_frames, self.button,
         )
+        self.box, self.inner = self.section.box, self.section.inner
         self.box.setToolTip(HELP)
         self.button.tooltip = HELP
         self.sampler.changed.connect(self._update)
@@ -119,6 +121,8 @@ class EverythingSection:
 
         done: list = []
         last = [""]
+        notes: list[str] = []
+        top, issued = int(np.max(labels.data)) if labels.data.size else 0, w._issued
 
         def on_msg(msg) -> None:
             if isinstance(msg, EverythingProgress):
@@ -128,14 +132,21 @@ class EverythingSection:
                 if msg.labels is not None:  # a finished frame: one undoable write
                     new = msg.labels
                     if new.any():  # keep clear of ids already given to prompts (not yet in the layer)
-                        shift = max(0, w.next_id() - int(new[new > 0].min()))
+                        first = w.next_id()
+                        shift = max(0, first - int(new[new > 0].min()))
                         new = np.where(new > 0, new + shift, 0).astype(new.dtype) if shift else new
+                        if not notes and top > issued:
+                            notes.append(ids_note(int(new[new > 0].min()), top, labels.name))
                     write_frames(labels, [(tuple(msg.index), new)], overwrite=w.overwrite.value)
                     done.append(msg.index)
                 w.show_progress(msg.done, msg.total, f"Everything: {msg.message}")
 
         def on_finish() -> None:
             n = geo.n_frames if every else 1
-            w.status.value = f"Segment everything: {len(done)} of {n} frame(s) written" + (f" (last: {last[0]})" if done else "")
+            if w.job_cancelled:
+                text = f"Segment everything {cancelled(len(done), n)}"
+            else:
+                text = f"Segment everything: {len(done)} of {n} frame(s) written" + (f" ({last[0]})" if done else "")
+            w.end_status(text + "".join(f"; {t}" for t in notes if t) + (". Ctrl+Z undoes each frame." if done else "."))
 
         w.run_job(gen(), on_msg, on_finish, title="Everything")

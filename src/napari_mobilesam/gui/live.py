@@ -15,6 +15,7 @@ from napari.utils.events import Event
 from qtpy.QtCore import QObject, Signal
 
 from . import threads
+from .feedback import objects_summary
 from .jobs import FrameReady, decode_objects, segment_frames, worker_predictor
 
 __all__ = ["LiveMode"]
@@ -37,6 +38,7 @@ class LiveMode:
     _prompt_gen = 0  # bumped on every prompt change; a result decoded for an older one is checked
     _embedding = None  # frame key being embedded between a job's steps (the latest frame moved to)
     _relay: _Relay | None = None
+    _live_note = ""  # said with the next live result (ids continuing after the user's labels)
 
     @property
     def live_pending(self) -> bool:
@@ -94,6 +96,8 @@ class LiveMode:
         alive = {o.label_id for o in objs}
         changed = [o for o in objs if o.label_id <= 0 or self._signatures.get(o.label_id) != o.signature]
         gone = [lid for lid, sig in self._signatures.items() if sig[0] == cur and lid not in alive]
+        if self._outside and (changed or gone):
+            self.status.value = f"Live: {self.outside_note()}."
         if not changed and not gone and not force_embedding:
             return
         frame, key, kw = self._frame_reader(image)
@@ -119,11 +123,24 @@ class LiveMode:
             return
         if not changed and not gone:
             return
-        self.assign_ids(changed)
+        self._live_note = self.assign_ids(changed) or self._live_note
         if not changed:  # only deletions: nothing to decode
             self.write_objects(cur, [], [], also_clear=gone)
+            self._live_status([], gone)
             return
         self._start_decode(image, cur, k, changed, gone)
+
+    def _live_status(self, counts: list, gone: list) -> None:
+        """One line per live result: each object's pixels (or why none), removed objects."""
+        parts = [objects_summary(counts)] if counts else []
+        if gone:
+            parts.append(f"object{'s' if len(gone) > 1 else ''} {', '.join(map(str, gone))} removed (its prompt was deleted)")
+        if self._live_note:
+            parts.append(self._live_note)
+            self._live_note = ""
+        if self._outside:
+            parts.append(self.outside_note())
+        self.status.value = "; ".join(parts)
 
     def _relay_to_gui(self) -> _Relay:
         """Carries calls from the model thread to the GUI thread."""
@@ -212,7 +229,9 @@ class LiveMode:
                 changed, masks = [changed[i] for i in keep], [masks[i] for i in keep]
                 gone = [lid for lid in gone if lid not in now]
             if changed or gone:
-                self._guard(lambda: self.write_objects(cur, changed, masks, also_clear=gone))
+                counts = self._guard(lambda: self.write_objects(cur, changed, masks, also_clear=gone))
+                if counts is not None:
+                    self._live_status(counts, gone)
         finally:
             if self._live_again and self._live_worker is None:
                 self._live_again = False

@@ -10,7 +10,9 @@ from magicgui.widgets import ComboBox, FloatSpinBox, PushButton
 from .._progress import relay
 from ..engine.propagate import PropagationStep, iter_propagate
 from . import layers as L
-from .jobs import built, worker_predictor
+from .feedback import cancelled
+from .jobs import Progress, built, worker_predictor
+from .layout import Section
 from .writer import frame_view, write_frames
 
 if TYPE_CHECKING:
@@ -23,21 +25,34 @@ HELP = (
     "selected label) on the next and previous frames, each prompted by the previous frame's mask (its "
     "box + mask input). Each object stops in a direction when its predicted IoU or its overlap with the "
     "previous frame drops below the thresholds, or it vanishes. Frame embeddings are computed once for "
-    "all objects. One Ctrl+Z undoes a whole run."
+    "all objects. One Ctrl+Z undoes a whole run (also a cancelled one: the frames done are written). Key: Shift+F."
 )
+
+
+def axis_names(image) -> list[str]:
+    """``"t (axis 0, 5 frames)"`` per leading axis of ``image``, from the layer's axis labels
+    (napari's default labels, "-3" and so on, give ``"axis 0 (5 frames)"``)."""
+    geo = L.FrameGeometry.of(image)
+    labels = list(getattr(image, "axis_labels", ()) or ())[: geo.n_lead]
+    out = []
+    for i, size in enumerate(geo.lead_shape):
+        name = str(labels[i]) if i < len(labels) else ""
+        default = name.lstrip("-").isdigit() or not name
+        out.append(f"axis {i} ({size} frames)" if default else f"{name} (axis {i}, {size} frames)")
+    return out
 
 
 class PropagateSection:
     def __init__(self, widget: MobileSAMWidget) -> None:
-        from .widget import _group
-
         self.w = widget
-        self.axis = ComboBox(label="along axis", choices=self._axes, tooltip="Stack axis to propagate along")
-        self.min_score = FloatSpinBox(label="min pred. IoU", value=0.5, min=0.0, max=1.0, step=0.05)
-        self.min_overlap = FloatSpinBox(label="min overlap", value=0.3, min=0.0, max=1.0, step=0.05,
-                                        tooltip="IoU with the previous frame's mask")
-        self.button = PushButton(text="Propagate selected objects")
-        self.box, self.inner = _group("Propagate through the stack", self.axis, self.min_score, self.min_overlap, self.button)
+        self.axis = ComboBox(label="axis", choices=self._axes, tooltip="Stack axis to propagate along")
+        self.min_score = FloatSpinBox(label="min IoU", value=0.5, min=0.0, max=1.0, step=0.05,
+                                      tooltip="Stop where the predicted IoU (the model's own quality score) drops below this")
+        self.min_overlap = FloatSpinBox(label="overlap", value=0.3, min=0.0, max=1.0, step=0.05,
+                                        tooltip="Stop where the IoU with the previous frame's mask drops below this")
+        self.button = PushButton(text="Propagate (Shift+F)")
+        self.section = Section("Propagate", self.axis, self.min_score, self.min_overlap, self.button)
+        self.box, self.inner = self.section.box, self.section.inner
         self.box.setToolTip(HELP)
         self.button.tooltip = HELP
         self.button.changed.connect(self.run)
@@ -46,13 +61,16 @@ class PropagateSection:
         image = self.w.image_box_value()
         if image is None:
             return []
-        n = L.FrameGeometry.of(image).n_lead
-        names = list(self.w.viewer.dims.axis_labels)[-(n + 2) :][:n] if n else []
-        return [(f"{names[i] if i < len(names) else i} ({i})", i) for i in range(n)]
+        return [(name, i) for i, name in enumerate(axis_names(image))]
 
     def reset_axes(self) -> None:
         self.axis.reset_choices()
         self.box.setEnabled(bool(self.axis.choices))
+        self.section.header.setToolTip("" if self.axis.choices else "The image is a single frame: nothing to propagate through.")
+
+    def on_image(self, image) -> None:
+        """Open the section for a stack, fold it away for a single frame."""
+        self.section.set_expanded(L.FrameGeometry.of(image).n_lead > 0)
 
     def selected_ids(self, frame) -> list[int]:
         """Label ids of the selected prompts on ``frame``, else the Labels layer's selected label."""
@@ -91,9 +109,14 @@ class PropagateSection:
             f[ax] = i
             return tuple(f)
 
+        n_ax = geo.lead_shape[ax]
+        axis = axis_names(image)[ax].split(" (")[0]
+        where = f"from frame {cur[ax]} along {axis}"
+
         def gen():
             pred = worker_predictor((yield from built(w.model_step())), w.cache)  # embeddings cached: computed once for all objects
             for lid, mask in starts.items():
+                yield Progress(0, 0, f"label {lid} {where}: embedding the next frame")
                 yield from relay(iter_propagate(
                     pred, lambda i: read(frame_at(i)), geo.lead_shape[ax], cur[ax], mask, key=lambda i: key(frame_at(i)),
                     min_score=self.min_score.value, min_overlap=self.min_overlap.value, image_kwargs=kw,
@@ -112,8 +135,9 @@ class PropagateSection:
                 else:
                     stops.append(f"label {lid}: {step.stopped}" if len(ids) > 1 else step.stopped)
                 k = ids.index(lid)
+                what = f"stopped ({step.stopped})" if step.mask is None else f"pred. IoU {step.score:.2f}, overlap {step.overlap:.2f}"
                 w.show_progress(k * step.total + step.done, len(ids) * step.total,
-                                f"Propagate label {lid}: frame {step.index} (pred. IoU {step.score:.2f}, overlap {step.overlap:.2f})")
+                                f"Propagate label {lid}: frame {step.index} ({step.done} of {step.total}; {what})")
 
         def on_finish() -> None:
             # one undoable write for the whole run (also after Cancel: the frames done are kept);
@@ -127,7 +151,10 @@ class PropagateSection:
             if items:
                 write_frames(labels, items, overwrite=w.overwrite.value, replace_ids="new")  # each object's own previous mask
             done = sorted({lid for masks in results.values() for lid in masks})
-            w.status.value = (f"Propagated label(s) {', '.join(map(str, done)) or '-'} to {len(results)} frame(s)"
-                              + (f"; stopped: {'; '.join(stops)}" if stops else ""))
+            if w.job_cancelled:
+                w.end_status(f"Propagate {cancelled(len(results), n_ax - 1)} (label(s) {', '.join(map(str, done)) or '-'}); Ctrl+Z undoes.")
+                return
+            w.end_status(f"Propagated label(s) {', '.join(map(str, done)) or '-'} {where} to {len(results)} frame(s)"
+                         + (f"; stopped: {'; '.join(stops)}" if stops else "") + (". Ctrl+Z undoes." if results else "."))
 
         w.run_job(gen(), on_msg, on_finish, title="Propagate")

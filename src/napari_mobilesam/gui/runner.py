@@ -6,10 +6,10 @@ from collections.abc import Callable, Generator
 
 from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
-from napari.utils.notifications import show_error, show_warning
+from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import QWidget
 
-from . import threads
+from . import feedback, threads
 from .jobs import ModelReady, Progress
 
 __all__ = ["JobHost"]
@@ -24,6 +24,8 @@ class JobHost(QWidget):
 
     _worker = None
     _activity = None
+    job_cancelled = False  # the running (or last) job was cancelled: its on_finish says so
+    job_failed = False  # the running (or last) job ended with an error (already reported)
 
     def __init__(self) -> None:
         super().__init__()
@@ -81,6 +83,7 @@ class JobHost(QWidget):
                 on_msg(msg)
 
         def on_error(err: Exception) -> None:
+            self.job_failed = True
             self.report_error(err)
 
         def on_finished() -> None:
@@ -105,7 +108,7 @@ class JobHost(QWidget):
         worker.yielded.connect(on_yield)
         worker.errored.connect(on_error)
         worker.finished.connect(on_finished)
-        worker.aborted.connect(lambda: setattr(self.status, "value", f"{title or 'job'}: cancelled"))
+        self.job_cancelled = self.job_failed = False
         self._worker = worker
         self._activity = napari_progress(total=0, desc=f"MobileSAM {title}".strip())  # napari's activity dock
         self.progress.visible = True
@@ -128,9 +131,16 @@ class JobHost(QWidget):
             act.n = min(done, total) if total > 0 else 0
             act.set_description(message[:60])
 
-    def cancel(self) -> None:
+    def end_status(self, text: str) -> None:
+        """A job's last status line, unless the job failed (its error message stays)."""
+        if not self.job_failed:
+            self.status.value = text
+
+    def cancel(self, _=None) -> None:
+        """Stop the running job after its current step (what it finished is kept)."""
         if self._worker is not None:
-            self.status.value = "cancelling…"
+            self.job_cancelled = True
+            self.status.value = "cancelling… (the current step finishes first)"
             self._worker.quit()
 
     def _guard(self, fn: Callable) -> object:
@@ -142,7 +152,8 @@ class JobHost(QWidget):
             return None
 
     def report_error(self, err: Exception) -> None:
-        """A napari notification with the whole message (it names the fix) and a status line."""
-        show_error(f"MobileSAM: {err}")
-        self.status.value = f"Error: {str(err).splitlines()[0]}"
+        """A napari notification with one short sentence naming the fix (the technical details
+        behind its *View Traceback*), and the same sentence as the status line."""
+        feedback.notify(feedback.error_notification(err))
+        self.status.value = f"Error: {feedback.short_error(err)}"
 

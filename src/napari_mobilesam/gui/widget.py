@@ -1,8 +1,8 @@
 """The MobileSAM dock widget: controls and wiring only (no tensor code).
 
 Long work (weights download, image embeddings, segmenting frames, propagation, segment
-everything) runs in napari's ``thread_worker`` with a progress bar and Cancel. Live mode decodes the
-objects a click changed in a worker too; the GUI thread only collects prompts and writes labels.
+everything) runs on the model thread with a progress bar and Cancel. Live mode decodes the
+objects a click changed there too; the GUI thread only collects prompts and writes labels.
 """
 
 from __future__ import annotations
@@ -12,29 +12,41 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, RadioButtons
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, ProgressBar, PushButton
 from napari.layers import Image, Labels, Points, Shapes
 from napari.utils.events import Event
-from napari.utils.notifications import show_info
-from qtpy.QtWidgets import QGroupBox, QLabel, QVBoxLayout
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import QSize
+from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..engine.embeddings import EmbeddingCache
 from ..engine.predictor import Predictor
 from ..model.weights import REGISTRY
 from . import layers as L
+from .everything import EverythingSection
+from .feedback import cancelled, objects_summary
 from .jobs import FrameDone, load_model, segment_frames
+from .layout import StatusLine, default_width, group, scrolled
 from .live import LiveMode
+from .output import OutputState
+from .promptui import PromptControls
+from .prompts import ObjectPrompt, collect_objects, outside_prompts
+from .propagate import PropagateSection
 from .runner import JobHost
 from .stores import StoreUse
-from .prompts import ObjectPrompt, collect_objects
-from .propagate import PropagateSection
-from .everything import EverythingSection
-from .writer import check_ids_fit, write_masks
 
-__all__ = ["MobileSAMWidget", "PROMPT_HELP"]
+__all__ = ["KEYS", "MobileSAMWidget", "PROMPT_HELP"]
 
 CHOOSE_FILE = "choose file…"
 MASK_CHOICES = [("best (predicted IoU)", 0), ("mask 1", 1), ("mask 2", 2), ("mask 3", 3)]
+# viewer-wide keys (none of them is a napari layer key); T / Shift+T are bound on the points layer
+KEYS = (("Shift-S", "Segment"), ("Shift-F", "Propagate"), ("Shift-E", "Segment everything"), ("Escape", "Cancel"))
+KEY_HINT = "Keys: Shift+S Segment · Shift+F Propagate · Shift+E Segment everything · Esc Cancel · T / Shift+T (points layer) positive/negative"
+OWNERSHIP = (
+    "Objects stay as written: Segment decodes only prompts that are new or changed since their object was "
+    "written; a new mask fills background only, unless 'overwrite' is ticked; a re-segmented object "
+    "replaces only its own pixels."
+)
 PROMPT_HELP = (
     "Prompts → one label per object:\n"
     "• every rectangle in the Shapes layer is one object (other shapes: their bounding box);\n"
@@ -43,12 +55,10 @@ PROMPT_HELP = (
     "• a negative point (magenta, label=0) refines the nearest positive point or box of its frame;\n"
     "• press T on the Points layer to toggle positive/negative for new points,\n"
     "  Shift+T to flip the selected points;\n"
-    "• prompts belong to the frame of their leading coordinates; RGB images are colour, not a stack.\n"
-    "New masks fill background only (unless 'overwrite'); re-running a prompt replaces its own mask;\n"
-    "Ctrl+Z in the Labels layer undoes each write."
+    "• prompts belong to the frame of their leading coordinates; RGB images are colour, not a stack;\n"
+    "• points and boxes outside the image are skipped (with a warning).\n"
+    f"{OWNERSHIP}\nCtrl+Z in the Labels layer undoes each write.\n{KEY_HINT}"
 )
-
-
 STORE_HELP = (
     "Optional: an embeddings store (a .zarr folder) for this image and model, made by "
     "`mobilesam embed IMAGE -o EMB.zarr` or by this widget: type a new path and every frame embedded "
@@ -58,21 +68,7 @@ STORE_HELP = (
 )
 
 
-def _group(title: str, *widgets, note: str = "") -> tuple[QGroupBox, Container]:
-    box = QGroupBox(title)
-    lay = QVBoxLayout(box)
-    lay.setContentsMargins(4, 4, 4, 4)
-    if note:  # full-width hint above the controls
-        hint = QLabel(note)
-        hint.setWordWrap(True)
-        lay.addWidget(hint)
-    inner = Container(widgets=list(widgets), labels=True)
-    inner.margins = (0, 0, 0, 0)
-    lay.addWidget(inner.native)
-    return box, inner
-
-
-class MobileSAMWidget(LiveMode, StoreUse, JobHost):
+class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
     """Dock widget: image + prompt layers -> instance labels with MobileSAM."""
 
     def __init__(self, napari_viewer) -> None:
@@ -83,58 +79,61 @@ class MobileSAMWidget(LiveMode, StoreUse, JobHost):
         self._sam_key: tuple | None = None
         self._pred: Predictor | None = None  # live-mode predictor (used by one decode worker at a time)
         self._decoders: OrderedDict = OrderedDict()  # frame key -> FrameDecoder (a few recent frames)
-        self._signatures: dict[int, tuple] = {}  # label id -> prompt signature of its current mask
-        self._issued = 0  # highest label id given out for the current output layer
-        self._points: Points | None = None
-        self._shapes: Shapes | None = None
+        self._written, self._issued_by = {}, {}  # per output layer: see output.py
         self._labels_prev: Labels | None = None
+        self._switching = False  # picking the layers of another image
+        self._outside: list[str] = []  # prompts of the last objects() call that lie outside the image
 
         # -- input
         self.image_box = ComboBox(label="image", choices=self._choices(Image, new=None), tooltip="Image to segment (2D, stack, RGB)")
         self.points_box = ComboBox(label="points", choices=self._choices(Points, new="new"), tooltip=PROMPT_HELP)
         self.shapes_box = ComboBox(label="boxes", choices=self._choices(Shapes, new="new"), tooltip=PROMPT_HELP)
         self.labels_box = ComboBox(label="labels out", choices=self._choices(Labels, new="new (created on first result)"),
-                                   tooltip="Labels layer that receives the masks (same spatial shape as the image)")
+                                   tooltip="Labels layer that receives the masks (same spatial shape as the image); "
+                                   "new ids continue after its largest label")
+        # -- model
         self.model_box = ComboBox(label="model", choices=[*REGISTRY, CHOOSE_FILE], value="mobile_sam",
                                   tooltip="Registry weights (downloaded once) or a checkpoint file")
         self.model_file = FileEdit(label="checkpoint", mode="r", filter="*.pt *.pth", visible=False)
         self.device_box = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
         self.embeddings = FileEdit(label="embeddings", mode="d", tooltip=STORE_HELP)
         # -- prompts
-        self.mode = RadioButtons(label="new points", choices=["positive", "negative"], value="positive",
-                                 orientation="horizontal", tooltip="T on the Points layer toggles")
-        self.live = CheckBox(text="live: update a mask on each click / rectangle", value=False)
-        self.all_frames = CheckBox(text="all frames (Segment)", value=False)
-        self.overwrite = CheckBox(text="overwrite existing labels", value=False)
-        self.mask_choice = ComboBox(label="mask of selected", choices=MASK_CHOICES, value=0,
+        self.mode = ComboBox(label="new points", choices=["positive", "negative"], value="positive",
+                             tooltip="Sign of new points: T on the Points layer toggles, Shift+T flips the selected points")
+        self.live = CheckBox(text="live (on each click)", value=False,
+                             tooltip="Live: a click or a finished rectangle updates that object's mask at once")
+        self.all_frames = CheckBox(text="all frames", value=False, tooltip="Segment the prompts of every frame, not only the viewed one")
+        self.overwrite = CheckBox(text="overwrite labels", value=False, tooltip=OWNERSHIP)
+        self.mask_choice = ComboBox(label="mask", choices=MASK_CHOICES, value=0,
                                     tooltip="For the selected point/box: best by predicted IoU or one of SAM's 3 masks")
-        self.segment_btn = PushButton(text="Segment")
+        self.segment_btn = PushButton(text="Segment (Shift+S)")
         self.segment_btn.tooltip = PROMPT_HELP
         # -- progress
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False, label="")
-        self.status = Label(value="Ready.")
-        self.cancel_btn = PushButton(text="Cancel", enabled=False)
+        self.status = StatusLine("Ready.")
+        self.cancel_btn = PushButton(text="Cancel (Esc)", enabled=False)
 
-        root = QVBoxLayout(self)
-        for title, ws, note in (
-            ("Input", (self.image_box, self.points_box, self.shapes_box, self.labels_box, self.model_box, self.model_file,
-                       self.device_box, self.embeddings), ""),
-            ("Prompts", (self.mode, self.live, self.all_frames, self.overwrite, self.mask_choice, self.segment_btn),
-             "Click objects in the points layer (T: positive/negative for new points, Shift+T flips the selected) "
-             "or draw rectangles in the boxes layer, "
-             "then press Segment. Hover for the rules."),
-        ):
-            box, _ = _group(title, *ws, note=note)
-            box.setToolTip(PROMPT_HELP)
-            root.addWidget(box)
+        content = QWidget()
+        root = QVBoxLayout(content)
+        root.setContentsMargins(0, 0, 0, 0)
+        self.input_box, self.input_inner = group("Input", self.image_box, self.points_box, self.shapes_box, self.labels_box)
+        self.model_group, self.model_inner = group("Model", self.model_box, self.model_file, self.device_box, self.embeddings)
+        self.prompt_group, _ = group(
+            "Prompts", self.mode, self.live, self.all_frames, self.overwrite, self.mask_choice, self.segment_btn,
+            note="Click objects (points layer) or draw rectangles (boxes layer), then Segment. Hover for the rules.",
+        )
+        self.prompt_group.setToolTip(PROMPT_HELP)
         self.propagate = PropagateSection(self)
-        root.addWidget(self.propagate.box)
         self.everything = EverythingSection(self)
-        root.addWidget(self.everything.box)
         self.job_buttons = [self.segment_btn, self.propagate.button, self.everything.button]
-        _, bottom = _group("Progress", self.progress, self.status, self.cancel_btn)
-        root.addWidget(bottom.native.parentWidget())
+        progress_box, inner = group("Progress", self.progress, self.cancel_btn, note=KEY_HINT)
+        inner.native.layout().insertWidget(1, self.status.native)
+        for box in (self.input_box, self.model_group, self.prompt_group, self.propagate.box, self.everything.box, progress_box):
+            root.addWidget(box)
         root.addStretch(1)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scrolled(content))
 
         # -- wiring
         self.model_box.changed.connect(lambda v: setattr(self.model_file, "visible", v == CHOOSE_FILE))
@@ -152,7 +151,42 @@ class MobileSAMWidget(LiveMode, StoreUse, JobHost):
         ev = self.viewer.layers.events
         for e in (ev.inserted, ev.removed, ev.reordered):
             e.connect(self._reset_choices)
+        self._bind_keys()
         self._on_image(self.image_box.value)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt): the dock's default width, see layout.default_width
+        return QSize(default_width(self), 600)
+
+    # ------------------------------------------------------------------ keys
+    def _bind_keys(self) -> None:
+        actions = {"Segment": (self.segment_btn, self.segment), "Propagate": (self.propagate.button, self.propagate.run),
+                   "Segment everything": (self.everything.button, self.everything.run)}
+        viewer = self.viewer
+
+        def press(name: str) -> None:
+            if name == "Cancel":
+                if self.busy:
+                    self.cancel()
+                return
+            button, run = actions[name]
+            if self.busy:
+                self.status.value = f"{name}: wait for the running job, or press Esc to cancel it."
+            elif not button.enabled or not button.native.isEnabled():
+                self.status.value = f"{name} is not available now: {button.tooltip.splitlines()[0][:120]}"
+            else:
+                run()
+
+        for key, name in KEYS:
+            viewer.bind_key(key, lambda _v, name=name: press(name), overwrite=True)
+
+        def unbind(*_) -> None:  # the widget closed: its keys go with it
+            for key, _name in KEYS:
+                try:
+                    viewer.bind_key(key, None)
+                except (KeyError, ValueError, TypeError):
+                    pass
+
+        self.destroyed.connect(unbind)
 
     # ------------------------------------------------------------------ layer choices
     def _choices(self, kind: type, new: str | None) -> Callable:
@@ -186,102 +220,35 @@ class MobileSAMWidget(LiveMode, StoreUse, JobHost):
             box.value = None  # a prompt/labels layer made for another image
 
     def _on_image(self, image: Image | None) -> None:
-        self._reset_choices()
-        if self._store is not None and self._store.image is not image:
-            self._unlink_store()
-        if image is None:
-            return
-        self._pick(self.labels_box, "labels")
-        self._pick(self.shapes_box, "shapes")
-        self._pick(self.points_box, "points")
-        if self.shapes_box.value is None:
-            self.shapes_box.value = self.viewer.add_layer(L.new_shapes_layer(image))
-        if self.points_box.value is None:
-            layer = self.viewer.add_layer(L.new_points_layer(image))
-            self.points_box.value = layer
-            layer.mode = "add"
-
-    def _on_points(self, layer: Points | None) -> None:
-        if self._points is not None:
-            self._points.events.data.disconnect(self._on_prompt_data)
-            self._points.events.highlight.disconnect(self._sync_mask_choice)
-        self._points = layer
-        if layer is None:
-            return
-        L.ensure_point_features(layer)
-        layer.events.data.connect(self._on_prompt_data)
-        layer.events.highlight.connect(self._sync_mask_choice)
-        layer.bind_key("t", self._toggle_mode, overwrite=True)
-        layer.bind_key("Shift-T", self._flip_selected, overwrite=True)
-        self._on_mode(self.mode.value)
-
-    def _on_shapes(self, layer: Shapes | None) -> None:
-        if self._shapes is not None:
-            self._shapes.events.data.disconnect(self._on_prompt_data)
-            self._shapes.events.highlight.disconnect(self._sync_mask_choice)
-        self._shapes = layer
-        if layer is not None:
-            L.ensure_shape_features(layer)
-            layer.events.data.connect(self._on_prompt_data)
-            layer.events.highlight.connect(self._sync_mask_choice)
+        self._switching = True  # the prompt and labels layers change together: each keeps its ids
+        try:
+            self._reset_choices()
+            if self._store is not None and self._store.image is not image:
+                self._unlink_store()
+            if image is None:
+                return
+            self._pick(self.labels_box, "labels")
+            self._pick(self.shapes_box, "shapes")
+            self._pick(self.points_box, "points")
+            if self.shapes_box.value is None:
+                self.shapes_box.value = self.viewer.add_layer(L.new_shapes_layer(image))
+            if self.points_box.value is None:
+                layer = self.viewer.add_layer(L.new_points_layer(image))
+                self.points_box.value = layer
+                layer.mode = "add"
+            self.propagate.on_image(image)
+        finally:
+            self._switching = False
+            self._labels_prev = self.labels_box.value
 
     def _on_labels(self, layer: Labels | None) -> None:
-        # label ids stored on prompts refer to the previous output layer: forget them
-        if layer is not self._labels_prev and self._labels_prev is not None:
+        # another output layer for the same prompts: their ids referred to the previous layer
+        if not self._switching and layer is not self._labels_prev and self._labels_prev is not None:
             for pl in (self._points, self._shapes):
                 if pl is not None and "label_id" in pl.features:
                     pl.features["label_id"] = 0
-            self._signatures.clear()
-            self._issued = 0
+            self._forget_output()
         self._labels_prev = layer
-
-    def _on_mode(self, value: str) -> None:
-        if self._points is not None:
-            fd = self._points.feature_defaults
-            fd["label"] = 1 if value == "positive" else 0
-            self._points.feature_defaults = fd
-
-    def _toggle_mode(self, layer=None) -> None:
-        self.mode.value = "negative" if self.mode.value == "positive" else "positive"
-
-    def _flip_selected(self, layer=None) -> None:
-        """Shift+T: flip the selected points between positive and negative."""
-        pts = self._points
-        rows = sorted(i for i in pts.selected_data if i < len(pts.features)) if pts is not None else []
-        if not rows:
-            self.status.value = "Select points first (S on the points layer), then Shift+T flips their sign."
-            return
-        f = pts.features
-        f.loc[rows, "label"] = 1 - f.loc[rows, "label"].to_numpy()
-        # an ungrouped point becomes another object (its own, or a refinement of the nearest one)
-        loose = [r for r in rows if "object" not in f or int(f.at[r, "object"]) <= 0]
-        f.loc[loose, ["label_id", "mask"]] = 0
-        pts.refresh_colors(update_color_mapping=False)
-        self.prompts_changed(f"Flipped {len(rows)} point(s) between positive and negative: press Segment.")
-
-    def _sync_mask_choice(self, event: Event | None = None) -> None:
-        """Show the mask choice of the selected prompt."""
-        layer = getattr(event, "source", None)
-        if layer is None or "mask" not in layer.features:
-            return
-        rows = [i for i in layer.selected_data if i < len(layer.features)]  # stale while rows are removed
-        if not rows:
-            return
-        value = int(layer.features["mask"].iloc[min(rows)])
-        with self.mask_choice.changed.blocked():
-            self.mask_choice.value = value if value in (0, 1, 2, 3) else 0
-
-    def _on_mask_choice(self, value: int) -> None:
-        changed = False
-        for layer in (self._points, self._shapes):
-            if layer is not None and layer.selected_data and "mask" in layer.features:
-                rows = sorted(layer.selected_data)
-                layer.features.loc[rows, "mask"] = int(value)
-                changed = True
-        if changed:
-            self.prompts_changed("Mask choice set for the selection: press Segment.")
-        else:
-            self.status.value = "Select a point or box (select mode, S) to choose its mask."
 
     # ------------------------------------------------------------------ context
     def context(self) -> tuple[Image, L.FrameGeometry, tuple[int, ...]]:
@@ -292,59 +259,46 @@ class MobileSAMWidget(LiveMode, StoreUse, JobHost):
         return image, L.FrameGeometry.of(image), L.current_frame(self.viewer.dims.point, image)
 
     def objects(self, frames=None) -> list[ObjectPrompt]:
+        """The objects of ``frames`` (None: all); prompts outside the image are skipped and
+        named in ``self._outside``."""
         for layer in (self._points, self._shapes):
             L.dedupe_ids(layer)
         image, geo, cur = self.context()
         table = L.prompt_table(self._points, self._shapes, image)
-        return collect_objects(table, geo.n_lead, geo.lead_shape, cur, frames)
+        objs = collect_objects(table, geo.n_lead, geo.lead_shape, cur, frames, spatial=geo.spatial)
+        self._outside = outside_prompts(table, geo.spatial)
+        return objs
+
+    def outside_note(self) -> str:
+        if not self._outside:
+            return ""
+        h, w = L.FrameGeometry.of(self.image_box.value).spatial
+        n = len(self._outside)
+        return (f"skipped {n} prompt{'s' if n > 1 else ''} outside the {h}×{w} image: "
+                f"{'; '.join(self._outside[:3])}{' …' if n > 3 else ''} — move or delete {'them' if n > 1 else 'it'}")
 
     def labels_layer(self, create: bool = True) -> Labels | None:
         layer = self.labels_box.value
         if layer is None and create:
             image = self.image_box.value
             self._labels_prev = layer = L.new_labels_layer(image)
+            self._adopt_new_layer(image, layer)
             # just above the image, so the prompt layers stay visible on top
             self.viewer.layers.insert(self.viewer.layers.index(image) + 1, layer)
             self.labels_box.value = layer
             self.viewer.layers.selection.active = self._points or layer
         return layer
 
-    def next_id(self) -> int:
-        """One more than any label in the output layer, any id on a prompt, and any id issued before
-        (an id whose prompt was deleted is not reused: Ctrl+Z may bring its mask back)."""
-        return max(L.next_free_label(self.labels_box.value, (self._points, self._shapes)), self._issued + 1)
-
-    def assign_ids(self, objects: list[ObjectPrompt]) -> None:
-        """Give objects without a label id the next free ids, stored on their prompt rows."""
-        nxt = self.next_id()
-        for o in objects:
-            if o.label_id <= 0:
-                o.label_id, nxt = nxt, nxt + 1
-            self._issued = max(self._issued, o.label_id)
-            if self._points is not None and o.point_rows:
-                self._points.features.loc[o.point_rows, "label_id"] = o.label_id
-            if self._shapes is not None and o.shape_rows:
-                self._shapes.features.loc[o.shape_rows, "label_id"] = o.label_id
-        if objects:
-            check_ids_fit(self.labels_layer(), max(o.label_id for o in objects))
-
-    def write_objects(self, frame, objects: list[ObjectPrompt], masks, also_clear=()) -> int:
-        """Paint the masks of ``objects`` on ``frame`` as one undoable step."""
-        layer = self.labels_layer()
-        replace = [o.label_id for o in objects] + list(also_clear)
-        n = write_masks(layer, tuple(frame), masks, [o.label_id for o in objects], self.overwrite.value, replace)
-        for o in objects:
-            self._signatures[o.label_id] = o.signature
-        for lid in also_clear:
-            self._signatures.pop(lid, None)
-        return n
-
     # ------------------------------------------------------------------ model
     def model_source(self) -> str | Path:
         if self.model_box.value == CHOOSE_FILE:
-            path = Path(self.model_file.value)
+            text = str(self.model_file.line_edit.value or "").strip()  # (.value makes "" the current folder)
+            if text in ("", "."):
+                raise ValueError("No checkpoint chosen: pick a .pt file next to 'checkpoint', or a registry model under 'model'.")
+            path = Path(text).expanduser()
             if not path.is_file():
-                raise ValueError(f"Checkpoint {str(path)!r} is not a file: pick a .pt file next to 'checkpoint'.")
+                what = "is a folder, not a file" if path.is_dir() else "is not a file"
+                raise ValueError(f"Checkpoint {str(path)!r} {what}: pick a .pt file next to 'checkpoint'.")
             return path
         return self.model_box.value
 
@@ -372,34 +326,48 @@ class MobileSAMWidget(LiveMode, StoreUse, JobHost):
 
     # ------------------------------------------------------------------ segment
     def segment(self, _=None) -> None:
-        """Segment every object of the current frame (or of all frames), in a worker."""
+        """Segment the objects of the current frame (or of all frames) that are new or changed."""
         self._guard(self._segment)
 
     def _segment(self) -> None:
         image, geo, cur = self.context()
         objs = self.objects(None if self.all_frames.value else [cur])
+        skipped = self.outside_note()
+        if skipped:
+            show_warning(f"MobileSAM: {skipped}.")
         if not objs:
             where = "in any frame" if self.all_frames.value else "in this frame"
-            show_info(f"MobileSAM: no prompts {where}. Click on objects in the Points layer or draw rectangles in the boxes layer.")
+            msg = f"No prompts {where}: click objects in the points layer or draw rectangles in the boxes layer."
+            self.status.value = f"Segment: {skipped}." if skipped else msg
+            if not skipped:
+                show_info(f"MobileSAM: {msg}")
             return
-        self.assign_ids(objs)
+        todo = [o for o in objs if not self.is_written(o)]
+        kept = len(objs) - len(todo)
+        if not todo:
+            self.status.value = (f"Segment: nothing to do — all {kept} object(s) are as written; move or add a prompt"
+                                 + (f"; {skipped}" if skipped else "") + ".")
+            return
+        note = self.assign_ids(todo)
         work: dict = {}
-        for o in objs:
+        for o in todo:
             work.setdefault(o.frame, []).append(o)
         frame, key, kw = self._frame_reader(image)
-
-        written: list[int] = []
+        counts: list = []
+        frames_done: list = []
 
         def on_msg(msg) -> None:
             if isinstance(msg, FrameDone):
-                self.write_objects(msg.frame, msg.objects, msg.masks)
-                written.append(len(msg.objects))
+                counts.extend(self.write_objects(msg.frame, msg.objects, msg.masks))
+                frames_done.append(msg.frame)
 
         def on_finish() -> None:
-            if written:
-                layer = self.labels_box.value
-                self.status.value = (
-                    f"Segment: {sum(written)} object(s) on {len(written)} frame(s) → '{layer.name}' (Ctrl+Z undoes)"
-                )
+            name = self.labels_box.value.name if self.labels_box.value is not None else "labels"
+            if self.job_cancelled:
+                head = f"Segment {cancelled(len(frames_done), len(work))}"
+            else:
+                head = f"Segment → '{name}': {len(counts)} object(s)" + (f" on {len(frames_done)} frames" if len(frames_done) > 1 else "")
+            parts = [head, objects_summary(counts) if counts else "", f"{kept} unchanged kept" if kept else "", note, skipped]
+            self.end_status("; ".join(p for p in parts if p) + (". Ctrl+Z undoes." if counts else "."))
 
         self.run_job(segment_frames(self.model_step(), self.cache, frame, key, list(work.items()), kw), on_msg, on_finish, title="Segment")

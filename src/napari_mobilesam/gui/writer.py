@@ -15,7 +15,7 @@ from napari.layers import Labels
 
 from ..engine.labels import label_changes, render_labels
 
-__all__ = ["check_ids_fit", "frame_view", "write_frames", "write_masks"]
+__all__ = ["check_ids_fit", "frame_view", "object_pixels", "write_frames", "write_masks"]
 
 Frame = tuple[int, ...]
 
@@ -105,3 +105,14 @@ def write_masks(
     with labels.block_history():
         labels.data_setitem(full, values)
     return len(values)
+
+
+def object_pixels(labels: Labels, frame: Frame, masks: Sequence, ids: Sequence[int]) -> list[int]:
+    """Pixels each object holds in ``frame`` after :func:`write_masks` (only a mask's own pixels
+    can carry its id: a written object's old pixels were released first)."""
+    view = frame_view(labels, frame)
+    out = []
+    for m, lid in zip(masks, ids, strict=True):
+        r0, c0, r1, c1 = m.bbox
+        out.append(int((view[r0:r1, c0:c1][m.mask] == lid).sum()))
+    return out
