@@ -306,3 +306,17 @@ def test_widget_model_loader_takes_the_decoder(checkpoint, official_decoder):
     assert len(ready) == 1 and ready[0].key == (str(checkpoint), "cpu", str(official_decoder[0]))
     assert torch.equal(sam.mask_decoder.iou_token.weight, official_decoder[1]["MaskDecoder"].iou_token.weight)
     assert any("with decoder Prompt_guided_Mask_Decoder.pt" in getattr(s, "message", "") for s in steps)
+
+
+def test_registry_l2_is_found_by_hand(monkeypatch, tmp_path, official_decoder):
+    """l2.pt has no direct link: the registry name finds it in the cache, else says where to get it and how to pass it."""
+    spec = weights.REGISTRY["efficientvit_l2"]
+    assert spec.kind == "encoder" and not spec.urls and spec.filename == "l2.pt"
+    assert weights.registry_names("decoder") == ["mobilesamv2"] and "efficientvit_l2" in weights.registry_names("model", "encoder")
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path))
+    with pytest.raises(weights.WeightsUnavailableError) as info:
+        build_mobilesam("efficientvit_l2", decoder=official_decoder[0])
+    msg = str(info.value)
+    assert "no direct download link" in msg and "l2.pt from the Google Drive folder" in msg and str(tmp_path / "l2.pt") in msg
+    assert "--weights PATH" in msg and "NAPARI_MOBILESAM_WEIGHTS_EFFICIENTVIT_L2=PATH" in msg
+    assert "--decoder PATH" in str(weights._unavailable(weights.REGISTRY["mobilesamv2"], "offline"))  # a decoder is passed as one

@@ -158,12 +158,15 @@ def _spec(name: str) -> WeightsSpec:
 def _unavailable(spec: WeightsSpec, reason: str) -> WeightsUnavailableError:
     target = cache_dir() / spec.filename
     where = spec.urls[0] if spec.urls else f"{spec.filename} from {spec.page}"
+    if spec.kind == "decoder":
+        how = "`--decoder PATH` on the command line, the decoder's file picker in napari,\n    or build_mobilesam(..., decoder='PATH') in Python"
+    else:
+        how = "`--weights PATH` on the command line, the model's file picker in napari,\n    or build_mobilesam('PATH') in Python"
     return WeightsUnavailableError(
         f"Could not get the {spec.name!r} weights: {reason}\n"
         f"Download {where} on a machine with internet access, then either\n"
         f"  - put it at {target}, or\n"
-        f"  - pass its path (`--weights PATH` on the command line, the model's file picker in napari,\n"
-        f"    or build_mobilesam('PATH') in Python), or\n"
+        f"  - pass its path ({how}), or\n"
         f"  - set {env_var_for(spec.name)}=PATH."
     )
 
