@@ -756,7 +756,7 @@ def test_objects_stay_as_written(qtbot, make_widget, predictor, small_cell, monk
                                            (Prompt(box=[5, 60, 160, 135]), False, "best", 5)], small_cell.shape, existing=step1)
     assert np.array_equal(step2, ref)  # new masks fill background only (largest first among themselves)
     assert (step2 == 4).any() and (step2 == 5).any()
-    assert w.status.value.startswith("Segment → 'img labels': 2 object(s); object 4: ") and "3 unchanged kept" in w.status.value
+    assert w.status.value.startswith("Segment: 2 object(s) → 'img labels'; 3 unchanged kept; Ctrl+Z undoes; object 4: ")
     # nothing changed: nothing decoded, nothing written, and the status says why
     decoded.clear()
     run(qtbot, w)

@@ -17,7 +17,7 @@ from napari.layers import Image, Labels, Points, Shapes
 from napari.utils.events import Event
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QSize
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from ..engine.embeddings import EmbeddingCache
 from ..engine.predictor import Predictor
@@ -126,14 +126,18 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
         self.propagate = PropagateSection(self)
         self.everything = EverythingSection(self)
         self.job_buttons = [self.segment_btn, self.propagate.button, self.everything.button]
-        progress_box, inner = group("Progress", self.progress, self.cancel_btn, note=KEY_HINT)
-        inner.native.layout().insertWidget(1, self.status.native)
-        for box in (self.input_box, self.model_group, self.prompt_group, self.propagate.box, self.everything.box, progress_box):
+        keys = QLabel(KEY_HINT)
+        keys.setWordWrap(True)
+        for box in (self.input_box, self.model_group, self.prompt_group, self.propagate.box, self.everything.box, keys):
             root.addWidget(box)
         root.addStretch(1)
+        # the progress bar, the status line and Cancel stay in view below the scrolling controls
+        progress_box, inner = group("", self.progress, self.cancel_btn)
+        inner.native.layout().insertWidget(1, self.status.native)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scrolled(content))
+        outer.addWidget(scrolled(content), 1)
+        outer.addWidget(progress_box)
 
         # -- wiring
         self.model_box.changed.connect(lambda v: setattr(self.model_file, "visible", v == CHOOSE_FILE))
@@ -366,8 +370,9 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
             if self.job_cancelled:
                 head = f"Segment {cancelled(len(frames_done), len(work))}"
             else:
-                head = f"Segment → '{name}': {len(counts)} object(s)" + (f" on {len(frames_done)} frames" if len(frames_done) > 1 else "")
-            parts = [head, objects_summary(counts) if counts else "", f"{kept} unchanged kept" if kept else "", note, skipped]
-            self.end_status("; ".join(p for p in parts if p) + (". Ctrl+Z undoes." if counts else "."))
+                head = f"Segment: {len(counts)} object(s) → '{name}'" + (f" on {len(frames_done)} frames" if len(frames_done) > 1 else "")
+            parts = [head, f"{kept} unchanged kept" if kept else "", note, skipped, "Ctrl+Z undoes" if counts else "",
+                     objects_summary(counts) if counts else ""]
+            self.end_status("; ".join(p for p in parts if p) + ".")
 
         self.run_job(segment_frames(self.model_step(), self.cache, frame, key, list(work.items()), kw), on_msg, on_finish, title="Segment")
