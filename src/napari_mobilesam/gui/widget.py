@@ -21,7 +21,7 @@ from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from ..engine.embeddings import EmbeddingCache
 from ..engine.predictor import Predictor
-from ..model.weights import REGISTRY
+from ..model.weights import registry_names
 from . import layers as L
 from .everything import EverythingSection
 from .feedback import cancelled, objects_summary
@@ -38,6 +38,7 @@ from .stores import StoreUse
 __all__ = ["KEYS", "MobileSAMWidget", "PROMPT_HELP"]
 
 CHOOSE_FILE = "choose file…"
+OWN_DECODER = "the checkpoint's"
 MASK_CHOICES = [("best (predicted IoU)", 0), ("mask 1", 1), ("mask 2", 2), ("mask 3", 3)]
 # viewer-wide keys (none of them is a napari layer key); T / Shift+T are bound on the points layer
 KEYS = (("Shift-S", "Segment"), ("Shift-F", "Propagate"), ("Shift-E", "Segment everything"), ("Escape", "Cancel"))
@@ -92,9 +93,13 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
                                    tooltip="Labels layer that receives the masks (same spatial shape as the image); "
                                    "new ids continue after its largest label")
         # -- model
-        self.model_box = ComboBox(label="model", choices=[*REGISTRY, CHOOSE_FILE], value="mobile_sam",
+        self.model_box = ComboBox(label="model", choices=[*registry_names("model", "encoder"), CHOOSE_FILE], value="mobile_sam",
                                   tooltip="Registry weights (downloaded once) or a checkpoint file")
         self.model_file = FileEdit(label="checkpoint", mode="r", filter="*.pt *.pth", visible=False)
+        self.decoder_box = ComboBox(label="decoder", choices=[OWN_DECODER, *registry_names("decoder"), CHOOSE_FILE], value=OWN_DECODER,
+                                    tooltip="The checkpoint's prompt encoder and mask decoder, or MobileSAMv2's prompt-guided "
+                                    "decoder (mobilesamv2, downloaded once; needed by efficientvit_l2 / l2.pt)")
+        self.decoder_file = FileEdit(label="decoder file", mode="r", filter="*.pt *.pth", visible=False)
         self.device_box = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
         self.embeddings = FileEdit(label="embeddings", mode="d", tooltip=STORE_HELP)
         # -- prompts
@@ -117,7 +122,7 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
         root = QVBoxLayout(content)
         root.setContentsMargins(0, 0, 0, 0)
         self.input_box, self.input_inner = group("Input", self.image_box, self.points_box, self.shapes_box, self.labels_box)
-        self.model_group, self.model_inner = group("Model", self.model_box, self.model_file, self.device_box, self.embeddings)
+        self.model_group, self.model_inner = group("Model", self.model_box, self.model_file, self.decoder_box, self.decoder_file, self.device_box, self.embeddings)
         self.prompt_group, _ = group(
             "Prompts", self.mode, self.live, self.all_frames, self.overwrite, self.mask_choice, self.segment_btn,
             note="Click objects (points layer) or draw rectangles (boxes layer), then Segment. Hover for the rules.",
@@ -141,6 +146,7 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
 
         # -- wiring
         self.model_box.changed.connect(lambda v: setattr(self.model_file, "visible", v == CHOOSE_FILE))
+        self.decoder_box.changed.connect(lambda v: setattr(self.decoder_file, "visible", v == CHOOSE_FILE))
         self.image_box.changed.connect(self._on_image)
         self.embeddings.changed.connect(self._unlink_store)
         self.points_box.changed.connect(self._on_points)
@@ -306,11 +312,24 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
             return path
         return self.model_box.value
 
+    def decoder_source(self) -> str | Path | None:
+        """None (the checkpoint's decoder), a registry name or a decoder file."""
+        if self.decoder_box.value == OWN_DECODER:
+            return None
+        if self.decoder_box.value == CHOOSE_FILE:
+            text = str(self.decoder_file.line_edit.value or "").strip()
+            path = Path(text).expanduser()
+            if text in ("", ".") or not path.is_file():
+                raise ValueError(f"Decoder {str(path)!r} is not a file: pick a Prompt_guided_Mask_Decoder.pt next to 'decoder file'.")
+            return path
+        return self.decoder_box.value
+
     def model_step(self) -> object:
         """The built model, or a generator (run inside a job) that builds it and checks the
         embeddings store, if one is set, against it and the image."""
-        key = (str(self.model_source()), self.device_box.value)
-        model = self.sam if self.sam is not None and key == self._sam_key else load_model(self.model_source(), self.device_box.value)
+        decoder = self.decoder_source()
+        key = (str(self.model_source()), self.device_box.value) + ((str(decoder),) if decoder is not None else ())
+        model = self.sam if self.sam is not None and key == self._sam_key else load_model(self.model_source(), self.device_box.value, decoder)
         return self.with_store(model)
 
     def set_model(self, sam, key: tuple) -> None:
