@@ -184,7 +184,7 @@ def v2_reference(tmp_path_factory):
 def test_detector_saved_by_ultralytics_80_proposes_v2s_boxes(v2_reference, tmp_path):
     """Issue 15 item 4: v2's detector file (8.0.x, a Segment head without prototypes) loads safely with today's
     ultralytics and proposes ObjectAwareModel's boxes at v2's settings: within 1 px, in the same order; so does
-    its ONNX export. Without v2's border rule the boxes differ by pixels (the rule is needed)."""
+    its (dynamic) ONNX export. Without v2's border rule the boxes differ by pixels (the rule is needed)."""
     det = load_detector(v2_reference / "object_aware_80.pt")
     assert det.version.startswith("8.0.") and det.task == "detect"
     bgr = np.load(v2_reference / "image.npy")
@@ -197,6 +197,6 @@ def test_detector_saved_by_ultralytics_80_proposes_v2s_boxes(v2_reference, tmp_p
     np.testing.assert_allclose(scores, ref_scores, atol=1e-4)
     plain, _ = det.detect(rgb, conf=0.4, iou=0.9, imgsz=1024, max_det=300, border=0)
     assert np.abs(plain - ref).max() > 1.0
-    onnx = det._model.export(format="onnx", imgsz=1024, simplify=False, verbose=False)
+    onnx = det._model.export(format="onnx", imgsz=1024, dynamic=True, simplify=False, verbose=False)
     boxes_onnx, _ = load_detector(onnx).detect(rgb, conf=0.4, iou=0.9, max_det=300)
     assert boxes_onnx.shape == ref.shape and np.abs(boxes_onnx - ref).max() <= 1.0

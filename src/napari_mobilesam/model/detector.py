@@ -9,7 +9,7 @@ A detector file must not run code (see README, "Security"):
   and an explicit allow-list: the torch and ultralytics layer classes, ultralytics' argument
   namespace and paths; a ``getattr`` only for a layer's ``forward``. The YOLO object is then built
   from the loaded model, so ultralytics never unpickles the file itself.
-- ``.onnx`` exports (``yolo export model=FILE format=onnx imgsz=1024``) hold no code at all.
+- ``.onnx`` exports (``yolo export model=FILE format=onnx imgsz=1024 dynamic=True``) hold no code at all.
 - anything else (or a ``.pt`` needing other classes) is refused unless ``trust=True`` / ``--trust-detector``.
 
 Boxes come back in napari order, ``(row0, col0, row1, col1)`` in pixels of the given frame.
@@ -31,7 +31,7 @@ _RISK = "a pickled file can run any code when it is loaded"
 
 
 def _convert(p: Path) -> str:
-    return (f"convert it where you trust it (`yolo export model={p} format=onnx imgsz=1024` gives an .onnx file, which "
+    return (f"convert it where you trust it (`yolo export model={p} format=onnx imgsz=1024 dynamic=True` gives an .onnx file, which "
             f"holds no code), or pass trust=True (CLI: --trust-detector) if you trust its source, since {_RISK}.")
 
 # torch.nn layers a YOLO checkpoint holds (resolved through torch.nn; the pickled name must be the class's own)
@@ -227,7 +227,7 @@ def _onnx_metadata(p: Path) -> dict:
         raise DetectorError(f"Detector {p} is an ONNX file; reading it needs onnxruntime (pip install onnxruntime).") from e
     except Exception as e:
         raise DetectorError(f"Detector {p} is not a readable ONNX model ({type(e).__name__}); export it again with "
-                            "`yolo export model=FILE.pt format=onnx imgsz=1024`.") from e
+                            "`yolo export model=FILE.pt format=onnx imgsz=1024 dynamic=True`.") from e
     meta = dict(session.get_modelmeta().custom_metadata_map)
     shape = session.get_inputs()[0].shape
     out = {k: v for k, v in meta.items() if k in ("task", "imgsz", "stride", "names")}
@@ -341,7 +341,7 @@ class Detector:
             raise DetectorError(
                 f"Detector {self.path} (saved by ultralytics {self.version}) does not run with this ultralytics "
                 f"({type(e).__name__}: {e}). Convert it with the ultralytics it was made with: "
-                f"`yolo export model={self.path} format=onnx imgsz=1024`, and give the .onnx file."
+                f"`yolo export model={self.path} format=onnx imgsz=1024 dynamic=True`, and give the .onnx file."
             ) from e
         finally:
             # ultralytics' device selection sets torch's CPU threads to cores - 1 for the whole
