@@ -191,3 +191,16 @@ def test_everything_tiled(predictor, monkeypatch):
     np.testing.assert_array_equal(labels, objects_to_labels(filter_objects(placed), img.shape))
     # a frame no larger than the tile is not tiled
     np.testing.assert_array_equal(segment_everything(img, predictor, tile=256, **BLOBS), segment_everything(img, predictor, **BLOBS))
+
+
+def test_blobs_automatic_diameter_and_noise(predictor):
+    """Without a diameter, the blobs sampler measures one; a noise frame proposes nothing and says so."""
+    img = disks()
+    items, labels = run(iter_segment_everything(img, predictor, sampler="blobs", min_score=-1.0, min_visible=0.0))
+    boxes, _ = blob_boxes(to_rgb_uint8(img))  # automatic diameter: the same boxes the sampler decoded
+    assert any(f"{len(boxes)} boxes" in p.message for p in items) and len(boxes) == len(CENTRES)
+    assert labels.max() >= 1
+    noise = np.random.default_rng(0).normal(1000, 30, (96, 128)).astype(np.uint16)
+    items, labels = run(iter_segment_everything(noise, predictor, sampler="blobs"))
+    assert not labels.any()
+    assert any("0 boxes" in p.message for p in items) and items[-1].message.startswith("frame 0: 0 objects")

@@ -7,8 +7,8 @@
   proposals must stand out of the noise (:func:`blob_contrast`), so that noise gives few boxes.
 - :func:`iter_grid_objects`: segment-anything's ``SamAutomaticMaskGenerator`` (32 x 32 point
   grid, three masks per point, IoU/stability filtering, box NMS) run on our
-  :class:`~napari_mobilesam.engine.predictor.Predictor`, batch by batch so that it reports
-  progress and can be cancelled between batches.
+  :class:`~napari_mobilesam.engine.predictor.Predictor`'s fast decoder, batch by batch so that it
+  reports progress and can be cancelled between batches.
 
 Coordinates are napari's: ``(row, col)``; boxes are ``(row0, col0, row1, col1)``.
 """
@@ -318,13 +318,18 @@ def iter_grid_objects(
 ) -> Generator[tuple[int, int], None, list[ObjectMask]]:
     """SAM's automatic mask generation on one frame, batch by batch.
 
-    Uses ``SamAutomaticMaskGenerator`` with ``predictor`` as its predictor (embeddings come from
-    the predictor's cache) and its own per-batch step, so results equal ``generate()``'s.
+    With ``crop_n_layers=0`` (the default) the generator's steps run on the fast decoder with
+    per-mask windows (:func:`_iter_grid_fast`; the same masks as ``generate()`` up to float32
+    rounding, empty masks left out). With crop layers, ``SamAutomaticMaskGenerator`` runs with
+    ``predictor`` as its predictor (embeddings come from the predictor's cache) and its own
+    per-batch step, so results equal ``generate()``'s.
 
     Args:
         rgb: ``(H, W, 3)`` uint8 RGB frame.
         key: embedding-cache key of the whole frame (crops get ``(key, crop_box)``).
-        points_per_batch: default from ``predictor.batch_bytes`` (see :func:`grid_batch_size`).
+        points_per_batch: points per progress step; default 64 for the whole frame (the fast path,
+            decoded ``predictor.batch_size`` at a time), from ``predictor.batch_bytes`` with crop
+            layers (the stock generator, see :func:`grid_batch_size`).
         min_score, min_stability: the generator's ``pred_iou_thresh``, ``stability_score_thresh``.
 
     Yields:
