@@ -1,22 +1,26 @@
-"""Segment everything on one frame: SAM's 32x32 grid vs MobileSAMv2's object-aware boxes vs blobs.
+"""Segment everything on one frame: the official MobileSAM grid vs our object-aware boxes, blobs and grid.
 
     python benchmarks/bench_everything.py [--checkpoint PATH] [--detector YOLO.pt] [--size 1024]
-                                          [--points-per-side 32] [--points-per-batch 32] [--tile PX]
+                                          [--points-per-side 32] [--repeats 2] [--skip-official] [--tile PX]
 
-One synthetic fluorescence-like frame (``size``², ~300 bright cells), the same MobileSAM model, one run
-per sampler, each from a cold embedding cache (end-to-end includes the image encoder):
+One synthetic fluorescence-like frame (``size``², ~300 bright cells), the same random-valued MobileSAM
+weights loaded into the official model (``mobile_sam`` = mobilesam-mirror, byte-identical to the official
+package) and into ours; each run from a cold embedding cache (end-to-end includes the image encoder):
 
-- grid: ``SamAutomaticMaskGenerator`` (points_per_side², 3 masks per point, stock decoder and
-  full-resolution post-processing) driven batch by batch on our Predictor;
+- official grid: ``mobile_sam.SamAutomaticMaskGenerator(points_per_side=32)`` (its defaults: 64 points
+  per batch, IoU 0.88, stability 0.95) on the stock ``SamPredictor``, on the frame as RGB uint8;
+  "embed" is a separate ``SamPredictor.set_image`` of the same frame, "decode" the rest;
 - object-aware: a YOLO detector's boxes (conf 0.4, NMS IoU 0.9, imgsz 1024, max 320), decoded in
   batches, single-mask mode, by ``Predictor.predict_objects``. Without ``--detector`` a random-weight
   YOLOv8n (``yolov8n.yaml``, class biases zeroed so that it proposes 320 boxes) is built and used:
   it times the real detector + decoder path, its boxes are arbitrary;
-- blobs: scikit-image LoG boxes on the same frame, decoded the same way.
+- blobs: scikit-image LoG boxes on the same frame (diameter given), decoded the same way;
+- grid: our grid sampler (same point grid and filters as the official one) on the fast decoder.
 
 Phases come from the generator's own progress reports: embed, sample (detector / blobs), decode,
-labels (filtering, painting). Ratios > 1 mean faster than the grid. ``--tile PX`` adds a blobs run
-tile by tile (total time only; its cost against the untiled blobs run is printed).
+labels (filtering, painting). Our runs are repeated ``--repeats`` times, interleaved, and reported as
+min-max ranges (the CPU may be shared). ``peak_MiB``: resident memory above the start of the run.
+Ratios > 1 mean faster than the official grid. ``--tile PX`` adds a blobs run tile by tile.
 """
 
 from __future__ import annotations
@@ -136,58 +140,131 @@ def timed_run(sam, image: np.ndarray, sampler: str, **options) -> dict[str, floa
     }
 
 
+def checkpoint_path(arg: str, folder: Path) -> Path:
+    """``arg`` if it exists, else a seeded random state dict of the official model class saved in ``folder``."""
+    if Path(arg).is_file():
+        return Path(arg)
+    from napari_mobilesam.testing.reference import official_sam, perturbed_state_dict
+
+    path = folder / "mobile_sam_random.pt"
+    torch.save(perturbed_state_dict(official_sam().state_dict()), path)
+    print(f"{arg} not found: seeded random weights from the official model class -> {path}")
+    return path
+
+
+def official_model(checkpoint: Path):
+    """The official MobileSAM (``mobile_sam`` package, vit_t = TinyViT) on the same state dict."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # timm deprecation / registry warnings
+        from mobile_sam import sam_model_registry
+
+        sam = sam_model_registry["vit_t"]()
+    sam.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    return sam.eval()
+
+
+def official_grid(osam, rgb: np.ndarray, points_per_side: int) -> dict[str, float]:
+    """The official SamAutomaticMaskGenerator end to end, plus a separate encoder run for the embed column."""
+    from mobile_sam import SamAutomaticMaskGenerator, SamPredictor
+
+    pred = SamPredictor(osam)
+    t = time.perf_counter()
+    with torch.no_grad():
+        pred.set_image(rgb)
+    embed = time.perf_counter() - t
+    gen = SamAutomaticMaskGenerator(osam, points_per_side=points_per_side)
+    mem = PeakRSS().__enter__()
+    t = time.perf_counter()
+    masks = gen.generate(rgb)
+    total = time.perf_counter() - t
+    mem.__exit__()
+    nan = float("nan")
+    return {"prompts": points_per_side**2, "objects": len(masks), "embed": embed, "sample": 0.0, "decode": total - embed,
+            "labels": nan, "total": total, "peak_MiB": mem.extra}
+
+
+COLS = ("prompts", "objects", "embed", "sample", "decode", "labels", "total", "peak_MiB")
+
+
+def _cell(values: list) -> str:
+    if isinstance(values[0], int):
+        return f"{values[0]:>11d}"
+    lo, hi = min(values), max(values)
+    return f"{lo:>11.2f}" if len(values) == 1 or hi - lo < 0.005 else f"{lo:>5.2f}-{hi:<5.2f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=str(DEFAULT_CKPT))
     ap.add_argument("--detector", default=None, help="YOLO .pt (default: a random-weight YOLOv8n built here)")
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--points-per-side", type=int, default=32)
-    ap.add_argument("--points-per-batch", type=int, default=32, help="grid batch (official default 64; same masks)")
-    ap.add_argument("--skip-grid", action="store_true")
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each of our samplers (interleaved)")
+    ap.add_argument("--skip-official", action="store_true", help="no official grid run (ratios then missing)")
+    ap.add_argument("--skip-grid", action="store_true", help="no run of our grid sampler")
     ap.add_argument("--tile", type=int, default=0, help="also run blobs tile by tile with tiles of PX pixels")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for both sides (default: torch's); 1 is steadier on a shared CPU")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    sam = build_mobilesam(args.checkpoint, device="cpu")
     image = cells(args.size)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; frame {image.shape} {image.dtype}")
     with tempfile.TemporaryDirectory() as tmp:
+        ckpt = checkpoint_path(args.checkpoint, Path(tmp))
+        sam = build_mobilesam(ckpt, device="cpu")
         detector = args.detector or random_yolo(Path(tmp))
         if not args.detector:
             print("object-aware: random-weight YOLOv8n (class biases zeroed) -> 320 arbitrary boxes; real detector + decoder path")
         # untimed warm-up of every path (thread pools, ultralytics' first-call setup)
         small = cells(128, 5)
-        for s, o in (("object-aware", dict(detector=detector, max_det=2)), ("blobs", dict(max_det=2)), ("grid", dict(points_per_side=1))):
-            timed_run(sam, small, s, **o)
-        cols = ("prompts", "objects", "embed", "sample", "decode", "labels", "total", "peak_MiB")
-        print(f"{'sampler':>14} " + " ".join(f"{c:>9}" for c in cols) + "   (seconds; peak_MiB: RSS above the start of the run)")
-        plans = [
-            ("object-aware", dict(detector=detector)),
-            ("blobs", dict(diameter=26 * args.size / 1024)),
-            ("grid", dict(points_per_side=args.points_per_side, points_per_batch=args.points_per_batch)),
-        ]
-        plans = plans[: 2 if args.skip_grid else 3]
+        for smp, o in (("object-aware", dict(detector=detector, max_det=2)), ("blobs", dict(max_det=2, diameter=8)), ("grid", dict(points_per_side=1))):
+            timed_run(sam, small, smp, **o)
+        plans = [("object-aware", dict(detector=detector)), ("blobs", dict(diameter=26 * args.size / 1024))]
+        if not args.skip_grid:
+            plans.append(("grid", dict(points_per_side=args.points_per_side)))
         if args.tile:
             plans.append(("blobs, tiled", dict(diameter=26 * args.size / 1024, tile=args.tile)))
-        runs = {}
-        for name, opts in plans:
-            r = runs[name] = timed_run(sam, image, name.split(",")[0], **opts)
-            print(f"{name:>14} " + " ".join(f"{r[c]:>9d}" if isinstance(r[c], int) else f"{r[c]:>9.2f}" for c in cols), flush=True)
+        runs: dict[str, list[dict]] = {name: [] for name, _ in plans}
+        print(f"{'sampler':>14} " + " ".join(f"{c:>11}" for c in COLS) + "   (seconds)", flush=True)
+
+        def show(name: str, rs: list[dict]) -> None:
+            print(f"{name:>14} " + " ".join(_cell([r[c] for r in rs]) for c in COLS), flush=True)
+
+        official = None
+        for rep in range(args.repeats):
+            for name, opts in plans:
+                runs[name].append(timed_run(sam, image, name.split(",")[0], **opts))
+                show(f"{name} #{rep + 1}", runs[name][-1:])
+            if rep == 0 and not args.skip_official:  # between our repeats: the official run sees the same CPU
+                from napari_mobilesam import to_rgb_uint8
+
+                official = official_grid(official_model(ckpt), to_rgb_uint8(image), args.points_per_side)
+                show("official grid", [official])
+        print("summary (min-max over repeats):")
+        for name, _ in plans:
+            show(name, runs[name])
         if args.tile:
             from napari_mobilesam.engine.tiles import tile_boxes, tile_settings
 
             n = len(tile_boxes(image.shape, *tile_settings(args.tile)))
-            print(f"blobs tiled ({n} tiles of <= {args.tile} px) / untiled: {runs['blobs, tiled']['total'] / runs['blobs']['total']:.2f}x the time")
-    if "grid" in runs:
-        g = runs["grid"]
-        for name in ("object-aware", "blobs"):
-            r = runs[name]
+            t_tile = min(r["total"] for r in runs["blobs, tiled"]) / min(r["total"] for r in runs["blobs"])
+            print(f"blobs tiled ({n} tiles of <= {args.tile} px) / untiled: {t_tile:.2f}x the time")
+    if official:
+        o = official
+        show("official grid", [o])
+        for name, _ in plans:
+            tot = [r["total"] for r in runs[name]]
+            dec = [r["decode"] for r in runs[name]]
+            per = [r["decode"] / max(r["prompts"], 1) * 1000 for r in runs[name]]
             print(
-                f"grid {args.points_per_side}x{args.points_per_side} / {name}: end-to-end {g['total'] / r['total']:.1f}x, "
-                f"decode phase {g['decode'] / r['decode']:.1f}x (target object-aware >= 16x end-to-end)"
+                f"official grid {args.points_per_side}x{args.points_per_side} / ours {name}: end-to-end x{o['total'] / max(tot):.1f}-x{o['total'] / min(tot):.1f}, "
+                f"decode phase x{o['decode'] / max(dec):.1f}-x{o['decode'] / min(dec):.1f}; our decode {min(per):.1f}-{max(per):.1f} ms per prompt"
             )
-    oa, bl = runs["object-aware"], runs["blobs"]
-    print(f"blobs vs object-aware end-to-end: {oa['total'] / bl['total']:.2f}x (>= 1 means blobs at least as fast)")
+        print("(target: object-aware >= x25 end to end; peak memory for 320 boxes <= +400 MiB)")
 
 
 if __name__ == "__main__":
