@@ -13,7 +13,9 @@ from napari.utils.notifications import ErrorNotification, notification_manager
 
 from ..model.weights import WeightsUnavailableError, env_var_for
 
-__all__ = ["UserError", "cancelled", "ids_note", "notify", "object_line", "objects_summary", "px", "short_error"]
+__all__ = [
+    "UserError", "cancelled", "error_notification", "ids_note", "notify", "object_line", "objects_summary", "px", "short_error",
+]
 
 SHORT = 240  # characters of an error's first sentence shown in the notification and status line
 

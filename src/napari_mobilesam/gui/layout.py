@@ -43,7 +43,6 @@ class ElidedLabel(QLabel):
 
     def set_full_text(self, text: str) -> None:
         self._full = str(text)
-        self.setToolTip(self._full if self._full != self.text() or len(self._full) > 60 else "")
         self._fit()
 
     def _fit(self) -> None:
