@@ -185,7 +185,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         _say_repaired(args, writer)
         with _runner(args, spec) as run:
             job = SegmentJob(store=_checked_store(args, run, source, args.embeddings, prep), multimask=args.multimask, preprocess=prep)
-            _models_ready(run, source)  # nothing is written before the model has loaded
+            if writer.todo():
+                _models_ready(run, source)  # nothing is written before the model has loaded
             for _ in range(2):  # the second pass recomputes frames that fail their checksum
                 todo = writer.todo()
                 for t in todo:
@@ -283,7 +284,8 @@ def cmd_everything(args: argparse.Namespace) -> int:
             _say(args, f"resuming: {done_before} frames already finished")
         with _runner(args, spec) as run:
             job = EverythingJob(sampler, options, _checked_store(args, run, sources[0], args.embeddings, prep))  # one image
-            _models_ready(run, sources[0])  # model and detector load before any output is created
+            if any(w.todo() for w in writers.values()):
+                _models_ready(run, sources[0])  # model and detector load before any output is created
             for _ in range(2):  # the second pass recomputes frames that fail their checksum
                 tasks = [(s, t, None) for s in sources for t in writers[s.path].todo()]
                 with _bar(args, len(tasks), "everything") as bar:
