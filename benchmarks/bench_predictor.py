@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from segment_anything import SamPredictor
 
 from napari_mobilesam import Predictor, Prompt, build_mobilesam
 

@@ -188,10 +188,8 @@ def official(checkpoint):
 
 @pytest.fixture(scope="module")
 def small_frame(sam):
-    """Our predictor on a small frame (cheap full-resolution masks), and the official SamPredictor on the
-    same embedding (decoder parity does not depend on the encoder; that is tested above)."""
-    from mobile_sam import SamPredictor as OfficialPredictor
-
+    """Our predictor on a small frame (cheap full-resolution masks); :func:`_official_on` puts the official
+    SamPredictor on the same embedding (decoder parity does not depend on the encoder; tested above)."""
     img = np.random.default_rng(3).integers(0, 256, (96, 128, 3), dtype=np.uint8)
     img[20:70, 30:90] = 255
     ours = Predictor(sam)
