@@ -27,6 +27,7 @@ from segment_anything.utils.amg import calculate_stability_score
 from ..model.fast_decoder import FrameDecoder
 from .embeddings import Embedding, EmbeddingCache
 from .image import to_rgb_uint8
+from .prompt_checks import check_prompts, check_xy
 from .upsample import MaskUpsampler
 
 __all__ = ["ObjectMask", "Predictor", "Prompt"]
@@ -267,6 +268,7 @@ class Predictor(SamPredictor):
         self._require_image()
         if not prompts:
             return []
+        check_prompts(prompts, self.original_size)
         thr = self.model.mask_threshold if mask_threshold is None else mask_threshold
         if select != "best" and select not in (0, 1, 2):
             raise ValueError(f"select must be 'best' or 0, 1, 2; got {select!r}.")
@@ -330,6 +332,7 @@ class Predictor(SamPredictor):
         box = None if box is None else np.asarray(box, np.float64).reshape(-1)
         if mask_input is not None and np.ndim(mask_input) == 2:
             mask_input = np.asarray(mask_input)[None]
+        check_xy(point_coords, point_labels, box, self.original_size)
         return super().predict(point_coords, point_labels, box, mask_input, multimask_output, return_logits)
 
     def predict_torch(
