@@ -59,8 +59,9 @@ def write_dataset(root: Path, n_train: int, n_val: int, seed: int = 0) -> Path:
 
 
 def train_detector(out: Path, epochs: int = 30, n_train: int = 160, n_val: int = 16, imgsz: int = 320, seed: int = 0,
-                   workdir: Path | None = None) -> Path:
-    """Train YOLOv8n from scratch on synthetic cells and save a small fp16 checkpoint at ``out``."""
+                   workdir: Path | None = None, init: Path | None = None) -> Path:
+    """Train YOLOv8n from scratch (or on from ``init``, an earlier result) on synthetic cells and
+    save a small fp16 checkpoint at ``out``."""
     import torch
 
     with tempfile.TemporaryDirectory(prefix="synthetic_yolo_") as tmp:
@@ -72,11 +73,11 @@ def train_detector(out: Path, epochs: int = 30, n_train: int = 160, n_val: int =
 
         threads = torch.get_num_threads()
         t0 = time.time()
-        model = YOLO("yolov8n.yaml")
+        model = YOLO(str(init) if init is not None else "yolov8n.yaml")
         model.train(
             data=str(data), epochs=epochs, imgsz=imgsz, batch=16, device="cpu", workers=0, seed=seed, deterministic=True,
             project=str(root / "runs"), name="train", exist_ok=True, plots=False, val=True, amp=False, verbose=False,
-            pretrained=False, mosaic=1.0, close_mosaic=max(1, epochs // 5), degrees=0.0, fliplr=0.5, flipud=0.5,
+            pretrained=init is not None, mosaic=1.0, close_mosaic=max(1, epochs // 5), degrees=0.0, fliplr=0.5, flipud=0.5,
             hsv_h=0.0, hsv_s=0.0, hsv_v=0.3, patience=epochs, cache=True,
         )
         torch.set_num_threads(threads)  # ultralytics lowers it
@@ -99,8 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=160)
     ap.add_argument("--imgsz", type=int, default=320)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", type=Path, default=None, help="continue from this earlier result")
     a = ap.parse_args(argv)
-    train_detector(a.out, a.epochs, a.images, max(4, a.images // 10), a.imgsz, a.seed)
+    train_detector(a.out, a.epochs, a.images, max(4, a.images // 10), a.imgsz, a.seed, init=a.init)
 
 
 if __name__ == "__main__":
