@@ -144,9 +144,9 @@ def build_reference(folder: str | os.PathLike) -> Path:
     if stamp.is_file() and stamp.read_text().strip() == str(VERSION):
         return folder
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "mobile_sam_random.pt").unlink(missing_ok=True)  # an older recipe's file: make it anew
     sam = official_sam()
-    state = perturbed_state_dict(sam.state_dict())
-    torch.save(state, folder / "mobile_sam_random.pt")
+    state = torch.load(random_checkpoint(folder), map_location="cpu", weights_only=True)
     sam.load_state_dict(state)
     sam.eval()  # the official TinyViT attention gathers its biases in eval(): redo it after loading
 
