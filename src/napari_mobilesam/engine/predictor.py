@@ -24,7 +24,7 @@ from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 from segment_anything.utils.amg import calculate_stability_score
 
-from ..model.fast_decoder import FrameDecoder
+from ..model.fast_decoder import FrameDecoder, Scratch
 from .embeddings import Embedding, EmbeddingCache
 from .image import to_rgb_uint8
 from .prompt_checks import check_prompts, check_xy
@@ -129,6 +129,7 @@ class Predictor(SamPredictor):
         self.key: Hashable | None = None
         self._frame_decoder: FrameDecoder | None = None
         self._upsamplers: dict[tuple, MaskUpsampler] = {}
+        self.scratch = Scratch()  # decode buffers, shared by the decoders of its frames
 
     # ------------------------------------------------------------------ images
     def set_image(
@@ -195,7 +196,7 @@ class Predictor(SamPredictor):
         self._require_image()
         if self._frame_decoder is None:
             with torch.inference_mode():
-                self._frame_decoder = FrameDecoder(self.model, self.features)
+                self._frame_decoder = FrameDecoder(self.model, self.features, self.scratch)
         return self._frame_decoder
 
     def _upsampler(self) -> MaskUpsampler:

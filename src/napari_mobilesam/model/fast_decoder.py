@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention
 
-__all__ = ["FrameDecoder"]
+__all__ = ["FrameDecoder", "Scratch"]
 
 # Image tokens per block in the streamed decoder: STREAM_ROWS // batch, at least STREAM_BLOCK, so a
 # block of the whole batch stays near 1-4 MB (in cache). Fewer, larger blocks matter for a single
@@ -36,21 +38,41 @@ __all__ = ["FrameDecoder"]
 STREAM_BLOCK = 512
 STREAM_ROWS = 4096
 
-_SCRATCH = threading.local()
 
+class Scratch:
+    """Reusable buffers for the decoder's per-call image tokens (B x 4096 x 256: 32 MB for 8 prompts).
 
-def _scratch(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    """This thread's reusable buffer for the decoder's per-call image tokens (B x 4096 x 256:
-    32 MB for 8 prompts). glibc maps allocations of 32 MB and more afresh on every call, and
-    touching the new pages cost ~8,000 page faults (~10 % of an 8-prompt decode). The buffer
-    never leaves ``decode``, so one per thread is safe."""
-    key = (like.device, like.dtype)
-    bufs = _SCRATCH.__dict__.setdefault("bufs", {})
-    n = math.prod(shape)
-    buf = bufs.get(key)
-    if buf is None or buf.numel() < n:
-        buf = bufs[key] = torch.empty(n, dtype=like.dtype, device=like.device)
-    return buf[:n].view(shape)
+    glibc maps allocations of 32 MB and more afresh on every call, and touching the new pages
+    cost ~8,000 page faults (~10 % of an 8-prompt decode), so each decode borrows a buffer here
+    and gives it back. A buffer is lent to one decode at a time, so threads that decode at once
+    each get their own; the buffers live as long as their owner (a :class:`FrameDecoder`, or the
+    predictor that hands one ``Scratch`` to all its frames' decoders).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: list[torch.Tensor] = []
+
+    @contextmanager
+    def borrow(self, shape: tuple[int, ...], like: torch.Tensor) -> Iterator[torch.Tensor]:
+        """A ``shape`` view of a buffer with ``like``'s dtype and device, for the ``with`` block."""
+        n = math.prod(shape)
+        with self._lock:
+            i = next((i for i, b in enumerate(self._free) if b.device == like.device and b.dtype == like.dtype), None)
+            buf = None if i is None else self._free.pop(i)
+        if buf is None or buf.numel() < n:
+            buf = torch.empty(n, dtype=like.dtype, device=like.device)
+        try:
+            yield buf[:n].view(shape)
+        finally:
+            with self._lock:
+                self._free.append(buf)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in buffers that are not lent out."""
+        with self._lock:
+            return sum(b.numel() * b.element_size() for b in self._free)
 
 
 def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
@@ -214,10 +236,13 @@ class FrameDecoder:
     Args:
         sam: a segment-anything ``Sam`` (its prompt encoder and mask decoder are used as is).
         features: the frame's image embedding, ``1 x 256 x 64 x 64``.
+        scratch: the buffers to decode in (e.g. one predictor's, shared by its frames' decoders);
+            by default the decoder's own.
     """
 
-    def __init__(self, sam: Sam, features: torch.Tensor):
+    def __init__(self, sam: Sam, features: torch.Tensor, scratch: Scratch | None = None):
         self.sam = sam
+        self.scratch = Scratch() if scratch is None else scratch
         md = sam.mask_decoder
         self.md = md
         self.transformer = md.transformer
@@ -264,8 +289,10 @@ class FrameDecoder:
         out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], 0)
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse], 1)
         if dense is None and len(tr.layers) == 2:
-            hs, keys = self._decode_streamed(tokens)
-            return self._heads_out(hs, keys, multimask_output)
+            keys0 = self._shared[0]
+            with self.scratch.borrow((b, *keys0.shape[1:]), keys0) as buf:  # the image tokens, updated in place
+                hs, keys = self._decode_streamed(tokens, buf)
+                return self._heads_out(hs, keys, multimask_output)
         if dense is None:
             keys, keys_pe = self._shared
         else:
@@ -310,7 +337,7 @@ class FrameDecoder:
         hyper = torch.stack([mlp(mask_tokens[:, j]) for j, mlp in enumerate(mlps)], 1)  # B x M x 32
         return self._upscale_masks(keys, hyper), iou
 
-    def _decode_streamed(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _decode_streamed(self, tokens: torch.Tensor, buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The two-layer transformer without mask input, streaming over blocks of image tokens.
 
         Each image-token update (image-to-token attention, residual, LayerNorm) runs block by
@@ -318,6 +345,7 @@ class FrameDecoder:
         *next* token-to-image attention, whose queries are already known (a layer's token
         self-attention does not depend on the image). Per prompt, the 4096 x 256 image tokens then
         cross memory a few times instead of about twenty. Same operations, same order per element.
+        ``buf``: B x N x C, where the image tokens are computed (and returned as ``keys``).
         Returns ``(hs B x T x C, keys B x N x C)``.
         """
         tr = self.transformer
@@ -330,13 +358,13 @@ class FrameDecoder:
         queries = l0.norm3(queries + l0.mlp(queries))
         queries1 = l1.norm1(queries + _token_self_attention(l1.self_attn, queries + query_pe, queries))
         qb1, qbias1 = _t2i_prepare(l1.cross_attn_token_to_image, queries1 + query_pe)
-        keys1, s1 = self._stream_keys(l0.cross_attn_image_to_token, l0.norm4, queries + query_pe, queries, keys0, qb1, q0)
+        keys1, s1 = self._stream_keys(l0.cross_attn_image_to_token, l0.norm4, queries + query_pe, queries, keys0, qb1, q0, buf)
         t = tokens.shape[1]
         queries = l1.norm2(queries1 + _t2i_finish(l1.cross_attn_token_to_image, s1, qbias1, keys1, t))
         queries = l1.norm3(queries + l1.mlp(queries))
         final = tr.final_attn_token_to_image
         qbf, qbiasf = _t2i_prepare(final, queries + query_pe)
-        keys2, s2 = self._stream_keys(l1.cross_attn_image_to_token, l1.norm4, queries + query_pe, queries, keys1, qbf, None)
+        keys2, s2 = self._stream_keys(l1.cross_attn_image_to_token, l1.norm4, queries + query_pe, queries, keys1, qbf, None, keys1)
         hs = tr.norm_final_attn(queries + _t2i_finish(final, s2, qbiasf, keys2, t))
         return hs, keys2
 
@@ -349,25 +377,25 @@ class FrameDecoder:
         residual: torch.Tensor,
         q_back_next: torch.Tensor,
         q_img: torch.Tensor | None,
+        out: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``norm(residual + i2t(...))`` block by block, plus raw next-layer scores ``q_back_next @ (keys + pe)ᵀ``.
 
         ``q_img``: the image queries already projected (h x N x d, layer 0), or None to fold the
-        query projection into the token keys (queries = residual + pe). ``residual`` is updated in
-        place unless it is the frame's shared keys. Returns ``(keys B x N x C, scores B x hT' x N)``.
+        query projection into the token keys (queries = residual + pe). The keys are written to
+        ``out`` (B x N x C), which may be ``residual`` itself (each block is read before it is
+        written), never the frame's shared keys. Returns ``(out, scores B x hT' x N)``.
         """
         h = i2t.num_heads
         d = i2t.internal_dim // h
         b, t, _ = k_tok.shape
-        n, c = residual.shape[1:]
+        n = residual.shape[1]
         scale = 1.0 / math.sqrt(d)
         if q_img is not None:
             kh = _heads_first(i2t.k_proj, k_tok, h)
         else:
             m, m_bias = _fold_queries(i2t, k_tok)
         vw = _values_out(i2t, v_tok)  # B x hT x C
-        shared = residual is self._shared[0] or residual.shape[0] != b
-        out = _scratch((b, n, c), residual) if shared else residual
         scores = torch.empty(b, q_back_next.shape[1], n, dtype=residual.dtype, device=residual.device)
         pe = self.pe[0]
         block = max(STREAM_BLOCK, STREAM_ROWS // b)
