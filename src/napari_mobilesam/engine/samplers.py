@@ -21,6 +21,7 @@ from collections.abc import Generator, Hashable
 import numpy as np
 import torch
 
+from .._compat import mask_data_len, process_batch
 from .predictor import ObjectMask, Predictor
 
 __all__ = ["blob_boxes", "blob_contrast", "estimate_diameter", "grid_batch_size", "iter_grid_objects", "noise_level"]
@@ -381,21 +382,21 @@ def iter_grid_objects(
         crop_data = MaskData()
         for (batch,) in batch_iterator(gen.points_per_batch, points):
             with torch.inference_mode():
-                crop_data.cat(gen._process_batch(batch, crop.shape[:2], crop_box, size))
+                crop_data.cat(process_batch(gen, batch, crop.shape[:2], crop_box, size))
             done += 1
             yield done, total
-        if len(crop_data["rles"]) == 0:
+        if mask_data_len(crop_data) == 0:
             continue
         keep = batched_nms(crop_data["boxes"].float(), crop_data["iou_preds"], torch.zeros(len(crop_data["boxes"])), gen.box_nms_thresh)
         crop_data.filter(keep)
         crop_data["boxes"] = uncrop_boxes_xyxy(crop_data["boxes"], crop_box)
         crop_data["crop_boxes"] = torch.tensor([crop_box] * len(crop_data["rles"]))
         data.cat(crop_data)
-    if len(crop_boxes) > 1 and data._stats and len(data["rles"]):
+    if len(crop_boxes) > 1 and mask_data_len(data):
         # duplicates between crops: prefer masks from smaller crops, as the generator does
         keep = batched_nms(data["boxes"].float(), 1 / box_area(data["crop_boxes"]), torch.zeros(len(data["boxes"])), gen.crop_nms_thresh)
         data.filter(keep)
-    if not data._stats or not len(data["rles"]):
+    if not mask_data_len(data):
         return []
     objects = []
     for rle, iou, stab in zip(data["rles"], data["iou_preds"].tolist(), data["stability_score"].tolist()):
