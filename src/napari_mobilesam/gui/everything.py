@@ -10,6 +10,7 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, Label, 
 
 from ..engine.tiles import tile_settings
 from .feedback import cancelled, ids_note
+from . import layers as L
 from .jobs import built, worker_predictor
 from .layout import Section
 from .writer import write_frames
@@ -105,7 +106,7 @@ class EverythingSection:
         image, geo, cur = w.context()
         every = self.all_frames.value and geo.n_lead > 0
         labels = w.labels_layer()
-        data = image.data[0] if image.multiscale else image.data
+        data = L.frame_data(image)  # with a chosen channel axis: frames with their channels last
         sampler = self.sampler.value
         detector = self._detector_path() if sampler == "object-aware" else None
         read, key, kw = w._frame_reader(image)
@@ -115,7 +116,7 @@ class EverythingSection:
         def gen():
             pred = worker_predictor((yield from built(w.model_step())), w.cache)
             return (yield from iter_segment_everything(
-                data, pred, sampler=sampler, detector=detector, rgb=image.rgb, frames=None if every else [cur],
+                data, pred, sampler=sampler, detector=detector, rgb=geo.rgb, frames=None if every else [cur],
                 labels=existing, overwrite=w.overwrite.value, **opts,
             ))
 

@@ -10,17 +10,21 @@ import numpy as np
 import pandas as pd
 from napari.layers import Image, Labels, Points, Shapes
 
+from ..engine.image import channels_last
 from .prompts import PromptTable
 
 __all__ = [
     "POSITIVE_COLOR",
     "NEGATIVE_COLOR",
+    "CHANNELS",
     "FrameGeometry",
+    "channel_axis",
     "current_frame",
     "dedupe_ids",
     "next_free_label",
     "ensure_point_features",
     "ensure_shape_features",
+    "frame_data",
     "frame_image",
     "image_key",
     "image_kwargs",
@@ -33,6 +37,7 @@ __all__ = [
 POSITIVE_COLOR = "lime"
 NEGATIVE_COLOR = "magenta"
 MARK = "napari-mobilesam"  # metadata key of layers this plugin created
+CHANNELS = "napari-mobilesam channel axis"  # image metadata: the data axis the user chose as channels, or "frames"
 
 Frame = tuple[int, ...]
 
@@ -44,7 +49,8 @@ class FrameGeometry:
     Attributes:
         lead_shape: sizes of the leading (stack) dimensions, ``()`` for one 2D image.
         spatial: ``(H, W)``.
-        rgb: the last axis is colour (napari's ``rgb``), not part of the stack.
+        rgb: frames carry a last colour/channel axis (napari's ``rgb``, or a chosen channel axis moved
+            last, see :func:`frame_data`), not part of the stack.
     """
 
     lead_shape: tuple[int, ...]
@@ -65,33 +71,51 @@ class FrameGeometry:
 
     @classmethod
     def of(cls, image: Image) -> FrameGeometry:
-        data = image.data[0] if image.multiscale else image.data
+        data = frame_data(image)
         shape = tuple(int(s) for s in data.shape)
-        if image.rgb:
+        rgb = bool(image.rgb) or channel_axis(image) is not None
+        if rgb:
             shape = shape[:-1]
         if len(shape) < 2:
             raise ValueError(f"Image layer {image.name!r} has shape {data.shape}; it needs at least two spatial dimensions.")
-        return cls(shape[:-2], shape[-2:], bool(image.rgb))
+        return cls(shape[:-2], shape[-2:], rgb)
+
+
+def channel_axis(image: Image) -> int | None:
+    """The axis of the layer's data chosen (in the widget) to hold channels, ``>= 0``; None: none chosen."""
+    a = image.metadata.get(CHANNELS)
+    ndim = len((image.data[0] if image.multiscale else image.data).shape)
+    ok = isinstance(a, int) and not isinstance(a, bool) and not image.rgb and 0 <= a < ndim and a != ndim - 2 and ndim >= 3
+    return a if ok else None
+
+
+def frame_data(image: Image):
+    """The layer's full-resolution data as frames ``(..., H, W)`` or ``(..., H, W, C)``: with a chosen
+    channel axis, the engine's lazy view with that axis moved last (:func:`~..engine.image.channels_last`,
+    as ``channel_axis=`` of the API and ``--channel-axis`` of the CLI)."""
+    data = image.data[0] if image.multiscale else image.data
+    a = channel_axis(image)
+    return data if a is None else channels_last(data, a)
 
 
 def frame_image(image: Image, frame: Frame) -> np.ndarray:
     """The ``(H, W)`` or ``(H, W, C)`` pixels of ``frame`` (full resolution for multiscale data)."""
-    data = image.data[0] if image.multiscale else image.data
-    return np.asarray(data[tuple(frame)])
+    return np.asarray(frame_data(image)[tuple(frame)])
 
 
 def image_kwargs(image: Image) -> dict:
     """``Predictor.set_image`` options so that the model sees what the user sees."""
     dtype = np.dtype((image.data[0] if image.multiscale else image.data).dtype)
+    kw = {} if channel_axis(image) is None else {"channel_axis": -1}  # frames come with their channels last
     if dtype == np.uint8 or dtype == bool:
-        return {}
-    return {"contrast_limits": tuple(float(v) for v in image.contrast_limits)}
+        return kw
+    return {**kw, "contrast_limits": tuple(float(v) for v in image.contrast_limits)}
 
 
 def image_key(image: Image, frame: Frame) -> Hashable:
-    """Embedding cache key: the layer (and its data object), the frame, and the contrast window."""
+    """Embedding cache key: the layer (its data object and channel axis), the frame, and the contrast window."""
     clim = image_kwargs(image).get("contrast_limits")
-    return ("napari", (image.unique_id, id(image.data)), tuple(frame), clim)
+    return ("napari", (image.unique_id, id(image.data), channel_axis(image)), tuple(frame), clim)
 
 
 def current_frame(dims_point: np.ndarray, image: Image) -> Frame:
@@ -99,18 +123,22 @@ def current_frame(dims_point: np.ndarray, image: Image) -> Frame:
     geo = FrameGeometry.of(image)
     if not geo.n_lead:
         return ()
-    pos = np.round(image.world_to_data(np.asarray(dims_point)))[: geo.n_lead].astype(int)
+    pos = np.round(image.world_to_data(np.asarray(dims_point)))
+    a = channel_axis(image)
+    pos = (pos if a is None else np.delete(pos, a))[: geo.n_lead].astype(int)
     return tuple(int(np.clip(v, 0, s - 1)) for v, s in zip(pos, geo.lead_shape, strict=True))
 
 
 def _to_image(coords: np.ndarray, layer, image: Image) -> np.ndarray:
-    """Layer data coordinates -> image data coordinates (same-dimensional layers only)."""
+    """Layer data coordinates -> image data coordinates (same-dimensional layers only), without the
+    coordinate of a chosen channel axis (a prompt belongs to all channels of its frame)."""
     if coords.size == 0 or layer.ndim != image.ndim:
         return coords
     fwd, inv = layer._data_to_world, image._data_to_world  # napari's own affine transforms
-    if np.allclose(fwd.affine_matrix, inv.affine_matrix):
-        return coords
-    return np.asarray(inv.inverse(fwd(coords)))
+    if not np.allclose(fwd.affine_matrix, inv.affine_matrix):
+        coords = np.asarray(inv.inverse(fwd(coords)))
+    a = channel_axis(image)
+    return coords if a is None else np.delete(coords, a, axis=-1)
 
 
 def _column(features: pd.DataFrame, name: str, n: int, default: int) -> np.ndarray:
@@ -161,7 +189,9 @@ def next_free_label(labels: Labels | None, prompt_layers) -> int:
 
 
 def _same_transform(image: Image) -> dict:
-    return {"scale": image.scale, "translate": image.translate}
+    a = channel_axis(image)  # layers made for the frames have no channel axis
+    keep = [i for i in range(image.ndim) if i != a]
+    return {"scale": np.asarray(image.scale)[keep], "translate": np.asarray(image.translate)[keep]}
 
 
 def ensure_point_features(points: Points) -> None:

@@ -3,6 +3,9 @@
 A store made by ``mobilesam embed`` (or by the widget) is checked against the model (encoder
 weights) and the image layer (shape, dtype, first and last frames), exactly as the command line
 checks it, so a store of another image or model is refused with a message that says what differs.
+Each frame is checked again when it is used (:meth:`EmbeddingStore.load`): a frame whose pixels differ
+from those the store recorded is refused, and a damaged or missing embedding is computed again and
+written back (a read-only store refuses it), never used as zeros.
 A path that does not exist yet becomes a new store, filled with every frame the widget embeds, for
 the next session or for ``mobilesam segment/everything --embeddings``. The model sees the image as
 the store's frames were made (``--channels`` / ``--contrast`` of ``mobilesam embed``, else
@@ -13,6 +16,7 @@ agree.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Hashable
 from pathlib import Path
 
@@ -20,7 +24,7 @@ import numpy as np
 from napari.layers import Image
 
 from ..engine.embeddings import Embedding, EmbeddingCache
-from ..engine.store import EmbeddingStore, image_fingerprint, model_fingerprint
+from ..engine.store import EmbeddingStore, EmbeddingStoreDamaged, frame_hash, image_fingerprint, model_fingerprint
 from . import layers as L
 from .jobs import Progress, built
 
@@ -53,18 +57,23 @@ class StoreLink:
     """An opened, checked store bound to one image layer; backs the widget's embedding cache."""
 
     def __init__(self, path: Path, sam, image: Image, preprocess: dict | None = None):
-        data = image.data[0] if image.multiscale else image.data
+        data = L.frame_data(image)  # frames as the widget reads them (a chosen channel axis last)
         geo = L.FrameGeometry.of(image)
         self.sam, self.image = sam, image
         p = Path(path).expanduser()
         if p.is_dir() and not any(p.iterdir()):
             p.rmdir()  # an empty folder (e.g. made in the file dialog) becomes the new store
         self.created = not p.exists()
-        fingerprint = image_fingerprint(data, preprocess, frame_ndim=3 if image.rgb else 2)
+        fingerprint = image_fingerprint(data if hasattr(data, "reshape") else np.asarray(data), preprocess, frame_ndim=3 if geo.rgb else 2)
         self.store = EmbeddingStore.open(path, model_fingerprint(sam), fingerprint, n_frames=geo.n_frames, original_size=geo.spatial, mode="a")
         self.tag = tag_of(path)
         self.layer = L.image_key(image, ())[1]
         self.lead_shape = geo.lead_shape
+        self.data = data
+        # the options `mobilesam embed` used, to compute a damaged frame again as it did
+        self.preprocess = {**(preprocess or {}), **{k: v for k, v in L.image_kwargs(image).items() if k == "channel_axis"}}
+        self.writable = os.access(self.store.path / "features", os.W_OK)
+        self.repaired: list[int] = []  # frames computed again because their stored embedding was damaged
 
     def frame_index(self, key: Hashable) -> int | None:
         """Store frame of a widget frame key ``(…, layer, frame, tag)`` of this image, else None."""
@@ -77,14 +86,39 @@ class StoreLink:
         t = self.frame_index(key)
         return t is not None and self.store.has(t)
 
+    def pixels(self, t: int) -> np.ndarray:
+        """Frame ``t`` of the image, as the store's frame hash was computed."""
+        return np.asarray(self.data[np.unravel_index(t, self.lead_shape) if self.lead_shape else ()])
+
     def load(self, key: Hashable) -> Embedding:
-        return self.store.load(self.frame_index(key))
+        """The stored embedding of a frame, checked against the frame's pixels and its checksum.
+
+        Raises:
+            EmbeddingStoreMismatch: the frame differs from the one the store was made for.
+            EmbeddingStoreDamaged: a damaged embedding in a store the widget cannot write.
+        """
+        t = self.frame_index(key)
+        frame = self.pixels(t)
+        try:
+            return self.store.load(t, frame=frame)
+        except EmbeddingStoreDamaged as err:
+            if not self.writable:
+                raise EmbeddingStoreDamaged(f"{err} The store is read-only here, so the widget cannot compute the frame "
+                                            "again; make it writable, or choose another embeddings path.") from None
+        from ..engine.predictor import Predictor
+
+        pred = Predictor(self.sam, cache_bytes=0)  # computed as `mobilesam embed` computes it
+        pred.set_image(frame, **self.preprocess)
+        emb = pred.get_embedding()
+        self.store.save(t, emb, frame_hash=frame_hash(frame))
+        self.repaired.append(t)
+        return emb
 
     def save(self, key: Hashable, emb: Embedding) -> None:
-        """Keep a newly computed embedding of this image in the store."""
+        """Keep a newly computed embedding of this image in the store, with its frame's hash."""
         t = self.frame_index(key)
-        if t is not None and not self.store.has(t):
-            self.store.save(t, emb)
+        if t is not None and self.writable and not self.store.has(t):
+            self.store.save(t, emb, frame_hash=frame_hash(self.pixels(t)))
 
     def attach(self, cache: EmbeddingCache) -> None:
         cache.back_with(self.has, self.load, self.save)
@@ -106,7 +140,8 @@ class StoreUse:
         store when one is set and not attached for this model and image."""
         path, image = store_path(self.embeddings.value), self.image_box.value
         link = self._store
-        if path is None or image is None or (link is not None and link.sam is model and link.image is image and link.tag == tag_of(path)):
+        if path is None or image is None or (link is not None and link.sam is model and link.image is image and link.tag == tag_of(path)
+                                              and link.layer == L.image_key(image, ())[1]):
             return model
         return self._link_store(model, path, image)
 
@@ -137,4 +172,5 @@ class StoreUse:
         path = store_path(self.embeddings.value)
         if path is None:
             return kw, ident
-        return self._store_prep(path), (*ident[:3], tag_of(path))
+        frames = {k: v for k, v in kw.items() if k == "channel_axis"}  # how frames are read, not pre-processing
+        return {**self._store_prep(path), **frames}, (*ident[:3], tag_of(path))

@@ -23,6 +23,7 @@ from ..engine.embeddings import EmbeddingCache
 from ..engine.predictor import Predictor
 from ..model.weights import registry_names
 from . import layers as L
+from .channels import ChannelAxis, check_frames
 from .everything import EverythingSection
 from .feedback import cancelled, objects_summary
 from .jobs import FrameDone, load_model, segment_frames
@@ -121,7 +122,8 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
         content = QWidget()
         root = QVBoxLayout(content)
         root.setContentsMargins(0, 0, 0, 0)
-        self.input_box, self.input_inner = group("Input", self.image_box, self.points_box, self.shapes_box, self.labels_box)
+        self.channel_axis = ChannelAxis(self)
+        self.input_box, self.input_inner = group("Input", self.image_box, self.channel_axis.box, self.points_box, self.shapes_box, self.labels_box)
         self.model_group, self.model_inner = group("Model", self.model_box, self.model_file, self.decoder_box, self.decoder_file, self.device_box, self.embeddings)
         self.prompt_group, _ = group(
             "Prompts", self.mode, self.live, self.all_frames, self.overwrite, self.mask_choice, self.segment_btn,
@@ -232,6 +234,7 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
     def _on_image(self, image: Image | None) -> None:
         self._switching = True  # the prompt and labels layers change together: each keeps its ids
         try:
+            self.channel_axis.on_image(image)
             self._reset_choices()
             if self._store is not None and self._store.image is not image:
                 self._unlink_store()
@@ -266,6 +269,7 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
         image = self.image_box.value
         if image is None:
             raise ValueError("No image layer: open an image (or File → Open Sample → MobileSAM) and pick it as 'image'.")
+        check_frames(image)  # an ambiguous shape: the user says which axis holds channels
         return image, L.FrameGeometry.of(image), L.current_frame(self.viewer.dims.point, image)
 
     def objects(self, frames=None) -> list[ObjectPrompt]:
@@ -343,7 +347,7 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
         self._pred.cache = self.cache
 
     def _frame_reader(self, image: Image) -> tuple[Callable, Callable, dict]:
-        data = image.data[0] if image.multiscale else image.data  # read from the worker: plain arrays only
+        data = L.frame_data(image)  # read from the worker: plain arrays (or the engine's channels-last view) only
         kw, ident = self.store_view(L.image_kwargs(image), L.image_key(image, ()))
         return (lambda f: np.asarray(data[tuple(f)])), (lambda f: (*ident[:2], tuple(f), ident[3])), kw
 
