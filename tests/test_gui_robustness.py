@@ -7,6 +7,7 @@ and used a store's embedding for a frame of another image, or failed on a damage
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -75,6 +76,35 @@ def test_planar_channels_with_a_box_prompt(qtbot, make_widget, predictor):
     want = expected(predictor, frame, [(Prompt(box=[6, 8, 19, 20]), False, "best", 1)], (40, 48),
                     channel_axis=-1, contrast_limits=tuple(layer.contrast_limits))
     assert want.any() and agree(labels.data, want) > 0.999
+
+
+# ------------------------------------------------------------------------------------ 2: detector trust
+class _Evil:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_detector_runs_no_code_unless_trusted(qtbot, make_widget, monkeypatch, tmp_path):
+    evil, marker = tmp_path / "evil.pt", tmp_path / "pwned"
+    torch.save({"model": _Evil(marker)}, evil)  # pickling runs nothing; unpickling would run `touch`
+    errors = capture_errors(monkeypatch)
+    viewer, w, _ = make_widget(_blobs((40, 48)))
+    ev = w.everything
+    ev.sampler.value = "object-aware"
+    ev.detector.value = str(evil)
+    assert ev.button.enabled and not ev.trust.native.isHidden() and not ev.trust.value  # shown with object-aware
+    run(qtbot, w, ev.run)
+    msg = str(errors[-1].exception)
+    assert "run any code" in msg and "trust this detector file (it can run code)" in msg and "onnx" in msg, msg
+    assert not marker.exists()
+    assert w.labels_box.value is None or not w.labels_box.value.data.any()
+    ev.trust.value = True  # the one gate: now the file is fully unpickled, and its code runs
+    run(qtbot, w, ev.run)
+    assert marker.exists()
+    assert "not a YOLO checkpoint" in str(errors[-1].exception)
 
 
 # ------------------------------------------------------------------------------------ 3: stores checked per frame

@@ -11,7 +11,7 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, Label, 
 from ..engine.tiles import tile_settings
 from .feedback import cancelled, ids_note
 from . import layers as L
-from .jobs import built, worker_predictor
+from .jobs import Progress, built, worker_predictor
 from .layout import Section
 from .writer import write_frames
 
@@ -28,16 +28,39 @@ SAMPLERS = [
 HELP = (
     "Finds all objects without prompts. 'blobs': scale-space blob detection proposes one box per roundish "
     "object (no extra weights); 'object-aware': MobileSAMv2's YOLO detector proposes boxes (needs a detector "
-    ".pt file); 'grid': SAM's 32×32 point grid (slow, generic). Each finished frame is written at once "
+    ".pt or .onnx file); 'grid': SAM's 32×32 point grid (slow, generic). Each finished frame is written at once "
     "(one Ctrl+Z per frame); Cancel keeps the frames already done. Key: Shift+E."
 )
+TRUST = "trust this detector file (it can run code)"
+TRUST_HELP = (
+    "A detector .pt is read safely by default (torch.load(weights_only=True) with an allow-list of the classes a "
+    "YOLO checkpoint holds), so it cannot run code; .onnx exports hold no code at all. Tick this only for a file "
+    "from a source you trust that the safe reader refuses: it is then fully unpickled, which can run any code."
+)
+
+
+def load_detector(path: Path, trust: bool):
+    """The detector at ``path`` (a generator run in the job: loading takes a few seconds), read safely
+    unless ``trust``; a file the safe reader refuses gets an error that names the trust option."""
+    from ..model.detector import DetectorError, load_detector as load
+
+    yield Progress(0, 0, f"loading detector {path.name}" + (" (trusted: fully unpickled)" if trust else ""))
+    try:
+        return load(path, trust=trust)
+    except DetectorError as err:
+        if trust:
+            raise
+        raise DetectorError(f"{err} In this widget: tick '{TRUST}' under Segment everything, only if you trust "
+                            "where the file comes from.") from None
 
 
 class EverythingSection:
     def __init__(self, widget: MobileSAMWidget) -> None:
         self.w = widget
         self.sampler = ComboBox(label="sampler", choices=SAMPLERS, value="blobs", tooltip=HELP)
-        self.detector = FileEdit(label="detector", mode="r", filter="*.pt", tooltip="YOLO detect/segment checkpoint (e.g. ObjectAwareModel.pt)")
+        self.detector = FileEdit(label="detector", mode="r", filter="*.pt *.onnx",
+                                 tooltip="YOLO detect/segment checkpoint (e.g. ObjectAwareModel.pt) or its .onnx export")
+        self.trust = CheckBox(text=TRUST, value=False, tooltip=TRUST_HELP)
         self.hint = Label(value="")
         self.hint.native.setWordWrap(True)
         self.diameter = SpinBox(label="diameter", value=0, min=0, max=10000, tooltip="Expected object diameter in pixels; 0 = automatic")
@@ -50,7 +73,7 @@ class EverythingSection:
         self.all_frames = CheckBox(text="all frames", value=False)
         self.button = PushButton(text="Run (Shift+E)")
         self.section = Section(
-            "Segment everything", self.sampler, self.detector, self.hint, self.diameter, self.polarity,
+            "Segment everything", self.sampler, self.detector, self.trust, self.hint, self.diameter, self.polarity,
             self.min_score, self.tile, self.all_frames, self.button,
         )
         self.box, self.inner = self.section.box, self.section.inner
@@ -72,10 +95,10 @@ class EverythingSection:
 
     def _update(self, _=None) -> None:
         s = self.sampler.value
-        self.detector.visible = s == "object-aware"
+        self.detector.visible = self.trust.visible = s == "object-aware"
         self.diameter.visible = self.polarity.visible = s == "blobs"
         if s == "object-aware" and self._detector_path() is None:
-            self.hint.value = "Pick a detector .pt file (MobileSAMv2's ObjectAwareModel.pt or any YOLO model)."
+            self.hint.value = "Pick a detector .pt or .onnx file (MobileSAMv2's ObjectAwareModel.pt or any YOLO model)."
             self.button.enabled = False
         else:
             self.hint.value = ""
@@ -109,14 +132,16 @@ class EverythingSection:
         data = L.frame_data(image)  # with a chosen channel axis: frames with their channels last
         sampler = self.sampler.value
         detector = self._detector_path() if sampler == "object-aware" else None
+        trust = bool(self.trust.value)
         read, key, kw = w._frame_reader(image)
         opts = {**self.options(), **kw, "key": key}
         existing = labels.data
 
         def gen():
             pred = worker_predictor((yield from built(w.model_step())), w.cache)
+            det = None if detector is None else (yield from load_detector(detector, trust))
             return (yield from iter_segment_everything(
-                data, pred, sampler=sampler, detector=detector, rgb=geo.rgb, frames=None if every else [cur],
+                data, pred, sampler=sampler, detector=det, rgb=geo.rgb, frames=None if every else [cur],
                 labels=existing, overwrite=w.overwrite.value, **opts,
             ))
 
