@@ -178,3 +178,30 @@ def test_damaged_store_embedding_is_computed_again_or_refused(qtbot, make_widget
     msg = str(errors[-1].exception)
     assert "Frame 0's embedding" in msg and "read-only" in msg, msg
     assert not w.labels_box.value.data[0].any()
+
+
+def test_store_of_a_planar_tiff_from_the_command_line_serves_the_channel_axis(qtbot, make_widget, sam, predictor, checkpoint, tmp_path):
+    """`mobilesam embed` reads a planar (3, H, W) TIFF as one colour frame; the widget, told that axis 0 holds
+    channels, sees the same frame: the store's fingerprint and frame hash match, and the encoder never runs."""
+    import tifffile
+
+    from napari_mobilesam.cli import main
+
+    planar = np.clip(_blobs((3, 40, 48), seed=3) * 5, 0, None).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "planar.tif", planar, planarconfig="separate", photometric="minisblack")
+    store = tmp_path / "emb.zarr"
+    assert main(["embed", str(tmp_path / "planar.tif"), "-o", str(store), "--weights", str(checkpoint), "--device", "cpu", "-q"]) == 0
+    viewer, w, layer = make_widget(tifffile.imread(tmp_path / "planar.tif"))
+    assert layer.data.shape == (3, 40, 48)
+    w.channel_axis.box.value = 0
+    w.embeddings.value = str(store)
+    encoded = []
+    hook = sam.image_encoder.register_forward_hook(lambda *a: encoded.append(1))
+    try:
+        w.shapes_box.value.add_rectangles(np.array([[0, 6, 8], [0, 6, 20], [0, 19, 20], [0, 19, 8]], float))
+        run(qtbot, w)
+    finally:
+        hook.remove()
+    assert encoded == [], w.status.value
+    want = expected(predictor, np.moveaxis(planar, 0, -1), [(Prompt(box=[6, 8, 19, 20]), False, "best", 1)], (40, 48), channel_axis=-1)
+    assert want.any() and agree(w.labels_box.value.data, want) > 0.999
