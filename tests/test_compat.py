@@ -81,3 +81,23 @@ def test_start_worker_on_runs_on_our_pool_and_keeps_the_worker_until_it_ends(qtb
     qtbot.waitUntil(lambda: worker not in WorkerBase._worker_set, timeout=10_000)
     assert where and where[0] != threading.get_ident()
     assert pool.waitForDone(10_000)
+
+
+@pytest.mark.slow
+def test_crop_layers_through_the_adapters_equal_the_stock_generator(sam, predictor, cell_image):
+    """iter_grid_objects with a crop layer (the path that uses process_batch and mask_data_len)
+    gives the non-empty masks of segment-anything's own generate() (ours leaves empty ones out)."""
+    from segment_anything import SamAutomaticMaskGenerator
+
+    from napari_mobilesam._progress import drive
+    from napari_mobilesam.engine.samplers import iter_grid_objects
+
+    rgb = np.repeat(np.ascontiguousarray(cell_image[:96, :128])[..., None], 3, axis=2)
+    opts = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, crop_n_layers=1)
+    ours = drive(iter_grid_objects(predictor, rgb, key=None, min_score=0.0, min_stability=0.0, points_per_side=4, crop_n_layers=1))
+    stock = SamAutomaticMaskGenerator(sam, output_mode="binary_mask", **opts).generate(rgb)
+    stock = [m for m in stock if m["segmentation"].any()]
+    assert len(ours) == len(stock) > 0
+    want = sorted((m["segmentation"] for m in stock), key=lambda m: -int(m.sum()))
+    got = sorted((o.full() for o in ours), key=lambda m: -int(m.sum()))
+    assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
