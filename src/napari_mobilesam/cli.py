@@ -365,17 +365,22 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    from .model.weights import WeightsUnavailableError
+    from ._errors import is_user_error, log_unexpected
 
-    expected: tuple[type[BaseException], ...] = (InputError, WeightsUnavailableError, OSError, ValueError, KeyError)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("\nmobilesam: interrupted. Finished frames are saved; run the same command again to resume.", file=sys.stderr)
         return 130
-    except expected as err:
+    except Exception as err:  # noqa: BLE001 - every error ends as one line; bugs are logged with a traceback
         if os.environ.get("MOBILESAM_DEBUG"):
             raise
+        if not is_user_error(err):  # a bug, not the input: the traceback goes to the log (stderr by default)
+            log_unexpected(err, f"mobilesam {args.command}")
+            first = (str(err).strip().splitlines() or [""])[0]
+            print(f"mobilesam {args.command}: internal error, please report it (its traceback is logged): "
+                  f"{type(err).__name__}: {first}", file=sys.stderr)
+            return 1
         msg = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
         print(f"mobilesam {args.command}: error: {msg}", file=sys.stderr)
         return 2
