@@ -56,7 +56,6 @@ def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     from skimage import data, transform
 
     from napari_mobilesam import Predictor, Prompt, build_mobilesam
-    from napari_mobilesam.gui import threads
     from napari_mobilesam.gui.widget import CHOOSE_FILE, MobileSAMWidget
 
     img = (transform.resize(data.cell(), (args.size, args.size), preserve_range=True)).astype(np.uint8)
@@ -64,7 +63,7 @@ def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     viewer.add_image(img, name="cell")
     w = MobileSAMWidget(viewer)
     viewer.window.add_dock_widget(w)
-    sam = threads.call(lambda: build_mobilesam(args.checkpoint, device="cpu"))  # the GUI thread never runs the model
+    sam = w.model_thread.call(lambda: build_mobilesam(args.checkpoint, device="cpu"))  # the GUI thread never runs the model
     w.model_box.value = CHOOSE_FILE
     w.model_file.value = args.checkpoint
     w.device_box.value = "cpu"
@@ -86,7 +85,7 @@ def measure(args: argparse.Namespace) -> dict[str, list[float]]:
         stock.is_image_set = True
         return pred, stock
 
-    pred, stock = threads.call(setup)
+    pred, stock = w.model_thread.call(setup)
 
     def timed(fn) -> float:
         def run():
@@ -95,7 +94,7 @@ def measure(args: argparse.Namespace) -> dict[str, list[float]]:
                 fn()
             return (time.perf_counter() - t) * 1e3
 
-        return threads.call(run)
+        return w.model_thread.call(run)
 
     out: dict[str, list[float]] = {k: [] for k in KEYS}
     handler = {"t": 0.0, "end": 0.0}

@@ -36,7 +36,6 @@ def main() -> None:
     from skimage import data, transform
 
     from napari_mobilesam import build_mobilesam
-    from napari_mobilesam.gui import threads
     from napari_mobilesam.gui.widget import CHOOSE_FILE, MobileSAMWidget
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -48,7 +47,7 @@ def main() -> None:
     viewer.add_image(stack, name="stack")
     w = MobileSAMWidget(viewer)
     viewer.window.add_dock_widget(w)
-    sam = threads.call(lambda: build_mobilesam(args.checkpoint, device="cpu"))
+    sam = w.model_thread.call(lambda: build_mobilesam(args.checkpoint, device="cpu"))
     w.model_box.value, w.model_file.value, w.device_box.value = CHOOSE_FILE, args.checkpoint, "cpu"
     w.set_model(sam, (args.checkpoint, "cpu"))
     app = QApplication.instance()

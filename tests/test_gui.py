@@ -35,18 +35,23 @@ def make_widget(make_napari_viewer, request, checkpoint):
     tests/test_first_use.py checks that order in a fresh process, where it really matters.
     """
 
+    made = []
+
     def make(image, **image_kw):
         viewer = make_napari_viewer()
         layer = viewer.add_image(image, name="img", **image_kw)
         sam = request.getfixturevalue("sam")
         w = MobileSAMWidget(viewer)
+        made.append(w)
         w.model_box.value = CHOOSE_FILE
         w.model_file.value = str(checkpoint)
         w.device_box.value = "cpu"
         w.set_model(sam, (str(checkpoint), "cpu"))
         return viewer, w, layer
 
-    return make
+    yield make
+    for w in made:  # each widget's model thread ends with the test (an idle one keeps an OpenMP team)
+        w.shutdown()
 
 
 def run(qtbot, w, fn=None):
@@ -309,7 +314,6 @@ def test_model_work_runs_on_one_thread(qtbot, make_widget, small_cell, monkeypat
     import threading
 
     from napari_mobilesam.engine.predictor import Predictor
-    from napari_mobilesam.gui import threads
 
     seen = []
     for name in ("set_image", "predict_objects"):
@@ -325,7 +329,7 @@ def test_model_work_runs_on_one_thread(qtbot, make_widget, small_cell, monkeypat
     live_clicks(qtbot, w, (50, 50), (120, 40))
     run(qtbot, w)
     settle(qtbot, w)
-    model_thread = threads.call(threading.get_ident)
+    model_thread = w.model_thread.call(threading.get_ident)
     assert len(seen) >= 3 and set(seen) == {model_thread} and model_thread != threading.get_ident()
     assert (w.labels_box.value.data == 2).any()
 
@@ -382,8 +386,9 @@ def test_urgent_calls_run_on_the_model_thread_after_a_job(qtbot):
     """What a job has not run between its steps, drain() runs on the model thread once it is free."""
     import threading
 
-    from napari_mobilesam.gui import threads
+    from napari_mobilesam.gui.threads import ModelThread
 
+    threads = ModelThread()
     ran = []
     threads.submit_urgent(lambda: ran.append(threading.get_ident()))
     threads.drain()
@@ -391,6 +396,8 @@ def test_urgent_calls_run_on_the_model_thread_after_a_job(qtbot):
     assert ran == [threads.call(threading.get_ident)] and ran[0] != threading.get_ident()
     threads.drain()  # nothing queued: nothing runs
     assert len(ran) == 1
+    threads.close()
+    qtbot.waitUntil(lambda: threads.ended, timeout=10_000)
 
 
 def test_shift_t_flips_selected_points(qtbot, make_widget, predictor, small_cell):

@@ -120,7 +120,7 @@ class EverythingSection:
         return opts
 
     def run(self, _=None) -> None:
-        self.w._guard(self._run)
+        self.w.guard(self._run)
 
     def _run(self) -> None:
         from ..engine.everything import EverythingProgress, iter_segment_everything
@@ -133,7 +133,7 @@ class EverythingSection:
         sampler = self.sampler.value
         detector = self._detector_path() if sampler == "object-aware" else None
         trust = bool(self.trust.value)
-        read, key, kw = w._frame_reader(image)
+        read, key, kw = w.frame_reader(image)
         opts = {**self.options(), **kw, "key": key}
         existing = labels.data
 
@@ -148,7 +148,7 @@ class EverythingSection:
         done: list = []
         last = [""]
         notes: list[str] = []
-        top, issued = int(np.max(labels.data)) if labels.data.size else 0, w._issued
+        top, issued = int(np.max(labels.data)) if labels.data.size else 0, w.issued
 
         def on_msg(msg) -> None:
             if isinstance(msg, EverythingProgress):

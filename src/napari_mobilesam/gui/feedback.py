@@ -2,7 +2,8 @@
 
 Every action ends with one short status line. Errors become one short sentence that names the
 fix in napari's notification; the technical details (URLs, exception text, traceback) sit behind
-the notification's *View Traceback* button.
+the notification's *View Traceback* button. Errors that are bugs rather than bad input are also
+logged with their traceback (``_errors.py``: the rule the CLI follows too).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 
 from napari.utils.notifications import ErrorNotification, notification_manager
 
+from .._errors import is_user_error
 from ..model.weights import WeightsUnavailableError, env_var_for
 
 __all__ = [
@@ -72,6 +74,8 @@ def short_error(err: BaseException) -> str:
         return (f"Could not download the {name!r} weights (offline?): pick a downloaded .pt file under "
                 f"model → 'choose file…', or set {env_var_for(name)}. Details: View Traceback.")
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if not is_user_error(err) and not isinstance(err, RuntimeError):  # (RuntimeError: also device checks)
+        first = f"Internal error, please report it (the log has the traceback): {type(err).__name__}: {first}"
     if len(first) > SHORT:
         first = first[: SHORT - 1].rsplit(" ", 1)[0] + "… (details: View Traceback)"
     return first

@@ -1,7 +1,7 @@
 """Live mode: a click or a finished rectangle updates that object's mask at once.
 
 The GUI thread only collects the prompts that changed and, when the decoder returns, writes their
-masks (one undoable step). The decoder itself runs on the model thread (``threads.py``: at once,
+masks (one undoable step). The decoder itself runs on the widget's model thread (``threads.py``: at once,
 or between two steps of a running job), so the viewer stays responsive. A frame's embedding (and
 the decoder's per-frame state) is computed once in a background job and cached. At most one decode
 is in flight: prompts changed meanwhile are decoded when it returns, and a result whose prompt
@@ -14,7 +14,6 @@ from __future__ import annotations
 from napari.utils.events import Event
 from qtpy.QtCore import QObject, Signal
 
-from . import threads
 from .feedback import objects_summary
 from .jobs import FrameReady, decode_objects, segment_frames, worker_predictor
 
@@ -81,11 +80,11 @@ class LiveMode:
     def prepare_live(self) -> None:
         """Compute the viewed frame's embedding in the background (if needed), then update."""
         if self.image_box.value is not None and self.image_box.value in self.viewer.layers:
-            self._guard(lambda: self._live_update(force_embedding=True))
+            self.guard(lambda: self._live_update(force_embedding=True))
 
     def live_update(self) -> None:
         """Decode (in a worker) the objects of the current frame whose prompts changed."""
-        self._guard(self._live_update)
+        self.guard(self._live_update)
 
     def _live_update(self, force_embedding: bool = False) -> None:
         if self._live_worker is not None:  # one decode at a time: the newest prompts follow it
@@ -100,7 +99,7 @@ class LiveMode:
             self.status.value = f"Live: {self.outside_note()}."
         if not changed and not gone and not force_embedding:
             return
-        frame, key, kw = self._frame_reader(image)
+        frame, key, kw = self.frame_reader(image)
         k = key(cur)
         step = self.model_step()
         model_ready = self.sam is not None and step is self.sam
@@ -169,7 +168,7 @@ class LiveMode:
             relay.result.emit(lambda: self._embedded(k, result))
 
         self.status.value = f"Live: embedding frame {cur} between two steps of the running job"
-        threads.submit_urgent(embed)
+        self.model_thread.submit_urgent(embed)
 
     def _embedded(self, k, result) -> None:
         self._embedding = None
@@ -202,9 +201,9 @@ class LiveMode:
             relay.result.emit(lambda: self._decoded(result, ticket, cur, k, changed, gone))
 
         self._live_worker = on_model_thread
-        threads.submit_urgent(on_model_thread)  # a running job decodes it between two of its steps
+        self.model_thread.submit_urgent(on_model_thread)  # a running job decodes it between two of its steps
         if not self.busy:
-            threads.drain()  # else the model thread is free: now
+            self.model_thread.drain()  # else the model thread is free: now
 
     def _decoded(self, result, ticket: tuple, cur, k, changed: list, gone: list) -> None:
         """GUI thread: write a live decode's masks, unless their prompts changed meanwhile."""
@@ -229,7 +228,7 @@ class LiveMode:
                 changed, masks = [changed[i] for i in keep], [masks[i] for i in keep]
                 gone = [lid for lid in gone if lid not in now]
             if changed or gone:
-                counts = self._guard(lambda: self.write_objects(cur, changed, masks, also_clear=gone))
+                counts = self.guard(lambda: self.write_objects(cur, changed, masks, also_clear=gone))
                 if counts is not None:
                     self._live_status(counts, gone)
         finally:

@@ -41,6 +41,11 @@ class OutputState:
         return self._written.setdefault(self._out_key(), {})
 
     @property
+    def issued(self) -> int:
+        """The highest label id given out to prompts for the current output layer (0: none yet)."""
+        return self._issued
+
+    @property
     def _issued(self) -> int:
         return self._issued_by.get(self._out_key(), 0)
 

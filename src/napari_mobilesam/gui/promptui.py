@@ -18,6 +18,16 @@ class PromptControls:
     _points: Points | None = None
     _shapes: Shapes | None = None
 
+    @property
+    def points_layer(self) -> Points | None:
+        """The Points layer whose points are prompts (None: none chosen)."""
+        return self._points
+
+    @property
+    def shapes_layer(self) -> Shapes | None:
+        """The Shapes layer whose rectangles are prompts (None: none chosen)."""
+        return self._shapes
+
     def _on_points(self, layer: Points | None) -> None:
         if self._points is not None:
             self._points.events.data.disconnect(self._on_prompt_data)

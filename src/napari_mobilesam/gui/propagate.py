@@ -74,8 +74,9 @@ class PropagateSection:
 
     def selected_ids(self, frame) -> list[int]:
         """Label ids of the selected prompts on ``frame``, else the Labels layer's selected label."""
-        rows_p = set(self.w._points.selected_data) if self.w._points is not None else set()
-        rows_s = set(self.w._shapes.selected_data) if self.w._shapes is not None else set()
+        points, shapes = self.w.points_layer, self.w.shapes_layer
+        rows_p = set(points.selected_data) if points is not None else set()
+        rows_s = set(shapes.selected_data) if shapes is not None else set()
         ids = [o.label_id for o in self.w.objects([frame])
                if o.label_id > 0 and (set(o.point_rows) & rows_p or set(o.shape_rows) & rows_s)]
         if ids:
@@ -84,7 +85,7 @@ class PropagateSection:
         return [int(labels.selected_label)] if labels is not None else []
 
     def run(self, _=None) -> None:
-        self.w._guard(self._run)
+        self.w.guard(self._run)
 
     def _run(self) -> None:
         w = self.w
@@ -102,7 +103,7 @@ class PropagateSection:
                 "(or pick the label in the Labels layer) and press Propagate."
             )
         ax = int(self.axis.value)
-        read, key, kw = w._frame_reader(image)
+        read, key, kw = w.frame_reader(image)
 
         def frame_at(i: int) -> tuple[int, ...]:
             f = list(cur)

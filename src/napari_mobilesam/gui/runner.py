@@ -9,8 +9,10 @@ from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import QWidget
 
-from . import feedback, threads
+from .._errors import log_unexpected
+from . import feedback
 from .jobs import ModelReady, Progress
+from .threads import ModelThread
 
 __all__ = ["JobHost"]
 
@@ -20,6 +22,10 @@ class JobHost(QWidget):
 
     Subclasses provide ``progress`` (magicgui ProgressBar), ``status`` (Label), ``cancel_btn``,
     ``job_buttons`` (disabled while a job runs) and ``set_model(sam, key)``.
+
+    ``model_thread`` (:class:`~napari_mobilesam.gui.threads.ModelThread`) runs every job and live
+    decode; it is closed (the running job stops after its step, the thread ends) when the widget is
+    destroyed, or by :meth:`shutdown`.
     """
 
     _worker = None
@@ -31,6 +37,13 @@ class JobHost(QWidget):
         super().__init__()
         self._worker = None
         self._after_job: list[Callable[[], None]] = []
+        self.model_thread = ModelThread()
+        self.destroyed.connect(lambda *_, thread=self.model_thread: thread.close())  # not self: it is gone then
+
+    def shutdown(self) -> None:
+        """Stop the running job after its current step and end the model thread (the widget is
+        unusable afterwards; napari does this when the widget is destroyed)."""
+        self.model_thread.close()
 
     @property
     def busy(self) -> bool:
@@ -41,6 +54,8 @@ class JobHost(QWidget):
         if self.busy:
             show_warning("MobileSAM is busy with another job: wait or press Cancel.")
             return None
+        model_thread = self.model_thread
+
         def guarded():
             # errors travel as messages: superqt drops the `finished` signal for RuntimeErrors
             try:
@@ -50,7 +65,7 @@ class JobHost(QWidget):
                     except StopIteration as stop:
                         return stop.value
                     yield msg
-                    threads.run_urgent()  # live decodes asked for meanwhile run between two steps
+                    model_thread.run_urgent()  # live decodes asked for meanwhile run between two steps
             except Exception as err:  # shown as a notification with the fix, never a traceback
                 yield err
                 return None
@@ -100,7 +115,7 @@ class JobHost(QWidget):
                 b.enabled = True
             if on_finish is not None:
                 on_finish()
-            threads.drain()  # live decodes queued after the job's last step
+            self.model_thread.drain()  # live decodes queued after the job's last step
             pending, self._after_job = self._after_job, []
             for fn in pending:
                 fn()
@@ -116,7 +131,7 @@ class JobHost(QWidget):
         self.cancel_btn.enabled = True
         for b in self.job_buttons:
             b.enabled = False
-        threads.start(worker)  # the model thread: see threads.py
+        self.model_thread.start(worker)  # the model thread: see threads.py
         return worker
 
     def show_progress(self, done: int, total: int, message: str) -> None:
@@ -143,17 +158,20 @@ class JobHost(QWidget):
             self.status.value = "cancelling… (the current step finishes first)"
             self._worker.quit()
 
-    def _guard(self, fn: Callable) -> object:
-        """Run ``fn``; user errors become notifications, not tracebacks."""
+    def guard(self, fn: Callable) -> object:
+        """Run ``fn`` (a button's or a key's action); an error becomes a notification (see
+        :meth:`report_error`) and None is returned."""
         try:
             return fn()
-        except (ValueError, FileNotFoundError, RuntimeError) as err:
+        except Exception as err:  # noqa: BLE001 - shown as one sentence; bugs are logged too
             self.report_error(err)
             return None
 
     def report_error(self, err: Exception) -> None:
         """A napari notification with one short sentence naming the fix (the technical details
-        behind its *View Traceback*), and the same sentence as the status line."""
+        behind its *View Traceback*), and the same sentence as the status line. An error that is
+        not the user's (a bug) is logged with its traceback too."""
+        log_unexpected(err, "MobileSAM widget")
         feedback.notify(feedback.error_notification(err))
         self.status.value = f"Error: {feedback.short_error(err)}"
 

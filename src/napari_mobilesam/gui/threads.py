@@ -1,13 +1,17 @@
-"""One worker thread for all of the widget's model work.
+"""One worker thread for all of a widget's model work.
 
 PyTorch's CPU kernels use OpenMP. Each thread that runs them gets its own OpenMP team, and once
 the teams together hold more threads than there are cores, GNU OpenMP stops spinning between
 kernels and puts its threads to sleep after each one. The decoder is hundreds of small kernels, so a
 mask then takes about 1.6x longer (measured: 27 ms on one thread, 40-44 ms once a second thread
-has run the model). So jobs and live decodes all run on this one long-lived thread, and the GUI
-thread never runs the model. A live decode requested while a job holds the thread is queued as
-*urgent*: the job runs it between two of its steps (``run_urgent``), so clicks stay live while, say,
-*Segment everything* works through a stack.
+has run the model). So a widget's jobs and live decodes all run on its one long-lived
+:class:`ModelThread`, and the GUI thread never runs the model. A live decode requested while a job
+holds the thread is queued as *urgent*: the job runs it between two of its steps (``run_urgent``),
+so clicks stay live while, say, *Segment everything* works through a stack.
+
+The widget creates its ``ModelThread``, hands it to whoever queues model work, and closes it when
+it closes: the running job is asked to stop, queued work is dropped and the thread ends once idle
+(its OpenMP team with it).
 """
 
 from __future__ import annotations
@@ -17,34 +21,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from qtpy.QtCore import QRunnable, QThreadPool
+from qtpy.QtCore import QRunnable, QThreadPool, QTimer
 
-__all__ = ["call", "drain", "run_urgent", "start", "submit_urgent", "torch_pool"]
+from .._compat import start_worker_on
 
-_POOL: QThreadPool | None = None
-_URGENT: deque[Callable[[], None]] = deque()
+__all__ = ["ModelThread"]
 
-
-def torch_pool() -> QThreadPool:
-    """The pool of one thread that never expires."""
-    global _POOL
-    if _POOL is None:
-        _POOL = QThreadPool()
-        _POOL.setMaxThreadCount(1)
-        _POOL.setExpiryTimeout(-1)
-    return _POOL
-
-
-def start(worker) -> None:
-    """Start a napari ``thread_worker`` on the model thread (what ``worker.start()`` does on Qt's
-    global pool: keep a reference until it finishes, then run it)."""
-    cls = type(worker)
-    if not (hasattr(cls, "_worker_set") and hasattr(cls, "_set_discard") and hasattr(worker, "_finished")):
-        worker.start()  # a superqt without these internals: run on Qt's global pool
-        return
-    cls._worker_set.add(worker)
-    worker._finished.connect(cls._set_discard)
-    torch_pool().start(worker)
+REAP_MS = 100  # after close: how often to look whether the running job's last step has ended
 
 
 class _Call(QRunnable):
@@ -62,38 +45,88 @@ class _Call(QRunnable):
             self.done.set()
 
 
-def call(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` on the model thread and wait for it (scripts and benchmarks)."""
-    job = _Call(fn)
-    torch_pool().start(job)
-    job.done.wait()
-    if job.error is not None:
-        raise job.error
-    return job.result
+class ModelThread:
+    """A pool of one thread that does not expire while its owner lives, plus the urgent queue.
 
+    Call every method from the GUI thread, except :meth:`run_urgent` (the model thread, between
+    a job's steps) and :meth:`call` (any thread but the model thread).
+    """
 
-def submit_urgent(fn: Callable[[], None]) -> None:
-    """Queue ``fn`` to run on the model thread at the running job's next step (or by ``drain``)."""
-    _URGENT.append(fn)
+    def __init__(self) -> None:
+        self._pool = QThreadPool()
+        self._pool.setMaxThreadCount(1)
+        self._pool.setExpiryTimeout(-1)
+        self._urgent: deque[Callable[[], None]] = deque()
+        self._drains: list[_Call] = []  # kept alive until they have run (Qt must not run a deleted runnable)
+        self._job = None  # the napari worker running or queued, if any
+        self.closed = False
+        self._ended = False
 
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("The MobileSAM widget was closed: open it again from the Plugins menu.")
 
-def run_urgent() -> None:
-    """On the model thread: run the queued urgent calls now (jobs call this between steps)."""
-    while True:
-        try:
-            fn = _URGENT.popleft()
-        except IndexError:
+    @property
+    def ended(self) -> bool:
+        """Closed, and its thread has ended."""
+        return self._ended
+
+    def start(self, worker) -> None:
+        """Start a napari ``thread_worker`` on the model thread (what ``worker.start()`` does on Qt's
+        global pool)."""
+        self._check_open()
+        self._job = worker
+        worker.finished.connect(lambda: self._job is worker and setattr(self, "_job", None))
+        start_worker_on(worker, self._pool)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the model thread and wait for it (scripts, benchmarks and tests)."""
+        self._check_open()
+        job = _Call(fn)
+        self._pool.start(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def submit_urgent(self, fn: Callable[[], None]) -> None:
+        """Queue ``fn`` to run on the model thread at the running job's next step (or by :meth:`drain`)."""
+        self._check_open()
+        self._urgent.append(fn)
+
+    def run_urgent(self) -> None:
+        """On the model thread: run the queued urgent calls now (jobs call this between steps)."""
+        while True:
+            try:
+                fn = self._urgent.popleft()
+            except IndexError:
+                return
+            fn()
+
+    def drain(self) -> None:
+        """Run queued urgent calls on the model thread as soon as it is free (after a job ends)."""
+        self._drains[:] = [d for d in self._drains if not d.done.is_set()]
+        if self._urgent and not self.closed:
+            job = _Call(self.run_urgent)
+            self._drains.append(job)
+            self._pool.start(job)
+
+    def close(self) -> None:
+        """The owner closed: stop the running job after its current step, drop queued work, and
+        end the thread as soon as it is idle (without blocking the GUI thread)."""
+        if self.closed:
             return
-        fn()
+        self.closed = True
+        self._urgent.clear()
+        self._pool.clear()  # queued, not started
+        if self._job is not None:
+            self._job.quit()
+        self._reap()
 
-
-_DRAINS: list[_Call] = []  # kept alive until they have run (Qt must not run a deleted runnable)
-
-
-def drain() -> None:
-    """Run queued urgent calls on the model thread as soon as it is free (after a job ends)."""
-    _DRAINS[:] = [d for d in _DRAINS if not d.done.is_set()]
-    if _URGENT:
-        job = _Call(run_urgent)
-        _DRAINS.append(job)
-        torch_pool().start(job)
+    def _reap(self) -> None:
+        if self._pool.waitForDone(0):  # idle: Qt ends and removes the pool's thread
+            self._drains.clear()
+            self._job = None
+            self._ended = True
+        else:  # (a lambda: it keeps this object, and so the pool, alive until then)
+            QTimer.singleShot(REAP_MS, lambda: self._reap())

@@ -346,7 +346,10 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
         self._pred = Predictor(sam)
         self._pred.cache = self.cache
 
-    def _frame_reader(self, image: Image) -> tuple[Callable, Callable, dict]:
+    def frame_reader(self, image: Image) -> tuple[Callable, Callable, dict]:
+        """``(read, key, image_kwargs)`` for jobs on ``image``: ``read(frame)`` -> that frame's pixels
+        (safe to call from the model thread), ``key(frame)`` -> its embedding-cache key, and the
+        ``Predictor.set_image`` keywords (contrast, channels) as the model sees the image."""
         data = L.frame_data(image)  # read from the worker: plain arrays (or the engine's channels-last view) only
         kw, ident = self.store_view(L.image_kwargs(image), L.image_key(image, ()))
         return (lambda f: np.asarray(data[tuple(f)])), (lambda f: (*ident[:2], tuple(f), ident[3])), kw
@@ -354,7 +357,7 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
     # ------------------------------------------------------------------ segment
     def segment(self, _=None) -> None:
         """Segment the objects of the current frame (or of all frames) that are new or changed."""
-        self._guard(self._segment)
+        self.guard(self._segment)
 
     def _segment(self) -> None:
         image, geo, cur = self.context()
@@ -379,7 +382,7 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
         work: dict = {}
         for o in todo:
             work.setdefault(o.frame, []).append(o)
-        frame, key, kw = self._frame_reader(image)
+        frame, key, kw = self.frame_reader(image)
         counts: list = []
         frames_done: list = []
 
