@@ -90,6 +90,26 @@ def test_each_widget_owns_a_model_thread_that_ends_when_it_is_destroyed(qtbot, m
 
 
 @pytest.mark.gui
+def test_the_docks_x_button_ends_the_model_thread(qtbot, make_napari_viewer):
+    """napari's 'x' on a dock calls remove_dock_widget, which un-parents the widget (it is not
+    destroyed while the viewer's event connections hold it): the model thread ends then."""
+    import numpy as np
+
+    from napari_mobilesam.gui.widget import MobileSAMWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 40), np.uint8), name="img")
+    w = MobileSAMWidget(viewer)
+    dock = viewer.window.add_dock_widget(w, name="MobileSAM")
+    dock.setFloating(True)  # moving the dock around keeps the widget working
+    dock.setFloating(False)
+    assert not w.model_thread.closed and w.model_thread.call(lambda: 5) == 5
+    viewer.window.remove_dock_widget(w)
+    assert w.model_thread.closed
+    qtbot.waitUntil(lambda: w.model_thread.ended, timeout=10_000)
+
+
+@pytest.mark.gui
 def test_closing_the_model_thread_stops_its_running_job(qtbot):
     import time
 

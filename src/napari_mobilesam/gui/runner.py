@@ -7,6 +7,7 @@ from collections.abc import Callable, Generator
 from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_warning
+from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QWidget
 
 from .._errors import log_unexpected
@@ -30,6 +31,7 @@ class JobHost(QWidget):
 
     _worker = None
     _activity = None
+    _docked = False  # has had a parent (a napari dock)
     job_cancelled = False  # the running (or last) job was cancelled: its on_finish says so
     job_failed = False  # the running (or last) job ended with an error (already reported)
 
@@ -42,8 +44,17 @@ class JobHost(QWidget):
 
     def shutdown(self) -> None:
         """Stop the running job after its current step and end the model thread (the widget is
-        unusable afterwards; napari does this when the widget is destroyed)."""
+        unusable afterwards). Done when the widget is taken out of its dock (napari's 'x' button:
+        ``remove_dock_widget``) or destroyed (the viewer closes)."""
         self.model_thread.close()
+
+    def event(self, ev: QEvent) -> bool:  # noqa: D102 (Qt)
+        if ev.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked:  # un-docked: napari never docks the same widget again
+                self.shutdown()
+        return super().event(ev)
 
     @property
     def busy(self) -> bool:
