@@ -60,3 +60,26 @@ def cell_image(reference_dir) -> np.ndarray:
     from skimage.io import imread
 
     return imread(reference_dir / "cell.png")
+
+
+# ---------------------------------------------------------------------- the functional test model
+@pytest.fixture(scope="session")
+def fcheckpoint(tmp_path_factory) -> Path:
+    """The functional test checkpoint (trained on synthetic cells; napari_mobilesam.testing)."""
+    from napari_mobilesam.testing import synthetic_checkpoint
+
+    return synthetic_checkpoint(tmp_path_factory.mktemp("synthetic_model"))
+
+
+@pytest.fixture(scope="session")
+def fsam(fcheckpoint):
+    from napari_mobilesam import build_mobilesam
+
+    return build_mobilesam(fcheckpoint, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def fpredictor(fsam):
+    from napari_mobilesam import Predictor
+
+    return Predictor(fsam)

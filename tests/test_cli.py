@@ -110,7 +110,9 @@ def test_segment_and_embeddings(tmp_path, stack_path, model_args, predictor, mon
     # the same prompts through the engine directly
     frames = synthetic_stack()
     predictor.set_image(frames[0], key=("cli-test", 0))
-    objs = predictor.predict_objects([Prompt(points=[[20, 20]]), Prompt(points=[[40, 44], [38, 40]], labels=[1, 0])])
+    # the widget's rule: a single click keeps the best of three masks, other prompts decode one
+    objs = [predictor.predict_objects([Prompt(points=[[20, 20]])], multimask_output=True)[0],
+            predictor.predict_objects([Prompt(points=[[40, 44], [38, 40]], labels=[1, 0])])[0]]
     np.testing.assert_array_equal(result[0], render_labels(objs, (64, 64), ids=[1, 2]))
     assert not result[1].any()  # no prompts in frame 1
     predictor.set_image(frames[2], key=("cli-test", 2))
@@ -163,7 +165,7 @@ def test_channels_and_contrast_options(tmp_path, stack_path, model_args, predict
     pts = _save_points(tmp_path / "p.csv", [[1, 30, 30]])
     out = tmp_path / "s.tif"
     assert main(["segment", str(stack_path), "--points", str(pts), "-o", str(out), "--embeddings", str(emb), "--contrast", "0", "2000", *model_args]) == 0
-    want = render_labels(predictor.predict_objects([Prompt(points=[[30, 30]])]), (64, 64), ids=[1])
+    want = render_labels(predictor.predict_objects([Prompt(points=[[30, 30]])], multimask_output=True), (64, 64), ids=[1])
     np.testing.assert_array_equal(tifffile.imread(out)[1], want)
     capsys.readouterr()
     assert main(["segment", str(stack_path), "--points", str(pts), "-o", str(tmp_path / "t.tif"), "--embeddings", str(emb), *model_args]) == 2
@@ -198,7 +200,7 @@ def test_channel_axis(tmp_path, model_args, predictor, capsys):
                  "--embeddings", str(emb), *model_args]) == 0
     labels = tifffile.imread(out)
     assert labels.shape == (2, 64, 64) and not labels[0].any()
-    want = render_labels(predictor.predict_objects([Prompt(points=[[30, 30]])]), (64, 64), ids=[1])
+    want = render_labels(predictor.predict_objects([Prompt(points=[[30, 30]])], multimask_output=True), (64, 64), ids=[1])
     np.testing.assert_array_equal(labels[1], want)
     capsys.readouterr()
     assert main(["embed", str(path), "-o", str(tmp_path / "x.zarr"), "--channel-axis", "2", *model_args]) == 2

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_mobilesam import Predictor, Prompt, build_mobilesam, iter_propagate, segment_everything
-from napari_mobilesam.testing import synthetic_cells, synthetic_checkpoint, synthetic_detector, synthetic_stack
+from napari_mobilesam import Prompt, iter_propagate, segment_everything
+from napari_mobilesam.testing import synthetic_cells, synthetic_detector, synthetic_stack
 from napari_mobilesam.testing.metrics import bbox, cells_of, interior_point, iou, match, right_cell
 
 # Thresholds. The issue asks for click IoU >= 0.8 and box IoU >= 0.85 in 90% of cells, recall and
@@ -33,19 +33,7 @@ TRACK_IOU = 0.7
 WEAK = "the committed test model is too weak for this target (see napari_mobilesam.testing)"
 
 
-@pytest.fixture(scope="session")
-def fcheckpoint(tmp_path_factory):
-    return synthetic_checkpoint(tmp_path_factory.mktemp("synthetic_model"))
-
-
-@pytest.fixture(scope="session")
-def fsam(fcheckpoint):
-    return build_mobilesam(fcheckpoint, device="cpu")
-
-
-@pytest.fixture(scope="session")
-def fpredictor(fsam):
-    return Predictor(fsam)
+# fcheckpoint, fsam, fpredictor: the functional test model (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -818,8 +818,8 @@ def test_status_lines(qtbot, make_widget, predictor, small_cell, monkeypatch):
     w.points_box.value.add([[10.0, 278.0]])
     before = labels.data.copy()
     run(qtbot, w)
-    assert warnings and "skipped 1 prompt outside the 165×138 image: point at row 10, col 278" in warnings[-1]
-    assert "skipped 1 prompt outside" in w.status.value and np.array_equal(labels.data, before)
+    assert warnings and "skipped 1 prompt: point at row 10, col 278: outside the 165 x 138 frame" in warnings[-1]
+    assert "skipped 1 prompt: point at row 10" in w.status.value and np.array_equal(labels.data, before)
     assert list(w.points_box.value.features["label_id"])[-1] == 0
 
 

@@ -205,3 +205,19 @@ def test_store_of_a_planar_tiff_from_the_command_line_serves_the_channel_axis(qt
     assert encoded == [], w.status.value
     want = expected(predictor, np.moveaxis(planar, 0, -1), [(Prompt(box=[6, 8, 19, 20]), False, "best", 1)], (40, 48), channel_axis=-1)
     assert want.any() and agree(w.labels_box.value.data, want) > 0.999
+
+
+# issue 16, poor case: a box overlapping the frame by less than 1 pixel: the engine's one rule (clip_box)
+def test_box_overlapping_by_less_than_a_pixel_is_skipped(qtbot, make_widget, predictor, monkeypatch):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (40, 48), dtype=np.uint8)
+    errors = capture_errors(monkeypatch)
+    viewer, w, _ = make_widget(image)
+    shapes = w.shapes_box.value
+    shapes.add_rectangles(np.array([[-5, 10], [-5, 30], [0.2, 30], [0.2, 10]], float))  # 0.2 px inside after clipping
+    shapes.add_rectangles(np.array([[8, 10], [8, 40], [32, 40], [32, 10]], float))
+    run(qtbot, w)
+    assert not errors, [e.message for e in errors]
+    assert "less than 1 pixel" in w.status.value, w.status.value
+    want = expected(predictor, image, [(Prompt(box=[8, 10, 32, 40]), False, "best", 1)], image.shape)
+    assert agree(w.labels_box.value.data, want) > 0.999

@@ -108,19 +108,21 @@ def source3d(tmp_path, stack):
 
 def test_points_semantics(tmp_path, source3d):
     # frame 0: two positive points (two objects) and a negative one near the second;
-    # frame 2: one object (id 7) of two positive and one negative point
-    pts = _save_points(tmp_path / "p.csv", [[0, 5, 5], [0, 30, 40], [0, 28, 35], [2, 10, 10], [2, 12, 14], [2, 20, 20]],
-                       label=[1, 1, 0, 1, 1, 0], object=[np.nan, np.nan, np.nan, 7, 7, 7])
+    # frame 2: one object (group 7) of two positive and one negative point; frame 1: group 7 again, with a given id
+    pts = _save_points(tmp_path / "p.csv", [[0, 5, 5], [0, 30, 40], [0, 28, 35], [2, 10, 10], [2, 12, 14], [2, 20, 20], [1, 9, 9]],
+                       label=[1, 1, 0, 1, 1, 0, 1], object=[np.nan, np.nan, np.nan, 7, 7, 7, 7], label_id=[0, 0, 0, 0, 0, 0, 0])
     prompts = read_prompts(source3d, pts)
-    assert sorted(prompts) == [0, 2]
+    assert sorted(prompts) == [0, 1, 2]
     (oid, grouped), = prompts[2]
-    assert oid == 7 and grouped.points.shape == (3, 2) and list(grouped.labels) == [1, 1, 0]
-    ids = [i for i, _ in prompts[0]]
-    assert ids == [8, 9]  # after the largest object id
+    assert grouped.points.shape == (3, 2) and list(grouped.labels) == [1, 1, 0]
+    assert [i for i, _ in prompts[0]] == [1, 2] and [i for i, _ in prompts[1]] == [3] and oid == 3  # group 7: one id in frames 1 and 2
     first, second = (p for _, p in prompts[0])
     assert first.points.tolist() == [[5, 5]] and list(first.labels) == [1]
     np.testing.assert_array_equal(second.points, [[30, 40], [28, 35]])  # negative refines the nearest object
     assert list(second.labels) == [1, 0]
+    # a label_id column (as napari saves the widget's points) is kept; new ids are the lowest free ones
+    pts = _save_points(tmp_path / "q.csv", [[0, 5, 5], [0, 30, 40]], label=[1, 1], label_id=[12, 0])
+    assert [i for i, _ in read_prompts(source3d, pts)[0]] == [12, 1]
 
 
 def test_boxes_and_negative_on_box(tmp_path, source3d):
@@ -131,20 +133,20 @@ def test_boxes_and_negative_on_box(tmp_path, source3d):
     np.testing.assert_array_equal(box1.box, [2, 3, 15, 20])
     assert box1.points.tolist() == [[8, 10]] and list(box1.labels) == [0]
     (_, box2), = prompts[2]
-    np.testing.assert_array_equal(box2.box, [30, 30, 40, 50])  # clipped to the image
+    np.testing.assert_array_equal(box2.box, [30, 30, 39, 49])  # clipped to the last pixel centres, as in the widget
 
 
 def test_prompt_errors(tmp_path, source3d):
-    with pytest.raises(InputError, match="outside the image"):
+    with pytest.raises(InputError, match=r"o.csv row 2: point at row 5, col 500 in frame 0: outside the 40 x 50 frame"):
         read_prompts(source3d, _save_points(tmp_path / "o.csv", [[0, 5, 500]]))
-    with pytest.raises(InputError, match="outside the image"):
+    with pytest.raises(InputError, match=r"f.csv row 2: point at row 5, col 5 in frame 9: in a frame the image does not have"):
         read_prompts(source3d, _save_points(tmp_path / "f.csv", [[9, 5, 5]]))
     with pytest.raises(InputError, match="3 dims"):
         read_prompts(source3d, _save_points(tmp_path / "d.csv", [[5, 5]]))
     (tmp_path / "w.csv").write_text("x,y\n1,2\n")
     with pytest.raises(InputError, match="not a napari Points CSV"):
         read_prompts(source3d, tmp_path / "w.csv")
-    with pytest.raises(InputError, match="no object to refine"):
+    with pytest.raises(InputError, match="neg.csv row 2: .* a negative point with no object in its frame to refine"):
         read_prompts(source3d, _save_points(tmp_path / "neg.csv", [[0, 5, 5]], label=[0]))
     with pytest.raises(InputError, match="does not exist"):
         read_prompts(source3d, tmp_path / "missing.csv")

@@ -248,11 +248,11 @@ def test_cli_prompt_messages_say_not_a_number_and_print_plain_numbers(tmp_path, 
     out = str(tmp_path / "o.tif")
     assert main(["segment", str(stack_path), "--points", str(pts), "-o", out, *model_args]) == 2
     err = capsys.readouterr().err
-    assert "position (0, 20, nan) is not a number" in err and "np.float64" not in err
+    assert "p.csv row 2: point at row 20, col nan in frame 0: not a number" in err and "np.float64" not in err
     pts.write_text("index,axis-0,axis-1,axis-2\n0,0,20.25,99\n")
     assert main(["segment", str(stack_path), "--points", str(pts), "-o", out, *model_args]) == 2
     err = capsys.readouterr().err
-    assert "position (0, 20.25, 99) is outside the image (3 x 64 x 64)" in err and "np.float64" not in err
+    assert "p.csv row 2: point at row 20.25, col 99 in frame 0: outside the 64 x 64 frame" in err and "np.float64" not in err
     boxes = tmp_path / "b.csv"  # a rectangle of zero size, as napari saves one
     boxes.write_text("index,shape-type,vertex-index,axis-0,axis-1,axis-2\n" + "".join(f"0,rectangle,{i},0,10,12\n" for i in range(4)))
     assert main(["segment", str(stack_path), "--boxes", str(boxes), "-o", out, *model_args]) == 2

@@ -164,14 +164,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .engine.io import LabelWriter, open_image, read_prompts, with_channel_axis
+    from .engine.io import LabelWriter, open_image, read_objects, with_channel_axis
     from .engine.jobs import SegmentJob
     from .engine.store import image_fingerprint
 
     if not (args.points or args.boxes):
         raise InputError("Give prompts: --points POINTS.csv and/or --boxes SHAPES.csv (napari layers saved as CSV).")
     source = with_channel_axis(open_image(args.image), args.channel_axis)
-    prompts = read_prompts(source, args.points, args.boxes)
+    prompts = read_objects(source, args.points, args.boxes)  # the widget's rules (engine/prompts.py)
     if not prompts:
         raise InputError(f"{args.points or args.boxes} holds no prompts.")
     spec = _spec(args)

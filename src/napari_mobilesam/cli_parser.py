@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from .engine.prompts import RULES
+
 __all__ = ["EXAMPLES", "SAMPLER_OPTIONS", "build_parser"]
 
 EXAMPLES = """\
@@ -99,17 +101,15 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     e.set_defaults(func=commands["embed"])
 
     s = sub.add_parser("segment", usage="mobilesam segment IMAGE --points CSV [--boxes CSV] -o LABELS [options]", parents=[all_parent], formatter_class=fmt, help="segment objects from napari point/box prompts",
-                       description="Prompts are napari CSV files (File > Save Selected Layers... on a Points or Shapes layer): "
-                       "every box and every positive point is one object; points sharing an 'object' column value form one "
-                       "object (that value is its label id); a 'label' column marks negative points (0), which refine the "
-                       "nearest object of their frame.",
+                       description="Prompts are napari CSV files (File > Save Selected Layers... on a Points or Shapes layer), "
+                       "with the widget's rules (columns 'label' 1/0, 'object', 'label_id', 'mask'): " + RULES,
                        epilog="example:\n  mobilesam segment movie.tif --points clicks.csv -o labels.tif --embeddings movie.emb.zarr")
     s.add_argument("image", metavar="IMAGE", help="image file the prompts were drawn on")
     s.add_argument("--points", metavar="POINTS.csv", help="napari Points layer CSV")
     s.add_argument("--boxes", metavar="SHAPES.csv", help="napari Shapes layer CSV (rectangles)")
     s.add_argument("-o", "--output", required=True, metavar="LABELS.tif|.zarr", help="label image to write")
     s.add_argument("--embeddings", metavar="EMB.zarr", help="reuse embeddings from 'mobilesam embed'")
-    s.add_argument("--multimask", action="store_true", help="pick the best of SAM's 3 masks (helps single ambiguous clicks)")
+    s.add_argument("--multimask", action="store_true", help="every object takes the best of SAM's 3 masks (single clicks always do, as in the widget)")
     s.add_argument("--overwrite", action="store_true", help="redo every frame instead of resuming")
     s.set_defaults(func=commands["segment"])
 

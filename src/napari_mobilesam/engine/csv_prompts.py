@@ -1,21 +1,27 @@
-"""napari Points/Shapes CSV files (File > Save Layers) -> engine prompts per frame, in (row, col)."""
+"""napari Points/Shapes CSV files (File > Save Layers) -> the objects of :mod:`.prompts`, per frame.
+
+This module only reads the files into a :class:`~.prompts.PromptTable`; which objects, label ids
+and masks the prompts give is decided by :func:`~.prompts.collect_objects` and
+:func:`~.prompts.assign_ids`, exactly as in the widget. numpy only.
+"""
 
 from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .io import ImageSource, InputError
-from .predictor import Prompt
-from .prompt_checks import box_problem, fmt, point_problem
+from .prompts import ObjectPrompt, PromptTable, assign_ids, collect_objects
 
-__all__ = ["read_prompts"]
+__all__ = ["read_objects", "read_prompt_table", "read_prompts"]
 
 
-def _read_table(path: Path, required: tuple[str, ...], what: str) -> tuple[list[str], list[list[str]]]:
+def _read_table(path: Path, required: tuple[str, ...], what: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header and ``(CSV line number, row)`` of the non-empty rows."""
     if not path.is_file():
         raise InputError(f"{what} file {path} does not exist.")
     try:
@@ -30,7 +36,7 @@ def _read_table(path: Path, required: tuple[str, ...], what: str) -> tuple[list[
             f"{path} is not a napari {what} CSV: columns {', '.join(missing)} missing (found {', '.join(header) or 'nothing'}). "
             f"Save the {what} layer from napari with File > Save Selected Layers... as .csv."
         )
-    return header, rows[1:]
+    return header, [(n + 2, r) for n, r in enumerate(rows[1:]) if r and any(c.strip() for c in r)]
 
 
 def _axes(header: list[str], path: Path) -> list[int]:
@@ -40,120 +46,124 @@ def _axes(header: list[str], path: Path) -> list[int]:
     return [i for _, i in axes]
 
 
-def _flag(value: str, path: Path, row: int) -> int:
+def _flag(value: str, path: Path, line: int) -> int:
     v = value.strip().lower()
     if v in ("1", "1.0", "true", "positive", "pos", "+"):
         return 1
     if v in ("0", "0.0", "false", "negative", "neg", "-", "-1", "-1.0"):
         return 0
-    raise InputError(f"{path} row {row + 2}: label {value!r} must be 1/0 (or True/False).")
+    raise InputError(f"{path} row {line}: label {value!r} must be 1/0 (or True/False).")
 
 
-def _frame_of(coords: np.ndarray, source: ImageSource, path: Path, row: int) -> int:
-    """Flat frame number from the leading coordinates; checks (row, col) lie inside the frame."""
+def _int(row: list[str], col: int | None, path: Path, line: int, name: str) -> int:
+    """An integer feature cell (empty or nan: 0)."""
+    if col is None or col >= len(row) or row[col].strip().lower() in ("", "nan", "none"):
+        return 0
+    try:
+        v = float(row[col])
+    except ValueError as err:
+        raise InputError(f"{path} row {line}: {name} {row[col]!r} is not a number.") from err
+    if not np.isfinite(v) or v != int(v):
+        raise InputError(f"{path} row {line}: {name} {row[col]!r} must be a whole number.")
+    return int(v)
+
+
+def _coords(row: list[str], ax: list[int], path: Path, line: int) -> np.ndarray:
+    try:
+        return np.array([float(row[i]) for i in ax])
+    except (ValueError, IndexError) as err:
+        raise InputError(f"{path} row {line}: cannot read the coordinates ({err}).") from err
+
+
+def _check_ndim(ndim: int, source: ImageSource, path: Path) -> None:
     lead = source.leading_shape
-    if len(coords) != len(lead) + 2:
+    if ndim != len(lead) + 2:
         raise InputError(
-            f"{path} has {len(coords)}D coordinates but {source.path} has {len(lead) + 2} dims "
+            f"{path} has {ndim}D coordinates but {source.path} has {len(lead) + 2} dims "
             f"(frames {lead or 'none'} + rows, cols); save the layer drawn on this image."
         )
-    if not np.isfinite(coords).all():
-        raise InputError(f"{path} row {row + 2}: position {fmt(coords)} is not a number (NaN or infinite); fix or delete that row.")
-    idx = tuple(int(round(c)) for c in coords[:-2])
-    h, w = source.hw
-    if any(not 0 <= i < n for i, n in zip(idx, lead)) or point_problem(coords[-2:], (h, w)):
-        shape = " x ".join(str(int(n)) for n in source.shape[: len(lead) + 2])
-        raise InputError(f"{path} row {row + 2}: position {fmt(coords)} is outside the image ({shape}).")
-    return int(np.ravel_multi_index(idx, lead)) if lead else 0
 
 
-def read_prompts(source: ImageSource, points: str | os.PathLike | None = None, boxes: str | os.PathLike | None = None) -> dict[int, list[tuple[int, Prompt]]]:
-    """napari CSV prompts -> ``{frame t: [(label id, Prompt), ...]}``.
-
-    Rules (same as the widget): every rectangle is one object; every positive point is one object;
-    points sharing a value in an ``object`` column form one object (its value becomes the label id,
-    so an object keeps its id across frames); a ``label`` column gives 1 (positive) / 0 (negative);
-    a negative point without ``object`` refines the nearest object of its frame. Other shape types
-    are used by their bounding box. Ids of ungrouped objects follow the largest ``object`` id.
-    """
-    grouped: dict[tuple[int, int], list] = {}
-    singles: list[tuple[int, Prompt]] = []
-    negatives: list[tuple[int, np.ndarray]] = []
+def read_prompt_table(
+    source: ImageSource, points: str | os.PathLike | None = None, boxes: str | os.PathLike | None = None,
+    shape_ids: Sequence[int] | None = None, shape_masks: Sequence[int] | None = None,
+) -> tuple[PromptTable, list[str], list[str]]:
+    """Read napari CSV files into a :class:`~.prompts.PromptTable` (features ``label``, ``object``,
+    ``label_id``, ``mask`` of the points; ``shape_ids`` / ``shape_masks``: the shapes' features, which
+    napari's shapes CSV does not hold, e.g. from a session). Returns the table and, per point and per
+    shape, where it is in its file (``"points.csv row 5"``) for messages."""
+    table = PromptTable()
+    p_where: list[str] = []
+    s_where: list[str] = []
     if points is not None:
         path = Path(points)
         header, rows = _read_table(path, ("index",), "Points")
         ax = _axes(header, path)
-        li = header.index("label") if "label" in header else None
-        oi = header.index("object") if "object" in header else None
-        for r, row in enumerate(rows):
-            if not row:
-                continue
-            try:
-                coords = np.array([float(row[i]) for i in ax])
-                obj = int(float(row[oi])) if oi is not None and row[oi].strip() not in ("", "nan") else None
-            except (ValueError, IndexError) as err:
-                raise InputError(f"{path} row {r + 2}: cannot read numbers ({err}).") from err
-            lab = _flag(row[li], path, r) if li is not None else 1
-            t = _frame_of(coords, source, path, r)
-            if obj is not None:
-                if obj < 1:
-                    raise InputError(f"{path} row {r + 2}: object id {obj} must be a positive integer (it becomes the label id).")
-                grouped.setdefault((t, obj), []).append((coords[-2:], lab))
-            elif lab:
-                singles.append((t, Prompt(points=coords[None, -2:], labels=[1])))
-            else:
-                negatives.append((t, coords[-2:]))
+        col = {c: header.index(c) if c in header else None for c in ("label", "object", "label_id", "mask")}
+        coords, labels, groups, ids, masks = [], [], [], [], []
+        for line, row in rows:
+            coords.append(_coords(row, ax, path, line))
+            labels.append(_flag(row[col["label"]], path, line) if col["label"] is not None else 1)
+            groups.append(_int(row, col["object"], path, line, "object"))
+            ids.append(_int(row, col["label_id"], path, line, "label_id"))
+            masks.append(_int(row, col["mask"], path, line, "mask"))
+            p_where.append(f"{path} row {line}")
+        if coords:
+            _check_ndim(len(coords[0]), source, path)
+            table = PromptTable.of(np.stack(coords), labels, groups, ids, masks)
     if boxes is not None:
         path = Path(boxes)
         header, rows = _read_table(path, ("index", "shape-type", "vertex-index"), "Shapes")
         ax, ii = _axes(header, path), header.index("index")
         shapes: dict[str, list[np.ndarray]] = {}
-        for r, row in enumerate(rows):
-            try:
-                shapes.setdefault(row[ii], []).append(np.array([float(row[i]) for i in ax]))
-            except (ValueError, IndexError) as err:
-                raise InputError(f"{path} row {r + 2}: cannot read numbers ({err}).") from err
-        for k, verts in shapes.items():
-            v = np.stack(verts)
-            t = _frame_of(v[0], source, path, 0)
-            h, w = source.hw
-            lo, hi = v[:, -2:].min(0), v[:, -2:].max(0)
-            if hi[0] < 0 or hi[1] < 0 or lo[0] > h or lo[1] > w:
-                raise InputError(f"{path}: shape {k} lies outside the image ({h} x {w}).")
-            box = np.concatenate([np.clip(lo, 0, [h, w]), np.clip(hi, 0, [h, w])])
-            problem = box_problem(box, (h, w))
-            if problem:
-                raise InputError(f"{path}: shape {k}: {problem}.")
-            singles.append((t, Prompt(box=box)))
-    out: dict[int, list[tuple[int, Prompt]]] = {}
-    for (t, obj), pts in sorted(grouped.items()):
-        if not any(lab for _, lab in pts):
-            raise InputError(f"{points}: object {obj} in frame {t} has only negative points; add a positive point.")
-        out.setdefault(t, []).append((obj, Prompt(points=np.stack([p for p, _ in pts]), labels=[lab for _, lab in pts])))
-    next_id = max((obj for _, obj in grouped), default=0) + 1
-    for t, prompt in singles:
-        out.setdefault(t, []).append((next_id, prompt))
-        next_id += 1
-    for t, point in negatives:
-        objs = out.get(t)
-        if not objs:
-            raise InputError(f"{points}: a negative point in frame {t} has no object to refine; add a positive point or a box.")
-        j = int(np.argmin([_distance(point, p) for _, p in objs]))
-        p = objs[j][1]
-        pts = point[None] if p.points is None else np.concatenate([p.points, point[None]])
-        labs = np.array([0]) if p.labels is None else np.concatenate([p.labels, [0]])
-        objs[j] = (objs[j][0], Prompt(points=pts, labels=labs, box=p.box))
+        for line, row in rows:
+            if row[ii] not in shapes:
+                s_where.append(f"{path} row {line} (shape {row[ii]})")
+            shapes.setdefault(row[ii], []).append(_coords(row, ax, path, line))
+        verts = [np.stack(v) for v in shapes.values()]
+        if verts:
+            _check_ndim(verts[0].shape[1], source, path)
+        n = len(verts)
+        for name, given in (("shape_ids", shape_ids), ("shape_masks", shape_masks)):
+            if given is not None and len(given) != n:
+                raise InputError(f"{path} holds {n} shapes but {len(given)} {name} were given.")
+        table.shapes = verts
+        table.shape_ids = np.zeros(n, int) if shape_ids is None else np.asarray(shape_ids, int)
+        table.shape_masks = np.zeros(n, int) if shape_masks is None else np.asarray(shape_masks, int)
+    return table, p_where, s_where
+
+
+def read_objects(
+    source: ImageSource, points: str | os.PathLike | None = None, boxes: str | os.PathLike | None = None,
+    first_id: int = 1, shape_ids: Sequence[int] | None = None, shape_masks: Sequence[int] | None = None,
+) -> dict[int, list[ObjectPrompt]]:
+    """napari CSV prompts -> ``{flat frame t: [ObjectPrompt, ...]}`` with label ids, by the rules of
+    :mod:`.prompts` (the widget's). New ids are the lowest from ``first_id`` on that no ``label_id``
+    in the files holds.
+
+    Raises:
+        InputError: a file cannot be read, or prompts describe no object (off the image, a box under
+            1 pixel, a negative point with nothing to refine, ...): each is named with its CSV row.
+    """
+    table, p_where, s_where = read_prompt_table(source, points, boxes, shape_ids, shape_masks)
+    lead = tuple(source.leading_shape)
+    try:
+        found = collect_objects(table, len(lead), lead, (), spatial=source.hw)
+    except ValueError as err:
+        raise InputError(str(err)) from err
+    if found.problems:
+        shown = [f"{(p_where if p.kind == 'point' else s_where)[p.row]}: {p}" for p in found.problems[:5]]
+        more = f" (and {len(found.problems) - 5} more)" if len(found.problems) > 5 else ""
+        raise InputError(f"{'; '.join(shown)}{more}. Fix or delete {'these rows' if len(found.problems) > 1 else 'that row'}.")
+    assign_ids(found.objects, first_id, taken=[*table.point_ids.tolist(), *np.asarray(table.shape_ids).tolist()])
+    out: dict[int, list[ObjectPrompt]] = {}
+    for ob in found.objects:
+        t = int(np.ravel_multi_index(ob.frame, lead)) if lead else 0
+        out.setdefault(t, []).append(ob)
     return out
 
 
-def _distance(point: np.ndarray, prompt: Prompt) -> float:
-    """Distance from a point to an object's positive points or box (0 inside the box)."""
-    d = np.inf
-    if prompt.points is not None:
-        pos = prompt.points[prompt.labels > 0]
-        if len(pos):
-            d = float(np.min(np.linalg.norm(pos - point, axis=1)))
-    if prompt.box is not None:
-        gap = np.maximum(np.maximum(prompt.box[:2] - point, point - prompt.box[2:]), 0)
-        d = min(d, float(np.linalg.norm(gap)))
-    return d
+def read_prompts(source: ImageSource, points: str | os.PathLike | None = None, boxes: str | os.PathLike | None = None) -> dict[int, list[tuple[int, object]]]:
+    """``{frame t: [(label id, Prompt), ...]}``: :func:`read_objects` without the mask choices."""
+    return {t: [(o.label_id, o.prompt) for o in objs] for t, objs in read_objects(source, points, boxes).items()}
+

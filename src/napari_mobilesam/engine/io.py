@@ -30,6 +30,7 @@ __all__ = [
     "LabelWriter",
     "list_images",
     "open_image",
+    "read_objects",
     "read_prompts",
     "with_channel_axis",
 ]
@@ -269,3 +270,11 @@ def read_prompts(source: ImageSource, points: str | os.PathLike | None = None, b
     from .csv_prompts import read_prompts as read
 
     return read(source, points, boxes)
+
+
+def read_objects(source: ImageSource, points: str | os.PathLike | None = None, boxes: str | os.PathLike | None = None, **kwargs) -> dict:
+    """napari Points/Shapes CSV -> ``{frame t: [ObjectPrompt, ...]}`` (ids and mask choices, the widget's
+    rules); see :func:`.csv_prompts.read_objects`."""
+    from .csv_prompts import read_objects as read
+
+    return read(source, points, boxes, **kwargs)

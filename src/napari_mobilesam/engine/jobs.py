@@ -16,7 +16,7 @@ import numpy as np
 from .distributed import ModelHolder
 from .io import ImageSource
 
-__all__ = ["EmbedJob", "EverythingJob", "ModelHashJob", "SegmentJob", "use_stored_embedding"]
+__all__ = ["EmbedJob", "EverythingJob", "ModelHashJob", "SegmentJob", "decode_objects", "use_stored_embedding"]
 
 
 def _trusted_store(path: str):
@@ -26,6 +26,24 @@ def _trusted_store(path: str):
     from .store import EmbeddingStore
 
     return EmbeddingStore(Path(path), zarr.open_group(path, mode="r"))
+
+
+def decode_objects(pred, objects, multimask_all: bool = False) -> list:
+    """Masks (``ObjectMask``) of :class:`~.prompts.ObjectPrompt` objects on the predictor's current frame,
+    in input order, each decoded as its rule says (single clicks: best of three; ``mask`` 1-3: that one),
+    batched by mask mode. The widget and ``mobilesam segment`` both decode through here.
+
+    ``multimask_all``: every object takes the best of three masks (``mobilesam segment --multimask``)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, o in enumerate(objects):
+        multimask = o.multimask or multimask_all
+        groups.setdefault((multimask, o.select if multimask else "best"), []).append(i)
+    out: list = [None] * len(objects)
+    for (multimask, select), idx in groups.items():
+        masks = pred.predict_objects([objects[i].prompt for i in idx], multimask_output=multimask, select=select)
+        for i, m in zip(idx, masks, strict=True):
+            out[i] = m
+    return out
 
 
 def use_stored_embedding(models: ModelHolder, store_path: str | None, source: ImageSource, t: int) -> Any:
@@ -73,9 +91,11 @@ class EmbedJob:
 
 @dataclass(frozen=True)
 class SegmentJob:
-    """Frame ``t`` + its prompts (``extra``: ``[(label id, Prompt), ...]``) -> ``(H, W)`` uint32 labels.
+    """Frame ``t`` + its objects (``extra``: ``[ObjectPrompt, ...]`` with label ids, see :mod:`.prompts`)
+    -> ``(H, W)`` uint32 labels.
 
-    Objects are painted largest first (smaller ones stay on top), each with its own label id.
+    Objects are decoded by :func:`decode_objects` and painted largest first (smaller ones stay on top),
+    each with its own label id, as the widget paints them.
     """
 
     store: str | None = None
@@ -91,9 +111,8 @@ class SegmentJob:
             pred.set_embedding(pred.cache.get(key), key)
         else:
             pred.set_image(source.read(t), key=("segment", source.path, t), **self.preprocess)
-        ids = [i for i, _ in extra]
-        objs = pred.predict_objects([p for _, p in extra], multimask_output=self.multimask)
-        return render_labels(objs, source.hw, ids=ids)
+        masks = decode_objects(pred, extra, self.multimask)
+        return render_labels(masks, source.hw, ids=[o.label_id for o in extra])
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["box_problem", "check_prompts", "fmt", "point_problem"]
+__all__ = ["box_problem", "check_prompts", "clip_box", "fmt", "point_problem"]
 
 
 def fmt(values: Any) -> str:
@@ -56,6 +56,22 @@ def box_problem(box: Any, hw: Sequence[int]) -> str | None:
     if r1 <= 0 or c1 <= 0 or r0 >= h or c0 >= w:
         return f"box {fmt(b)} lies outside the {_size(hw)} frame"
     return None
+
+
+def clip_box(box: Any, hw: Sequence[int]) -> tuple[np.ndarray | None, str | None]:
+    """A drawn box clipped to the pixel centres of an ``(H, W)`` frame (rows 0..H-1, columns 0..W-1),
+    or ``(None, why)`` when it is unusable (:func:`box_problem`) or overlaps the frame by less than
+    one pixel. The rule for prompt layers and CSV files (widget and CLI)."""
+    why = box_problem(box, hw)
+    if why is not None:
+        return None, why
+    b = np.asarray(box, np.float64).reshape(-1)
+    lo, hi = np.minimum(b[:2], b[2:]), np.maximum(b[:2], b[2:])
+    lim = np.array([int(hw[0]) - 1, int(hw[1]) - 1], np.float64)
+    lo, hi = np.clip(lo, 0, lim), np.clip(hi, 0, lim)
+    if (hi - lo < 1).any():
+        return None, f"box {fmt(b)} overlaps the {_size(hw)} frame by less than 1 pixel"
+    return np.concatenate([lo, hi]), None
 
 
 def _label_problem(labels: Any) -> str | None:

@@ -15,11 +15,13 @@ import numpy as np
 from segment_anything.modeling import Sam
 
 from ..engine.embeddings import EmbeddingCache
-from ..engine.predictor import ObjectMask, Predictor
+from ..engine.jobs import decode_objects
+from ..engine.objects import ObjectMask
+from ..engine.predictor import Predictor
+from ..engine.prompts import ObjectPrompt
 from ..model.build import build_mobilesam
 from .._progress import relay
 from ..model.weights import REGISTRY, iter_fetch
-from .prompts import ObjectPrompt
 
 __all__ = [
     "FrameDone", "FrameReady", "ModelReady", "Progress", "built", "decode_objects", "load_model", "segment_frames", "worker_predictor",
@@ -89,19 +91,6 @@ def worker_predictor(sam: Sam, cache: EmbeddingCache) -> Predictor:
     pred = Predictor(sam)
     pred.cache = cache
     return pred
-
-
-def decode_objects(pred: Predictor, objects: Sequence[ObjectPrompt]) -> list[ObjectMask]:
-    """Decode objects of the predictor's current frame, batched by mask mode; results in input order."""
-    groups: dict[tuple, list[int]] = {}
-    for i, o in enumerate(objects):
-        groups.setdefault((o.multimask, o.select), []).append(i)
-    out: list[ObjectMask | None] = [None] * len(objects)
-    for (multimask, select), idx in groups.items():
-        masks = pred.predict_objects([objects[i].prompt for i in idx], multimask_output=multimask, select=select)
-        for i, m in zip(idx, masks, strict=True):
-            out[i] = m
-    return out  # type: ignore[return-value]
 
 
 def segment_frames(

@@ -11,7 +11,7 @@ import pandas as pd
 from napari.layers import Image, Labels, Points, Shapes
 
 from ..engine.image import channels_last
-from .prompts import PromptTable
+from ..engine.prompts import PromptTable
 
 __all__ = [
     "POSITIVE_COLOR",

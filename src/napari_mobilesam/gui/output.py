@@ -15,7 +15,7 @@ from napari.layers import Labels
 
 from . import layers as L
 from .feedback import ids_note
-from .prompts import ObjectPrompt
+from ..engine.prompts import ObjectPrompt, assign_ids
 from .writer import check_ids_fit, frame_view, object_pixels, write_masks
 
 __all__ = ["OutputState"]
@@ -82,11 +82,10 @@ class OutputState:
         """
         layer = self.labels_box.value
         top = L.next_free_label(layer, ()) - 1
-        nxt = first = self.next_id()
+        first = self.next_id()
         issued = self._issued
+        nxt = assign_ids(objects, first)  # the engine's rule, as in mobilesam segment
         for o in objects:
-            if o.label_id <= 0:
-                o.label_id, nxt = nxt, nxt + 1
             self._issued = max(self._issued, o.label_id)
             if self._points is not None and o.point_rows:
                 self._points.features.loc[o.point_rows, "label_id"] = o.label_id

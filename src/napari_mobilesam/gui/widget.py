@@ -31,7 +31,7 @@ from .layout import StatusLine, default_width, group, scrolled
 from .live import LiveMode
 from .output import OutputState
 from .promptui import PromptControls
-from .prompts import ObjectPrompt, collect_objects, outside_prompts
+from ..engine.prompts import RULE_LINES, ObjectPrompt, collect_objects
 from .propagate import PropagateSection
 from .runner import JobHost
 from .stores import StoreUse
@@ -50,15 +50,10 @@ OWNERSHIP = (
     "replaces only its own pixels."
 )
 PROMPT_HELP = (
-    "Prompts → one label per object:\n"
-    "• every rectangle in the Shapes layer is one object (other shapes: their bounding box);\n"
-    "• every positive point (green, feature label=1) is one object;\n"
-    "• points sharing an 'object' feature value > 0 form one object (positive and negative);\n"
-    "• a negative point (magenta, label=0) refines the nearest positive point or box of its frame;\n"
-    "• press T on the Points layer to toggle positive/negative for new points,\n"
-    "  Shift+T to flip the selected points;\n"
-    "• prompts belong to the frame of their leading coordinates; RGB images are colour, not a stack;\n"
-    "• points and boxes outside the image are skipped (with a warning).\n"
+    "Prompts → one label per object (the same rules as mobilesam segment):\n"
+    + "".join(f"• {line};\n" for line in RULE_LINES)
+    + "• press T on the Points layer to toggle positive/negative for new points, Shift+T to flip the selected points;\n"
+    "• prompts belong to the frame of their leading coordinates; RGB images are colour, not a stack.\n"
     f"{OWNERSHIP}\nCtrl+Z in the Labels layer undoes each write.\n{KEY_HINT}"
 )
 STORE_HELP = (
@@ -273,23 +268,22 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
         return image, L.FrameGeometry.of(image), L.current_frame(self.viewer.dims.point, image)
 
     def objects(self, frames=None) -> list[ObjectPrompt]:
-        """The objects of ``frames`` (None: all); prompts outside the image are skipped and
-        named in ``self._outside``."""
+        """The objects of ``frames`` (None: all), by :mod:`napari_mobilesam.engine.prompts`' rules;
+        prompts that describe no object are skipped and named in ``self._outside``."""
         for layer in (self._points, self._shapes):
             L.dedupe_ids(layer)
         image, geo, cur = self.context()
         table = L.prompt_table(self._points, self._shapes, image)
-        objs = collect_objects(table, geo.n_lead, geo.lead_shape, cur, frames, spatial=geo.spatial)
-        self._outside = outside_prompts(table, geo.spatial)
-        return objs
+        found = collect_objects(table, geo.n_lead, geo.lead_shape, cur, frames, spatial=geo.spatial)
+        self._outside = [str(p) for p in found.problems]
+        return found.objects
 
     def outside_note(self) -> str:
         if not self._outside:
             return ""
-        h, w = L.FrameGeometry.of(self.image_box.value).spatial
         n = len(self._outside)
-        return (f"skipped {n} prompt{'s' if n > 1 else ''} outside the {h}×{w} image: "
-                f"{'; '.join(self._outside[:3])}{' …' if n > 3 else ''} — move or delete {'them' if n > 1 else 'it'}")
+        return (f"skipped {n} prompt{'s' if n > 1 else ''}: {'; '.join(self._outside[:3])}{' …' if n > 3 else ''} "
+                f"— move or delete {'them' if n > 1 else 'it'}")
 
     def labels_layer(self, create: bool = True) -> Labels | None:
         layer = self.labels_box.value

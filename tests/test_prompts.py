@@ -1,11 +1,16 @@
-"""Prompt semantics (gui/prompts.py, numpy only): objects from points and shapes, grouped by frame."""
+"""The one prompt model (engine/prompts.py, numpy only): objects, ids and mask choices from points and shapes."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from napari_mobilesam.gui.prompts import PromptTable, collect_objects, select_of
+from napari_mobilesam.engine.prompts import PromptTable, assign_ids, select_of
+from napari_mobilesam.engine.prompts import collect_objects as collect
+
+
+def collect_objects(*args, **kwargs):
+    return collect(*args, **kwargs).objects
 
 
 def table(points=(), labels=(), groups=None, ids=None, masks=None, shapes=(), shape_ids=None):
@@ -72,18 +77,44 @@ def test_ids_mask_choice_and_signature():
 
 
 def test_prompts_outside_the_frame_are_skipped_and_named():
-    from napari_mobilesam.gui.prompts import outside_prompts
-
     pts = [[10, 278], [20, 20], [-3, 5]]  # col 278 of a 256-wide frame; a row above it
     inside_box = [[10, 10], [40, 40]]
     partly = [[200, 240], [230, 300]]  # clipped to the frame
     away = [[300, 300], [320, 330]]
-    t = table(pts, [1, 1, 1], shapes=[inside_box, partly, away])
-    objs = collect_objects(t, 0, (), (), spatial=(256, 256))
+    sliver = [[100, 255.2], [120, 270]]  # overlaps the last column by 0.3 px: less than a pixel
+    t = table(pts, [1, 1, 1], shapes=[inside_box, partly, away, sliver])
+    found = collect(t, 0, (), (), spatial=(256, 256))
+    objs = found.objects
     assert [o.point_rows for o in objs if o.prompt.box is None] == [[1]]
     assert [o.prompt.box.tolist() for o in objs if o.prompt.box is not None] == [[10, 10, 40, 40], [200, 240, 230, 255]]
-    assert outside_prompts(t, (256, 256)) == ["point at row 10, col 278", "point at row -3, col 5", "box at rows 300–320, cols 300–330"]
-    assert len(collect_objects(t, 0, (), ())) == 6  # without a frame size nothing is skipped
+    assert [(p.kind, p.row, p.where) for p in found.problems] == [
+        ("shape", 2, "box at rows 300–320, cols 300–330"), ("shape", 3, "box at rows 100–120, cols 255.2–270"),
+        ("point", 0, "point at row 10, col 278"), ("point", 2, "point at row -3, col 5")]
+    assert "outside the 256 x 256 frame" in found.problems[0].why and "less than 1 pixel" in found.problems[1].why
+    assert len(collect_objects(t, 0, (), ())) == 7  # without a frame size nothing is skipped
+
+
+def test_stray_negatives_and_negative_groups_are_named():
+    found = collect(table([[5, 5], [9, 9], [20, 20]], [0, 0, 1], [0, 2, 0], shapes=[]), 1, (3,), (0,), frames=None)
+    assert len(found.objects) == 1  # the positive point of frame 0 takes the loose negative
+    found = collect(table([[1, 5, 5], [0, 9, 9], [0, 20, 20]], [0, 0, 1], [0, 2, 0]), 1, (3,), (0,))
+    assert [(p.row, p.why.split(";")[0]) for p in found.problems] == [
+        (1, "object 2 has only negative points"), (0, "a negative point with no object in its frame to refine")]
+    assert [o.point_rows for o in found.objects] == [[2]]
+
+
+def test_ids_follow_the_largest_in_use_boxes_first_and_groups_share_one_id_over_frames():
+    box = [[0, 10, 10], [0, 30, 30]]
+    pts = [[0, 50, 50], [1, 5, 5], [0, 60, 60], [1, 6, 6], [2, 7, 7], [0, 70, 70]]
+    grp = [0, 4, 4, 4, 0, 0]
+    objs = collect_objects(table(pts, [1] * 6, grp, ids=[0, 0, 0, 0, 0, 9], shapes=[box]), 1, (3,), (0,))
+    assert [(o.frame, o.point_rows, o.shape_rows) for o in objs] == [
+        ((0,), [], [0]), ((0,), [0], []), ((0,), [2], []), ((0,), [5], []), ((1,), [1, 3], []), ((2,), [4], [])]
+    assert assign_ids(objs, 3) == 10
+    assert [o.label_id for o in objs] == [3, 4, 5, 9, 5, 6]  # row 5 keeps its 9; group 4 is 5 in frames 0 and 1
+    # a group's id, once given on one frame, is its id on every frame (the widget stores it on the rows)
+    later = collect_objects(table([[0, 60, 60], [1, 6, 6]], [1, 1], [4, 4], ids=[5, 0]), 1, (3,), (0,))
+    assert [o.label_id for o in later] == [5, 5]
 
 
 def test_wrong_dimensions_message_names_the_fix():
