@@ -118,13 +118,21 @@ class ModelThread:
             return
         self.closed = True
         self._urgent.clear()
-        self._pool.clear()  # queued, not started
-        if self._job is not None:
-            self._job.quit()
+        try:
+            self._pool.clear()  # queued, not started
+            if self._job is not None:
+                self._job.quit()
+        except RuntimeError:  # Qt deleted the pool or the job already (application shutdown): nothing left to stop
+            self._ended = True
+            return
         self._reap()
 
     def _reap(self) -> None:
-        if self._pool.waitForDone(0):  # idle: Qt ends and removes the pool's thread
+        try:
+            idle = self._pool.waitForDone(0)
+        except RuntimeError:  # the pool was deleted with the application: its thread is gone
+            idle = True
+        if idle:  # idle: Qt ends and removes the pool's thread
             self._drains.clear()
             self._job = None
             self._ended = True
