@@ -171,27 +171,37 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if not (args.points or args.boxes):
         raise InputError("Give prompts: --points POINTS.csv and/or --boxes SHAPES.csv (napari layers saved as CSV).")
     source = with_channel_axis(open_image(args.image), args.channel_axis)
-    prompts = read_objects(source, args.points, args.boxes)  # the widget's rules (engine/prompts.py)
+    refine = None
+    if args.refine:  # points naming one of its labels refine it (engine/refine.py)
+        from .engine.refine import open_labels, read_refinements
+
+        refine = open_labels(args.refine, source)
+        prompts = read_refinements(source, args.points, args.boxes, refine)
+    else:
+        prompts = read_objects(source, args.points, args.boxes)  # the widget's rules (engine/prompts.py)
     if not prompts:
         raise InputError(f"{args.points or args.boxes} holds no prompts.")
     spec = _spec(args)
     prep = _preprocess(args, source)
     signature = {"command": "segment", "image": image_fingerprint(source, prep), "points": _file_hash(args.points),
                  "boxes": _file_hash(args.boxes), "weights": args.weights, "multimask": args.multimask, **_decoder_sig(args)}
-    inputs = [p for p in (args.image, args.points, args.boxes, args.embeddings) if p]
+    if refine is not None:
+        signature["refine"] = _file_hash(args.refine)
+    inputs = [p for p in (args.image, args.points, args.boxes, args.embeddings, args.refine) if p]
     with ExitStack() as stack:
         writer = LabelWriter(args.output, source.leading_shape, source.hw, signature, overwrite=args.overwrite, inputs=inputs,
                              lock=stack.enter_context(OutputLock(args.output, _command_line())))
         _say_repaired(args, writer)
         with _runner(args, spec) as run:
-            job = SegmentJob(store=_checked_store(args, run, source, args.embeddings, prep), multimask=args.multimask, preprocess=prep)
+            job = SegmentJob(store=_checked_store(args, run, source, args.embeddings, prep), multimask=args.multimask, preprocess=prep,
+                             refine=None if refine is None else refine.path)
             if writer.todo():
                 _models_ready(run, source)  # nothing is written before the model has loaded
             for _ in range(2):  # the second pass recomputes frames that fail their checksum
                 todo = writer.todo()
                 for t in todo:
                     if t not in prompts:
-                        writer.write(t, np.zeros(source.hw, np.uint32))
+                        writer.write(t, np.zeros(source.hw, np.uint32) if refine is None else np.asarray(refine.read(t), np.uint32))
                 todo = writer.todo()
                 with _bar(args, len(todo), "segment") as bar:
                     for (_, t, _), labels in run(job, [(source, t, prompts[t]) for t in todo]):

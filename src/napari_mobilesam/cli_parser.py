@@ -110,6 +110,8 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, metavar="LABELS.tif|.zarr", help="label image to write")
     s.add_argument("--embeddings", metavar="EMB.zarr", help="reuse embeddings from 'mobilesam embed'")
     s.add_argument("--multimask", action="store_true", help="every object takes the best of SAM's 3 masks (single clicks always do, as in the widget)")
+    s.add_argument("--refine", metavar="LABELS.tif", help="existing labels (any tool): a point whose label_id is one of its labels refines "
+                   "that label (its mask + box + those points); the other labels are copied unchanged, new objects fill background")
     s.add_argument("--overwrite", action="store_true", help="redo every frame instead of resuming")
     s.set_defaults(func=commands["segment"])
 

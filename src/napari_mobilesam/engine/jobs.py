@@ -96,11 +96,16 @@ class SegmentJob:
 
     Objects are decoded by :func:`decode_objects` and painted largest first (smaller ones stay on top),
     each with its own label id, as the widget paints them.
+
+    ``refine``: a labels file (same frames as the image). Objects whose id is one of its labels refine
+    that label (:func:`.refine.refine_objects`); the result is that file's frame with the refined labels
+    replaced and the new objects filling background.
     """
 
     store: str | None = None
     multimask: bool = False
     preprocess: dict = field(default_factory=dict)  # as EmbedJob
+    refine: str | None = None
 
     def __call__(self, models: ModelHolder, source: ImageSource, t: int, extra: Any) -> np.ndarray:
         from .labels import render_labels
@@ -111,8 +116,22 @@ class SegmentJob:
             pred.set_embedding(pred.cache.get(key), key)
         else:
             pred.set_image(source.read(t), key=("segment", source.path, t), **self.preprocess)
+        existing = None
+        if self.refine:
+            from .refine import open_labels, refine_objects
+
+            existing = np.asarray(open_labels(self.refine, source).read(t))
+            extra = refine_objects(extra, existing, pred)
         masks = decode_objects(pred, extra, self.multimask)
-        return render_labels(masks, source.hw, ids=[o.label_id for o in extra])
+        new = render_labels(masks, source.hw, ids=[o.label_id for o in extra])
+        if existing is None:
+            return new
+        from .labels import write_labels
+
+        out = existing.astype(np.uint32)
+        # a refined label is replaced by its new mask; where the model finds nothing, it stays as it was
+        write_labels(out, new, replace_ids=[o.label_id for o, m in zip(extra, masks, strict=True) if o.prompt.mask_input is not None and m.area])
+        return out
 
 
 @dataclass(frozen=True)
