@@ -136,3 +136,58 @@ def test_cli_refines_the_named_label_and_copies_the_others(fcheckpoint, fpredict
     bad = [*args[:3], str(tmp_path / "small.tif"), *args[4:]]
     bad[bad.index(str(out))] = str(tmp_path / "o2.tif")
     assert main(bad) == 2
+
+
+# ---------------------------------------------------------------------- the widget (napari under Xvfb)
+@pytest.mark.gui
+def test_widget_refines_a_hand_painted_label_with_a_negative_point(qtbot, make_napari_viewer, fsam, fcheckpoint, cells):
+    pytest.importorskip("pytestqt")
+    from types import SimpleNamespace
+
+    from napari_mobilesam.gui.widget import CHOOSE_FILE, MobileSAMWidget
+
+    img, gt = cells
+    inner = _inner_cells(gt, 8)
+    a, b = inner[4], inner[1]  # cells the weak test model segments from a mask prompt (see the IoU test)
+    r, c = np.nonzero(gt == a)
+    painted = np.zeros(gt.shape, np.uint16)
+    painted[gt == b] = 3
+    r0, r1, c0, c1 = r.min() - 10, r.max() + 10, c.min() - 10, c.max() + 10
+    block = painted[r0:r1, c0:c1]
+    block[block == 0] = 7  # a rough hand-painted rectangle around cell a
+    viewer = make_napari_viewer()
+    viewer.add_image(img, name="img")
+    layer = viewer.add_labels(painted.copy(), name="painted")
+    w = MobileSAMWidget(viewer)
+    try:
+        w.model_box.value = CHOOSE_FILE
+        w.model_file.value = str(fcheckpoint)
+        w.device_box.value = "cpu"
+        w.set_model(fsam, (str(fcheckpoint), "cpu"))
+        w.labels_box.value = layer
+        # Alt+click on the labels layer picks the label under the cursor; a plain click does not
+        w.refine._pick(layer, SimpleNamespace(modifiers=(), position=(r0 + 1, c0 + 1)))
+        assert w.refine.label.value == 0
+        w.refine._pick(layer, SimpleNamespace(modifiers=("Alt",), position=(r0 + 1, c0 + 1)))
+        assert w.refine.label.value == 7
+        w.mode.value = "negative"
+        points = w.points_box.value
+        points.add([[r0 + 3, c0 + 3]])  # a negative point in the rectangle's corner, off the cell
+        assert points.features[["label", "label_id"]].values.tolist() == [[0, 7]]
+        w.segment()  # Segment leaves the points of a label being refined to Refine
+        qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
+        np.testing.assert_array_equal(layer.data, painted)
+        w.refine.run()
+        qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
+        after = np.asarray(layer.data).copy()
+        n0, n1 = int((painted == 7).sum()), int((after == 7).sum())
+        print(f"widget: label 7 {n0} -> {n1} px; IoU with the cell {_iou(painted == 7, gt == a):.3f} -> {_iou(after == 7, gt == a):.3f}")
+        assert 0 < n1 < n0, w.status.value  # it shrinks and keeps its id
+        assert after[r0 + 3, c0 + 3] == 0  # the negative point's pixel is cut away
+        assert ((after == 7) <= ((painted == 7) | (painted == 0))).all()  # only background or its own pixels
+        np.testing.assert_array_equal(after[painted == 3], 3)  # the other label is untouched
+        np.testing.assert_array_equal(after[painted != 7], painted[painted != 7])
+        layer.undo()  # one step
+        np.testing.assert_array_equal(layer.data, painted)
+    finally:
+        w.shutdown()

@@ -31,8 +31,9 @@ from .layout import StatusLine, default_width, group, scrolled
 from .live import LiveMode
 from .output import OutputState
 from .promptui import PromptControls
-from ..engine.prompts import RULE_LINES, ObjectPrompt, collect_objects
+from ..engine.prompts import RULE_LINES, ObjectPrompt
 from .propagate import PropagateSection
+from .refine import RefineSection
 from .runner import JobHost
 from .stores import StoreUse
 
@@ -127,10 +128,11 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
         self.prompt_group.setToolTip(PROMPT_HELP)
         self.propagate = PropagateSection(self)
         self.everything = EverythingSection(self)
-        self.job_buttons = [self.segment_btn, self.propagate.button, self.everything.button]
+        self.refine = RefineSection(self)
+        self.job_buttons = [self.segment_btn, self.propagate.button, self.everything.button, self.refine.button]
         keys = QLabel(KEY_HINT)
         keys.setWordWrap(True)
-        for box in (self.input_box, self.model_group, self.prompt_group, self.propagate.box, self.everything.box, keys):
+        for box in (self.input_box, self.model_group, self.prompt_group, self.refine.box, self.propagate.box, self.everything.box, keys):
             root.addWidget(box)
         root.addStretch(1)
         # the progress bar, the status line and Cancel stay in view below the scrolling controls
@@ -274,7 +276,7 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
             L.dedupe_ids(layer)
         image, geo, cur = self.context()
         table = L.prompt_table(self._points, self._shapes, image)
-        found = collect_objects(table, geo.n_lead, geo.lead_shape, cur, frames, spatial=geo.spatial)
+        _, found = self.refine.split(table, geo, cur, frames)  # points naming a label being refined are Refine's
         self._outside = [str(p) for p in found.problems]
         return found.objects
 
