@@ -168,9 +168,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .engine.jobs import SegmentJob
     from .engine.store import image_fingerprint
 
+    session = _from_session(args) if getattr(args, "session", None) else None
     if not (args.points or args.boxes):
-        raise InputError("Give prompts: --points POINTS.csv and/or --boxes SHAPES.csv (napari layers saved as CSV).")
+        raise InputError("Give prompts: --points POINTS.csv and/or --boxes SHAPES.csv (napari layers saved as CSV), or --session DIR.")
     source = with_channel_axis(open_image(args.image), args.channel_axis)
+    if session is not None:
+        from .engine.session import check_image
+
+        check_image(session, _SourceFrames(source), len(source.leading_shape))
     refine = None
     if args.refine:  # points naming one of its labels refine it (engine/refine.py)
         from .engine.refine import open_labels, read_refinements
@@ -178,7 +183,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         refine = open_labels(args.refine, source)
         prompts = read_refinements(source, args.points, args.boxes, refine)
     else:
-        prompts = read_objects(source, args.points, args.boxes)  # the widget's rules (engine/prompts.py)
+        ids = {} if session is None else {"shape_ids": session.shape_ids or None, "shape_masks": session.shape_masks or None}
+        prompts = read_objects(source, args.points, args.boxes, **ids)  # the widget's rules (engine/prompts.py)
     if not prompts:
         raise InputError(f"{args.points or args.boxes} holds no prompts.")
     spec = _spec(args)
@@ -196,7 +202,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
             job = SegmentJob(store=_checked_store(args, run, source, args.embeddings, prep), multimask=args.multimask, preprocess=prep,
                              refine=None if refine is None else refine.path)
             if writer.todo():
-                _models_ready(run, source)  # nothing is written before the model has loaded
+                model_hash = _models_ready(run, source)  # nothing is written before the model has loaded
+                if session is not None:
+                    from .engine.session import check_model
+
+                    check_model(session, model_hash)
             for _ in range(2):  # the second pass recomputes frames that fail their checksum
                 todo = writer.todo()
                 for t in todo:
@@ -211,6 +221,41 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     break
         _say(args, f"wrote {writer.finish()}")
     return 0
+
+
+def _from_session(args: argparse.Namespace):
+    """``--session DIR``: its prompt files, and how the model saw the image (unless given), into ``args``."""
+    from .engine.session import load_session
+
+    if args.points or args.boxes:
+        raise InputError("Give either --session DIR or --points/--boxes, not both: a session holds its own prompts.")
+    session = load_session(args.session)
+    args.points = str(session.points_csv) if session.points_csv else None
+    args.boxes = str(session.boxes_csv) if session.boxes_csv else None
+    prep = session.preprocess
+    if args.contrast is None and prep.get("contrast_limits") is not None:
+        args.contrast = [float(v) for v in prep["contrast_limits"]]
+    if args.channels is None and prep.get("channels"):
+        args.channels = [int(v) for v in prep["channels"]]
+    if args.channel_axis is None and prep.get("channel_axis") is not None:
+        args.channel_axis = int(prep["channel_axis"])
+    if not (args.points or args.boxes):
+        raise InputError(f"{args.session} holds no prompts.")
+    return session
+
+
+class _SourceFrames:
+    """An ImageSource as an array of frames for :func:`~.engine.session.check_image` (reads frame by frame)."""
+
+    def __init__(self, source) -> None:
+        self.source = source
+        self.shape = tuple(source.leading_shape) + tuple(source.frame_shape)
+
+    def __getitem__(self, idx):
+        import numpy as np
+
+        lead = self.source.leading_shape
+        return self.source.read(int(np.ravel_multi_index(idx, lead)) if lead else 0)
 
 
 def _say_repaired(args: argparse.Namespace, writer, bad: list[int] | None = None) -> list[int]:

@@ -100,7 +100,7 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="discard an existing store instead of completing it")
     e.set_defaults(func=commands["embed"])
 
-    s = sub.add_parser("segment", usage="mobilesam segment IMAGE --points CSV [--boxes CSV] -o LABELS [options]", parents=[all_parent], formatter_class=fmt, help="segment objects from napari point/box prompts",
+    s = sub.add_parser("segment", usage="mobilesam segment IMAGE (--points CSV [--boxes CSV] | --session DIR) -o LABELS [options]", parents=[all_parent], formatter_class=fmt, help="segment objects from napari point/box prompts",
                        description="Prompts are napari CSV files (File > Save Selected Layers... on a Points or Shapes layer), "
                        "with the widget's rules (columns 'label' 1/0, 'object', 'label_id', 'mask'): " + RULES,
                        epilog="example:\n  mobilesam segment movie.tif --points clicks.csv -o labels.tif --embeddings movie.emb.zarr")
@@ -112,6 +112,8 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     s.add_argument("--multimask", action="store_true", help="every object takes the best of SAM's 3 masks (single clicks always do, as in the widget)")
     s.add_argument("--refine", metavar="LABELS.tif", help="existing labels (any tool): a point whose label_id is one of its labels refines "
                    "that label (its mask + box + those points); the other labels are copied unchanged, new objects fill background")
+    s.add_argument("--session", metavar="DIR", help="replay a session saved from napari (File > Save Layers... > MobileSAM session): "
+                   "its prompts, ids, mask choices and contrast; refused if made with other weights or on another image")
     s.add_argument("--overwrite", action="store_true", help="redo every frame instead of resuming")
     s.set_defaults(func=commands["segment"])
 

@@ -15,6 +15,7 @@ from napari.layers import Labels
 
 from . import layers as L
 from .feedback import ids_note
+from .session import check_session_model, stamp
 from ..engine.prompts import ObjectPrompt, assign_ids
 from .writer import check_ids_fit, frame_view, object_pixels, write_masks
 
@@ -68,6 +69,11 @@ class OutputState:
         (an id whose prompt was deleted is not reused: Ctrl+Z may bring its mask back)."""
         return max(L.next_free_label(self.labels_box.value, (self._points, self._shapes)), self._issued + 1)
 
+    def release(self, label_id: int) -> None:
+        """Forget that this widget wrote ``label_id`` (it is being refined: its prompts no longer make
+        it), so that neither Segment nor live mode redoes or clears it."""
+        self._signatures.pop(int(label_id), None)
+
     def is_written(self, o: ObjectPrompt) -> bool:
         """``o``'s mask is in the layer as its prompt now asks (nothing to decode)."""
         layer = self.labels_box.value
@@ -102,8 +108,13 @@ class OutputState:
         Returns ``(label id, pixels it now holds, mask area)`` per object.
         """
         layer = self.labels_layer()
+        image = self.image_box_value()
+        if objects:
+            check_session_model(self, layer)  # labels of a session made with other weights are not mixed
         ids = [o.label_id for o in objects]
         write_masks(layer, tuple(frame), masks, ids, self.overwrite.value, ids + list(also_clear))
+        if image is not None:
+            stamp(self, layer, image, self.frame_reader(image)[2])  # what a saved session needs (gui/session.py)
         for o in objects:
             self._signatures[o.label_id] = o.signature
         for lid in also_clear:

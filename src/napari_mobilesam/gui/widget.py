@@ -35,6 +35,7 @@ from ..engine.prompts import RULE_LINES, ObjectPrompt
 from .propagate import PropagateSection
 from .refine import RefineSection
 from .runner import JobHost
+from .session import check_session_model
 from .stores import StoreUse
 
 __all__ = ["KEYS", "MobileSAMWidget", "PROMPT_HELP"]
@@ -160,6 +161,7 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
         ev = self.viewer.layers.events
         for e in (ev.inserted, ev.removed, ev.reordered):
             e.connect(self._reset_choices)
+        ev.inserted.connect(self._on_inserted)
         self._bind_keys()
         self._on_image(self.image_box.value)
 
@@ -227,6 +229,20 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
                     return
         if box.value is not None and box.value.metadata.get(L.MARK) and box.value.metadata.get("image") != image.name:
             box.value = None  # a prompt/labels layer made for another image
+
+    def _on_inserted(self, event: Event) -> None:
+        """A layer made by this plugin for the current image (e.g. an opened session) is picked up."""
+        layer, image = event.value, self.image_box.value
+        kind = layer.metadata.get(L.MARK) if hasattr(layer, "metadata") else None
+        box = {"labels": self.labels_box, "shapes": self.shapes_box, "points": self.points_box}.get(kind)
+        if box is not None and image is not None and layer.metadata.get("image") == image.name and box.value is not layer:
+            self._switching = True  # its prompts keep their ids
+            try:
+                box.reset_choices()
+                if any(layer is v for v in box.choices):
+                    box.value = layer
+            finally:
+                self._switching = False
 
     def _on_image(self, image: Image | None) -> None:
         self._switching = True  # the prompt and labels layers change together: each keeps its ids
@@ -374,6 +390,8 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
             self.status.value = (f"Segment: nothing to do — all {kept} object(s) are as written; move or add a prompt"
                                  + (f"; {skipped}" if skipped else "") + ".")
             return
+        if self.labels_box.value is not None:
+            check_session_model(self, self.labels_box.value)  # a session's labels take only its own weights
         note = self.assign_ids(todo)
         work: dict = {}
         for o in todo:

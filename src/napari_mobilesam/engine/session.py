@@ -1,0 +1,272 @@
+"""Annotation sessions: everything needed to redo the labels, as napari-native files in one folder.
+
+A session folder (``NAME.mobilesam``) holds:
+
+- ``points.csv`` and ``boxes.csv``: the prompt layers in napari's own CSV layout (``File > Open``
+  reads them; so do ``mobilesam segment --points/--boxes``), points with their features
+  (``label``, ``object``, ``label_id``, ``mask``);
+- ``labels.tif``: the labels as written (uint32, one page per frame);
+- ``session.json``: the format and version, the image it was made on (name, shape, dtype, a hash of
+  every frame), the model (weights, decoder, the same model hash embedding stores record), how the
+  model saw the image (contrast limits, channels, channel axis), the boxes' ids and mask choices
+  (napari's shapes CSV holds no features) and the settings of each run.
+
+Nothing in a session runs code: JSON, CSV and TIFF only. Saving is atomic (a new folder is written
+beside the old one and swapped in), so an interrupted save leaves the previous session as it was.
+numpy, tifffile and json only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FORMAT", "VERSION", "Session", "check_model", "load_session", "save_session"]
+
+FORMAT = "napari-mobilesam session"
+VERSION = 1
+SUFFIX = ".mobilesam"
+
+
+class SessionError(ValueError):
+    """A session folder that cannot be used, with the reason and the fix."""
+
+
+@dataclass
+class Session:
+    """A session as saved.
+
+    Attributes:
+        folder: the session folder.
+        image: ``{"name", "shape", "dtype", "frame_hashes"}`` of the image it was made on.
+        model: ``{"weights", "decoder", "model_hash"}`` (``model_hash`` as embedding stores record it).
+        preprocess: ``Predictor.set_image`` options (``contrast_limits``, ``channels``) and ``channel_axis``.
+        points: ``(N, D)`` float coordinates and ``point_features`` (columns -> lists), or None.
+        shapes: list of ``(V, D)`` vertex arrays, ``shape_types``, ``shape_ids``, ``shape_masks``.
+        labels: the labels array (lazy-free numpy), or None.
+        runs: the settings of each run, oldest first.
+    """
+
+    folder: Path
+    image: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+    preprocess: dict = field(default_factory=dict)
+    points: np.ndarray | None = None
+    point_features: dict = field(default_factory=dict)
+    shapes: list = field(default_factory=list)
+    shape_types: list = field(default_factory=list)
+    shape_ids: list = field(default_factory=list)
+    shape_masks: list = field(default_factory=list)
+    labels: np.ndarray | None = None
+    runs: list = field(default_factory=list)
+
+    @property
+    def points_csv(self) -> Path | None:
+        p = self.folder / "points.csv"
+        return p if p.is_file() else None
+
+    @property
+    def boxes_csv(self) -> Path | None:
+        p = self.folder / "boxes.csv"
+        return p if p.is_file() else None
+
+
+def frame_hashes(data: Any, n_lead: int) -> list[int]:
+    """The hash of every frame (``engine.store.frame_hash``) of an ``(..., H, W[, C])`` array with
+    ``n_lead`` leading (stack) axes."""
+    from .store import frame_hash
+
+    lead = tuple(int(s) for s in data.shape[:n_lead])
+    return [frame_hash(np.asarray(data[idx])) for idx in np.ndindex(*lead)] if lead else [frame_hash(np.asarray(data))]
+
+
+def _write_points(path: Path, coords: np.ndarray, features: dict) -> None:
+    names = [f"axis-{i}" for i in range(coords.shape[1])]
+    cols = [k for k in features if len(features[k]) == len(coords)]
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["index", *names, *cols])
+        for i, row in enumerate(coords):
+            w.writerow([i, *(repr(float(v)) for v in row), *(_cell(features[k][i]) for k in cols)])
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "True" if v else "False"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return str(int(v)) if float(v).is_integer() else repr(float(v))
+    return str(v)
+
+
+def _write_shapes(path: Path, shapes: Sequence[np.ndarray], types: Sequence[str]) -> None:
+    ndim = max(np.asarray(v).shape[1] for v in shapes)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["index", "shape-type", "vertex-index", *(f"axis-{i}" for i in range(ndim))])
+        for i, (verts, kind) in enumerate(zip(shapes, types, strict=True)):
+            for j, row in enumerate(np.asarray(verts, float)):
+                w.writerow([i, kind, j, *(repr(float(v)) for v in row)])
+
+
+def save_session(
+    folder: str | os.PathLike,
+    *,
+    image: dict,
+    model: dict,
+    preprocess: dict,
+    points: np.ndarray | None = None,
+    point_features: dict | None = None,
+    shapes: Sequence[np.ndarray] = (),
+    shape_types: Sequence[str] | None = None,
+    shape_ids: Sequence[int] | None = None,
+    shape_masks: Sequence[int] | None = None,
+    labels: np.ndarray | None = None,
+    runs: Sequence[dict] = (),
+) -> Path:
+    """Write a session folder (see the module docstring); an existing session there is replaced
+    atomically. Returns the folder. A folder that exists and is not a session is refused."""
+    import tifffile
+
+    folder = Path(folder)
+    if folder.exists() and not (folder / "session.json").is_file() and any(folder.iterdir()):
+        raise SessionError(f"{folder} exists and is not a MobileSAM session; pick a new folder name (e.g. ending in {SUFFIX}).")
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.saving")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    n_shapes = len(shapes)
+    meta = {
+        "format": FORMAT, "version": VERSION, "image": image, "model": model, "preprocess": preprocess,
+        "shape_ids": [int(v) for v in (shape_ids if shape_ids is not None else [0] * n_shapes)],
+        "shape_masks": [int(v) for v in (shape_masks if shape_masks is not None else [0] * n_shapes)],
+        "runs": list(runs),
+    }
+    if points is not None and len(points):
+        _write_points(tmp / "points.csv", np.asarray(points, float), point_features or {})
+    if n_shapes:
+        _write_shapes(tmp / "boxes.csv", shapes, list(shape_types or ["rectangle"] * n_shapes))
+    if labels is not None:
+        tifffile.imwrite(tmp / "labels.tif", np.asarray(labels, np.uint32), photometric="minisblack", compression="zlib")
+    (tmp / "session.json").write_text(json.dumps(meta, indent=1, default=_jsonable))
+    old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, (np.ndarray, tuple)):
+        return list(np.asarray(v).tolist())
+    if isinstance(v, Path):
+        return str(v)
+    raise TypeError(f"{type(v).__name__} is not JSON serialisable")
+
+
+def is_session(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / "session.json").is_file()
+
+
+def load_session(folder: str | os.PathLike) -> Session:
+    """Read a session folder (no code is run: JSON, CSV, TIFF).
+
+    Raises:
+        SessionError: not a session, another format version, or unreadable files (naming the file)."""
+    import tifffile
+
+    folder = Path(folder)
+    meta_path = folder / "session.json"
+    if not meta_path.is_file():
+        raise SessionError(f"{folder} is not a MobileSAM session (no session.json); save one with File > Save Layers... > MobileSAM session.")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as err:
+        raise SessionError(f"{meta_path} cannot be read ({err}); the session is damaged.") from err
+    if meta.get("format") != FORMAT:
+        raise SessionError(f"{meta_path} is not a MobileSAM session file.")
+    if int(meta.get("version", 0)) > VERSION:
+        raise SessionError(f"{folder} was saved by a newer napari-mobilesam (session version {meta.get('version')}); update the plugin.")
+    s = Session(folder, meta.get("image", {}), meta.get("model", {}), meta.get("preprocess", {}),
+                shape_ids=meta.get("shape_ids", []), shape_masks=meta.get("shape_masks", []), runs=meta.get("runs", []))
+    if s.points_csv is not None:
+        s.points, s.point_features = _read_points(s.points_csv)
+    if s.boxes_csv is not None:
+        s.shapes, s.shape_types = _read_shapes(s.boxes_csv)
+    if len(s.shape_ids) != len(s.shapes):
+        raise SessionError(f"{folder}: boxes.csv holds {len(s.shapes)} shapes but session.json {len(s.shape_ids)} box ids; the session is damaged.")
+    lab = folder / "labels.tif"
+    if lab.is_file():
+        try:
+            s.labels = np.asarray(tifffile.imread(lab))
+        except Exception as err:  # noqa: BLE001 - any decoding error of a damaged file
+            raise SessionError(f"{lab} cannot be read ({err}); the session is damaged.") from err
+    return s
+
+
+def _read_points(path: Path) -> tuple[np.ndarray, dict]:
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    header = rows[0]
+    axes = [i for i, h in enumerate(header) if h.startswith("axis-")]
+    feats = [i for i, h in enumerate(header) if h != "index" and not h.startswith("axis-")]
+    body = [r for r in rows[1:] if r]
+    coords = np.array([[float(r[i]) for i in axes] for r in body], float).reshape(len(body), len(axes))
+    out = {}
+    for i in feats:
+        vals = [r[i] for r in body]
+        try:
+            out[header[i]] = [int(float(v)) for v in vals]
+        except ValueError:
+            out[header[i]] = [v in ("True", "true", "1") for v in vals] if set(vals) <= {"True", "False", "true", "false"} else vals
+    return coords, out
+
+
+def _read_shapes(path: Path) -> tuple[list[np.ndarray], list[str]]:
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    header = rows[0]
+    axes = [i for i, h in enumerate(header) if h.startswith("axis-")]
+    ii, ti = header.index("index"), header.index("shape-type")
+    verts: dict[str, list] = {}
+    types: dict[str, str] = {}
+    for r in rows[1:]:
+        if r:
+            verts.setdefault(r[ii], []).append([float(r[i]) for i in axes])
+            types[r[ii]] = r[ti]
+    return [np.array(v, float) for v in verts.values()], list(types.values())
+
+
+def check_model(session: Session, model_hash: str) -> None:
+    """Refuse a session made with other weights (as embedding stores are refused)."""
+    saved = session.model.get("model_hash")
+    if saved and saved != model_hash:
+        raise SessionError(
+            f"{session.folder} was made with other weights ({session.model.get('weights') or 'unknown'}, model hash {saved[:12]}…); "
+            f"this model's hash is {model_hash[:12]}…. Pick the weights the session was made with (--weights), or segment anew."
+        )
+
+
+def check_image(session: Session, data: Any, n_lead: int) -> None:
+    """Refuse a session made for another image: shape or any frame's hash differs."""
+    want = session.image.get("shape")
+    if want is not None and list(want) != [int(v) for v in data.shape]:
+        raise SessionError(f"{session.folder} was made on an image of shape {tuple(want)}, not {tuple(data.shape)}; open the image it was made on.")
+    saved = session.image.get("frame_hashes")
+    if saved:
+        now = frame_hashes(data, n_lead)
+        bad = [i for i, (a, b) in enumerate(zip(saved, now, strict=False)) if int(a) != int(b)]
+        if bad:
+            raise SessionError(f"{session.folder} was made on another image: frame(s) {', '.join(map(str, bad[:5]))} differ; open the image it was made on.")

@@ -1,0 +1,141 @@
+"""Sessions in napari: the npe2 writer ("Save MobileSAM session") and reader (open the folder).
+
+The widget stamps what a session needs beyond the layers (the model, how it saw the image, each
+run's settings) into the output Labels layer's ``metadata["napari-mobilesam-session"]`` whenever it
+writes (:func:`stamp`). The writer saves the Labels layer with the Points / Shapes layers made for the
+same image (:mod:`napari_mobilesam.engine.session`); the reader gives them back as layers the widget
+picks up for that image, with every prompt's id and mask choice, so *Segment* finds them written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..engine.session import is_session, load_session, save_session
+from . import layers as L
+
+__all__ = ["INFO", "check_session_model", "read_session", "session_reader", "stamp", "write_session"]
+
+INFO = "napari-mobilesam-session"  # Labels metadata key
+
+
+def _model_hash(widget) -> str | None:
+    """The widget's model hash (as embedding stores and sessions record it), computed once per model."""
+    from ..engine.store import model_fingerprint
+
+    cache = widget.__dict__.setdefault("_model_hash_of", {})
+    sam = widget.sam
+    if sam is None:
+        return None
+    if id(sam) not in cache:
+        cache.clear()
+        cache[id(sam)] = model_fingerprint(sam)
+    return cache[id(sam)]
+
+
+def check_session_model(widget, labels) -> None:
+    """Refuse to write into the labels of a session made with other weights (as stores are refused)."""
+    saved = ((labels.metadata.get(INFO) or {}).get("model") or {}).get("model_hash")
+    now = _model_hash(widget)
+    if saved and now and saved != now:
+        weights = (labels.metadata[INFO]["model"].get("weights") or "other weights").split("/")[-1]
+        raise ValueError(
+            f"'{labels.name}' is a session made with other weights ({weights}); pick those weights as 'model', "
+            "or choose 'new' as labels layer to segment with this model."
+        )
+
+
+def stamp(widget, labels, image, kw: dict) -> None:
+    """Record on ``labels`` what a session of it needs: image identity, model and pre-processing."""
+    from ..engine.session import frame_hashes
+
+    sam = widget.sam
+    cache = {id(sam): _model_hash(widget)}
+    key = widget._sam_key or ("", "")
+    geo = L.FrameGeometry.of(image)
+    data = L.frame_data(image)
+    info = labels.metadata.get(INFO) or {}
+    if info.get("image", {}).get("name") != image.name or info.get("image", {}).get("shape") != [int(v) for v in data.shape]:
+        info["image"] = {"name": image.name, "shape": [int(v) for v in data.shape], "dtype": str(np.dtype(data.dtype)),
+                         "frame_hashes": frame_hashes(data, geo.n_lead)}
+    info["model"] = {"weights": str(key[0]), "decoder": str(key[2]) if len(key) > 2 else None, "model_hash": cache.get(id(sam))}
+    prep = {k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items() if k in ("contrast_limits", "channels")}
+    prep["channel_axis"] = L.channel_axis(image)
+    info["preprocess"] = prep
+    runs = info.setdefault("runs", [])
+    run = {"overwrite": bool(widget.overwrite.value), "all_frames": bool(widget.all_frames.value)}
+    if not runs or runs[-1] != run:
+        runs.append(run)
+    labels.metadata[INFO] = info
+
+
+# ---------------------------------------------------------------------------------------- writer
+def write_session(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[str]:
+    """npe2 writer: the selected Labels layer (+ Points / Shapes) -> a session folder ``path``."""
+    by_type: dict[str, list] = {}
+    for data, meta, kind in layer_data:
+        by_type.setdefault(kind, []).append((data, meta))
+    if len(by_type.get("labels", [])) != 1:
+        raise ValueError("Select one Labels layer (with its points and boxes layers) to save a MobileSAM session.")
+    labels, lmeta = by_type["labels"][0]
+    info = (lmeta.get("metadata") or {}).get(INFO) or {}
+    points = next(iter(by_type.get("points", [])), None)
+    shapes = next(iter(by_type.get("shapes", [])), None)
+    pf = {}
+    if points is not None:
+        feats = points[1].get("features")
+        pf = {c: feats[c].tolist() for c in ("label", "object", "label_id", "mask") if feats is not None and c in feats}
+    sf = shapes[1].get("features") if shapes is not None else None
+    folder = Path(path)
+    if folder.suffix != ".mobilesam":
+        folder = folder.with_name(folder.name + ".mobilesam")
+    save_session(
+        folder,
+        image=info.get("image", {"name": (lmeta.get("metadata") or {}).get("image")}),
+        model=info.get("model", {}),
+        preprocess=info.get("preprocess", {}),
+        points=None if points is None else np.asarray(points[0], float),
+        point_features=pf,
+        shapes=[] if shapes is None else [np.asarray(v, float) for v in shapes[0]],
+        shape_types=None if shapes is None else list(shapes[1].get("shape_type", [])),
+        shape_ids=None if sf is None or "label_id" not in sf else sf["label_id"].tolist(),
+        shape_masks=None if sf is None or "mask" not in sf else sf["mask"].tolist(),
+        labels=np.asarray(labels),
+        runs=info.get("runs", []),
+    )
+    return [str(folder)]
+
+
+# ---------------------------------------------------------------------------------------- reader
+def session_reader(path: str | list[str]):
+    """npe2 reader: a session folder -> :func:`read_session`; anything else -> None."""
+    p = path[0] if isinstance(path, list) else path
+    return read_session if is_session(p) else None
+
+
+def read_session(path: str | list[str]) -> list[tuple[Any, dict, str]]:
+    """A session folder -> its Labels, Points and Shapes layers, marked for the image it was made on."""
+    import pandas as pd
+
+    s = load_session(path[0] if isinstance(path, list) else path)
+    image = s.image.get("name") or "image"
+    out = []
+    if s.labels is not None:
+        info = {"image": s.image, "model": s.model, "preprocess": s.preprocess, "runs": s.runs}
+        out.append((s.labels, {"name": f"{image} labels", "metadata": {L.MARK: "labels", "image": image, INFO: info}}, "labels"))
+    if s.shapes:
+        feats = pd.DataFrame({"label_id": np.asarray(s.shape_ids, int), "mask": np.asarray(s.shape_masks, int)})
+        out.append(([np.asarray(v, float) for v in s.shapes], {
+            "name": f"{image} boxes", "shape_type": s.shape_types, "features": feats, "edge_color": L.POSITIVE_COLOR,
+            "face_color": "transparent", "metadata": {L.MARK: "shapes", "image": image}}, "shapes"))
+    if s.points is not None:
+        n = len(s.points)
+        cols = {c: np.asarray(s.point_features.get(c, [d] * n), int) for c, d in (("label", 1), ("object", 0), ("label_id", 0), ("mask", 0))}
+        out.append((s.points, {
+            "name": f"{image} points", "features": pd.DataFrame(cols), "face_color": "label",
+            "face_color_cycle": {1: L.POSITIVE_COLOR, 0: L.NEGATIVE_COLOR}, "border_color": "white",
+            "metadata": {L.MARK: "points", "image": image}}, "points"))
+    return out

@@ -1,0 +1,137 @@
+"""Sessions (issue 13): save from napari, replay with ``mobilesam segment --session``, reopen and go on.
+
+As a user runs it: annotate in the widget, File > Save Selected Layers... > "MobileSAM session" (the
+npe2 writer), replay the folder on the command line, open it again in napari (the npe2 reader), press
+Segment, add a prompt, save again. Run under Xvfb: ``xvfb-run -a python -m pytest tests/test_session.py``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from test_prompt_equality import _cells  # noqa: E402
+
+from napari_mobilesam.cli import main  # noqa: E402
+from napari_mobilesam.gui.widget import CHOOSE_FILE, MobileSAMWidget  # noqa: E402
+from napari_mobilesam.testing import synthetic_stack  # noqa: E402
+from napari_mobilesam.testing.metrics import interior_point  # noqa: E402
+
+pytestmark = pytest.mark.gui
+TIMEOUT = 300_000
+
+
+def _widget(viewer, sam, path):
+    w = MobileSAMWidget(viewer)
+    w.model_box.value = CHOOSE_FILE
+    w.model_file.value = str(path)
+    w.device_box.value = "cpu"
+    w.set_model(sam, (str(path), "cpu"))
+    return w
+
+
+def _segment(qtbot, w):
+    w.all_frames.value = True
+    w.segment()
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
+
+
+def _save(viewer, w, folder):
+    viewer.layers.selection = {w.labels_box.value, w.points_box.value, w.shapes_box.value}
+    return viewer.layers.save(str(folder), selected=True, plugin="napari-mobilesam")
+
+
+def test_session_round_trip(qtbot, make_napari_viewer, fsam, fcheckpoint, sam, checkpoint, tmp_path, capsys):
+    stack, gt = synthetic_stack(n_frames=2, shape=(128, 128), n=6, seed=41)
+    tif = tmp_path / "movie.tif"
+    tifffile.imwrite(tif, stack, photometric="minisblack")
+    viewer = make_napari_viewer()
+    viewer.add_image(stack, name="movie")
+    w = _widget(viewer, fsam, fcheckpoint)
+    a, b = _cells(gt[0], 2)
+    c = _cells(gt[1], 1)[0]
+    w.points_box.value.add(np.array([[0, *interior_point(gt[0] == a)], [1, *interior_point(gt[1] == c)]]))
+    r, q = np.nonzero(gt[0] == b)
+    w.shapes_box.value.add_rectangles(np.array([[0, r.min(), q.min()], [0, r.min(), q.max()], [0, r.max(), q.max()], [0, r.max(), q.min()]], float))
+    _segment(qtbot, w)
+    labels = np.asarray(w.labels_box.value.data).copy()
+    assert labels[0].any() and set(np.unique(labels)) <= {0, 1, 2, 3}
+
+    # save: napari-native files and one JSON
+    folder = tmp_path / "run1.mobilesam"
+    assert _save(viewer, w, folder) == [str(folder)]
+    assert sorted(p.name for p in folder.iterdir()) == ["boxes.csv", "labels.tif", "points.csv", "session.json"]
+    meta = json.loads((folder / "session.json").read_text())
+    assert meta["model"]["model_hash"] and meta["shape_ids"] == [1] and meta["image"]["shape"] == [2, 128, 128]
+    np.testing.assert_array_equal(tifffile.imread(folder / "labels.tif"), labels)
+
+    # replay on the command line: identical labels
+    out = tmp_path / "replay.tif"
+    model = ["--weights", str(fcheckpoint), "--device", "cpu", "-q"]
+    assert main(["segment", str(tif), "--session", str(folder), "-o", str(out), *model]) == 0
+    np.testing.assert_array_equal(tifffile.imread(out), labels)
+    # other weights, or another image: refused with a message
+    assert main(["segment", str(tif), "--session", str(folder), "-o", str(tmp_path / "x.tif"), "--weights", str(checkpoint), "-q"]) == 2
+    assert "made with other weights" in capsys.readouterr().err
+    other = tmp_path / "other.tif"
+    tifffile.imwrite(other, np.ascontiguousarray(stack[:, ::-1]), photometric="minisblack")
+    assert main(["segment", str(other), "--session", str(folder), "-o", str(tmp_path / "y.tif"), *model]) == 2
+    assert "made on another image" in capsys.readouterr().err
+    assert not (tmp_path / "x.tif").exists() and not (tmp_path / "y.tif").exists()
+
+    # reopen in a new napari: the widget picks the session's layers; Segment changes nothing
+    viewer2 = make_napari_viewer()
+    viewer2.add_image(stack, name="movie")
+    w2 = _widget(viewer2, fsam, fcheckpoint)
+    opened = viewer2.open(str(folder), plugin="napari-mobilesam")
+    assert {layer._type_string for layer in opened} == {"labels", "points", "shapes"}
+    assert w2.labels_box.value is next(la for la in opened if la._type_string == "labels")
+    assert w2.points_box.value is next(la for la in opened if la._type_string == "points")
+    _segment(qtbot, w2)
+    np.testing.assert_array_equal(w2.labels_box.value.data, labels)
+    # resume: one more click, a new id after the session's, saved again and replayed
+    d = [i for i in _cells(gt[1], 6) if not labels[1][gt[1] == i].any()][0]
+    w2.points_box.value.add(np.array([[1, *interior_point(gt[1] == d)]]))
+    _segment(qtbot, w2)
+    resumed = np.asarray(w2.labels_box.value.data).copy()
+    assert w2.points_box.value.features["label_id"].tolist() == [2, 3, 4]  # after the session's ids (box 1, clicks 2, 3)
+    assert np.array_equal(resumed[labels > 0], labels[labels > 0]) and set(np.unique(resumed)) <= {0, 1, 2, 3, 4}
+    assert _save(viewer2, w2, folder) == [str(folder)]
+    assert main(["segment", str(tif), "--session", str(folder), "-o", str(tmp_path / "replay2.tif"), *model]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "replay2.tif"), resumed)
+
+    # the widget refuses to write into the session's labels with other weights
+    w2.set_model(sam, (str(checkpoint), "cpu"))
+    w2.model_file.value = str(checkpoint)
+    w2.points_box.value.add(np.array([[0, 5.0, 5.0]]))
+    before = np.asarray(w2.labels_box.value.data).copy()
+    _segment(qtbot, w2)
+    assert "made with other weights" in w2.status.value
+    np.testing.assert_array_equal(w2.labels_box.value.data, before)
+
+
+def test_session_files_are_checked_and_saved_atomically(tmp_path):
+    from napari_mobilesam.engine.session import SessionError, load_session, save_session
+
+    mine = tmp_path / "results"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    with pytest.raises(SessionError, match="is not a MobileSAM session; pick a new folder"):
+        save_session(mine, image={}, model={}, preprocess={}, labels=np.zeros((4, 4), np.uint32))
+    assert (mine / "notes.txt").read_text() == "my notes"  # a folder the user made is never replaced
+    s = save_session(tmp_path / "a.mobilesam", image={"name": "x"}, model={}, preprocess={}, labels=np.ones((4, 4), np.uint32),
+                     points=np.array([[1.0, 2.0]]), point_features={"label": [1], "label_id": [3]})
+    again = load_session(s)
+    assert again.points.tolist() == [[1.0, 2.0]] and again.point_features["label_id"] == [3] and again.labels.sum() == 16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mobilesam", "results"]  # no temporary folder left
+    (s / "session.json").write_text("{not json")
+    with pytest.raises(SessionError, match="session.json cannot be read"):
+        load_session(s)
+    with pytest.raises(SessionError, match="not a MobileSAM session"):
+        load_session(mine)
