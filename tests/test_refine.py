@@ -191,3 +191,39 @@ def test_widget_refines_a_hand_painted_label_with_a_negative_point(qtbot, make_n
         np.testing.assert_array_equal(layer.data, painted)
     finally:
         w.shutdown()
+
+
+@pytest.mark.gui
+def test_live_mode_keeps_an_earlier_object_picked_for_refinement(qtbot, make_napari_viewer, fsam, fcheckpoint, cells):
+    """An object the widget wrote, then picked for refinement: its points are Refine's now, and live mode
+    must not take it for a deleted prompt (and clear it) when a correcting point is added."""
+    pytest.importorskip("pytestqt")
+    from napari_mobilesam.gui.widget import CHOOSE_FILE, MobileSAMWidget
+
+    img, gt = cells
+    cid = _inner_cells(gt, 8)[4]
+    viewer = make_napari_viewer()
+    viewer.add_image(img, name="img")
+    w = MobileSAMWidget(viewer)
+    try:
+        w.model_box.value = CHOOSE_FILE
+        w.model_file.value = str(fcheckpoint)
+        w.device_box.value = "cpu"
+        w.set_model(fsam, (str(fcheckpoint), "cpu"))
+        w.live.value = True
+        qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
+        points = w.points_box.value
+        points.add([interior_point(gt == cid)])
+        qtbot.waitUntil(lambda: not w.live_pending and not w.busy, timeout=TIMEOUT)
+        layer = w.labels_box.value
+        before = np.asarray(layer.data).copy()
+        assert (before == 1).any()
+        w.refine.label.value = 1
+        w.mode.value = "negative"
+        r, c = np.nonzero(before == 1)
+        points.add([[r.min(), c.min()]])  # a correcting point: names label 1
+        qtbot.waitUntil(lambda: not w.live_pending and not w.busy, timeout=TIMEOUT)
+        assert points.features["label_id"].tolist() == [1, 1]
+        np.testing.assert_array_equal(layer.data, before)  # live mode left label 1 alone
+    finally:
+        w.shutdown()

@@ -98,6 +98,7 @@ class RefineSection:
     def _on_label(self, value: int) -> None:
         self._watch_points(self._points)  # after every handler connected meanwhile (the widget's resets new rows' ids)
         if value > 0:
+            self.w.release(value)  # live mode must not clear it now that its prompts are Refine's
             self.w.status.value = f"Refine label {value}: add points (T toggles positive/negative), then press Refine label."
 
     def _watch_points(self, layer: Points | None) -> None:
