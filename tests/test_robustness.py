@@ -21,6 +21,7 @@ import zarr
 from napari_mobilesam.cli import main
 from napari_mobilesam.engine.io import InputError, LabelWriter
 from napari_mobilesam.engine.labelfile import OutputLock
+from napari_mobilesam.engine.objects import Prompt
 from test_cli import EVERYTHING, synthetic_stack
 
 
@@ -295,3 +296,21 @@ def test_planar_five_channel_tiff_and_channel_axis_of_the_file(tmp_path):
     z.open_array(hwc, mode="w", shape=(32, 40, 5), dtype="uint8")[:] = 1
     src = with_channel_axis(open_image(hwc), -1)
     assert src.frame_ndim == 3 and src.frame_shape == (32, 40, 5) and src.n_frames == 1
+
+
+def test_embed_and_segment_a_planar_five_channel_tiff(tmp_path, model_args, predictor):
+    """``mobilesam embed/segment`` on a (5, H, W) planar TIFF with --channels: the frames' 5 channels
+    are last, as everything mode reads them (before: "no obvious channel axis", exit 2)."""
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 4000, (5, 48, 56)).astype(np.uint16)
+    path = tmp_path / "planar5.tif"
+    tifffile.imwrite(path, img, planarconfig="separate", photometric="minisblack")
+    assert main(["embed", str(path), "-o", str(tmp_path / "e.zarr"), "--channels", "0", "1", "2", *model_args]) == 0
+    pts = tmp_path / "p.csv"
+    pts.write_text("index,axis-0,axis-1\n0,20,30\n")
+    out = tmp_path / "l.tif"
+    assert main(["segment", str(path), "--points", str(pts), "-o", str(out), "--channels", "0", "1", "2", *model_args]) == 0
+    predictor.set_image(np.moveaxis(img, 0, -1), channel_axis=-1, channels=[0, 1, 2])
+    want = predictor.predict_objects([Prompt(points=[[20, 30]])], multimask_output=True)[0]
+    got = tifffile.imread(out)
+    assert got.shape == (48, 56) and np.array_equal(got > 0, want.full())

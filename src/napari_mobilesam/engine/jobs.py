@@ -28,6 +28,13 @@ def _trusted_store(path: str):
     return EmbeddingStore(Path(path), zarr.open_group(path, mode="r"))
 
 
+def _frame_options(source: ImageSource, preprocess: dict) -> dict:
+    """``set_image`` options for a frame of ``source``: frames of more than 4 channels come with their
+    channels last (``(H, W, C)``), which ``set_image`` cannot guess from the shape alone."""
+    many = source.frame_ndim == 3 and int(source.frame_shape[-1]) > 4
+    return {**preprocess, "channel_axis": -1} if many else dict(preprocess)
+
+
 def decode_objects(pred, objects, multimask_all: bool = False) -> list:
     """Masks (``ObjectMask``) of :class:`~.prompts.ObjectPrompt` objects on the predictor's current frame,
     in input order, each decoded as its rule says (single clicks: best of three; ``mask`` 1-3: that one),
@@ -85,7 +92,7 @@ class EmbedJob:
 
         pred = models.predictor
         frame = source.read(t)
-        pred.set_image(frame, key=("embed", source.path, t), **self.preprocess)
+        pred.set_image(frame, key=("embed", source.path, t), **_frame_options(source, self.preprocess))
         return pred.get_embedding().features.detach().to("cpu").float().numpy().reshape(256, 64, 64), frame_hash(frame)
 
 
@@ -115,7 +122,7 @@ class SegmentJob:
         if key is not None:
             pred.set_embedding(pred.cache.get(key), key)
         else:
-            pred.set_image(source.read(t), key=("segment", source.path, t), **self.preprocess)
+            pred.set_image(source.read(t), key=("segment", source.path, t), **_frame_options(source, self.preprocess))
         existing = None
         if self.refine:
             from .refine import open_labels, refine_objects
