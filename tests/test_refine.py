@@ -47,6 +47,11 @@ def test_split_takes_the_points_that_name_an_existing_label():
     assert not rest.problems
     found, rest = split_refinements(table, lambda f: labels, 0, (), spatial=(40, 40), ids={5})
     assert found == [] and [o.point_rows for o in rest.objects] == [[0, 2], [1, 3]]
+    # negative points alone correct a label; a point off the frame is named with its row, as other prompts are
+    table = PromptTable.of(points=[[12, 12], [50, 5]], labels=[0, 0], ids=[7, 7])
+    found, rest = split_refinements(table, lambda f: labels, 0, (), spatial=(40, 40))
+    assert [(o.label_id, o.point_rows, o.prompt.labels.tolist()) for o in found] == [(7, [0], [0])]
+    assert [(p.row, p.why) for p in rest.problems] == [(1, "outside the 40 x 40 frame (rows 0..39, columns 0..39)")]
 
 
 def test_a_bad_mask_and_one_click_get_closer_to_the_cell(fpredictor, cells):
@@ -139,12 +144,22 @@ def test_cli_refines_the_named_label_and_copies_the_others(fcheckpoint, fpredict
 
 
 # ---------------------------------------------------------------------- the widget (napari under Xvfb)
+def _widget(viewer, fsam, fcheckpoint):
+    """The dock widget on ``viewer`` with the functional test model (built once per session)."""
+    from napari_mobilesam.gui.widget import CHOOSE_FILE, MobileSAMWidget
+
+    w = MobileSAMWidget(viewer)
+    w.model_box.value = CHOOSE_FILE
+    w.model_file.value = str(fcheckpoint)
+    w.device_box.value = "cpu"
+    w.set_model(fsam, (str(fcheckpoint), "cpu"))
+    return w
+
+
 @pytest.mark.gui
 def test_widget_refines_a_hand_painted_label_with_a_negative_point(qtbot, make_napari_viewer, fsam, fcheckpoint, cells):
     pytest.importorskip("pytestqt")
     from types import SimpleNamespace
-
-    from napari_mobilesam.gui.widget import CHOOSE_FILE, MobileSAMWidget
 
     img, gt = cells
     inner = _inner_cells(gt, 8)
@@ -158,12 +173,8 @@ def test_widget_refines_a_hand_painted_label_with_a_negative_point(qtbot, make_n
     viewer = make_napari_viewer()
     viewer.add_image(img, name="img")
     layer = viewer.add_labels(painted.copy(), name="painted")
-    w = MobileSAMWidget(viewer)
+    w = _widget(viewer, fsam, fcheckpoint)
     try:
-        w.model_box.value = CHOOSE_FILE
-        w.model_file.value = str(fcheckpoint)
-        w.device_box.value = "cpu"
-        w.set_model(fsam, (str(fcheckpoint), "cpu"))
         w.labels_box.value = layer
         # Alt+click on the labels layer picks the label under the cursor; a plain click does not
         w.refine._pick(layer, SimpleNamespace(modifiers=(), position=(r0 + 1, c0 + 1)))
@@ -198,18 +209,12 @@ def test_live_mode_keeps_an_earlier_object_picked_for_refinement(qtbot, make_nap
     """An object the widget wrote, then picked for refinement: its points are Refine's now, and live mode
     must not take it for a deleted prompt (and clear it) when a correcting point is added."""
     pytest.importorskip("pytestqt")
-    from napari_mobilesam.gui.widget import CHOOSE_FILE, MobileSAMWidget
-
     img, gt = cells
     cid = _inner_cells(gt, 8)[4]
     viewer = make_napari_viewer()
     viewer.add_image(img, name="img")
-    w = MobileSAMWidget(viewer)
+    w = _widget(viewer, fsam, fcheckpoint)
     try:
-        w.model_box.value = CHOOSE_FILE
-        w.model_file.value = str(fcheckpoint)
-        w.device_box.value = "cpu"
-        w.set_model(fsam, (str(fcheckpoint), "cpu"))
         w.live.value = True
         qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
         points = w.points_box.value

@@ -18,8 +18,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .prompt_checks import point_problem
-from .prompts import Collection, ObjectPrompt, Problem, PromptTable, _frame_of, _reason, _where_point, collect_objects
+from .prompts import Collection, ObjectPrompt, PromptTable, _frame_of, collect_objects
 from .propagate import _bbox, mask_to_logits
 
 __all__ = ["REFINE_RULE", "open_labels", "read_refinements", "refine_objects", "refinement", "split_refinements"]
@@ -78,10 +77,7 @@ def split_refinements(
     from .objects import Prompt
 
     pts = np.asarray(table.points, float).reshape(len(table.points), -1) if len(table.points) else np.zeros((0, n_lead + 2))
-    keep = None if frames is None else {tuple(f) for f in frames}
-    rows: dict[tuple[Frame, int], list[int]] = {}
     taken = np.zeros(len(pts), bool)
-    problems: list[Problem] = []
     present: dict[Frame, set[int]] = {}
     for i, p in enumerate(pts):
         k = int(table.point_ids[i])
@@ -92,25 +88,26 @@ def split_refinements(
             continue  # collect_objects names it
         if f not in present:
             present[f] = {int(v) for v in np.unique(labels(f))} - {0}
-        if k not in present[f]:
-            continue  # no such label there: an ordinary prompt with that id
-        taken[i] = True
-        if keep is not None and f not in keep:
-            continue
-        why = point_problem(p[-2:], spatial) if spatial is not None else None
-        if why is not None:
-            problems.append(Problem("point", i, _where_point(p), _reason(why)))
-            continue
-        rows.setdefault((f, k), []).append(i)
-    found = []
-    for (f, k), r in sorted(rows.items()):
-        found.append(ObjectPrompt(f, Prompt(points=pts[r, -2:], labels=table.point_labels[r]), k, list(r), []))
-    rest_rows = np.flatnonzero(~taken)
+        taken[i] = k in present[f]  # else no such label there: an ordinary prompt with that id
+    # the refinement rows as point groups (one per label id and frame), checked by the usual rules;
+    # all positive here only so that a label corrected by negative points alone is still an object
+    ref_rows, rest_rows = np.flatnonzero(taken), np.flatnonzero(~taken)
+    ref = _subset(table, ref_rows)
+    ref.point_groups, ref.point_labels = ref.point_ids.copy(), np.ones(len(ref_rows), int)
+    ref.shapes, ref.shape_ids, ref.shape_masks = [], np.zeros(0, int), np.zeros(0, int)  # the shapes are the rest's
+    found = collect_objects(ref, n_lead, lead_shape, current, frames, spatial)
     rest = collect_objects(_subset(table, rest_rows), n_lead, lead_shape, current, frames, spatial)
+    refinements = []
+    for o in found.objects:
+        r = [int(ref_rows[i]) for i in o.point_rows]
+        prompt = Prompt(points=pts[r, -2:], labels=table.point_labels[r])
+        refinements.append(ObjectPrompt(o.frame, prompt, int(table.point_ids[r[0]]), r, []))
+    refinements.sort(key=lambda o: (o.frame, o.label_id))
     for o in rest.objects:
         o.point_rows = [int(rest_rows[i]) for i in o.point_rows]
-    back = [replace(p, row=int(rest_rows[p.row])) if p.kind == "point" else p for p in rest.problems]
-    return found, Collection(rest.objects, back + problems)
+    problems = [replace(p, row=int(rows[p.row])) if p.kind == "point" else p
+                for col, rows in ((rest, rest_rows), (found, ref_rows)) for p in col.problems]
+    return refinements, Collection(rest.objects, problems)
 
 
 def refine_objects(objects: Sequence[ObjectPrompt], labels_frame: np.ndarray, predictor, ids: AnyCollection[int] | None = None) -> list[ObjectPrompt]:
