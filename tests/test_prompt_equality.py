@@ -25,6 +25,16 @@ pytestmark = pytest.mark.gui
 TIMEOUT = 300_000
 
 
+def widget_with_model(viewer, sam, path) -> MobileSAMWidget:
+    """The dock widget on ``viewer`` with an already built model (as after its first load)."""
+    w = MobileSAMWidget(viewer)
+    w.model_box.value = CHOOSE_FILE
+    w.model_file.value = str(path)
+    w.device_box.value = "cpu"
+    w.set_model(sam, (str(path), "cpu"))
+    return w
+
+
 def _cells(lab: np.ndarray, k: int) -> list[int]:
     """The ``k`` largest cells of a label frame that do not touch its border."""
     ids, counts = np.unique(lab[lab > 0], return_counts=True)
@@ -45,11 +55,7 @@ def test_widget_and_cli_give_identical_labels(qtbot, make_napari_viewer, fsam, f
     tifffile.imwrite(tif, stack, photometric="minisblack")
     viewer = make_napari_viewer()
     image = viewer.add_image(stack, name="movie")
-    w = MobileSAMWidget(viewer)
-    w.model_box.value = CHOOSE_FILE
-    w.model_file.value = str(fcheckpoint)
-    w.device_box.value = "cpu"
-    w.set_model(fsam, (str(fcheckpoint), "cpu"))
+    w = widget_with_model(viewer, fsam, fcheckpoint)
 
     a, b, c, d = _cells(gt[0], 4)
     shared = b if b in _cells(gt[1], 9) else _cells(gt[1], 1)[0]  # the cell group 5 follows on frame 1
@@ -104,11 +110,7 @@ def test_stray_negative_point_widget_warns_cli_refuses_labels_agree(qtbot, make_
     tifffile.imwrite(tif, stack, photometric="minisblack")
     viewer = make_napari_viewer()
     image = viewer.add_image(stack, name="movie")
-    w = MobileSAMWidget(viewer)
-    w.model_box.value = CHOOSE_FILE
-    w.model_file.value = str(fcheckpoint)
-    w.device_box.value = "cpu"
-    w.set_model(fsam, (str(fcheckpoint), "cpu"))
+    w = widget_with_model(viewer, fsam, fcheckpoint)
     (a,) = _cells(gt[0], 1)
     points = w.points_box.value
     points.add(np.array([[0, *interior_point(gt[0] == a)], [1, 40.0, 40.0]]))

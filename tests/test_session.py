@@ -16,24 +16,14 @@ import tifffile
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from test_prompt_equality import _cells  # noqa: E402
+from test_prompt_equality import _cells, widget_with_model  # noqa: E402
 
 from napari_mobilesam.cli import main  # noqa: E402
-from napari_mobilesam.gui.widget import CHOOSE_FILE, MobileSAMWidget  # noqa: E402
 from napari_mobilesam.testing import synthetic_stack  # noqa: E402
 from napari_mobilesam.testing.metrics import interior_point  # noqa: E402
 
 pytestmark = pytest.mark.gui
 TIMEOUT = 300_000
-
-
-def _widget(viewer, sam, path):
-    w = MobileSAMWidget(viewer)
-    w.model_box.value = CHOOSE_FILE
-    w.model_file.value = str(path)
-    w.device_box.value = "cpu"
-    w.set_model(sam, (str(path), "cpu"))
-    return w
 
 
 def _segment(qtbot, w):
@@ -53,7 +43,7 @@ def test_session_round_trip(qtbot, make_napari_viewer, fsam, fcheckpoint, sam, c
     tifffile.imwrite(tif, stack, photometric="minisblack")
     viewer = make_napari_viewer()
     viewer.add_image(stack, name="movie")
-    w = _widget(viewer, fsam, fcheckpoint)
+    w = widget_with_model(viewer, fsam, fcheckpoint)
     a, b = _cells(gt[0], 2)
     c = _cells(gt[1], 1)[0]
     w.points_box.value.add(np.array([[0, *interior_point(gt[0] == a)], [1, *interior_point(gt[1] == c)]]))
@@ -88,7 +78,7 @@ def test_session_round_trip(qtbot, make_napari_viewer, fsam, fcheckpoint, sam, c
     # reopen in a new napari: the widget picks the session's layers; Segment changes nothing
     viewer2 = make_napari_viewer()
     viewer2.add_image(stack, name="movie")
-    w2 = _widget(viewer2, fsam, fcheckpoint)
+    w2 = widget_with_model(viewer2, fsam, fcheckpoint)
     opened = viewer2.open(str(folder), plugin="napari-mobilesam")
     assert {layer._type_string for layer in opened} == {"labels", "points", "shapes"}
     assert w2.labels_box.value is next(la for la in opened if la._type_string == "labels")
