@@ -232,3 +232,30 @@ def test_live_mode_keeps_an_earlier_object_picked_for_refinement(qtbot, make_nap
         np.testing.assert_array_equal(layer.data, before)  # live mode left label 1 alone
     finally:
         w.shutdown()
+
+
+def test_cli_refine_on_a_stack_of_three_frames(fcheckpoint, tmp_path):
+    """A 3-frame labels stack (tifffile saves it as if it were planar RGB) refines per frame: the frame
+    without prompts is copied, a new object on another frame takes an id after the file's largest label."""
+    from napari_mobilesam.cli import main
+    from napari_mobilesam.testing import synthetic_stack
+
+    stack, gt = synthetic_stack(n_frames=3, shape=(128, 128), n=6, seed=31)
+    existing = gt.astype(np.uint16)
+    cid = int(np.bincount(gt[1].ravel())[1:].argmax()) + 1
+    existing[1][ndi.binary_dilation(gt[1] == cid, iterations=6) & (existing[1] == 0)] = cid
+    tifffile.imwrite(tmp_path / "movie.tif", stack, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "old.tif", existing, photometric="rgb", planarconfig="separate")  # as tifffile's default did
+    p = interior_point(gt[1] == cid)
+    free = np.argwhere(existing[2] == 0)[len(np.argwhere(existing[2] == 0)) // 2]
+    (tmp_path / "pts.csv").write_text(f"index,axis-0,axis-1,axis-2,label,label_id\n0,1,{p[0]},{p[1]},1,{cid}\n"
+                                      f"1,2,{free[0]},{free[1]},1,0\n")
+    out = tmp_path / "out.tif"
+    assert main(["segment", str(tmp_path / "movie.tif"), "--refine", str(tmp_path / "old.tif"), "--points", str(tmp_path / "pts.csv"),
+                 "-o", str(out), "--weights", str(fcheckpoint), "--device", "cpu", "-q"]) == 0
+    res = tifffile.imread(out)
+    np.testing.assert_array_equal(res[0], existing[0])
+    keep = (existing[1] > 0) & (existing[1] != cid)
+    np.testing.assert_array_equal(res[1][keep], existing[1][keep])
+    np.testing.assert_array_equal(res[2][existing[2] > 0], existing[2][existing[2] > 0])
+    assert set(np.unique(res[2][existing[2] == 0]).tolist()) <= {0, int(existing.max()) + 1}

@@ -147,8 +147,11 @@ def open_labels(path: str, source):
     from .io import InputError, open_image
 
     labels = open_image(path)
+    if labels.channel_first:  # a (3, H, W) or (4, H, W) stack that tifffile saved as planar colour: frames here
+        sh = labels.shape
+        labels = replace(labels, shape=(*sh[:-3], sh[-1], sh[-3], sh[-2]), channel_first=False)
     want = tuple(source.leading_shape) + tuple(source.hw)
-    if labels.shape != want or labels.channel_first:
+    if labels.shape != want:
         raise InputError(f"--refine {path}: labels of shape {labels.shape} do not fit the image's frames {want}; "
                          "give the labels made for this image.")
     if not np.issubdtype(np.dtype(labels.dtype), np.integer):
