@@ -161,6 +161,8 @@ def test_widget_refines_a_hand_painted_label_with_a_negative_point(qtbot, make_n
     pytest.importorskip("pytestqt")
     from types import SimpleNamespace
 
+    from vispy.util.keys import ALT, CONTROL
+
     img, gt = cells
     inner = _inner_cells(gt, 8)
     a, b = inner[4], inner[1]  # cells the weak test model segments from a mask prompt (see the IoU test)
@@ -176,11 +178,18 @@ def test_widget_refines_a_hand_painted_label_with_a_negative_point(qtbot, make_n
     w = _widget(viewer, fsam, fcheckpoint)
     try:
         w.labels_box.value = layer
-        # Alt+click on the labels layer picks the label under the cursor; a plain click does not
-        w.refine._pick(layer, SimpleNamespace(modifiers=(), position=(r0 + 1, c0 + 1)))
+        # Ctrl+click on the labels layer picks the label under the cursor (vispy's keys, as napari passes
+        # them), and so does a click in napari's picker mode; a plain click does not
+        assert w.refine._pick in layer.mouse_drag_callbacks
+        w.refine._pick(layer, SimpleNamespace(modifiers=(ALT,), position=(r0 + 1, c0 + 1)))
         assert w.refine.label.value == 0
-        w.refine._pick(layer, SimpleNamespace(modifiers=("Alt",), position=(r0 + 1, c0 + 1)))
+        w.refine._pick(layer, SimpleNamespace(modifiers=(CONTROL,), position=(r.min(), c.min() + (c.max() - c.min()) // 2)))
         assert w.refine.label.value == 7
+        layer.mode = "pick"
+        w.refine._pick(layer, SimpleNamespace(modifiers=(), position=tuple(np.argwhere(painted == 3)[0])))
+        assert w.refine.label.value == 3
+        layer.mode = "pan_zoom"
+        w.refine.label.value = 7
         w.mode.value = "negative"
         points = w.points_box.value
         points.add([[r0 + 3, c0 + 3]])  # a negative point in the rectangle's corner, off the cell

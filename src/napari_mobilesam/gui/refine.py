@@ -1,6 +1,6 @@
 """'Refine a label' section: correct an existing label (hand-painted, cellpose, stardist, an earlier run).
 
-The user picks the label (the *refine label* field, or Alt+click on it in the labels layer). Points
+The user picks the label (the *refine label* field, or Ctrl+click on it in the labels layer). Points
 placed while it is picked name it (their ``label_id`` is its id). *Refine* then prompts SAM with the
 label's own mask (as mask input), its box and those points (:mod:`napari_mobilesam.engine.refine`),
 and writes the result over that label only, with its id, as one Ctrl+Z step. Segment leaves the
@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 __all__ = ["RefineSection", "refine_frame"]
 
 HELP = (
-    "Refine an existing label: type its id or Alt+click it in the labels layer, add positive points (to grow it) "
+    "Refine an existing label: type its id or Ctrl+click it in the labels layer (pan/zoom mode; or click it in "
+    "napari's picker mode), add positive points (to grow it) "
     "and negative points (to cut it) on this frame, then press Refine. The label's own mask (as SAM's mask input) "
     "and its box are the prompt, with the points placed while it is picked (they get its id as label_id). The result replaces only that label's "
     "pixels (it never covers other labels) and keeps its id; one Ctrl+Z undoes it. Rule: " + REFINE_RULE + "."
@@ -57,7 +58,7 @@ class RefineSection:
     def __init__(self, widget: MobileSAMWidget) -> None:
         self.w = widget
         self.label = SpinBox(label="refine label", value=0, min=0, max=2**31 - 1,
-                             tooltip="Id of the label to refine (0: off); Alt+click a label in the labels layer picks it. " + HELP)
+                             tooltip="Id of the label to refine (0: off); Ctrl+click a label in the labels layer picks it. " + HELP)
         self.button = PushButton(text="Refine label")
         self.button.tooltip = HELP
         self.section = Section("Refine a label", self.label, self.button)
@@ -88,8 +89,9 @@ class RefineSection:
             layer.mouse_drag_callbacks.append(self._pick)
 
     def _pick(self, layer: Labels, event) -> None:
-        """Alt+click on the labels layer: the label under the cursor becomes the refine label."""
-        if "Alt" not in set(map(str, event.modifiers)):
+        """Ctrl+click on the labels layer (Cmd+click on macOS), or a click in its picker mode: the label
+        under the cursor becomes the refine label. (Alt is napari's: zoom box, brush size.)"""
+        if "Control" not in event.modifiers and str(layer.mode) != "pick":  # vispy keys compare equal to names
             return
         value = layer.get_value(event.position, world=True)
         if value is not None and int(value) > 0:
@@ -135,7 +137,7 @@ class RefineSection:
         w = self.w
         k = int(self.label.value)
         if k <= 0:
-            raise ValueError("No label to refine: type its id in 'refine label' or Alt+click it in the labels layer.")
+            raise ValueError("No label to refine: type its id in 'refine label' or Ctrl+click it in the labels layer.")
         layer = w.labels_box.value
         if layer is None:
             raise ValueError("No labels layer: pick the layer that holds the label under 'labels out'.")
@@ -143,7 +145,7 @@ class RefineSection:
         existing = frame_view(layer, cur).copy()
         if not (existing == k).any():
             where = f" on frame {cur}" if cur else ""
-            raise ValueError(f"Label {k} is not in '{layer.name}'{where}: pick a label that is there (Alt+click it).")
+            raise ValueError(f"Label {k} is not in '{layer.name}'{where}: pick a label that is there (Ctrl+click it).")
         table = L.prompt_table(w.points_layer, w.shapes_layer, image)
         found, _ = split_refinements(table, lambda f: existing, geo.n_lead, geo.lead_shape, cur, [cur], geo.spatial, ids={k})
         objects = found or [refinement(cur, k)]
