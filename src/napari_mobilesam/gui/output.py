@@ -74,11 +74,6 @@ class OutputState:
         it), so that neither Segment nor live mode redoes or clears it."""
         self._signatures.pop(int(label_id), None)
 
-    def release(self, label_id: int) -> None:
-        """Forget that this widget wrote ``label_id`` (it is being refined: its prompts no longer make
-        it), so that neither Segment nor live mode redoes or clears it."""
-        self._signatures.pop(int(label_id), None)
-
     def is_written(self, o: ObjectPrompt) -> bool:
         """``o``'s mask is in the layer as its prompt now asks (nothing to decode)."""
         layer = self.labels_box.value
