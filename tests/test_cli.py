@@ -291,3 +291,20 @@ def test_bad_input_one_line_exit_2(case, tmp_path, stack_path, model_args, monke
     else:
         assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out.tif").exists()
+
+
+def test_min_snr_reaches_the_blobs_sampler(tmp_path, model_args, capsys):
+    """--min-snr: on a frame of faint blobs in noise the default contrast cap (5x the noise) keeps
+    none and says so; --min-snr 0 keeps them (the engine's option, one place)."""
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:96, :96]
+    img = rng.normal(100, 10, (96, 96))
+    for cy, cx in ((24, 24), (24, 70), (70, 48)):
+        img += 6 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 6.0**2))  # fainter than the noise
+    path = tmp_path / "faint.tif"
+    tifffile.imwrite(path, img.astype(np.uint16))
+    opts = ["--sampler", "blobs", "--diameter", "14", "--max-det", "5", "--min-score", "-1", "--min-visible", "0", "--min-area", "0"]
+    assert main(["everything", str(path), "-o", str(tmp_path / "a.tif"), *opts, *model_args]) == 0
+    assert "0 objects; " in capsys.readouterr().err and not tifffile.imread(tmp_path / "a.tif").any()
+    assert main(["everything", str(path), "-o", str(tmp_path / "b.tif"), *opts, "--min-snr", "0", *model_args]) == 0
+    assert tifffile.imread(tmp_path / "b.tif").any()

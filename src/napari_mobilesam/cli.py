@@ -371,7 +371,8 @@ def _say_objects(args: argparse.Namespace, bar, source, t, labels, sampler: str)
             bar.write(f"{where}: {n} objects", file=sys.stderr)
         return
     hint = {
-        "blobs": "give --diameter PX (typical object diameter), --polarity dark for dark objects, or a lower --threshold",
+        "blobs": "give --diameter PX (typical object diameter), --polarity dark for dark objects, a lower --threshold, "
+                 "or --min-snr 0 for faint objects",
         "object-aware": "check that the detector was trained on objects like these, or try --sampler blobs",
         "grid": "lower --min-score / --min-stability, or try --sampler blobs",
     }.get(sampler, "try another --sampler")

@@ -24,6 +24,7 @@ SAMPLER_OPTIONS = {  # CLI option -> (engine option, samplers it applies to)
     "diameter": ("diameter", ("blobs",)),
     "polarity": ("polarity", ("blobs",)),
     "threshold": ("threshold", ("blobs",)),
+    "min_snr": ("min_snr", ("blobs",)),
     "conf": ("conf", ("object-aware",)),
     "max_det": ("max_det", ("object-aware", "blobs")),
     "min_score": ("min_score", ("object-aware", "grid", "blobs")),
@@ -136,6 +137,8 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     g.add_argument("--diameter", type=float, metavar="PX", help="blobs: typical object diameter in pixels")
     g.add_argument("--polarity", choices=("bright", "dark"), help="blobs: objects brighter (default) or darker than background")
     g.add_argument("--threshold", type=float, metavar="T", help="blobs: detection threshold (default 0.05; lower finds fainter objects)")
+    g.add_argument("--min-snr", type=float, metavar="R", help="blobs: keep blobs whose contrast is at least R times the image's "
+                   "noise (default 5; 0 keeps every blob, e.g. for faint objects)")
     g.add_argument("--conf", type=float, metavar="C", help="object-aware: detector confidence (default 0.4)")
     g.add_argument("--max-det", type=int, metavar="N", help="object-aware/blobs: at most N boxes per frame")
     g.add_argument("--min-score", type=float, metavar="S", help="drop masks with predicted IoU below this")
