@@ -175,7 +175,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if session is not None:
         from .engine.session import check_image
 
-        check_image(session, _SourceFrames(source), len(source.leading_shape))
+        check_image(session, tuple(source.leading_shape) + tuple(source.frame_shape), source.read)
     refine = None
     if args.refine:  # points naming one of its labels refine it (engine/refine.py)
         from .engine.refine import open_labels, read_refinements
@@ -242,20 +242,6 @@ def _from_session(args: argparse.Namespace):
     if not (args.points or args.boxes):
         raise InputError(f"{args.session} holds no prompts.")
     return session
-
-
-class _SourceFrames:
-    """An ImageSource as an array of frames for :func:`~.engine.session.check_image` (reads frame by frame)."""
-
-    def __init__(self, source) -> None:
-        self.source = source
-        self.shape = tuple(source.leading_shape) + tuple(source.frame_shape)
-
-    def __getitem__(self, idx):
-        import numpy as np
-
-        lead = self.source.leading_shape
-        return self.source.read(int(np.ravel_multi_index(idx, lead)) if lead else 0)
 
 
 def _say_repaired(args: argparse.Namespace, writer, bad: list[int] | None = None) -> list[int]:

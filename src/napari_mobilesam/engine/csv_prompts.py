@@ -17,7 +17,7 @@ import numpy as np
 from .io import ImageSource, InputError
 from .prompts import ObjectPrompt, PromptTable, assign_ids, collect_objects
 
-__all__ = ["read_objects", "read_prompt_table", "read_prompts"]
+__all__ = ["POINT_FEATURES", "read_objects", "read_points_csv", "read_prompt_table", "read_prompts", "read_shapes_csv"]
 
 
 def _read_table(path: Path, required: tuple[str, ...], what: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -84,6 +84,44 @@ def _check_ndim(ndim: int, source: ImageSource, path: Path) -> None:
         )
 
 
+POINT_FEATURES = ("label", "object", "label_id", "mask")
+
+
+def read_points_csv(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
+    """A napari Points CSV -> ``(coordinates (N, D), {feature: (N,) int}, where each row is)``.
+
+    The features are those of :data:`POINT_FEATURES` (``label`` 1/0, default 1; the others default 0);
+    ``where[i]`` is ``"points.csv row 5"`` for messages."""
+    path = Path(path)
+    header, rows = _read_table(path, ("index",), "Points")
+    ax = _axes(header, path)
+    col = {c: header.index(c) if c in header else None for c in POINT_FEATURES}
+    coords, feats, where = [], {c: [] for c in POINT_FEATURES}, []
+    for line, row in rows:
+        coords.append(_coords(row, ax, path, line))
+        feats["label"].append(_flag(row[col["label"]], path, line) if col["label"] is not None else 1)
+        for c in POINT_FEATURES[1:]:
+            feats[c].append(_int(row, col[c], path, line, c))
+        where.append(f"{path} row {line}")
+    out = np.stack(coords) if coords else np.zeros((0, len(ax)))
+    return out, {c: np.asarray(v, int) for c, v in feats.items()}, where
+
+
+def read_shapes_csv(path: str | os.PathLike) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """A napari Shapes CSV -> ``(vertices per shape (V, D), shape types, where each shape is)``."""
+    path = Path(path)
+    header, rows = _read_table(path, ("index", "shape-type", "vertex-index"), "Shapes")
+    ax, ii, ti = _axes(header, path), header.index("index"), header.index("shape-type")
+    shapes: dict[str, list[np.ndarray]] = {}
+    types, where = [], []
+    for line, row in rows:
+        if row[ii] not in shapes:
+            where.append(f"{path} row {line} (shape {row[ii]})")
+            types.append(row[ti].strip())
+        shapes.setdefault(row[ii], []).append(_coords(row, ax, path, line))
+    return [np.stack(v) for v in shapes.values()], types, where
+
+
 def read_prompt_table(
     source: ImageSource, points: str | os.PathLike | None = None, boxes: str | os.PathLike | None = None,
     shape_ids: Sequence[int] | None = None, shape_masks: Sequence[int] | None = None,
@@ -96,37 +134,18 @@ def read_prompt_table(
     p_where: list[str] = []
     s_where: list[str] = []
     if points is not None:
-        path = Path(points)
-        header, rows = _read_table(path, ("index",), "Points")
-        ax = _axes(header, path)
-        col = {c: header.index(c) if c in header else None for c in ("label", "object", "label_id", "mask")}
-        coords, labels, groups, ids, masks = [], [], [], [], []
-        for line, row in rows:
-            coords.append(_coords(row, ax, path, line))
-            labels.append(_flag(row[col["label"]], path, line) if col["label"] is not None else 1)
-            groups.append(_int(row, col["object"], path, line, "object"))
-            ids.append(_int(row, col["label_id"], path, line, "label_id"))
-            masks.append(_int(row, col["mask"], path, line, "mask"))
-            p_where.append(f"{path} row {line}")
-        if coords:
-            _check_ndim(len(coords[0]), source, path)
-            table = PromptTable.of(np.stack(coords), labels, groups, ids, masks)
+        coords, f, p_where = read_points_csv(points)
+        if len(coords):
+            _check_ndim(coords.shape[1], source, Path(points))
+            table = PromptTable.of(coords, f["label"], f["object"], f["label_id"], f["mask"])
     if boxes is not None:
-        path = Path(boxes)
-        header, rows = _read_table(path, ("index", "shape-type", "vertex-index"), "Shapes")
-        ax, ii = _axes(header, path), header.index("index")
-        shapes: dict[str, list[np.ndarray]] = {}
-        for line, row in rows:
-            if row[ii] not in shapes:
-                s_where.append(f"{path} row {line} (shape {row[ii]})")
-            shapes.setdefault(row[ii], []).append(_coords(row, ax, path, line))
-        verts = [np.stack(v) for v in shapes.values()]
+        verts, _, s_where = read_shapes_csv(boxes)
         if verts:
-            _check_ndim(verts[0].shape[1], source, path)
+            _check_ndim(verts[0].shape[1], source, Path(boxes))
         n = len(verts)
         for name, given in (("shape_ids", shape_ids), ("shape_masks", shape_masks)):
             if given is not None and len(given) != n:
-                raise InputError(f"{path} holds {n} shapes but {len(given)} {name} were given.")
+                raise InputError(f"{boxes} holds {n} shapes but {len(given)} {name} were given.")
         table.shapes = verts
         table.shape_ids = np.zeros(n, int) if shape_ids is None else np.asarray(shape_ids, int)
         table.shape_masks = np.zeros(n, int) if shape_masks is None else np.asarray(shape_masks, int)

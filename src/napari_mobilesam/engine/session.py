@@ -7,7 +7,7 @@ A session folder (``NAME.mobilesam``) holds:
   (``label``, ``object``, ``label_id``, ``mask``);
 - ``labels.tif``: the labels as written (uint32, one page per frame);
 - ``session.json``: the format and version, the image it was made on (name, shape, dtype, a hash of
-  every frame), the model (weights, decoder, the same model hash embedding stores record), how the
+  every frame segmented in it), the model (weights, decoder, the same model hash embedding stores record), how the
   model saw the image (contrast limits, channels, channel axis), the boxes' ids and mask choices
   (napari's shapes CSV holds no features) and the settings of each run.
 
@@ -22,7 +22,7 @@ import csv
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,8 @@ class Session:
 
     Attributes:
         folder: the session folder.
-        image: ``{"name", "shape", "dtype", "frame_hashes"}`` of the image it was made on.
+        image: ``{"name", "shape", "dtype", "frame_hashes"}`` of the image it was made on (``frame_hashes``:
+            flat frame number -> hash, for the frames segmented in it).
         model: ``{"weights", "decoder", "model_hash"}`` (``model_hash`` as embedding stores record it).
         preprocess: ``Predictor.set_image`` options (``contrast_limits``, ``channels``) and ``channel_axis``.
         points: ``(N, D)`` float coordinates and ``point_features`` (columns -> lists), or None.
@@ -77,15 +78,6 @@ class Session:
     def boxes_csv(self) -> Path | None:
         p = self.folder / "boxes.csv"
         return p if p.is_file() else None
-
-
-def frame_hashes(data: Any, n_lead: int) -> list[int]:
-    """The hash of every frame (``engine.store.frame_hash``) of an ``(..., H, W[, C])`` array with
-    ``n_lead`` leading (stack) axes."""
-    from .store import frame_hash
-
-    lead = tuple(int(s) for s in data.shape[:n_lead])
-    return [frame_hash(np.asarray(data[idx])) for idx in np.ndindex(*lead)] if lead else [frame_hash(np.asarray(data))]
 
 
 def _write_points(path: Path, coords: np.ndarray, features: dict) -> None:
@@ -201,10 +193,13 @@ def load_session(folder: str | os.PathLike) -> Session:
         raise SessionError(f"{folder} was saved by a newer napari-mobilesam (session version {meta.get('version')}); update the plugin.")
     s = Session(folder, meta.get("image", {}), meta.get("model", {}), meta.get("preprocess", {}),
                 shape_ids=meta.get("shape_ids", []), shape_masks=meta.get("shape_masks", []), runs=meta.get("runs", []))
+    from .csv_prompts import read_points_csv, read_shapes_csv  # the one reader of napari's CSV layout
+
     if s.points_csv is not None:
-        s.points, s.point_features = _read_points(s.points_csv)
+        s.points, feats, _ = read_points_csv(s.points_csv)
+        s.point_features = {k: v.tolist() for k, v in feats.items()}
     if s.boxes_csv is not None:
-        s.shapes, s.shape_types = _read_shapes(s.boxes_csv)
+        s.shapes, s.shape_types, _ = read_shapes_csv(s.boxes_csv)
     if len(s.shape_ids) != len(s.shapes):
         raise SessionError(f"{folder}: boxes.csv holds {len(s.shapes)} shapes but session.json {len(s.shape_ids)} box ids; the session is damaged.")
     lab = folder / "labels.tif"
@@ -214,39 +209,6 @@ def load_session(folder: str | os.PathLike) -> Session:
         except Exception as err:  # noqa: BLE001 - any decoding error of a damaged file
             raise SessionError(f"{lab} cannot be read ({err}); the session is damaged.") from err
     return s
-
-
-def _read_points(path: Path) -> tuple[np.ndarray, dict]:
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
-    header = rows[0]
-    axes = [i for i, h in enumerate(header) if h.startswith("axis-")]
-    feats = [i for i, h in enumerate(header) if h != "index" and not h.startswith("axis-")]
-    body = [r for r in rows[1:] if r]
-    coords = np.array([[float(r[i]) for i in axes] for r in body], float).reshape(len(body), len(axes))
-    out = {}
-    for i in feats:
-        vals = [r[i] for r in body]
-        try:
-            out[header[i]] = [int(float(v)) for v in vals]
-        except ValueError:
-            out[header[i]] = [v in ("True", "true", "1") for v in vals] if set(vals) <= {"True", "False", "true", "false"} else vals
-    return coords, out
-
-
-def _read_shapes(path: Path) -> tuple[list[np.ndarray], list[str]]:
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
-    header = rows[0]
-    axes = [i for i, h in enumerate(header) if h.startswith("axis-")]
-    ii, ti = header.index("index"), header.index("shape-type")
-    verts: dict[str, list] = {}
-    types: dict[str, str] = {}
-    for r in rows[1:]:
-        if r:
-            verts.setdefault(r[ii], []).append([float(r[i]) for i in axes])
-            types[r[ii]] = r[ti]
-    return [np.array(v, float) for v in verts.values()], list(types.values())
 
 
 def check_model(session: Session, model_hash: str) -> None:
@@ -259,14 +221,15 @@ def check_model(session: Session, model_hash: str) -> None:
         )
 
 
-def check_image(session: Session, data: Any, n_lead: int) -> None:
-    """Refuse a session made for another image: shape or any frame's hash differs."""
+def check_image(session: Session, shape: Sequence[int], read: Callable[[int], np.ndarray]) -> None:
+    """Refuse a session made for another image: its shape, or the hash of a frame it was segmented on
+    (``read(t)``: flat frame ``t``), differs. Only those frames are read."""
+    from .store import frame_hash
+
     want = session.image.get("shape")
-    if want is not None and list(want) != [int(v) for v in data.shape]:
-        raise SessionError(f"{session.folder} was made on an image of shape {tuple(want)}, not {tuple(data.shape)}; open the image it was made on.")
-    saved = session.image.get("frame_hashes")
-    if saved:
-        now = frame_hashes(data, n_lead)
-        bad = [i for i, (a, b) in enumerate(zip(saved, now, strict=False)) if int(a) != int(b)]
-        if bad:
-            raise SessionError(f"{session.folder} was made on another image: frame(s) {', '.join(map(str, bad[:5]))} differ; open the image it was made on.")
+    if want is not None and list(want) != [int(v) for v in shape]:
+        raise SessionError(f"{session.folder} was made on an image of shape {tuple(want)}, not {tuple(shape)}; open the image it was made on.")
+    saved = session.image.get("frame_hashes") or {}
+    bad = sorted(int(t) for t, h in saved.items() if frame_hash(read(int(t))) != int(h))
+    if bad:
+        raise SessionError(f"{session.folder} was made on another image: frame(s) {', '.join(map(str, bad[:5]))} differ; open the image it was made on.")

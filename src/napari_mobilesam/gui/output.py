@@ -114,7 +114,7 @@ class OutputState:
         ids = [o.label_id for o in objects]
         write_masks(layer, tuple(frame), masks, ids, self.overwrite.value, ids + list(also_clear))
         if image is not None:
-            stamp(self, layer, image, self.frame_reader(image)[2])  # what a saved session needs (gui/session.py)
+            stamp(self, layer, image, self.frame_reader(image)[2], tuple(frame))  # what a saved session needs (gui/session.py)
         for o in objects:
             self._signatures[o.label_id] = o.signature
         for lid in also_clear:

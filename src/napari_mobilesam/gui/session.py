@@ -26,14 +26,13 @@ def _model_hash(widget) -> str | None:
     """The widget's model hash (as embedding stores and sessions record it), computed once per model."""
     from ..engine.store import model_fingerprint
 
-    cache = widget.__dict__.setdefault("_model_hash_of", {})
     sam = widget.sam
     if sam is None:
         return None
-    if id(sam) not in cache:
-        cache.clear()
-        cache[id(sam)] = model_fingerprint(sam)
-    return cache[id(sam)]
+    known = getattr(widget, "_session_model_hash", None)
+    if known is None or known[0] is not sam:
+        widget._session_model_hash = known = (sam, model_fingerprint(sam))
+    return known[1]
 
 
 def check_session_model(widget, labels) -> None:
@@ -48,20 +47,23 @@ def check_session_model(widget, labels) -> None:
         )
 
 
-def stamp(widget, labels, image, kw: dict) -> None:
-    """Record on ``labels`` what a session of it needs: image identity, model and pre-processing."""
-    from ..engine.session import frame_hashes
+def stamp(widget, labels, image, kw: dict, frame: tuple) -> None:
+    """Record on ``labels`` what a session of it needs: the image (and the hash of ``frame``, the one just
+    written: one frame's hash per write, never the whole stack), the model and the pre-processing."""
+    from ..engine.store import frame_hash
 
-    sam = widget.sam
-    cache = {id(sam): _model_hash(widget)}
     key = widget._sam_key or ("", "")
     geo = L.FrameGeometry.of(image)
     data = L.frame_data(image)
     info = labels.metadata.get(INFO) or {}
-    if info.get("image", {}).get("name") != image.name or info.get("image", {}).get("shape") != [int(v) for v in data.shape]:
-        info["image"] = {"name": image.name, "shape": [int(v) for v in data.shape], "dtype": str(np.dtype(data.dtype)),
-                         "frame_hashes": frame_hashes(data, geo.n_lead)}
-    info["model"] = {"weights": str(key[0]), "decoder": str(key[2]) if len(key) > 2 else None, "model_hash": cache.get(id(sam))}
+    shape = [int(v) for v in data.shape]
+    if info.get("image", {}).get("name") != image.name or info.get("image", {}).get("shape") != shape:
+        info["image"] = {"name": image.name, "shape": shape, "dtype": str(np.dtype(data.dtype)), "frame_hashes": {}}
+    t = str(int(np.ravel_multi_index(tuple(frame), geo.lead_shape)) if geo.n_lead else 0)
+    hashes = info["image"].setdefault("frame_hashes", {})
+    if t not in hashes:
+        hashes[t] = frame_hash(np.asarray(data[tuple(frame)]))
+    info["model"] = {"weights": str(key[0]), "decoder": str(key[2]) if len(key) > 2 else None, "model_hash": _model_hash(widget)}
     prep = {k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items() if k in ("contrast_limits", "channels")}
     prep["channel_axis"] = L.channel_axis(image)
     info["preprocess"] = prep
