@@ -239,7 +239,7 @@ def collect_objects(
         _check_dims("Shapes", np.asarray(v).shape[1], n_lead)
     keep = None if frames is None else {tuple(f) for f in frames}
     problems: list[Problem] = []
-    found: list[tuple[Frame, int, ObjectPrompt]] = []  # (frame, 0 box / 1 points, object) in drawing order
+    found: list[tuple[int, ObjectPrompt]] = []  # (0 box / 1 points, object) in drawing order
     for j, verts in enumerate(table.shapes):
         v = np.asarray(verts, float)
         f = _frame_of(v[0], n_lead, current, lead_shape)
@@ -256,7 +256,7 @@ def collect_objects(
                 continue
             box = clipped
         ob = ObjectPrompt(f, Prompt(box=box), int(table.shape_ids[j]), [], [j], select_of(int(table.shape_masks[j])))
-        found.append((f, 0, ob))
+        found.append((0, ob))
     # points: groups (per frame and object value) and single positives; loose negatives after
     group_ids: dict[int, int] = {}
     for i, g in enumerate(table.point_groups):
@@ -264,8 +264,9 @@ def collect_objects(
             group_ids[int(g)] = max(group_ids.get(int(g), 0), int(table.point_ids[i]))
     members: dict[tuple, list[int]] = {}
     loose_neg: list[int] = []
+    row_frame = [_frame_of(p, n_lead, current, lead_shape) for p in pts]
     for i, p in enumerate(pts):
-        f = _frame_of(p, n_lead, current, lead_shape)
+        f = row_frame[i]
         if f is None:
             problems.append(Problem("point", i, _where_point(p), "in a frame the image does not have"))
             continue
@@ -292,13 +293,12 @@ def collect_objects(
         lid = group_ids.get(g, 0) if g else max(ids, default=0)
         choice = max(int(table.point_masks[i]) for i in pos)
         prompt = Prompt(points=pts[rows, -2:], labels=table.point_labels[rows])
-        found.append((_frame_of(pts[rows[0]], n_lead, current, lead_shape), 1, ObjectPrompt(
-            _frame_of(pts[rows[0]], n_lead, current, lead_shape), prompt, lid, list(rows), [], select_of(choice), g)))
-    found.sort(key=lambda t: (t[0], t[1]))  # stable: drawing order within boxes and within points
-    objects = [ob for _, _, ob in found]
+        found.append((1, ObjectPrompt(row_frame[rows[0]], prompt, lid, list(rows), [], select_of(choice), g)))
+    found.sort(key=lambda t: (t[1].frame, t[0]))  # stable: drawing order within boxes and within points
+    objects = [ob for _, ob in found]
     for i in loose_neg:
         p = pts[i]
-        f = _frame_of(p, n_lead, current, lead_shape)
+        f = row_frame[i]
         cands = [ob for ob in objects if ob.frame == f]
         if not cands:
             problems.append(Problem("point", i, _where_point(p), "a negative point with no object in its frame to refine; add a positive point or a box"))
