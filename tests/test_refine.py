@@ -146,14 +146,9 @@ def test_cli_refines_the_named_label_and_copies_the_others(fcheckpoint, fpredict
 # ---------------------------------------------------------------------- the widget (napari under Xvfb)
 def _widget(viewer, fsam, fcheckpoint):
     """The dock widget on ``viewer`` with the functional test model (built once per session)."""
-    from napari_mobilesam.gui.widget import CHOOSE_FILE, MobileSAMWidget
+    from test_prompt_equality import widget_with_model
 
-    w = MobileSAMWidget(viewer)
-    w.model_box.value = CHOOSE_FILE
-    w.model_file.value = str(fcheckpoint)
-    w.device_box.value = "cpu"
-    w.set_model(fsam, (str(fcheckpoint), "cpu"))
-    return w
+    return widget_with_model(viewer, fsam, fcheckpoint)
 
 
 @pytest.mark.gui
