@@ -17,7 +17,7 @@ def _stock(low: np.ndarray, original: tuple[int, int], input_size: tuple[int, in
     return torch.nn.functional.interpolate(x, original, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-@pytest.mark.parametrize("original", [(770, 769), (96, 128), (2000, 300)])
+@pytest.mark.parametrize("original", [(770, 769), (96, 128), (2000, 300), (1024, 1024), (512, 1024)])
 @pytest.mark.parametrize("radius", [3, 20, 200])
 def test_crop_mask_equals_stock(original, radius):
     input_size = ResizeLongestSide.get_preprocess_shape(*original, 1024)
@@ -34,6 +34,18 @@ def test_crop_mask_equals_stock(original, radius):
     assert mask.sum() == full.sum()
     if mask.size:
         assert full[r0 : r0 + mask.shape[0], c0 : c0 + mask.shape[1]].sum() == full.sum()
+
+
+@pytest.mark.parametrize("original", [(1024, 1024), (512, 1024), (770, 769)])
+def test_large_mask_logits_equal_stock_exactly(original):
+    """A mask over most of the frame takes the whole-frame path (the second resize is skipped
+    when the frame already has the resized input's size): the logits equal the stock ones bit for bit."""
+    input_size = ResizeLongestSide.get_preprocess_shape(*original, 1024)
+    low = np.random.default_rng(1).normal(2.0, 1.0, (256, 256)).astype(np.float32)
+    logits, (r0, c0) = MaskUpsampler(original, input_size).crop_logits(low, 0.0)
+    stock = _stock(low, original, input_size)
+    assert logits.shape[0] * logits.shape[1] > 0.3 * original[0] * original[1]
+    np.testing.assert_array_equal(logits, stock[r0 : r0 + logits.shape[0], c0 : c0 + logits.shape[1]])
 
 
 def test_empty_and_padding_only_logits():

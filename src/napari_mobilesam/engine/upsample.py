@@ -107,7 +107,11 @@ class MaskUpsampler:
         x = torch.from_numpy(np.ascontiguousarray(low, dtype=np.float32))[None, None]
         x = F.interpolate(x, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
         x = x[..., : self.input_size[0], : self.input_size[1]]
-        return F.interpolate(x, self.shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+        if tuple(x.shape[-2:]) != self.shape:
+            # (a resize to the same size is the identity: every source index is exact, weight 0
+            # on its neighbour, so it is skipped; e.g. any frame whose longest side is 1024)
+            x = F.interpolate(x, self.shape, mode="bilinear", align_corners=False)
+        return x[0, 0].numpy()
 
     def crop_mask(self, low: np.ndarray, threshold: float) -> tuple[np.ndarray, tuple[int, int]]:
         """Like :meth:`crop_logits`, thresholded and trimmed to the mask's bounding box."""
