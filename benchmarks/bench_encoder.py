@@ -30,8 +30,13 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=None, help="default: every available one")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--malloc", action="store_true", help="tune glibc malloc first, as the mobilesam command does (for both sides; see napari_mobilesam._malloc)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.malloc:
+        from napari_mobilesam._malloc import tune_allocator
+
+        print("glibc malloc tuned:", tune_allocator())
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)

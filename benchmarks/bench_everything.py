@@ -205,8 +205,13 @@ def main() -> None:
     ap.add_argument("--skip-official", action="store_true", help="no official grid run (ratios then missing)")
     ap.add_argument("--skip-grid", action="store_true", help="no run of our grid sampler")
     ap.add_argument("--tile", type=int, default=0, help="also run blobs tile by tile with tiles of PX pixels")
+    ap.add_argument("--malloc", action="store_true", help="tune glibc malloc first, as the mobilesam command does (for both sides; see napari_mobilesam._malloc)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads for both sides (default: torch's); 1 is steadier on a shared CPU")
     args = ap.parse_args()
+    if args.malloc:
+        from napari_mobilesam._malloc import tune_allocator
+
+        print("glibc malloc tuned:", tune_allocator())
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -66,8 +66,11 @@ class ModelHolder:
     def predictor(self):
         """A :class:`~napari_mobilesam.engine.predictor.Predictor` keeping ``cache_frames`` embeddings."""
         if self._predictor is None:
+            from .._malloc import tune_allocator
             from ..model.build import build_mobilesam
             from .predictor import Predictor
+
+            tune_allocator()  # a batch process (the CLI or a dask worker): keep the encoder's memory
 
             sam = build_mobilesam(self.spec.weights, device=self.spec.device, decoder=self.spec.decoder)
             self.loads += 1

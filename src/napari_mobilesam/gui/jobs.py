@@ -75,6 +75,9 @@ def load_model(source: str | Path, device: str, decoder: str | Path | None = Non
     path = yield from fetch(source)
     decoder_path = None if decoder is None else (yield from fetch(decoder))
     yield Progress(0, 0, f"loading model {Path(path).name}" + (f" with decoder {Path(decoder_path).name}" if decoder_path else ""))
+    from .._malloc import tune_allocator
+
+    tune_allocator(default=False)  # in napari only with NAPARI_MOBILESAM_MALLOC=on (see _malloc)
     sam = build_mobilesam(path, device=device, decoder=decoder_path)
     yield ModelReady(sam, (str(source), device) + ((str(decoder),) if decoder is not None else ()))
     return sam
