@@ -2,8 +2,10 @@
 
 glibc serves every allocation above 128 KiB-32 MiB with a fresh ``mmap`` and unmaps it on free,
 so each 1024² frame through the encoder (about 250 MB of short-lived activations) faults its
-memory in again, page by page: here 90,000 page faults and ~0.3 s of kernel time per frame,
-a third of the encoder's wall time (``python benchmarks/bench_encoder.py --malloc``).
+memory in again, page by page: here ~90,000 page faults and ~0.3 s of kernel time per frame,
+measured with ``Predictor.set_image`` on eight new 1024² frames (0.8-1.2 s -> 0.63-0.68 s per
+frame). ``benchmarks/bench_encoder.py --malloc``, which encodes one frame over and over, did not
+show the gain.
 
 :func:`tune_allocator` serves large blocks from the heap instead and keeps up to
 :data:`TRIM_BYTES` of freed memory for the next frame (what PyTorch's CPU tuning guide gets by
