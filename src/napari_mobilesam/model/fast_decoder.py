@@ -36,6 +36,8 @@ __all__ = ["FrameDecoder", "Scratch"]
 # when torch also runs in another thread, e.g. napari's workers) pay a wake-up per op.
 STREAM_BLOCK = 512
 STREAM_ROWS = 4096
+# Image tokens per block in the upscaler (each becomes 16 output pixels).
+UPSCALE_BLOCK = 512
 
 
 def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
@@ -393,7 +395,7 @@ class FrameDecoder:
         w2, b2 = _convt_matrix(ct2)
         n = keys.shape[1]
         out = torch.empty(b, n, 16, m, dtype=keys.dtype, device=keys.device)
-        block = 256
+        block = UPSCALE_BLOCK
         for i in range(b):
             hyp = hyper[i].T  # 32 x M
             for s in range(0, n, block):
