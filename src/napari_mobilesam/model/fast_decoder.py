@@ -76,7 +76,7 @@ def _tokens_to_image(attn: Attention, q: torch.Tensor, k_in: torch.Tensor, v_in:
     h = attn.num_heads
     b, t, _ = q.shape
     d = attn.internal_dim // h
-    q_back, q_bias = _t2i_prepare(attn, q)  # B x hT x C, B x hT
+    q_back, q_bias = _t2i_prepare(attn, q, scaled=False)  # B x hT x C, B x hT x 1
     scale = 1.0 / math.sqrt(d)
     if k_in.shape[0] == 1:
         scores = (q_back.reshape(-1, q_back.shape[-1]) @ k_in[0].T).view(b, h, t, -1)
@@ -94,23 +94,27 @@ def _tokens_to_image(attn: Attention, q: torch.Tensor, k_in: torch.Tensor, v_in:
     return attn.out_proj(out.reshape(b, t, h * d))
 
 
-def _t2i_prepare(attn: Attention, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt queries projected back into image space: ``(q_back B x hT x C, q_bias B x hT)``."""
+def _t2i_prepare(attn: Attention, q: torch.Tensor, scaled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt queries projected back into image space: ``(q_back B x hT x C, q_bias B x hT x 1)``,
+    so that the attention scores are ``q_back @ keysᵀ + q_bias``; with ``scaled`` both already
+    carry the softmax's 1/sqrt(d) (a power of two for SAM's d = 16, so the scaling is exact)."""
     h = attn.num_heads
     b, t, _ = q.shape
     d = attn.internal_dim // h
     qh = _heads(attn.q_proj(q), h)  # B x h x T x d
+    if scaled:
+        qh = qh * (1.0 / math.sqrt(d))
     q_back = torch.einsum("bhtd,hdc->bhtc", qh, attn.k_proj.weight.view(h, d, -1)).reshape(b, h * t, -1)
-    q_bias = torch.einsum("bhtd,hd->bht", qh, attn.k_proj.bias.view(h, d)).reshape(b, h * t)
+    q_bias = torch.einsum("bhtd,hd->bht", qh, attn.k_proj.bias.view(h, d)).reshape(b, h * t, 1)
     return q_back, q_bias
 
 
-def _t2i_finish(attn: Attention, scores: torch.Tensor, q_bias: torch.Tensor, keys: torch.Tensor, t: int) -> torch.Tensor:
-    """Softmax of raw scores (B x hT x N, before bias and scale) and mixing of ``keys`` (B x N x C)."""
+def _t2i_finish(attn: Attention, scores: torch.Tensor, keys: torch.Tensor, t: int) -> torch.Tensor:
+    """Softmax of scaled, biased scores (B x hT x N) and mixing of ``keys`` (B x N x C)."""
     h = attn.num_heads
     b = scores.shape[0]
     d = attn.internal_dim // h
-    probs = torch.softmax((scores + q_bias[..., None]) * (1.0 / math.sqrt(d)), dim=-1)
+    probs = torch.softmax(scores, dim=-1)
     mixed = torch.bmm(probs, keys).view(b, h, t, -1)  # B x h x T x C
     out = torch.einsum("bhtc,hdc->bthd", mixed, attn.v_proj.weight.view(h, d, -1)) + attn.v_proj.bias.view(h, d)
     return attn.out_proj(out.reshape(b, t, h * d))
@@ -322,15 +326,15 @@ class FrameDecoder:
         queries = l0.norm2(queries + _tokens_to_image_pre(l0.cross_attn_token_to_image, queries + query_pe, k0, v0))
         queries = l0.norm3(queries + l0.mlp(queries))
         queries1 = l1.norm1(queries + _token_self_attention(l1.self_attn, queries + query_pe, queries))
-        qb1, qbias1 = _t2i_prepare(l1.cross_attn_token_to_image, queries1 + query_pe)
+        qb1 = _t2i_prepare(l1.cross_attn_token_to_image, queries1 + query_pe)
         keys1, s1 = self._stream_keys(l0.cross_attn_image_to_token, l0.norm4, queries + query_pe, queries, keys0, qb1, q0, buf)
         t = tokens.shape[1]
-        queries = l1.norm2(queries1 + _t2i_finish(l1.cross_attn_token_to_image, s1, qbias1, keys1, t))
+        queries = l1.norm2(queries1 + _t2i_finish(l1.cross_attn_token_to_image, s1, keys1, t))
         queries = l1.norm3(queries + l1.mlp(queries))
         final = tr.final_attn_token_to_image
-        qbf, qbiasf = _t2i_prepare(final, queries + query_pe)
+        qbf = _t2i_prepare(final, queries + query_pe)
         keys2, s2 = self._stream_keys(l1.cross_attn_image_to_token, l1.norm4, queries + query_pe, queries, keys1, qbf, None, keys1)
-        hs = tr.norm_final_attn(queries + _t2i_finish(final, s2, qbiasf, keys2, t))
+        hs = tr.norm_final_attn(queries + _t2i_finish(final, s2, keys2, t))
         return hs, keys2
 
     def _stream_keys(
@@ -340,11 +344,12 @@ class FrameDecoder:
         k_tok: torch.Tensor,
         v_tok: torch.Tensor,
         residual: torch.Tensor,
-        q_back_next: torch.Tensor,
+        q_next: tuple[torch.Tensor, torch.Tensor],
         q_img: torch.Tensor | None,
         out: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``norm(residual + i2t(...))`` block by block, plus raw next-layer scores ``q_back_next @ (keys + pe)ᵀ``.
+        """``norm(residual + i2t(...))`` block by block, plus the next layer's token-to-image scores
+        ``q_back @ (keys + pe)ᵀ + q_bias`` for ``q_next = (q_back, q_bias)`` from :func:`_t2i_prepare`.
 
         ``q_img``: the image queries already projected (h x N x d, layer 0), or None to fold the
         query projection into the token keys (queries = residual + pe). The keys are written to
@@ -357,25 +362,27 @@ class FrameDecoder:
         n = residual.shape[1]
         scale = 1.0 / math.sqrt(d)
         if q_img is not None:
-            kh = _heads_first(i2t.k_proj, k_tok, h)
+            kh = _heads_first(i2t.k_proj, k_tok, h) * scale
         else:
             m, m_bias = _fold_queries(i2t, k_tok)
+            m, m_bias = m * scale, m_bias * scale
         vw = _values_out(i2t, v_tok)  # B x hT x C
-        scores = torch.empty(b, q_back_next.shape[1], n, dtype=residual.dtype, device=residual.device)
+        q_back, q_bias = q_next
+        scores = torch.empty(b, q_back.shape[1], n, dtype=residual.dtype, device=residual.device)
         pe = self.pe[0]
         block = max(STREAM_BLOCK, STREAM_ROWS // b)
         for s in range(0, n, block):
             e = min(s + block, n)
             res = residual[:, s:e]
             if q_img is not None:
-                sc = (kh @ q_img[:, s:e].transpose(1, 2)) * scale  # h x BT x n
+                sc = kh @ q_img[:, s:e].transpose(1, 2)  # h x BT x n
                 probs = torch.softmax(sc.view(h, b, t, -1), dim=2).transpose(0, 1).reshape(b, h * t, -1)
             else:
-                sc = (torch.bmm(m, (res + pe[s:e]).transpose(1, 2)) + m_bias) * scale
+                sc = torch.baddbmm(m_bias, m, (res + pe[s:e]).transpose(1, 2))
                 probs = torch.softmax(sc.view(b, h, t, -1), dim=2).view(b, h * t, -1)
             new = norm(torch.baddbmm(res.expand(b, -1, -1), probs.transpose(1, 2), vw))
             out[:, s:e] = new
-            scores[:, :, s:e] = torch.bmm(q_back_next, (new + pe[s:e]).transpose(1, 2))
+            scores[:, :, s:e] = torch.baddbmm(q_bias, q_back, (new + pe[s:e]).transpose(1, 2))
         return out, scores
 
     def _upscale_masks(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
