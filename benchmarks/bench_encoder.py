@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from _runtime import add_runtime_args, apply_runtime_args
 from napari_mobilesam import build_mobilesam
 from napari_mobilesam.model.accelerate import available_backends, time_encoders
 from napari_mobilesam.testing.reference import random_checkpoint
@@ -30,16 +31,10 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=None, help="default: every available one")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--malloc", action="store_true", help="tune glibc malloc first, as the mobilesam command does (for both sides; see napari_mobilesam._malloc)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    add_runtime_args(parser, threads_default=None)
     args = parser.parse_args()
-    if args.malloc:
-        from napari_mobilesam._malloc import tune_allocator
-
-        print("glibc malloc tuned:", tune_allocator())
+    apply_runtime_args(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     backends = args.backends or available_backends()
     if "reference" not in backends:
         backends.insert(0, "reference")

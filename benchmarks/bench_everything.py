@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _runtime import add_runtime_args, apply_runtime_args
 from napari_mobilesam import Predictor, build_mobilesam, iter_segment_everything
 
 DEFAULT_CKPT = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mobile_sam_random.pt"
@@ -205,15 +206,9 @@ def main() -> None:
     ap.add_argument("--skip-official", action="store_true", help="no official grid run (ratios then missing)")
     ap.add_argument("--skip-grid", action="store_true", help="no run of our grid sampler")
     ap.add_argument("--tile", type=int, default=0, help="also run blobs tile by tile with tiles of PX pixels")
-    ap.add_argument("--malloc", action="store_true", help="tune glibc malloc first, as the mobilesam command does (for both sides; see napari_mobilesam._malloc)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads for both sides (default: torch's); 1 is steadier on a shared CPU")
+    add_runtime_args(ap)
     args = ap.parse_args()
-    if args.malloc:
-        from napari_mobilesam._malloc import tune_allocator
-
-        print("glibc malloc tuned:", tune_allocator())
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_runtime_args(args)
 
     torch.manual_seed(0)
     image = cells(args.size)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _runtime import add_runtime_args, apply_runtime_args
 from napari_mobilesam import Predictor, Prompt, build_mobilesam
 
 DEFAULT_CKPT = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mobile_sam_random.pt"
@@ -108,15 +109,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--boxes", type=int, default=64)
     ap.add_argument("--skip-encoder", action="store_true")
-    ap.add_argument("--malloc", action="store_true", help="tune glibc malloc first, as the mobilesam command does (for both sides; see napari_mobilesam._malloc)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads for both sides (default: torch's); 1 is steadier on a shared CPU")
+    add_runtime_args(ap)
     args = ap.parse_args()
-    if args.malloc:
-        from napari_mobilesam._malloc import tune_allocator
-
-        print("glibc malloc tuned:", tune_allocator())
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_runtime_args(args)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     sam = build_mobilesam(args.checkpoint)
     official = official_predictor(args.checkpoint)
