@@ -76,15 +76,13 @@ def _tokens_to_image(attn: Attention, q: torch.Tensor, k_in: torch.Tensor, v_in:
     h = attn.num_heads
     b, t, _ = q.shape
     d = attn.internal_dim // h
-    q_back, q_bias = _t2i_prepare(attn, q, scaled=False)  # B x hT x C, B x hT x 1
-    scale = 1.0 / math.sqrt(d)
+    q_back, q_bias = _t2i_prepare(attn, q)  # B x hT x C, B x hT x 1, scaled
     if k_in.shape[0] == 1:
         scores = (q_back.reshape(-1, q_back.shape[-1]) @ k_in[0].T).view(b, h, t, -1)
     else:
         scores = q_back @ k_in.transpose(1, 2)
         scores = scores.view(b, h, t, -1)
-    scores = (scores + q_bias.view(b, h, t, 1)) * scale
-    probs = torch.softmax(scores, dim=-1)  # B x h x T x N
+    probs = torch.softmax(scores + q_bias.view(b, h, t, 1), dim=-1)  # B x h x T x N
     if v_in.shape[0] == 1:
         mixed = (probs.reshape(-1, probs.shape[-1]) @ v_in[0]).view(b, h, t, -1)
     else:
@@ -94,16 +92,14 @@ def _tokens_to_image(attn: Attention, q: torch.Tensor, k_in: torch.Tensor, v_in:
     return attn.out_proj(out.reshape(b, t, h * d))
 
 
-def _t2i_prepare(attn: Attention, q: torch.Tensor, scaled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def _t2i_prepare(attn: Attention, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt queries projected back into image space: ``(q_back B x hT x C, q_bias B x hT x 1)``,
-    so that the attention scores are ``q_back @ keysᵀ + q_bias``; with ``scaled`` both already
-    carry the softmax's 1/sqrt(d) (a power of two for SAM's d = 16, so the scaling is exact)."""
+    so that the attention scores are ``q_back @ keysᵀ + q_bias``; both already carry the
+    softmax's 1/sqrt(d) (a power of two for SAM's d = 16, so the scaling is exact)."""
     h = attn.num_heads
     b, t, _ = q.shape
     d = attn.internal_dim // h
-    qh = _heads(attn.q_proj(q), h)  # B x h x T x d
-    if scaled:
-        qh = qh * (1.0 / math.sqrt(d))
+    qh = _heads(attn.q_proj(q), h) * (1.0 / math.sqrt(d))  # B x h x T x d
     q_back = torch.einsum("bhtd,hdc->bhtc", qh, attn.k_proj.weight.view(h, d, -1)).reshape(b, h * t, -1)
     q_bias = torch.einsum("bhtd,hd->bht", qh, attn.k_proj.bias.view(h, d)).reshape(b, h * t, 1)
     return q_back, q_bias
