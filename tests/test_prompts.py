@@ -124,3 +124,19 @@ def test_wrong_dimensions_message_names_the_fix():
     assert "2 or 2" not in msg and "prompt layers need 2 dimensions" in msg and "pick 'new' as 'points' layer" in msg
     with pytest.raises(ValueError, match="need 2 or 3 dimensions"):
         collect_objects(table(shapes=[[[0, 0, 0, 1], [0, 0, 2, 2]]]), 1, (2,), (0,))
+
+
+def test_a_negative_point_stays_with_the_object_it_refined():
+    """Issue 24 item 2: a newer positive click nearer to an assigned negative point does not take it."""
+    # object 3 at (10, 10) was refined by the negative at (10, 30); a new click at (10, 35) is nearer to it
+    pts = [[10, 10], [10, 30], [10, 35]]
+    found = collect_objects(table(pts, [1, 0, 1], ids=[3, 3, 0]), 0, (), ())
+    by_id = {o.label_id: o for o in found}
+    assert by_id[3].point_rows == [0, 1] and by_id[3].prompt.labels.tolist() == [1, 0]
+    assert by_id[0].point_rows == [2] and by_id[0].prompt.labels.tolist() == [1]
+    # a never-assigned negative still goes to the nearest object
+    found = collect_objects(table(pts, [1, 0, 1], ids=[3, 0, 0]), 0, (), ())
+    assert [o.point_rows for o in found] == [[0], [2, 1]]
+    # its object's prompt deleted (no object holds id 3): the nearest object takes it, as a never-assigned one
+    found = collect_objects(table(pts[1:], [0, 1], ids=[3, 0]), 0, (), ())
+    assert [o.point_rows for o in found] == [[1, 0]]

@@ -125,3 +125,39 @@ def test_session_files_are_checked_and_saved_atomically(tmp_path):
         load_session(s)
     with pytest.raises(SessionError, match="not a MobileSAM session"):
         load_session(mine)
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"image": "movie.tif"}, "'image' is str, not dict"),
+    ({"shape_ids": "1,2"}, "'shape_ids' is str, not list"),
+    ({"shape_ids": [1.5]}, "'shape_ids' holds values that are not whole numbers"),
+    ({"runs": {}}, "'runs' is dict, not list"),
+    ({"version": "one"}, "'version' is not a whole number"),
+    ({"image": {"shape": "4x4"}}, "'image.shape' is not a list"),
+    ({"objects": []}, "'objects' is list, not dict"),
+])
+def test_session_json_with_wrong_types_is_named(tmp_path, change, named):
+    """Issue 24: a hand-edited session.json gave an AttributeError traceback."""
+    from napari_mobilesam.engine.session import SessionError, load_session, save_session
+
+    s = save_session(tmp_path / "a.mobilesam", image={"name": "x", "shape": [1, 4]}, model={}, preprocess={},
+                     shapes=[np.array([[0, 0], [0, 2], [1, 2], [1, 0]], float)], shape_ids=[1], labels=np.ones((1, 4), np.uint32))
+    meta = json.loads((s / "session.json").read_text())
+    meta.update(change)
+    (s / "session.json").write_text(json.dumps(meta))
+    with pytest.raises(SessionError, match="is damaged: " + named.replace("(", r"\(")) as err:
+        load_session(s)
+    assert "Save the session again" in str(err.value)
+
+
+def test_truncated_labels_tif_in_a_session_is_reported(tmp_path):
+    """Issue 24: tifffile reads a truncated 3-page labels.tif as one (H, W) page, silently."""
+    from napari_mobilesam.engine.session import SessionError, load_session, save_session
+
+    labels = np.arange(3 * 64 * 64, dtype=np.uint32).reshape(3, 64, 64) % 7
+    s = save_session(tmp_path / "a.mobilesam", image={"name": "x", "shape": [3, 64, 64]}, model={}, preprocess={}, labels=labels)
+    assert load_session(s).labels.shape == (3, 64, 64)
+    tif = s / "labels.tif"
+    tif.write_bytes(tif.read_bytes()[: tif.stat().st_size // 2])
+    with pytest.raises(SessionError, match=r"labels.tif holds labels of shape \(64, 64\), but the session's image is \(3, 64, 64\): the file is damaged"):
+        load_session(s)

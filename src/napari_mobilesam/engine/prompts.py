@@ -8,8 +8,10 @@ in the widget's tooltip and in the README):
 - **Objects.** Every shape is one object: its box (a rectangle, or the bounding box of any other
   shape), clipped to the frame. Every positive point is one object, unless its ``object`` value is
   > 0: all points with the same ``object`` value in one frame form one object. A negative point
-  with no ``object`` value refines the nearest object of its frame (its positive points or its box;
-  distance 0 inside a box).
+  with no ``object`` value that already refined an object (it holds that object's ``label_id``) stays
+  with it; a never-assigned one (``label_id`` 0) refines the nearest object of its frame (its
+  positive points or its box; distance 0 inside a box), as does one whose object no prompt of its
+  frame holds any more (napari's shapes CSV drops the boxes' ids: the nearest box is its box).
 - **Order and label ids.** Frame by frame; in a frame, boxes first, then point objects, each in the
   order they were drawn. An object keeps the ``label_id`` stored on any of its prompt rows (the
   widget stores it; napari's points CSV saves it, its shapes CSV does not). Point groups with the
@@ -47,7 +49,8 @@ RULE_LINES = (
     "every box is one object (other shapes: their bounding box), clipped to the image",
     "every positive point is one object, unless points share an 'object' value > 0: those form one object "
     "per frame, with one label id in every frame",
-    "a negative point without an 'object' value refines the nearest object of its frame",
+    ("a negative point without an 'object' value refines the nearest object of its frame, and then stays with "
+     "that object (it holds its label id)"),
     "an object keeps the label id stored on its prompts; new ids are the lowest free ones after the largest "
     "label in the output, frame by frame, boxes first, then points, in drawing order",
     "a single click keeps the best of three masks ('mask' 1-3 picks one); other prompts give one mask",
@@ -300,6 +303,9 @@ def collect_objects(
         p = pts[i]
         f = row_frame[i]
         cands = [ob for ob in objects if ob.frame == f]
+        held = int(table.point_ids[i])
+        if held > 0 and any(ob.label_id == held for ob in cands):  # it refined this object before: it stays with it
+            cands = [ob for ob in cands if ob.label_id == held]
         if not cands:
             problems.append(Problem("point", i, _where_point(p), "a negative point with no object in its frame to refine; add a positive point or a box"))
             continue

@@ -9,7 +9,9 @@ A session folder (``NAME.mobilesam``) holds:
 - ``session.json``: the format and version, the image it was made on (name, shape, dtype, a hash of
   every frame segmented in it), the model (weights, decoder, the same model hash embedding stores record), how the
   model saw the image (contrast limits, channels, channel axis), the boxes' ids and mask choices
-  (napari's shapes CSV holds no features) and the settings of each run.
+  (napari's shapes CSV holds no features), the settings of each run, and per label id what the widget
+  wrote (``objects``: the prompt signature and a hash of the mask written), so that *Segment* after a
+  resume knows which objects are as written and which labels were edited by hand.
 
 Nothing in a session runs code: JSON, CSV and TIFF only. Saving is atomic (a new folder is written
 beside the old one and swapped in), so an interrupted save leaves the previous session as it was.
@@ -54,6 +56,7 @@ class Session:
         shapes: list of ``(V, D)`` vertex arrays, ``shape_types``, ``shape_ids``, ``shape_masks``.
         labels: the labels array (lazy-free numpy), or None.
         runs: the settings of each run, oldest first.
+        objects: label id (str) -> ``{"signature": [...], "mask": hash}`` of the mask the widget wrote.
     """
 
     folder: Path
@@ -68,6 +71,7 @@ class Session:
     shape_masks: list = field(default_factory=list)
     labels: np.ndarray | None = None
     runs: list = field(default_factory=list)
+    objects: dict = field(default_factory=dict)
 
     @property
     def points_csv(self) -> Path | None:
@@ -124,6 +128,7 @@ def save_session(
     shape_masks: Sequence[int] | None = None,
     labels: np.ndarray | None = None,
     runs: Sequence[dict] = (),
+    objects: dict | None = None,
 ) -> Path:
     """Write a session folder (see the module docstring); an existing session there is replaced
     atomically. Returns the folder. A folder that exists and is not a session is refused."""
@@ -140,7 +145,7 @@ def save_session(
         "format": FORMAT, "version": VERSION, "image": image, "model": model, "preprocess": preprocess,
         "shape_ids": [int(v) for v in (shape_ids if shape_ids is not None else [0] * n_shapes)],
         "shape_masks": [int(v) for v in (shape_masks if shape_masks is not None else [0] * n_shapes)],
-        "runs": list(runs),
+        "runs": list(runs), "objects": dict(objects or {}),
     }
     if points is not None and len(points):
         _write_points(tmp / "points.csv", np.asarray(points, float), point_features or {})
@@ -187,12 +192,14 @@ def load_session(folder: str | os.PathLike) -> Session:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as err:
         raise SessionError(f"{meta_path} cannot be read ({err}); the session is damaged.") from err
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise SessionError(f"{meta_path} is not a MobileSAM session file.")
+    _check_types(meta, meta_path)
     if int(meta.get("version", 0)) > VERSION:
         raise SessionError(f"{folder} was saved by a newer napari-mobilesam (session version {meta.get('version')}); update the plugin.")
     s = Session(folder, meta.get("image", {}), meta.get("model", {}), meta.get("preprocess", {}),
-                shape_ids=meta.get("shape_ids", []), shape_masks=meta.get("shape_masks", []), runs=meta.get("runs", []))
+                shape_ids=meta.get("shape_ids", []), shape_masks=meta.get("shape_masks", []), runs=meta.get("runs", []),
+                objects=meta.get("objects", {}))
     from .csv_prompts import read_points_csv, read_shapes_csv  # the one reader of napari's CSV layout
 
     if s.points_csv is not None:
@@ -208,7 +215,31 @@ def load_session(folder: str | os.PathLike) -> Session:
             s.labels = np.asarray(tifffile.imread(lab))
         except Exception as err:  # noqa: BLE001 - any decoding error of a damaged file
             raise SessionError(f"{lab} cannot be read ({err}); the session is damaged.") from err
+        want = s.image.get("shape")
+        if want is not None and list(s.labels.shape) != list(want):
+            raise SessionError(f"{lab} holds labels of shape {tuple(s.labels.shape)}, but the session's image is {tuple(want)}: "
+                               "the file is damaged (truncated?). Save the session again from napari.")
     return s
+
+
+_TYPES = {"image": dict, "model": dict, "preprocess": dict, "shape_ids": list, "shape_masks": list, "runs": list, "objects": dict}
+
+
+def _check_types(meta: dict, path: Path) -> None:
+    """Refuse a hand-edited or damaged session.json whose entries have the wrong types (naming them)."""
+    bad = [f"'{k}' is {type(meta[k]).__name__}, not {t.__name__}" for k, t in _TYPES.items() if k in meta and not isinstance(meta[k], t)]
+    for k in ("shape_ids", "shape_masks"):
+        if isinstance(meta.get(k), list) and not all(isinstance(v, int) and not isinstance(v, bool) for v in meta[k]):
+            bad.append(f"'{k}' holds values that are not whole numbers")
+    image = meta.get("image") if isinstance(meta.get("image"), dict) else {}
+    if "shape" in image and not (isinstance(image["shape"], list) and all(isinstance(v, int) for v in image["shape"])):
+        bad.append("'image.shape' is not a list of whole numbers")
+    if "frame_hashes" in image and not isinstance(image["frame_hashes"], dict):
+        bad.append("'image.frame_hashes' is not a mapping")
+    if "version" in meta and not isinstance(meta["version"], int):
+        bad.append("'version' is not a whole number")
+    if bad:
+        raise SessionError(f"{path} is damaged: {'; '.join(bad)}. Save the session again from napari, or fix session.json.")
 
 
 def check_model(session: Session, model_hash: str) -> None:

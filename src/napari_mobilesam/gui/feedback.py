@@ -16,7 +16,7 @@ from .._errors import is_user_error
 from ..model.weights import WeightsUnavailableError, env_var_for
 
 __all__ = [
-    "UserError", "cancelled", "error_notification", "ids_note", "notify", "object_line", "objects_summary", "px", "short_error",
+    "UserError", "cancelled", "error_notification", "held_note", "ids_note", "notify", "object_line", "objects_summary", "px", "short_error",
 ]
 
 SHORT = 240  # characters of an error's first sentence shown in the notification and status line
@@ -92,3 +92,11 @@ def error_notification(err: BaseException) -> ErrorNotification:
     wrapped.__cause__ = err
     wrapped.__traceback__ = err.__traceback__
     return ErrorNotification(wrapped)
+
+
+def held_note(held) -> str:
+    """Objects whose prompt changed but whose label was edited by hand (kept: the user's)."""
+    ids = ", ".join(str(o.label_id) for o in held[:5]) + (" …" if len(held) > 5 else "")
+    one = len(held) == 1
+    return (f"object{'' if one else 's'} {ids} {'was' if one else 'were'} edited by hand and kept; "
+            f"tick 'overwrite labels' to replace {'it' if one else 'them'} with the new prompt's mask")

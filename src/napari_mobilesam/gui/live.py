@@ -14,8 +14,9 @@ from __future__ import annotations
 from napari.utils.events import Event
 from qtpy.QtCore import QObject, Signal
 
-from .feedback import objects_summary
+from .feedback import held_note, objects_summary
 from .jobs import FrameReady, decode_objects, segment_frames, worker_predictor
+from .output import USERS
 
 __all__ = ["LiveMode"]
 
@@ -93,8 +94,15 @@ class LiveMode:
         image, geo, cur = self.context()
         objs = self.objects([cur])
         alive = {o.label_id for o in objs}
-        changed = [o for o in objs if o.label_id <= 0 or self._signatures.get(o.label_id) != o.signature]
-        gone = [lid for lid, sig in self._signatures.items() if sig[0] == cur and lid not in alive]
+        moved = [o for o in objs if o.label_id <= 0 or self._records.get(o.label_id, (None,))[0] != o.signature]
+        held = [] if self.overwrite.value else [o for o in moved if self.ownership(o) == USERS]  # edited by hand: the user's
+        changed = [o for o in moved if not any(o is h for h in held)]
+        gone = [lid for lid, rec in self._records.items() if rec[0][0] == cur and lid not in alive]
+        for lid in self.hand_edited(gone, cur):  # a label edited by hand stays when its prompt is deleted
+            self.release(lid)
+            gone.remove(lid)
+        if held and not changed and not gone:
+            self.status.value = f"Live: {held_note(held)}."
         if self._outside and (changed or gone):
             self.status.value = f"Live: {self.outside_note()}."
         if not changed and not gone and not force_embedding:

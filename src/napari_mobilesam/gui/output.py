@@ -4,29 +4,62 @@ The rule (README "Where the labels go", and the Segment tooltip): *Segment* deco
 the objects whose prompt is new or changed since their mask was written (or whose mask is no
 longer in the layer, e.g. after Ctrl+Z). A written object keeps its pixels: a new mask fills only
 background, unless *overwrite* is ticked, and a re-segmented object replaces only its own pixels.
+A label edited by hand (its pixels differ from the mask written) is the user's: no Segment, live or
+not, rewrites it unless its prompt changed **and** *overwrite* is ticked; nor do other objects' masks
+cover it, nor does deleting its prompt clear it.
 
-What was written is remembered per output layer (and, before the layer exists, per image), so
-switching images and back keeps every object as it was.
+What was written (per label id: the prompt signature and a hash of the mask written) is remembered per
+output layer (and, before the layer exists, per image), so switching images and back keeps every
+object as it was; it is also stored in the layer's session metadata (``objects``), so a saved session
+resumed in a new napari knows the same (Segment then has nothing to do).
 """
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 from napari.layers import Labels
 
 from . import layers as L
 from .feedback import ids_note
-from .session import check_session_model, stamp
+from .session import INFO, check_session_model, stamp
 from ..engine.prompts import ObjectPrompt, assign_ids
 from .writer import check_ids_fit, frame_view, object_pixels, write_masks
 
-__all__ = ["OutputState"]
+__all__ = ["OutputState", "mask_hash"]
+
+# what Segment does with an object (OutputState.ownership)
+NEW, WRITTEN, CHANGED, USERS = "new", "written", "changed", "user's"
+
+
+def mask_hash(view: np.ndarray, label_id: int) -> str:
+    """A short hash of where ``label_id`` is in the ``(H, W)`` label image ``view``."""
+    m = np.asarray(view) == label_id
+    h = hashlib.blake2b(np.asarray(m.shape, np.int64).tobytes(), digest_size=8)
+    h.update(np.packbits(m).tobytes())
+    return h.hexdigest()
+
+
+def _sig_json(sig: tuple) -> list:
+    frame, pts, box, select = sig
+    return [[int(v) for v in frame], [float(v) for v in pts], [float(v) for v in box], select if isinstance(select, str) else int(select)]
+
+
+def _sig_of_json(v) -> tuple | None:
+    try:
+        frame, pts, box, select = v
+        return (tuple(int(x) for x in frame), tuple(float(x) for x in pts), tuple(float(x) for x in box),
+                select if isinstance(select, str) else int(select))
+    except (TypeError, ValueError):
+        return None  # a damaged record: the object is treated as not written by this widget
 
 
 class OutputState:
     """Mixin for :class:`~napari_mobilesam.gui.widget.MobileSAMWidget` (uses ``labels_box``,
     ``image_box``, ``overwrite``, the prompt layers and ``labels_layer()``)."""
 
-    _written: dict  # output key -> {label id: prompt signature of its written mask}
+    _written: dict  # output key -> {label id: (prompt signature, hash of the mask written)}
     _issued_by: dict  # output key -> highest label id given out
 
     def _out_key(self) -> tuple:
@@ -37,9 +70,59 @@ class OutputState:
         return ("new", None if image is None else image.name)
 
     @property
-    def _signatures(self) -> dict[int, tuple]:
-        """Label id -> prompt signature of its written mask, for the current output layer."""
-        return self._written.setdefault(self._out_key(), {})
+    def _records(self) -> dict[int, tuple]:
+        """Label id -> (prompt signature, mask hash) of its written mask, for the current output layer
+        (for a layer opened from a session: what the session recorded)."""
+        key = self._out_key()
+        if key not in self._written:
+            layer = self.labels_box.value if key[0] == "layer" else None
+            saved = ((layer.metadata.get(INFO) or {}).get("objects") or {}) if layer is not None else {}
+            recs = {}
+            for lid, rec in saved.items() if isinstance(saved, dict) else ():
+                sig = _sig_of_json(rec.get("signature")) if isinstance(rec, dict) else None
+                if sig is not None and str(lid).isdigit():
+                    recs[int(lid)] = (sig, str(rec.get("mask", "")))
+            self._written[key] = recs
+        return self._written[key]
+
+    def _save_records(self, layer: Labels) -> None:
+        """Mirror the records into the layer's session metadata (a saved session carries them)."""
+        info = layer.metadata.get(INFO)
+        if info is None:
+            info = layer.metadata[INFO] = {}
+        info["objects"] = {str(lid): {"signature": _sig_json(sig), "mask": h} for lid, (sig, h) in self._records.items()}
+
+    def ownership(self, o: ObjectPrompt) -> str:
+        """What Segment does with ``o``: ``NEW`` (decode: no id yet, or its label is not in the layer,
+        e.g. after Ctrl+Z), ``WRITTEN`` (its prompt is as when its mask was written: keep),
+        ``CHANGED`` (its prompt changed and its pixels are as written: decode, replacing its own
+        pixels) or ``USERS`` (its label was edited by hand, or was not written by this widget from
+        a prompt: keep unless its prompt changed and 'overwrite' is ticked)."""
+        layer = self.labels_box.value
+        if o.label_id <= 0 or layer is None:
+            return NEW
+        view = frame_view(layer, o.frame)
+        if not (view == o.label_id).any():
+            return NEW
+        rec = self._records.get(o.label_id)
+        if rec is None:
+            return USERS
+        if rec[0] == o.signature:
+            return WRITTEN
+        return USERS if rec[0][0] == tuple(o.frame) and rec[1] != mask_hash(view, o.label_id) else CHANGED
+
+    def hand_edited(self, label_ids, frame) -> list[int]:
+        """Those of ``label_ids`` whose pixels in ``frame`` differ from the mask this widget wrote."""
+        layer = self.labels_box.value
+        if layer is None:
+            return []
+        view = frame_view(layer, frame)
+        out = []
+        for lid in label_ids:
+            rec = self._records.get(int(lid))
+            if rec is not None and rec[0][0] == tuple(frame) and rec[1] != mask_hash(view, int(lid)):
+                out.append(int(lid))
+        return out
 
     @property
     def issued(self) -> int:
@@ -61,7 +144,7 @@ class OutputState:
         self._issued_by[("layer", layer.unique_id)] = self._issued_by.pop(key, 0)
 
     def _forget_output(self) -> None:
-        self._written.pop(self._out_key(), None)
+        self._written[self._out_key()] = {}  # (not re-read from the layer's metadata: the prompts' ids were reset)
         self._issued_by.pop(self._out_key(), None)
 
     def next_id(self) -> int:
@@ -72,14 +155,13 @@ class OutputState:
     def release(self, label_id: int) -> None:
         """Forget that this widget wrote ``label_id`` (it is being refined: its prompts no longer make
         it), so that neither Segment nor live mode redoes or clears it."""
-        self._signatures.pop(int(label_id), None)
+        self._records.pop(int(label_id), None)
+        if self.labels_box.value is not None:
+            self._save_records(self.labels_box.value)
 
     def is_written(self, o: ObjectPrompt) -> bool:
         """``o``'s mask is in the layer as its prompt now asks (nothing to decode)."""
-        layer = self.labels_box.value
-        if o.label_id <= 0 or layer is None or self._signatures.get(o.label_id) != o.signature:
-            return False
-        return bool((frame_view(layer, o.frame) == o.label_id).any())
+        return self.ownership(o) == WRITTEN
 
     def assign_ids(self, objects: list[ObjectPrompt]) -> str:
         """Give objects without a label id the next free ids, stored on their prompt rows.
@@ -112,11 +194,16 @@ class OutputState:
         if objects:
             check_session_model(self, layer)  # labels of a session made with other weights are not mixed
         ids = [o.label_id for o in objects]
-        write_masks(layer, tuple(frame), masks, ids, self.overwrite.value, ids + list(also_clear))
+        mine = set(ids)
+        keep = [lid for lid in self._records if lid not in mine]
+        keep = self.hand_edited(keep, frame) if self.overwrite.value else []  # (without overwrite only background is filled)
+        write_masks(layer, tuple(frame), masks, ids, self.overwrite.value, ids + list(also_clear), keep_ids=keep)
         if image is not None:
             stamp(self, layer, image, self.frame_reader(image)[2], tuple(frame))  # what a saved session needs (gui/session.py)
+        view = frame_view(layer, tuple(frame)) if objects else None
         for o in objects:
-            self._signatures[o.label_id] = o.signature
+            self._records[o.label_id] = (o.signature, mask_hash(view, o.label_id))
         for lid in also_clear:
-            self._signatures.pop(lid, None)
+            self._records.pop(lid, None)
+        self._save_records(layer)
         return list(zip(ids, object_pixels(layer, tuple(frame), masks, ids), [m.area for m in masks], strict=True))

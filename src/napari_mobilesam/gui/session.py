@@ -107,6 +107,7 @@ def write_session(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[st
         shape_masks=None if sf is None or "mask" not in sf else sf["mask"].tolist(),
         labels=np.asarray(labels),
         runs=info.get("runs", []),
+        objects=info.get("objects", {}),
     )
     return [str(folder)]
 
@@ -126,7 +127,7 @@ def read_session(path: str | list[str]) -> list[tuple[Any, dict, str]]:
     image = s.image.get("name") or "image"
     out = []
     if s.labels is not None:
-        info = {"image": s.image, "model": s.model, "preprocess": s.preprocess, "runs": s.runs}
+        info = {"image": s.image, "model": s.model, "preprocess": s.preprocess, "runs": s.runs, "objects": s.objects}
         out.append((s.labels, {"name": f"{image} labels", "metadata": {L.MARK: "labels", "image": image, INFO: info}}, "labels"))
     if s.shapes:
         feats = pd.DataFrame({"label_id": np.asarray(s.shape_ids, int), "mask": np.asarray(s.shape_masks, int)})

@@ -25,11 +25,11 @@ from ..model.weights import registry_names
 from . import layers as L
 from .channels import ChannelAxis, check_frames
 from .everything import EverythingSection
-from .feedback import cancelled, objects_summary
+from .feedback import cancelled, held_note, objects_summary
 from .jobs import FrameDone, load_model, segment_frames
 from .layout import StatusLine, default_width, group, scrolled
 from .live import LiveMode
-from .output import OutputState
+from .output import CHANGED, NEW, USERS, OutputState
 from .promptui import PromptControls
 from ..engine.prompts import RULE_LINES, ObjectPrompt
 from .propagate import PropagateSection
@@ -384,10 +384,15 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
             if not skipped:
                 show_info(f"MobileSAM: {msg}")
             return
-        todo = [o for o in objs if not self.is_written(o)]
+        own = {id(o): self.ownership(o) for o in objs}
+        held = [] if self.overwrite.value else [o for o in objs if own[id(o)] == USERS]  # edited by hand: the user's
+        todo = [o for o in objs if own[id(o)] in (NEW, CHANGED) or (own[id(o)] == USERS and self.overwrite.value)]
         kept = len(objs) - len(todo)
+        moved = [o for o in held if (self._records.get(o.label_id) or (None,))[0] != o.signature]
+        if moved:
+            skipped = "; ".join(p for p in (held_note(moved), skipped) if p)
         if not todo:
-            self.status.value = (f"Segment: nothing to do — all {kept} object(s) are as written; move or add a prompt"
+            self.status.value = (f"Segment: nothing to do — all {kept} object(s) are as written or edited by hand; move or add a prompt"
                                  + (f"; {skipped}" if skipped else "") + ".")
             return
         if self.labels_box.value is not None:

@@ -75,12 +75,14 @@ def write_masks(
     ids: Sequence[int],
     overwrite: bool = False,
     replace_ids: Sequence[int] = (),
+    keep_ids: Sequence[int] = (),
 ) -> int:
     """Paint cropped masks (``ObjectMask``) with ``ids`` into ``frame`` as one undoable step.
 
     Same result as rendering the masks on the whole frame and calling :func:`write_frames`, but
     only the region the change can touch (the masks' boxes and the pixels of ``replace_ids``) is
-    processed, so a live click costs little on large frames.
+    processed, so a live click costs little on large frames. Pixels of ``keep_ids`` (labels edited by
+    hand) are never changed, even with ``overwrite``.
     """
     existing = frame_view(labels, frame)
     h, w = existing.shape
@@ -99,6 +101,9 @@ def write_masks(
     shifted = [replace(m, offset=(m.offset[0] - r0, m.offset[1] - c0), shape=(r1 - r0, c1 - c0)) for m in masks]
     new = render_labels(shifted, (r1 - r0, c1 - c0), ids=list(ids), dtype=existing.dtype)
     index, values = label_changes(existing[r0:r1, c0:c1], new, overwrite=overwrite, replace_ids=replace_ids)
+    if len(keep_ids) and len(values):
+        free = ~np.isin(existing[r0:r1, c0:c1][index], np.asarray(keep_ids))
+        index, values = tuple(i[free] for i in index), values[free]
     if not len(values):
         return 0
     full = tuple(np.full(len(values), f, dtype=np.intp) for f in frame) + (index[0] + r0, index[1] + c0)

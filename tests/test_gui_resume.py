@@ -1,0 +1,136 @@
+"""Issue 24: hand corrections survive a session resumed as a user does it.
+
+Each step runs in a fresh Python process, napari first, a 1280 x 720 window, the widget from the
+Plugins menu, the image opened from a file: two clicks, *Segment*, erase and paint by hand, save the
+session; then a NEW process opens the image, the session and the checkpoint and presses *Segment*.
+Run under Xvfb: ``xvfb-run -a python -m pytest tests/test_gui_resume.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+pytestmark = [pytest.mark.gui, pytest.mark.slow]
+
+PRELUDE = r"""
+import json, sys, time
+import numpy as np
+import napari
+from qtpy.QtWidgets import QApplication
+
+def wait(w):
+    t0 = time.time()
+    while w.busy and time.time() - t0 < 600:
+        QApplication.processEvents()
+        time.sleep(0.02)
+    QApplication.processEvents()
+
+viewer = napari.Viewer()
+viewer.window._qt_window.resize(1280, 720)
+QApplication.processEvents()
+dock, w = viewer.window.add_plugin_dock_widget("napari-mobilesam")
+QApplication.processEvents()
+args = json.loads(sys.argv[1])
+image = viewer.open(args["image"])[0]
+QApplication.processEvents()
+w.image_box.value = image
+w.device_box.value = "cpu"
+"""
+
+FIRST = PRELUDE + r"""
+w.model_box.value = "choose file…"
+w.model_file.value = args["weights"]
+pts = w.points_box.value
+pts.add(np.array(args["clicks"], float))
+w.segment(); wait(w)
+status_first = w.status.value
+labels = w.labels_box.value
+after_segment = np.asarray(labels.data).copy()
+# by hand: erase a band of label 1, paint label 2 onto background next to it
+labels.selected_label = 0
+(r, c), (pr, pc) = args["erase"], args["paint"]
+labels.brush_size = 5
+labels.paint((r, c), 0)
+labels.paint((pr, pc), 2)
+edited = np.asarray(labels.data).copy()
+w.segment(); wait(w)
+status_live = w.status.value
+viewer.layers.selection = {labels, pts, w.shapes_box.value}
+saved = viewer.layers.save(args["session"], selected=True, plugin="napari-mobilesam")
+np.save(args["out"] + "/edited.npy", edited)
+np.save(args["out"] + "/after_segment.npy", after_segment)
+np.save(args["out"] + "/live.npy", np.asarray(labels.data))
+print(json.dumps({"first": status_first, "status": status_live, "saved": saved}))
+viewer.close()
+"""
+
+SECOND = PRELUDE + r"""
+opened = viewer.open(args["session"], plugin="napari-mobilesam")
+QApplication.processEvents()
+if args.get("weights_again"):
+    w.model_box.value = "choose file…"
+    w.model_file.value = args["weights"]
+before = np.asarray(w.labels_box.value.data).copy() if w.labels_box.value is not None else None
+w.segment(); wait(w)
+labels = w.labels_box.value
+np.save(args["out"] + "/resumed.npy", np.asarray(labels.data))
+print(json.dumps({
+    "status": w.status.value,
+    "picked": [getattr(b.value, "name", None) for b in (w.labels_box, w.points_box, w.shapes_box)],
+    "layers": [la.name for la in viewer.layers],
+    "model": w.model_box.value, "model_file": str(w.model_file.line_edit.value),
+    "embedded": len(w.cache) if hasattr(w.cache, "__len__") else None,
+    "same_as_opened": before is not None and bool(np.array_equal(before, np.asarray(labels.data))),
+}))
+viewer.close()
+"""
+
+
+def _run(code: str, args: dict) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "NAPARI_MOBILESAM_ALLOW_TRITON"}
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, timeout=900, env=env, check=False)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-4000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_resume_and_segment_keeps_hand_edits(fcheckpoint, tmp_path):
+    if not os.environ.get("DISPLAY"):
+        pytest.skip("needs an X server (run the tests under xvfb-run)")
+    from test_prompt_equality import _cells
+
+    from napari_mobilesam.testing import synthetic_stack
+    from napari_mobilesam.testing.metrics import interior_point
+
+    stack, gt = synthetic_stack(n_frames=1, seed=106)
+    img, lab = stack[0], gt[0]
+    tif = tmp_path / "movie.tif"
+    tifffile.imwrite(tif, img, photometric="minisblack")
+    a, b = _cells(lab, 2)
+    clicks = [list(map(float, interior_point(lab == a))), list(map(float, interior_point(lab == b)))]
+    args = {"image": str(tif), "weights": str(fcheckpoint), "clicks": clicks, "session": str(tmp_path / "work.mobilesam"),
+            "out": str(tmp_path), "erase": clicks[0]}
+    # paint label 2 on a background pixel next to cell b
+    rr, cc = np.nonzero(lab == 0)
+    d = np.hypot(rr - clicks[1][0], cc - clicks[1][1])
+    k = int(np.argmin(np.where(d > 8, d, np.inf)))
+    args["paint"] = [float(rr[k]), float(cc[k])]
+    first = _run(FIRST, args)
+    edited = np.load(tmp_path / "edited.npy")
+    after = np.load(tmp_path / "after_segment.npy")
+    assert (after == 1).any() and (after == 2).any(), first["first"]
+    assert (after == 1).any() and (after == 2).any() and not np.array_equal(edited, after)
+    assert "nothing to do" in first["status"], first["status"]
+    np.testing.assert_array_equal(np.load(tmp_path / "live.npy"), edited)
+    assert first["saved"] == [args["session"]]
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "work.mobilesam" / "labels.tif"), edited)
+
+    second = _run(SECOND, {**args, "weights_again": True})
+    assert "nothing to do" in second["status"], second["status"]
+    np.testing.assert_array_equal(np.load(tmp_path / "resumed.npy"), edited)
