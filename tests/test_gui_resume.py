@@ -134,3 +134,47 @@ def test_resume_and_segment_keeps_hand_edits(fcheckpoint, tmp_path):
     second = _run(SECOND, {**args, "weights_again": True})
     assert "nothing to do" in second["status"], second["status"]
     np.testing.assert_array_equal(np.load(tmp_path / "resumed.npy"), edited)
+    print(second)
+
+
+def test_resumed_session_picks_its_layers_and_its_model(fcheckpoint, tmp_path):
+    """Item 5: the session's layers are picked for an image opened from a file, no extra empty prompt
+    layers stay, and the model recorded in the session is the widget's model."""
+    if not os.environ.get("DISPLAY"):
+        pytest.skip("needs an X server (run the tests under xvfb-run)")
+    from napari_mobilesam.testing import synthetic_stack
+    from napari_mobilesam.testing.metrics import interior_point
+    from test_prompt_equality import _cells
+
+    stack, gt = synthetic_stack(n_frames=1, seed=106)
+    tif = tmp_path / "movie.tif"
+    tifffile.imwrite(tif, stack[0], photometric="minisblack")
+    clicks = [list(map(float, interior_point(gt[0] == c))) for c in _cells(gt[0], 2)]
+    args = {"image": str(tif), "weights": str(fcheckpoint), "clicks": clicks, "session": str(tmp_path / "work.mobilesam"),
+            "out": str(tmp_path), "erase": clicks[0], "paint": clicks[1]}
+    _run(FIRST, args)
+    second = _run(SECOND, args)  # the model is not chosen again
+    assert second["picked"] == ["movie labels", "movie points", "movie boxes"]
+    assert sorted(second["layers"]) == ["movie", "movie boxes", "movie labels", "movie points"]
+    assert second["model"] == "choose file…" and second["model_file"] == str(fcheckpoint)
+    assert "nothing to do" in second["status"], second["status"]
+
+
+def test_cli_session_uses_the_recorded_weights(fcheckpoint, tmp_path, capsys):
+    """Item 5: ``mobilesam segment --session`` without --weights uses the session's weights file."""
+    from napari_mobilesam import build_mobilesam
+    from napari_mobilesam.cli import main
+    from napari_mobilesam.engine.session import save_session
+    from napari_mobilesam.engine.store import model_fingerprint
+
+    img = np.zeros((64, 64), np.uint8)
+    img[20:40, 20:40] = 200
+    tifffile.imwrite(tmp_path / "img.tif", img)
+    model = {"weights": str(fcheckpoint), "decoder": None, "model_hash": model_fingerprint(build_mobilesam(fcheckpoint, device="cpu"))}
+    folder = save_session(tmp_path / "s.mobilesam", image={"name": "img", "shape": [64, 64]}, model=model, preprocess={},
+                          points=np.array([[30.0, 30.0]]), point_features={"label": [1], "label_id": [1]})
+    code = main(["segment", str(tmp_path / "img.tif"), "--session", str(folder), "-o", str(tmp_path / "out.tif"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"using the weights recorded in the session: {fcheckpoint}" in err
+    assert tifffile.imread(tmp_path / "out.tif").shape == (64, 64)

@@ -239,6 +239,10 @@ def _from_session(args: argparse.Namespace):
         args.channels = [int(v) for v in prep["channels"]]
     if args.channel_axis is None and prep.get("channel_axis") is not None:
         args.channel_axis = int(prep["channel_axis"])
+    recorded = str(session.model.get("weights") or "")
+    if args.weights == "mobile_sam" and recorded and recorded != "mobile_sam" and Path(recorded).is_file():  # --weights not given
+        args.weights = recorded
+        _say(args, f"using the weights recorded in the session: {recorded} (give --weights to choose others)")
     if not (args.points or args.boxes):
         raise InputError(f"{args.session} holds no prompts.")
     return session

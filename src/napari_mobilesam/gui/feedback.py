@@ -27,8 +27,11 @@ def px(n: int) -> str:
     return f"{int(n):,} px"
 
 
-def object_line(label_id: int, written: int, area: int) -> str:
-    """One object's result: its pixels in the layer, or why there are none."""
+def object_line(label_id: int, written: int, area: int, kept: str = "") -> str:
+    """One object's result: its pixels in the layer, or why there are none; ``kept``: the mask
+    chosen (e.g. "mask 1") came out empty, so the object's pixels were kept as they were."""
+    if kept:
+        return f"{kept} is empty for object {label_id}; kept its {px(written)} as they were (pick another mask)"
     if written > 0:
         return f"object {label_id}: {px(written)}"
     if area == 0:
@@ -41,7 +44,7 @@ def objects_summary(counts: Sequence[tuple[int, int, int]], limit: int = 3) -> s
     (the first ``limit`` objects, then how many more)."""
     parts = [object_line(*c) for c in counts[:limit]]
     if len(counts) > limit:
-        empty = sum(1 for _, n, _ in counts[limit:] if n == 0)
+        empty = sum(1 for c in counts[limit:] if c[1] == 0)
         parts.append(f"{len(counts) - limit} more" + (f" ({empty} with nothing written)" if empty else ""))
     return "; ".join(parts)
 

@@ -24,7 +24,7 @@ from .._progress import relay
 from ..model.weights import REGISTRY, iter_fetch
 
 __all__ = [
-    "FrameDone", "FrameReady", "ModelReady", "Progress", "built", "decode_objects", "load_model", "segment_frames", "worker_predictor",
+    "FrameDone", "FrameReady", "ModelReady", "Progress", "built", "decode_objects", "frame_step", "load_model", "segment_frames", "worker_predictor",
 ]
 
 Frame = tuple[int, ...]
@@ -96,6 +96,12 @@ def worker_predictor(sam: Sam, cache: EmbeddingCache) -> Predictor:
     return pred
 
 
+def frame_step(f: Frame, embedding: bool, n_objects: int) -> str:
+    """Progress text: "image embedding" / "decoding 3 objects", prefixed by "frame 4: " on a stack."""
+    what = "image embedding" if embedding else f"decoding {n_objects} object{'s' if n_objects != 1 else ''}"
+    return f"frame {', '.join(str(int(v)) for v in f)}: {what}" if f else what
+
+
 def segment_frames(
     model: Sam | Generator,
     cache: EmbeddingCache,
@@ -111,8 +117,7 @@ def segment_frames(
     pred = worker_predictor((yield from built(model)), cache)
     n = len(work)
     for k, (f, objects) in enumerate(work):
-        where = f" {f}" if f else ""
-        yield Progress(k, n, f"frame{where}: image embedding" if key(f) not in cache else f"frame{where}: decoding")
+        yield Progress(k, n, frame_step(f, key(f) not in cache, len(objects)))
         pred.set_image(frame(f), key=key(f), **image_kwargs)
         if objects:
             yield FrameDone(f, list(objects), decode_objects(pred, objects))

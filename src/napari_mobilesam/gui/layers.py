@@ -168,11 +168,14 @@ def prompt_table(points: Points | None, shapes: Shapes | None, image: Image) -> 
 
 
 def dedupe_ids(layer: Points | Shapes | None) -> None:
-    """A new row may inherit the selected row's features: one label id per box / single point."""
+    """A new row may inherit the selected row's features: one label id per box / single positive point
+    (negative points hold the id of the object they refine: engine/prompts.py)."""
     if layer is None or "label_id" not in layer.features or not len(layer.features):
         return
     f = layer.features
     single = (f["object"] <= 0) if "object" in f else np.ones(len(f), bool)
+    if "label" in f:
+        single &= f["label"] > 0
     ids = f["label_id"].where(single & (f["label_id"] > 0))
     dup = ids.duplicated() & ids.notna()
     if dup.any():
@@ -225,7 +228,7 @@ def new_points_layer(image: Image) -> Points:
     """Prompt points for ``image``: positive green, negative magenta; 3D+ for stacks."""
     ndim = FrameGeometry.of(image).n_lead + 2
     features = pd.DataFrame({"label": np.zeros(0, int), "object": np.zeros(0, int), "label_id": np.zeros(0, int), "mask": np.zeros(0, int)})
-    size = max(3.0, 0.015 * max(FrameGeometry.of(image).spatial))
+    size = min(12.0, max(3.0, 0.015 * max(FrameGeometry.of(image).spatial)))  # 12 px at most: a click must not hide a cell
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # "label looks categorical": it is, by design
         layer = Points(

@@ -41,6 +41,10 @@ def mask_hash(view: np.ndarray, label_id: int) -> str:
     return h.hexdigest()
 
 
+def _choice(o: ObjectPrompt) -> str:
+    return "the best mask" if o.select == "best" else f"mask {int(o.select) + 1}"
+
+
 def _sig_json(sig: tuple) -> list:
     frame, pts, box, select = sig
     return [[int(v) for v in frame], [float(v) for v in pts], [float(v) for v in box], select if isinstance(select, str) else int(select)]
@@ -187,10 +191,17 @@ class OutputState:
         """Paint the masks of ``objects`` on ``frame`` as one undoable step; ``also_clear``: ids
         whose prompt was deleted (their pixels are released).
 
-        Returns ``(label id, pixels it now holds, mask area)`` per object.
+        Returns ``(label id, pixels it now holds, mask area)`` per object, and for an object already
+        in the layer whose mask came out empty (e.g. an empty "mask 1" chosen), which is kept as it
+        was, ``(label id, pixels it holds, 0, "mask 1")``.
         """
         layer = self.labels_layer()
         image = self.image_box_value()
+        view = frame_view(layer, tuple(frame))
+        empty = [i for i, (o, m) in enumerate(zip(objects, masks, strict=True)) if m.area == 0 and o.label_id > 0 and (view == o.label_id).any()]
+        kept = [(objects[i].label_id, int((view == objects[i].label_id).sum()), 0, _choice(objects[i])) for i in empty]
+        objects = [o for i, o in enumerate(objects) if i not in empty]
+        masks = [m for i, m in enumerate(masks) if i not in empty]
         if objects:
             check_session_model(self, layer)  # labels of a session made with other weights are not mixed
         ids = [o.label_id for o in objects]
@@ -206,4 +217,4 @@ class OutputState:
         for lid in also_clear:
             self._records.pop(lid, None)
         self._save_records(layer)
-        return list(zip(ids, object_pixels(layer, tuple(frame), masks, ids), [m.area for m in masks], strict=True))
+        return list(zip(ids, object_pixels(layer, tuple(frame), masks, ids), [m.area for m in masks], strict=True)) + kept

@@ -17,7 +17,7 @@ import numpy as np
 from ..engine.session import is_session, load_session, save_session
 from . import layers as L
 
-__all__ = ["INFO", "check_session_model", "read_session", "session_reader", "stamp", "write_session"]
+__all__ = ["INFO", "check_session_model", "read_session", "restore_model", "session_reader", "stamp", "write_session"]
 
 INFO = "napari-mobilesam-session"  # Labels metadata key
 
@@ -72,6 +72,33 @@ def stamp(widget, labels, image, kw: dict, frame: tuple) -> None:
     if not runs or runs[-1] != run:
         runs.append(run)
     labels.metadata[INFO] = info
+
+
+def restore_model(widget, labels) -> str:
+    """Set the widget's model (and decoder) to what the session of ``labels`` was made with; returns a
+    status line saying what was chosen, or why not ("" when the session records no model)."""
+    from ..model.weights import registry_names
+
+    model = (labels.metadata.get(INFO) or {}).get("model") or {}
+    weights, decoder = str(model.get("weights") or ""), model.get("decoder")
+    if not weights:
+        return ""
+    names = set(registry_names("model", "encoder"))
+    if weights in names:
+        widget.model_box.value = weights
+    elif Path(weights).is_file():
+        widget.model_box.value = widget.CHOOSE_FILE
+        widget.model_file.value = weights
+    else:
+        return (f"Session '{labels.name}' was made with {weights}, which is not here: pick those weights under 'model' "
+                "(other weights are refused for its labels).")
+    if decoder and decoder != "None":
+        if decoder in set(registry_names("decoder")):
+            widget.decoder_box.value = decoder
+        elif Path(decoder).is_file():
+            widget.decoder_box.value = widget.CHOOSE_FILE
+            widget.decoder_file.value = decoder
+    return f"Session '{labels.name}': model set to {Path(weights).name if Path(weights).is_file() else weights}, as recorded."
 
 
 # ---------------------------------------------------------------------------------------- writer

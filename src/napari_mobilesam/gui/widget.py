@@ -16,7 +16,7 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, ProgressBar, PushButt
 from napari.layers import Image, Labels, Points, Shapes
 from napari.utils.events import Event
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import QSize
+from qtpy.QtCore import QSize, QTimer
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from ..engine.embeddings import EmbeddingCache
@@ -35,7 +35,7 @@ from ..engine.prompts import RULE_LINES, ObjectPrompt
 from .propagate import PropagateSection
 from .refine import RefineSection
 from .runner import JobHost
-from .session import check_session_model
+from .session import check_session_model, restore_model
 from .stores import StoreUse
 
 __all__ = ["KEYS", "MobileSAMWidget", "PROMPT_HELP"]
@@ -69,6 +69,8 @@ STORE_HELP = (
 
 class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
     """Dock widget: image + prompt layers -> instance labels with MobileSAM."""
+
+    CHOOSE_FILE = CHOOSE_FILE
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
@@ -156,6 +158,9 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
         self.mask_choice.changed.connect(self._on_mask_choice)
         self.live.changed.connect(lambda v: v and self.prepare_live())
         self.viewer.dims.events.current_step.connect(lambda e: self.live.value and self.prepare_live())
+        for control in (self.image_box, self.points_box, self.shapes_box, self.labels_box, self.model_box, self.model_file,
+                        self.decoder_box, self.decoder_file, self.device_box, self.embeddings):
+            control.changed.connect(self._clear_error)  # the problem an error named may be gone now
         self.segment_btn.changed.connect(self.segment)
         self.cancel_btn.changed.connect(self.cancel)
         ev = self.viewer.layers.events
@@ -164,6 +169,10 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
         ev.inserted.connect(self._on_inserted)
         self._bind_keys()
         self._on_image(self.image_box.value)
+
+    def _clear_error(self, _=None) -> None:
+        if self.status.value.startswith("Error:") and not self.busy:
+            self.status.value = "Ready."
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt): the dock's default width, see layout.default_width
         return QSize(default_width(self), 600)
@@ -236,6 +245,7 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
         kind = layer.metadata.get(L.MARK) if hasattr(layer, "metadata") else None
         box = {"labels": self.labels_box, "shapes": self.shapes_box, "points": self.points_box}.get(kind)
         if box is not None and image is not None and layer.metadata.get("image") == image.name and box.value is not layer:
+            old = box.value
             self._switching = True  # its prompts keep their ids
             try:
                 box.reset_choices()
@@ -243,6 +253,14 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
                     box.value = layer
             finally:
                 self._switching = False
+            if box.value is layer and old is not None and kind != "labels" and old.metadata.get(L.MARK) == kind and not len(old.data):
+                name = old.name  # the empty prompt layer made for the image gives way to the session's
+                self.viewer.layers.remove(old)
+                layer.name = name
+            if box is self.points_box and box.value is layer:
+                self._ready_points()
+            if kind == "labels" and box.value is layer and not self.busy:
+                self.status.value = restore_model(self, layer) or self.status.value
 
     def _on_image(self, image: Image | None) -> None:
         self._switching = True  # the prompt and labels layers change together: each keeps its ids
@@ -259,13 +277,27 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
             if self.shapes_box.value is None:
                 self.shapes_box.value = self.viewer.add_layer(L.new_shapes_layer(image))
             if self.points_box.value is None:
-                layer = self.viewer.add_layer(L.new_points_layer(image))
-                self.points_box.value = layer
-                layer.mode = "add"
+                self.points_box.value = self.viewer.add_layer(L.new_points_layer(image))
             self.propagate.on_image(image)
+            self._ready_points()
         finally:
             self._switching = False
             self._labels_prev = self.labels_box.value
+
+    def _ready_points(self) -> None:
+        """Select the points layer in add mode, so the next click on the canvas adds a point; also after
+        napari has selected a layer it just inserted (an image opened after the widget)."""
+        def ready() -> None:
+            try:
+                layer = self.points_box.value
+            except RuntimeError:  # the widget was closed meanwhile
+                return
+            if layer is not None and layer in self.viewer.layers:
+                self.viewer.layers.selection.active = layer
+                layer.mode = "add"
+
+        ready()
+        QTimer.singleShot(0, ready)
 
     def _on_labels(self, layer: Labels | None) -> None:
         # another output layer for the same prompts: their ids referred to the previous layer
