@@ -149,3 +149,24 @@ def test_points_layer_ready_for_clicks_when_the_widget_came_first(qtbot, make_na
     assert w.points_box.value is not points and viewer.layers.selection.active is w.points_box.value
     assert w.points_box.value.mode == "add"
     w.shutdown()
+
+
+@pytest.mark.slow
+def test_object_aware_uses_the_detectors_training_size(qtbot, make_napari_viewer, fsam, fcheckpoint, frame):
+    """Item 4: the shipped synthetic detector was trained at 256 px; at 1024 it found 0 of 20 cells."""
+    from napari_mobilesam.gui.everything import detector_input_size
+    from napari_mobilesam.model.detector import Detector
+    from napari_mobilesam.testing import synthetic_detector
+
+    assert detector_input_size(Detector(synthetic_detector())) == (256, "the size the detector was trained at")
+    img, gt = frame
+    viewer, w = _setup(make_napari_viewer, fsam, fcheckpoint, img)
+    ev = w.everything
+    ev.sampler.value = "object-aware"
+    ev.detector.value = str(synthetic_detector())
+    assert not ev.imgsz.native.isHidden() and ev.button.enabled
+    ev.run()
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
+    found = set(np.unique(w.labels_box.value.data).tolist()) - {0}
+    assert "detector input 256 px (the size the detector was trained at)" in w.status.value, w.status.value
+    assert len(found) >= 5, (len(found), w.status.value)

@@ -54,6 +54,24 @@ def load_detector(path: Path, trust: bool):
                             "where the file comes from.") from None
 
 
+def detector_input_size(det, chosen: int = 0) -> tuple[int, str]:
+    """The detector's inference size and where it comes from: ``chosen`` (> 0) by the user, else the
+    size the file fixes (an ONNX export) or records (``Detector.imgsz``, or ultralytics' training
+    ``train_args['imgsz']``), else 1024 (MobileSAMv2's ObjectAwareModel)."""
+    if chosen > 0:
+        return int(chosen), "set under 'input size'"
+    if getattr(det, "imgsz", None):
+        return int(det.imgsz), "from the detector file"
+    ckpt = getattr(getattr(det, "_model", None), "ckpt", None)
+    args = ckpt.get("train_args") if isinstance(ckpt, dict) else None
+    size = args.get("imgsz") if isinstance(args, dict) else None
+    if isinstance(size, (list, tuple)) and size and all(isinstance(v, int) for v in size):
+        size = max(size)
+    if isinstance(size, int) and not isinstance(size, bool) and 32 <= size <= 8192:
+        return size, "the size the detector was trained at"
+    return 1024, "the default; the detector file records none"
+
+
 class EverythingSection:
     def __init__(self, widget: MobileSAMWidget) -> None:
         self.w = widget
@@ -61,6 +79,9 @@ class EverythingSection:
         self.detector = FileEdit(label="detector", mode="r", filter="*.pt *.onnx",
                                  tooltip="YOLO detect/segment checkpoint (e.g. ObjectAwareModel.pt) or its .onnx export")
         self.trust = CheckBox(text=TRUST, value=False, tooltip=TRUST_HELP)
+        self.imgsz = SpinBox(label="input size", value=0, min=0, max=8192, step=32,
+                             tooltip="Detector inference size in pixels; 0 = the size the detector was trained at "
+                             "(read from the file; 1024 when it records none)")
         self.hint = Label(value="")
         self.hint.native.setWordWrap(True)
         self.diameter = SpinBox(label="diameter", value=0, min=0, max=10000, tooltip="Expected object diameter in pixels; 0 = automatic")
@@ -73,7 +94,7 @@ class EverythingSection:
         self.all_frames = CheckBox(text="all frames", value=False)
         self.button = PushButton(text="Run (Shift+E)")
         self.section = Section(
-            "Segment everything", self.sampler, self.detector, self.trust, self.hint, self.diameter, self.polarity,
+            "Segment everything", self.sampler, self.detector, self.trust, self.imgsz, self.hint, self.diameter, self.polarity,
             self.min_score, self.tile, self.all_frames, self.button,
         )
         self.box, self.inner = self.section.box, self.section.inner
@@ -95,7 +116,7 @@ class EverythingSection:
 
     def _update(self, _=None) -> None:
         s = self.sampler.value
-        self.detector.visible = self.trust.visible = s == "object-aware"
+        self.detector.visible = self.trust.visible = self.imgsz.visible = s == "object-aware"
         self.diameter.visible = self.polarity.visible = s == "blobs"
         if s == "object-aware" and self._detector_path() is None:
             self.hint.value = "Pick a detector .pt or .onnx file (MobileSAMv2's ObjectAwareModel.pt or any YOLO model)."
@@ -140,6 +161,9 @@ class EverythingSection:
         def gen():
             pred = worker_predictor((yield from built(w.model_step())), w.cache)
             det = None if detector is None else (yield from load_detector(detector, trust))
+            if det is not None:
+                opts["imgsz"], why = detector_input_size(det, int(self.imgsz.value))
+                notes.append(f"detector input {opts['imgsz']} px ({why})")
             return (yield from iter_segment_everything(
                 data, pred, sampler=sampler, detector=det, rgb=geo.rgb, frames=None if every else [cur],
                 labels=existing, overwrite=w.overwrite.value, **opts,
@@ -161,7 +185,7 @@ class EverythingSection:
                         first = w.next_id()
                         shift = max(0, first - int(new[new > 0].min()))
                         new = np.where(new > 0, new + shift, 0).astype(new.dtype) if shift else new
-                        if not notes and top > issued:
+                        if top > issued and not any(t.startswith("new ids") for t in notes):
                             notes.append(ids_note(int(new[new > 0].min()), top, labels.name))
                     write_frames(labels, [(tuple(msg.index), new)], overwrite=w.overwrite.value)
                     done.append(msg.index)
