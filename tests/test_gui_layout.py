@@ -132,3 +132,47 @@ def test_fits_while_a_job_runs_and_keys(qtbot, laptop, sam, checkpoint):
     done = sum(int(w.labels_box.value.data[t].any()) for t in range(5))
     assert done < 5 and w.status.value.startswith(f"Segment cancelled: {done} of 5 frames written")
     check_fits(qtbot, viewer, w, "after Segment")
+
+
+def clipped(w: MobileSAMWidget) -> list[str]:
+    """Visible controls that reach past the right edge of the dock's scroll viewport, and texts cut short."""
+    from qtpy.QtWidgets import QAbstractButton, QLabel
+
+    area = next(a for a in w.findChildren(QScrollArea))
+    view = area.viewport()
+    out = []
+    if area.horizontalScrollBar().isVisible():
+        out.append("a horizontal scroll bar")
+    for child in w.findChildren(QWidget):
+        if not child.isVisibleTo(w) or not view.isAncestorOf(child):
+            continue
+        right = child.mapTo(view, child.rect().topRight()).x()
+        if right > view.width():
+            out.append(f"{type(child).__name__} {getattr(child, 'text', lambda: '')()!r} ends at {right} > {view.width()}")
+        if isinstance(child, (QLabel, QAbstractButton)) and not (isinstance(child, QLabel) and child.wordWrap()):
+            text = child.text()
+            if text and child.fontMetrics().horizontalAdvance(text) > child.width() + 2 and not text.endswith("…"):
+                out.append(f"{type(child).__name__} {text!r} cut to {child.width()} px")
+    return out
+
+
+@pytest.mark.parametrize("sampler", ["blobs", "object-aware", "grid"])
+def test_every_section_open_fits_sideways(qtbot, laptop, sampler, tmp_path):
+    """Issue 24 item 8: no horizontal scrolling, no control or text cut, for every sampler."""
+    viewer, w = laptop
+    for section in (w.propagate.section, w.everything.section, w.refine.section):
+        section.set_expanded(True)
+    w.everything.sampler.value = sampler
+    if sampler == "object-aware":
+        w.everything.detector.value = str(tmp_path / "a detector with a long name, as people name them.pt")
+    settle(qtbot)
+    check_fits(qtbot, viewer, w, f"all sections open, {sampler}")
+    assert not clipped(w), clipped(w)
+    dock = w.parentWidget()
+    while dock is not None and type(dock).__name__ != "QtViewerDockWidget":
+        dock = dock.parentWidget()
+    if dock is not None:
+        title = dock.windowTitle() or dock.name
+        assert dock.fontMetrics().horizontalAdvance(title) < dock.width() - 40, f"dock title {title!r} cut at {dock.width()} px"
+    if sampler == "object-aware":
+        viewer.window._qt_window.grab().save(str(tmp_path.parent / f"layout_{sampler}.png"))

@@ -98,7 +98,7 @@ def test_malicious_detector_runs_no_code_unless_trusted(qtbot, make_widget, monk
     assert ev.button.enabled and not ev.trust.native.isHidden() and not ev.trust.value  # shown with object-aware
     run(qtbot, w, ev.run)
     msg = str(errors[-1].exception)
-    assert "run any code" in msg and "trust this detector file (it can run code)" in msg and "onnx" in msg, msg
+    assert "run any code" in msg and "trust file (runs code)" in msg and "onnx" in msg, msg
     assert not marker.exists()
     assert w.labels_box.value is None or not w.labels_box.value.data.any()
     ev.trust.value = True  # the one gate: now the file is fully unpickled, and its code runs

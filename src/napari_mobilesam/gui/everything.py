@@ -31,7 +31,7 @@ HELP = (
     ".pt or .onnx file); 'grid': SAM's 32×32 point grid (slow, generic). Each finished frame is written at once "
     "(one Ctrl+Z per frame); Cancel keeps the frames already done. Key: Shift+E."
 )
-TRUST = "trust this detector file (it can run code)"
+TRUST = "trust file (runs code)"  # short: the dock is ~230 px wide at 1280 x 720
 TRUST_HELP = (
     "A detector .pt is read safely by default (torch.load(weights_only=True) with an allow-list of the classes a "
     "YOLO checkpoint holds), so it cannot run code; .onnx exports hold no code at all. Tick this only for a file "
@@ -59,7 +59,7 @@ def detector_input_size(det, chosen: int = 0) -> tuple[int, str]:
     size the file fixes (an ONNX export) or records (``Detector.imgsz``, or ultralytics' training
     ``train_args['imgsz']``), else 1024 (MobileSAMv2's ObjectAwareModel)."""
     if chosen > 0:
-        return int(chosen), "set under 'input size'"
+        return int(chosen), "set under 'input px'"
     if getattr(det, "imgsz", None):
         return int(det.imgsz), "from the detector file"
     ckpt = getattr(getattr(det, "_model", None), "ckpt", None)
@@ -79,7 +79,7 @@ class EverythingSection:
         self.detector = FileEdit(label="detector", mode="r", filter="*.pt *.onnx",
                                  tooltip="YOLO detect/segment checkpoint (e.g. ObjectAwareModel.pt) or its .onnx export")
         self.trust = CheckBox(text=TRUST, value=False, tooltip=TRUST_HELP)
-        self.imgsz = SpinBox(label="input size", value=0, min=0, max=8192, step=32,
+        self.imgsz = SpinBox(label="input px", value=0, min=0, max=8192, step=32,
                              tooltip="Detector inference size in pixels; 0 = the size the detector was trained at "
                              "(read from the file; 1024 when it records none)")
         self.hint = Label(value="")
@@ -119,7 +119,8 @@ class EverythingSection:
         self.detector.visible = self.trust.visible = self.imgsz.visible = s == "object-aware"
         self.diameter.visible = self.polarity.visible = s == "blobs"
         if s == "object-aware" and self._detector_path() is None:
-            self.hint.value = "Pick a detector .pt or .onnx file (MobileSAMv2's ObjectAwareModel.pt or any YOLO model)."
+            self.hint.value = "Pick a detector file."  # short: the dock is narrow; the control's tooltip says which
+            self.hint.tooltip = "A .pt or .onnx file: MobileSAMv2's ObjectAwareModel.pt or any YOLO detect/segment model."
             self.button.enabled = False
         else:
             self.hint.value = ""

@@ -59,6 +59,7 @@ class RefineSection:
         self.w = widget
         self.label = SpinBox(label="refine label", value=0, min=0, max=2**31 - 1,
                              tooltip="Id of the label to refine (0: off); Ctrl+click a label in the labels layer picks it. " + HELP)
+        self.label.native.setButtonSymbols(self.label.native.ButtonSymbols.NoButtons)  # 10 digits fit the narrow dock
         self.button = PushButton(text="Refine label")
         self.button.tooltip = HELP
         self.section = Section("Refine a label", self.label, self.button)

@@ -89,8 +89,9 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
         self.image_box = ComboBox(label="image", choices=self._choices(Image, new=None), tooltip="Image to segment (2D, stack, RGB)")
         self.points_box = ComboBox(label="points", choices=self._choices(Points, new="new"), tooltip=PROMPT_HELP)
         self.shapes_box = ComboBox(label="boxes", choices=self._choices(Shapes, new="new"), tooltip=PROMPT_HELP)
-        self.labels_box = ComboBox(label="labels out", choices=self._choices(Labels, new="new (created on first result)"),
-                                   tooltip="Labels layer that receives the masks (same spatial shape as the image); "
+        self.labels_box = ComboBox(label="labels out", choices=self._choices(Labels, new="new layer"),
+                                   tooltip="Labels layer that receives the masks (same spatial shape as the image; "
+                                   "'new layer': created on the first result); "
                                    "new ids continue after its largest label")
         # -- model
         self.model_box = ComboBox(label="model", choices=[*registry_names("model", "encoder"), CHOOSE_FILE], value="mobile_sam",
