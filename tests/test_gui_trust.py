@@ -170,3 +170,42 @@ def test_object_aware_uses_the_detectors_training_size(qtbot, make_napari_viewer
     found = set(np.unique(w.labels_box.value.data).tolist()) - {0}
     assert "detector input 256 px (the size the detector was trained at)" in w.status.value, w.status.value
     assert len(found) >= 5, (len(found), w.status.value)
+
+
+def test_no_empty_labels_layer_when_the_model_fails_to_load(qtbot, make_napari_viewer, frame, monkeypatch, tmp_path):
+    """Item 9: a model that cannot be loaded leaves no empty labels layer behind (Segment, Segment everything)."""
+    from napari.layers import Labels
+
+    from napari_mobilesam.gui import feedback
+    from napari_mobilesam.gui.widget import CHOOSE_FILE, MobileSAMWidget
+
+    monkeypatch.setattr(feedback, "notify", lambda n: None)
+    viewer = make_napari_viewer()
+    viewer.add_image(frame[0], name="img")
+    w = MobileSAMWidget(viewer)
+    bad = tmp_path / "damaged.pt"
+    bad.write_bytes(b"not a checkpoint")
+    w.model_box.value = CHOOSE_FILE
+    w.model_file.value = str(bad)
+    w.device_box.value = "cpu"
+    w.points_box.value.add([[40.0, 40.0]])
+    w.segment()
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
+    assert w.status.value.startswith("Error:"), w.status.value
+    w.everything.run()
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
+    assert w.status.value.startswith("Error:"), w.status.value
+    assert not [la for la in viewer.layers if isinstance(la, Labels)]
+    # the error goes when the problem is gone (another model chosen)
+    w.model_box.value = "mobile_sam"
+    assert w.status.value == "Ready."
+    w.shutdown()
+
+
+def test_progress_text_on_a_2d_image():
+    """Item 9: "Segment: frame: image embedding" on a 2-D image."""
+    from napari_mobilesam.gui.jobs import frame_step
+
+    assert frame_step((), True, 2) == "image embedding"
+    assert frame_step((), False, 2) == "decoding 2 objects"
+    assert frame_step((3,), True, 1) == "frame 3: image embedding"

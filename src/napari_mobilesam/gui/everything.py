@@ -150,14 +150,14 @@ class EverythingSection:
         w = self.w
         image, geo, cur = w.context()
         every = self.all_frames.value and geo.n_lead > 0
-        labels = w.labels_layer()
+        labels = w.labels_layer(create=False)  # created with the first frame written (not when the model fails to load)
         data = L.frame_data(image)  # with a chosen channel axis: frames with their channels last
         sampler = self.sampler.value
         detector = self._detector_path() if sampler == "object-aware" else None
         trust = bool(self.trust.value)
         read, key, kw = w.frame_reader(image)
         opts = {**self.options(), **kw, "key": key}
-        existing = labels.data
+        existing = None if labels is None else labels.data
 
         def gen():
             pred = worker_predictor((yield from built(w.model_step())), w.cache)
@@ -173,7 +173,8 @@ class EverythingSection:
         done: list = []
         last = [""]
         notes: list[str] = []
-        top, issued = int(np.max(labels.data)) if labels.data.size else 0, w.issued
+        top, issued = int(np.max(labels.data)) if labels is not None and labels.data.size else 0, w.issued
+        out = [labels]
 
         def on_msg(msg) -> None:
             if isinstance(msg, EverythingProgress):
@@ -181,14 +182,17 @@ class EverythingSection:
                 # write before updating the progress bars: napari's activity bar may process events,
                 # and with them the job's end, before this function returns
                 if msg.labels is not None:  # a finished frame: one undoable write
+                    if out[0] is None:
+                        out[0] = w.labels_layer()
+                    layer = out[0]
                     new = msg.labels
                     if new.any():  # keep clear of ids already given to prompts (not yet in the layer)
                         first = w.next_id()
                         shift = max(0, first - int(new[new > 0].min()))
                         new = np.where(new > 0, new + shift, 0).astype(new.dtype) if shift else new
                         if top > issued and not any(t.startswith("new ids") for t in notes):
-                            notes.append(ids_note(int(new[new > 0].min()), top, labels.name))
-                    write_frames(labels, [(tuple(msg.index), new)], overwrite=w.overwrite.value)
+                            notes.append(ids_note(int(new[new > 0].min()), top, layer.name))
+                    write_frames(layer, [(tuple(msg.index), new)], overwrite=w.overwrite.value)
                     done.append(msg.index)
                 w.show_progress(msg.done, msg.total, f"Everything: {msg.message}")
 

@@ -183,8 +183,8 @@ class OutputState:
                 self._points.features.loc[o.point_rows, "label_id"] = o.label_id
             if self._shapes is not None and o.shape_rows:
                 self._shapes.features.loc[o.shape_rows, "label_id"] = o.label_id
-        if objects:
-            check_ids_fit(self.labels_layer(), max(o.label_id for o in objects))
+        if objects and layer is not None:  # a new layer (uint32) is made with the first result, not before the model loads
+            check_ids_fit(layer, max(o.label_id for o in objects))
         return ids_note(first, top, layer.name) if nxt > first and layer is not None and top > issued else ""
 
     def write_objects(self, frame, objects: list[ObjectPrompt], masks, also_clear=()) -> list[tuple[int, int, int]]:
