@@ -209,3 +209,23 @@ def test_progress_text_on_a_2d_image():
     assert frame_step((), True, 2) == "image embedding"
     assert frame_step((), False, 2) == "decoding 2 objects"
     assert frame_step((3,), True, 1) == "frame 3: image embedding"
+
+
+def test_closing_the_dock_mid_job_says_so_and_takes_its_keys(qtbot, make_napari_viewer, fsam, fcheckpoint, frame, monkeypatch):
+    """Item 9: closing the dock stopped the job silently; a later Shift+E logged a RuntimeError."""
+    from napari_mobilesam.gui import runner
+
+    warned = []
+    monkeypatch.setattr(runner, "show_warning", warned.append)
+    viewer = make_napari_viewer()
+    viewer.add_image(frame[0], name="img")
+    w = widget_with_model(viewer, fsam, fcheckpoint)
+    dock = viewer.window.add_dock_widget(w, name="MobileSAM")
+    assert "Shift+E" in {str(k) for k in viewer.keymap}
+    w.everything.sampler.value = "grid"
+    w.everything.run()
+    assert w.busy
+    viewer.window.remove_dock_widget(dock)
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
+    assert warned and "the dock was closed" in warned[0]
+    assert not {"Shift+E", "Shift+S", "Escape"} & {str(k) for k in viewer.keymap}

@@ -45,7 +45,14 @@ class JobHost(QWidget):
     def shutdown(self) -> None:
         """Stop the running job after its current step and end the model thread (the widget is
         unusable afterwards). Done when the widget is taken out of its dock (napari's 'x' button:
-        ``remove_dock_widget``) or destroyed (the viewer closes)."""
+        ``remove_dock_widget``) or destroyed (the viewer closes). Its keys go with it, and a job that
+        was running says that it stopped."""
+        if self.busy:
+            show_warning("MobileSAM: the dock was closed, so the running job stops after its current step "
+                         "(what it finished is kept). Open Plugins > MobileSAM to go on.")
+        unbind = getattr(self, "_unbind_keys", None)
+        if unbind is not None:
+            unbind()
         self.model_thread.close()
 
     def event(self, ev: QEvent) -> bool:  # noqa: D102 (Qt)

@@ -207,6 +207,7 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
                 except (KeyError, ValueError, TypeError):
                     pass
 
+        self._unbind_keys = unbind  # also when the dock is closed (JobHost.shutdown)
         self.destroyed.connect(unbind)
 
     # ------------------------------------------------------------------ layer choices
