@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,6 +53,7 @@ pts.add(np.array(args["clicks"], float))
 w.segment(); wait(w)
 status_first = w.status.value
 labels = w.labels_box.value
+assert labels is not None, status_first
 after_segment = np.asarray(labels.data).copy()
 # by hand: erase a band of label 1, paint label 2 onto background next to it
 labels.selected_label = 0
@@ -72,7 +74,7 @@ viewer.close()
 """
 
 SECOND = PRELUDE + r"""
-opened = viewer.open(args["session"], plugin="napari-mobilesam")
+opened = viewer.open(args["session"], plugin="napari-mobilesam")  # File > Open Folder, "MobileSAM" in "Choose reader"
 QApplication.processEvents()
 if args.get("weights_again"):
     w.model_box.value = "choose file…"
@@ -95,6 +97,7 @@ viewer.close()
 
 def _run(code: str, args: dict) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "NAPARI_MOBILESAM_ALLOW_TRITON"}
+    env["NAPARI_CONFIG"] = str(Path(args["out"]) / "napari_settings.yaml")  # the user's napari settings stay untouched
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, timeout=900, env=env, check=False)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-4000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])

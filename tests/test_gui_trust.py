@@ -229,3 +229,22 @@ def test_closing_the_dock_mid_job_says_so_and_takes_its_keys(qtbot, make_napari_
     qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
     assert warned and "the dock was closed" in warned[0]
     assert not {"Shift+E", "Shift+S", "Escape"} & {str(k) for k in viewer.keymap}
+
+
+
+@pytest.mark.slow
+def test_cancel_a_tiled_frame_writes_the_tiles_done(qtbot, make_napari_viewer, fsam, fcheckpoint):
+    """Item 6: Cancel after some tiles of a large frame wrote "0 of 1 frame written"; the tiles done are kept."""
+    stack, _ = synthetic_stack(n_frames=1, shape=(512, 512), n=40, seed=3)
+    viewer, w = _setup(make_napari_viewer, fsam, fcheckpoint, stack[0])
+    ev = w.everything
+    ev.sampler.value = "blobs"
+    ev.diameter.value = 30
+    ev.tile.value = 256
+    ev.run()
+    qtbot.waitUntil(lambda: "tile 2/" in w.status.value, timeout=TIMEOUT)
+    w.cancel()
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
+    assert "cancelled: 1 of 1 frame written" in w.status.value and "partial: " in w.status.value, w.status.value
+    labels = w.labels_box.value
+    assert labels is not None and np.asarray(labels.data).any()

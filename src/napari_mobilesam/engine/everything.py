@@ -39,7 +39,7 @@ UNITS = 100  # progress units per frame
 
 _COMMON = dict(
     min_score=None, min_stability=None, min_area=1, max_area=None, min_visible=0.5,
-    channels=None, contrast_limits=None, channel_axis=None, key=None, out=None, tile=None, tile_overlap=None,
+    channels=None, contrast_limits=None, channel_axis=None, key=None, out=None, tile=None, tile_overlap=None, stop=None,
 )
 _BOXES = dict(prompt="box")
 _OPTIONS = {
@@ -216,7 +216,11 @@ def _iter_frame(
         return (yield from _iter_tile(pred, rgb, key, sampler, det, opts))
     boxes = tile_boxes(hw, tile, opts["tile_overlap"])
     objects: list[ObjectMask] = []
+    stop = opts["stop"] or (lambda: False)
     for k, (r0, c0, r1, c1) in enumerate(boxes):
+        if stop():  # cancelled: the tiles done make a partial frame
+            opts["_partial"] = f"{k} of {len(boxes)} tiles"
+            break
         sub = np.ascontiguousarray(rgb[r0:r1, c0:c1])
         work = _iter_tile(pred, sub, None if key is None else (key, "tile", r0, c0), sampler, det, opts)
         found = yield from relay(work, lambda p, k=k: ((k + p[0]) / len(boxes), f"tile {k + 1}/{len(boxes)}: {p[1]}"))
@@ -249,7 +253,11 @@ def _iter_tile(
     yield 0.3, f"{len(prompts)} boxes"
     objects: list[ObjectMask] = []
     step = pred.batch_size
+    stop = opts["stop"] or (lambda: False)
     for start in range(0, len(prompts), step):
+        if stop():  # cancelled: the boxes decoded so far count (a partial frame)
+            opts["_partial"] = f"{start} of {len(prompts)} boxes"
+            break
         batch = pred.predict_objects(prompts[start : start + step], multimask_output=False)
         for o in batch:  # 256 KiB each, not needed here: keep a frame's objects small
             o.low_res_logits = None
@@ -294,7 +302,10 @@ def iter_segment_everything(
             each finished frame's new labels are written, or False to keep nothing (the
             consumer writes the yielded frames itself; the return value is then None),
             ``tile`` / ``tile_overlap``: segment frames larger than ``tile`` pixels tile by tile
-            (overlap default ``tile // 4``; see tiles.py).
+            (overlap default ``tile // 4``; see tiles.py),
+            ``stop``: a callable polled before each frame and each tile; once it returns True the
+            frame being tiled is finished with the tiles done (a partial frame, said in its message)
+            and no further frame is started.
 
     Yields:
         :class:`EverythingProgress`; items with ``.labels`` set carry a finished frame.
@@ -336,7 +347,11 @@ def _run(
     labels: Any, overwrite: bool, opts: dict[str, Any], out: Any, next_id: int, keyfn: Callable[[tuple[int, ...]], Hashable | None],
 ) -> Generator[EverythingProgress, None, Any]:
     total = UNITS * len(todo)
+    stop = opts["stop"] or (lambda: False)
     for n, idx in enumerate(todo):
+        if stop():
+            break
+        opts["_partial"] = None
         frame_no = int(np.ravel_multi_index(idx, lead)) if lead else 0
         base = n * UNITS
         yield EverythingProgress(frame_no, idx, base, total, f"frame {frame_no}: embedding")
@@ -354,9 +369,10 @@ def _run(
         next_id += n_new
         if out is not False:
             _merge(out, idx, new, n_new, next_id)
+        part = f" (partial: {opts['_partial']} done before Cancel)" if opts["_partial"] else ""
         yield EverythingProgress(
             frame_no, idx, base + UNITS, total,
-            f"frame {frame_no}: {n_new} objects from {len(objects)} masks ({len(kept)} passed the filters)", new,
+            f"frame {frame_no}: {n_new} objects from {len(objects)} masks ({len(kept)} passed the filters){part}", new,
         )
     return None if out is False else out
 

@@ -157,6 +157,8 @@ class EverythingSection:
         trust = bool(self.trust.value)
         read, key, kw = w.frame_reader(image)
         opts = {**self.options(), **kw, "key": key}
+        if opts.get("tile"):  # Cancel keeps the tiles (and boxes) done: a partial frame, said in the status line
+            opts["stop"] = lambda: w.job_cancelled
         existing = None if labels is None else labels.data
 
         def gen():
@@ -199,9 +201,10 @@ class EverythingSection:
         def on_finish() -> None:
             n = geo.n_frames if every else 1
             if w.job_cancelled:
-                text = f"Segment everything {cancelled(len(done), n)}"
+                text = f"Segment everything {cancelled(len(done), n)}" + (f" ({last[0]})" if "partial" in last[0] else "")
             else:
                 text = f"Segment everything: {len(done)} of {n} frame(s) written" + (f" ({last[0]})" if done else "")
             w.end_status(text + "".join(f"; {t}" for t in notes if t) + (". Ctrl+Z undoes each frame." if done else "."))
 
-        w.run_job(gen(), on_msg, on_finish, title="Everything")
+        if w.run_job(gen(), on_msg, on_finish, title="Everything") is not None:
+            w.soft_cancel = "stop" in opts

@@ -34,6 +34,7 @@ class JobHost(QWidget):
     _docked = False  # has had a parent (a napari dock)
     job_cancelled = False  # the running (or last) job was cancelled: its on_finish says so
     job_failed = False  # the running (or last) job ended with an error (already reported)
+    soft_cancel = False  # the running job stops itself on job_cancelled (e.g. tiled Segment everything)
 
     def __init__(self) -> None:
         super().__init__()
@@ -124,6 +125,7 @@ class JobHost(QWidget):
                 state["finish_pending"] = True
                 return
             self._worker = None
+            self.soft_cancel = False
             if self._activity is not None:
                 self._activity.close()
                 self._activity = None
@@ -173,6 +175,9 @@ class JobHost(QWidget):
         """Stop the running job after its current step (what it finished is kept)."""
         if self._worker is not None:
             self.job_cancelled = True
+            if self.soft_cancel:  # the job polls job_cancelled and ends itself, keeping what it finished
+                self.status.value = "cancelling… (what is done is written as a partial frame)"
+                return
             self.status.value = "cancelling… (the current step finishes first)"
             self._worker.quit()
 
