@@ -77,7 +77,7 @@ def test_hand_edited_label_is_kept_unless_overwrite(qtbot, make_napari_viewer, f
     points.features["label_id"] = [1, 2]
     _segment(qtbot, w)
     np.testing.assert_array_equal(labels.data, edited)
-    assert "object 1 was edited by hand and kept; tick 'overwrite labels'" in w.status.value, w.status.value
+    assert w.status.value.startswith("Segment: kept object 1: edited by hand (tick 'overwrite labels' to redo it)"), w.status.value
     # a new object with overwrite ticked: it never covers the hand-edited labels
     w.overwrite.value = True
     c = _cells(gt, 3)[2]

@@ -101,5 +101,4 @@ def held_note(held) -> str:
     """Objects whose prompt changed but whose label was edited by hand (kept: the user's)."""
     ids = ", ".join(str(o.label_id) for o in held[:5]) + (" …" if len(held) > 5 else "")
     one = len(held) == 1
-    return (f"object{'' if one else 's'} {ids} {'was' if one else 'were'} edited by hand and kept; "
-            f"tick 'overwrite labels' to replace {'it' if one else 'them'} with the new prompt's mask")
+    return f"kept object{'' if one else 's'} {ids}: edited by hand (tick 'overwrite labels' to redo {'it' if one else 'them'})"

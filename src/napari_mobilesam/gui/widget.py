@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, ProgressBar, PushButton
@@ -26,9 +25,10 @@ from . import layers as L
 from .channels import ChannelAxis, check_frames
 from .everything import EverythingSection
 from .feedback import cancelled, held_note, objects_summary
-from .jobs import FrameDone, load_model, segment_frames
+from .jobs import FrameDone, segment_frames
 from .layout import StatusLine, default_width, group, scrolled
 from .live import LiveMode
+from .modelui import CHOOSE_FILE, OWN_DECODER, ModelControls
 from .output import CHANGED, NEW, USERS, OutputState
 from .promptui import PromptControls
 from ..engine.prompts import RULE_LINES, ObjectPrompt
@@ -40,8 +40,6 @@ from .stores import StoreUse
 
 __all__ = ["KEYS", "MobileSAMWidget", "PROMPT_HELP"]
 
-CHOOSE_FILE = "choose file…"
-OWN_DECODER = "the checkpoint's"
 MASK_CHOICES = [("best (predicted IoU)", 0), ("mask 1", 1), ("mask 2", 2), ("mask 3", 3)]
 # viewer-wide keys (none of them is a napari layer key); T / Shift+T are bound on the points layer
 KEYS = (("Shift-S", "Segment"), ("Shift-F", "Propagate"), ("Shift-E", "Segment everything"), ("Escape", "Cancel"))
@@ -67,7 +65,7 @@ STORE_HELP = (
 )
 
 
-class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
+class MobileSAMWidget(LiveMode, StoreUse, PromptControls, ModelControls, OutputState, JobHost):
     """Dock widget: image + prompt layers -> instance labels with MobileSAM."""
 
     CHOOSE_FILE = CHOOSE_FILE
@@ -349,49 +347,6 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
             self.viewer.layers.selection.active = self._points or layer
         return layer
 
-    # ------------------------------------------------------------------ model
-    def model_source(self) -> str | Path:
-        if self.model_box.value == CHOOSE_FILE:
-            text = str(self.model_file.line_edit.value or "").strip()  # (.value makes "" the current folder)
-            if text in ("", "."):
-                raise ValueError("No checkpoint chosen: pick a .pt file next to 'checkpoint', or a registry model under 'model'.")
-            path = Path(text).expanduser()
-            if not path.is_file():
-                what = "is a folder, not a file" if path.is_dir() else "is not a file"
-                raise ValueError(f"Checkpoint {str(path)!r} {what}: pick a .pt file next to 'checkpoint'.")
-            return path
-        return self.model_box.value
-
-    def decoder_source(self) -> str | Path | None:
-        """None (the checkpoint's decoder), a registry name or a decoder file."""
-        if self.decoder_box.value == OWN_DECODER:
-            return None
-        if self.decoder_box.value == CHOOSE_FILE:
-            text = str(self.decoder_file.line_edit.value or "").strip()
-            path = Path(text).expanduser()
-            if text in ("", ".") or not path.is_file():
-                raise ValueError(f"Decoder {str(path)!r} is not a file: pick a Prompt_guided_Mask_Decoder.pt next to 'decoder file'.")
-            return path
-        return self.decoder_box.value
-
-    def model_step(self) -> object:
-        """The built model, or a generator (run inside a job) that builds it and checks the
-        embeddings store, if one is set, against it and the image."""
-        decoder = self.decoder_source()
-        key = (str(self.model_source()), self.device_box.value) + ((str(decoder),) if decoder is not None else ())
-        model = self.sam if self.sam is not None and key == self._sam_key else load_model(self.model_source(), self.device_box.value, decoder)
-        return self.with_store(model)
-
-    def set_model(self, sam, key: tuple) -> None:
-        if self._store is not None and self._store.sam is not sam:
-            self._unlink_store()
-        if key != self._sam_key:
-            self.cache.clear()
-            self._decoders.clear()
-        self.sam, self._sam_key = sam, key
-        self._pred = Predictor(sam)
-        self._pred.cache = self.cache
-
     def frame_reader(self, image: Image) -> tuple[Callable, Callable, dict]:
         """``(read, key, image_kwargs)`` for jobs on ``image``: ``read(frame)`` -> that frame's pixels
         (safe to call from the model thread), ``key(frame)`` -> its embedding-cache key, and the
@@ -426,8 +381,11 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, OutputState, JobHost):
         if moved:
             skipped = "; ".join(p for p in (held_note(moved), skipped) if p)
         if not todo:
-            self.status.value = (f"Segment: nothing to do — all {kept} object(s) are as written or edited by hand; move or add a prompt"
-                                 + (f"; {skipped}" if skipped else "") + ".")
+            if moved:  # the user's reason first: the status line shows three lines
+                self.status.value = f"Segment: {skipped}; the others are as written."
+            else:
+                self.status.value = (f"Segment: nothing to do — all {kept} object(s) are as written; move or add a prompt"
+                                     + (f"; {skipped}" if skipped else "") + ".")
             return
         if self.labels_box.value is not None:
             check_session_model(self, self.labels_box.value)  # a session's labels take only its own weights
