@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from napari_mobilesam.engine.link import link_labels
-from napari_mobilesam.engine.tracks import tracks_layer_data, write_ctc, write_geff, write_tracks
+from napari_mobilesam.engine.tracks import (
+    tracks_layer_data,
+    write_ctc,
+    write_geff,
+    write_tracks,
+)
 from napari_mobilesam.testing.stacks import synthetic_timelapse, write_ctc_gt
 
 
