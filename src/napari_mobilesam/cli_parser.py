@@ -148,6 +148,13 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     g.add_argument("--min-visible", type=float, metavar="F", help="drop objects less than this fraction visible (default 0.5)")
     g.add_argument("--tile", type=int, metavar="PX", help="segment frames larger than PX pixels tile by tile (e.g. 1024)")
     g.add_argument("--tile-overlap", type=int, metavar="PX", help="overlap of neighbouring tiles, at least the largest object (default tile/4)")
+    k = v.add_argument_group("stacks (z-stacks and time-lapses; see docs/stacks.md)")
+    k.add_argument("--link", choices=("none", "3d", "time"), help="3d: one id per object through the slices; time: one id per "
+                   "track, divisions start two daughter tracks; none: each frame alone (default: from the file's axes, Z -> 3d, "
+                   "T -> time, else none)")
+    k.add_argument("--tracks", metavar="PATH", help="with --link time: write the tracks, a folder in the Cell Tracking "
+                   "Challenge format (maskTTT.tif + res_track.txt) or a .geff file")
+    k.add_argument("--no-fill", action="store_true", help="with --link: do not ask SAM for objects the sampler missed on a frame")
     v.set_defaults(func=commands["everything"])
 
     w = sub.add_parser("weights", usage="mobilesam weights [list | fetch NAME...]", parents=[io_parent], formatter_class=fmt, help="list or pre-download model weights",

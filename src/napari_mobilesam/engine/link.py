@@ -50,18 +50,27 @@ class Links:
         centroids: ``(m, 4)`` float64 rows ``(id, frame, row, col)``, one per object per frame,
             sorted by id then frame (napari Tracks data without the ``z``).
         gaps: ``(id, frame)`` of the frames a track skips (closed gaps).
+        fills: per frame, objects added by the link pass (SAM fill-ins, see linkpass.py) as
+            ``(input id, row, col, crop (h, w) bool)``; :meth:`relabel` paints them on background.
     """
 
     lut: dict[int, tuple[np.ndarray, np.ndarray]]
     tracks: np.ndarray
     centroids: np.ndarray
     gaps: list[tuple[int, int]] = field(default_factory=list)
+    fills: dict[int, list[tuple[int, int, int, np.ndarray]]] = field(default_factory=dict)
 
     def relabel(self, t: int, labels: np.ndarray) -> np.ndarray:
-        """Frame ``t``'s ``(H, W)`` input labels -> linked ids (same shape, uint32); ids the linker
-        did not see on that frame (e.g. labels that were there before) stay as they are."""
+        """Frame ``t``'s ``(H, W)`` input labels -> linked ids (same shape, uint32), with the
+        frame's ``fills``; ids the linker did not see on that frame (e.g. labels that were there
+        before) stay as they are."""
         src, dst = self.lut.get(t, (np.zeros(0, np.int64), np.zeros(0, np.int64)))
         lab = np.asarray(labels)
+        if t in self.fills:
+            lab = lab.copy()
+            for rid, r0, c0, crop in self.fills[t]:
+                region = lab[r0 : r0 + crop.shape[0], c0 : c0 + crop.shape[1]]
+                region[crop & (region == 0)] = rid
         out = lab.astype(np.uint32, copy=True)
         if not len(src):
             return out
