@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``mobilesam`` argument parser (see cli_parser.py)."""
     from .cli_parser import build_parser as build
 
-    return build({"embed": cmd_embed, "segment": cmd_segment, "everything": cmd_everything, "weights": cmd_weights})
+    return build({"embed": cmd_embed, "segment": cmd_segment, "everything": cmd_everything, "weights": cmd_weights,
+                  "propagate": cmd_propagate})
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -431,6 +432,62 @@ def _say_objects(args: argparse.Namespace, bar, source, t, labels, sampler: str)
         "grid": "lower --min-score / --min-stability, or try --sampler blobs",
     }.get(sampler, "try another --sampler")
     bar.write(f"warning: {where}: 0 objects; {hint}.", file=sys.stderr)
+
+
+def cmd_propagate(args: argparse.Namespace) -> int:
+    """Every label of frame K through the stack (engine.propagate.iter_propagate_labels)."""
+    import numpy as np
+    import tifffile
+
+    from ._progress import drive
+    from .engine.io import open_image, with_channel_axis
+    from .engine.labels import write_labels
+    from .engine.propagate import iter_propagate_labels
+
+    source = with_channel_axis(open_image(args.image), args.channel_axis)
+    if len(source.leading_shape) != 1:
+        raise InputError(f"{args.image}: propagate needs a stack with one leading axis (T or Z); its frames are {source.leading_shape}.")
+    n = source.n_frames
+    if not 0 <= args.from_frame < n:
+        raise InputError(f"--from-frame {args.from_frame} is not a frame of {args.image} (0..{n - 1}).")
+    out = Path(args.output)
+    if out.suffix.lower() not in (".tif", ".tiff"):
+        raise InputError(f"-o {out}: propagate writes a .tif label stack.")
+    if out.exists() and not args.overwrite:
+        raise InputError(f"{out} exists; pass --overwrite to replace it, or choose another -o.")
+    given = np.asarray(tifffile.imread(args.labels))
+    if given.shape == tuple(source.hw):
+        stack, start = np.zeros((n, *source.hw), np.uint32), given
+    elif given.shape == (n, *source.hw):
+        stack, start = given.astype(np.uint32), given[args.from_frame]
+    else:
+        raise InputError(f"--labels {args.labels} has shape {given.shape}; give frame {args.from_frame}'s {tuple(source.hw)} labels "
+                         f"or a stack of {(n, *source.hw)}.")
+    if start.min() < 0 or not start.any():
+        raise InputError(f"--labels {args.labels} has no (positive) labels on frame {args.from_frame}.")
+    prep = _preprocess(args, source)
+    holder_spec = _spec(args)
+    from .engine.distributed import ModelHolder
+
+    pred = ModelHolder(holder_spec).predictor
+    with _bar(args, 0, "propagate") as bar:
+        def show(p) -> None:
+            bar.update()
+            bar.set_postfix_str(p[3], refresh=False)
+
+        found = drive(iter_propagate_labels(pred, source.read, n, args.from_frame, start, min_score=args.min_score,
+                                            min_overlap=args.min_overlap, image_kwargs=prep), show)
+    stack[args.from_frame][stack[args.from_frame] == 0] = start[stack[args.from_frame] == 0]
+    for t in range(n):
+        new = np.zeros(source.hw, np.uint32)
+        for i in sorted(found, key=lambda i: -sum(int(m.sum()) for m in found[i].values())):  # larger first, smaller on top
+            if t in found[i]:
+                new[found[i][t]] = i
+        write_labels(stack[t], new, overwrite=args.overwrite)
+    tifffile.imwrite(out, stack, compression="zlib", photometric="minisblack")
+    frames = {t for masks in found.values() for t in masks}
+    _say(args, f"propagated {len(found)} objects over {len(frames)} frames; wrote {out}")
+    return 0
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
