@@ -52,6 +52,7 @@ def test_axes_give_the_default_link():
     assert axes_link("YX", 0) == axes_link("TZYX", 2) == axes_link("QYX", 1) == axes_link(None, 1) == "none"
 
 
+@pytest.mark.slow
 def test_engine_link_time_renumbers_into_tracks(movie, predictor):
     mov, _, _ = movie
     plain = segment_everything(mov, predictor, "blobs", rgb=False, **OPTIONS)
@@ -82,6 +83,7 @@ def test_engine_link_bad_arguments(movie, predictor):
         iter_segment_everything(mov, predictor, "blobs", rgb=False, link="3d", link_options={"gap": 3})
 
 
+@pytest.mark.slow
 def test_existing_labels_are_kept(movie, predictor):
     mov, _, _ = movie
     existing = np.zeros(mov.shape, np.uint32)
@@ -91,6 +93,7 @@ def test_existing_labels_are_kept(movie, predictor):
     assert links.tracks[:, 0].min() == 6  # ids continue after the existing ones
 
 
+@pytest.mark.slow
 def test_cli_link_time_and_tracks_equal_the_engine(tmp_path, movie, predictor, model_args):
     from ctc_metrics.scripts.evaluate import evaluate_sequence
 
@@ -114,6 +117,7 @@ def test_cli_link_time_and_tracks_equal_the_engine(tmp_path, movie, predictor, m
     assert (tmp_path / "t.geff").is_dir()
 
 
+@pytest.mark.slow
 def test_cli_link_3d_resumes_to_the_same_result(tmp_path, predictor, model_args, monkeypatch):
     vol, _ = synthetic_volume(4, (96, 96), 5, seed=3)
     path = tmp_path / "vol.tif"

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -229,7 +230,7 @@ class Linker:
         # the cutoffs decide; the alternative costs (Jaqaman's "no link" entries) are set high
         # enough never to veto a pair within its cutoff (see laptrack's cost matrices)
         no_split = split_cut if self.mode == "time" else gap_cut
-        lt = LapTrack(
+        lt = LapTrack(  # type: ignore[call-arg]  # pydantic fields with defaults
             metric=self._iou_cost, cutoff=link_cut, track_start_cost=link_cut, track_end_cost=link_cut,
             gap_closing_metric=self._iou_cost, gap_closing_cutoff=gap_cut if self.max_gap else False,
             gap_closing_max_frame_count=self.max_gap + 1,
@@ -278,7 +279,7 @@ class Linker:
 
 
 def link_labels(
-    frames: Iterable[np.ndarray], mode: str, first_id: int = 1, fill_gaps: bool = True, **options: float
+    frames: Iterable[np.ndarray], mode: str, first_id: int = 1, fill_gaps: bool = True, **options: Any
 ) -> tuple[np.ndarray, Links]:
     """Link a ``(T, H, W)`` stack of per-frame labels (any iterable of ``(H, W)`` frames); closed
     gaps are filled (see :meth:`Links.iter_relabel`) unless ``fill_gaps=False``.

@@ -66,7 +66,7 @@ def _fill_in(predictor, image: np.ndarray, key: Hashable | None, image_kwargs: d
     masks = [prev == i for i in missed]
     prompts = [Prompt(box=_bbox(m), mask_input=mask_to_logits(m, predictor)) for m in masks]
     found = predictor.predict_objects(prompts)
-    fills = []
+    fills: list[tuple[int, int, int, np.ndarray]] = []
     for m, obj in zip(masks, found):
         if obj.area < min_area or obj.score < min_score:
             continue
@@ -100,7 +100,7 @@ def iter_link_stack(
     min_overlap: float = 0.3,
     min_area: int = 4,
     min_visible: float = 0.5,
-    **link_options: float,
+    **link_options: Any,
 ) -> Generator[tuple[int, int, str], None, Links]:
     """Fill in and link the frames ``0 .. n_frames - 1`` of a segmented stack.
 
