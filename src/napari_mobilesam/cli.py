@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``mobilesam`` argument parser (see cli_parser.py)."""
     from .cli_parser import build_parser as build
 
-    return build({"embed": cmd_embed, "segment": cmd_segment, "everything": cmd_everything, "weights": cmd_weights})
+    return build({"embed": cmd_embed, "segment": cmd_segment, "everything": cmd_everything, "weights": cmd_weights,
+                  "propagate": cmd_propagate})
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -317,8 +318,10 @@ def cmd_everything(args: argparse.Namespace) -> int:
             source = with_channel_axis(open_image(path), args.channel_axis)
             prep = _preprocess(args, source)
             options.update(prep)  # iter_segment_everything takes channels / contrast_limits
+            link = _link_mode(args, pairs, source)
             signature = {"command": "everything", "image": image_fingerprint(source), "sampler": sampler, "options": options,
-                         "weights": args.weights, "detector": _file_hash(args.detector), **_decoder_sig(args)}
+                         "weights": args.weights, "detector": _file_hash(args.detector), **_decoder_sig(args),
+                         **({"link": link, "fill": not args.no_fill} if link != "none" else {})}
             lock = stack.enter_context(OutputLock(out, _command_line()))
             writers[source.path] = LabelWriter(out, source.leading_shape, source.hw, signature, overwrite=args.overwrite,
                                                inputs=[path], lock=lock)
@@ -331,6 +334,8 @@ def cmd_everything(args: argparse.Namespace) -> int:
             job = EverythingJob(sampler, options, _checked_store(args, run, sources[0], args.embeddings, prep))  # one image
             if any(w.todo() for w in writers.values()):
                 _models_ready(run, sources[0])  # model and detector load before any output is created
+            finish = (lambda w: w.finish()) if link == "none" else (
+                lambda w: _finish_linked(args, w, sources[0], spec, prep, link, job.store))
             for _ in range(2):  # the second pass recomputes frames that fail their checksum
                 tasks = [(s, t, None) for s in sources for t in writers[s.path].todo()]
                 with _bar(args, len(tasks), "everything") as bar:
@@ -340,14 +345,78 @@ def cmd_everything(args: argparse.Namespace) -> int:
                         writer.write(t, np.where(labels > 0, labels + np.uint32(offset), 0).astype(np.uint32))
                         _say_objects(args, bar, source, t, labels, sampler)
                         if writer.done_count == writer.n_frames and not _say_repaired(args, writer, writer.verify()):
-                            writer.finish()
+                            finish(writer)
                         bar.update()
                 if not any([_say_repaired(args, w, w.verify()) for w in writers.values() if not w.complete]):
                     break
-        for w in writers.values():
-            w.finish()
+            for w in writers.values():
+                finish(w)
     _say(args, f"wrote {pairs[0][1] if len(pairs) == 1 else f'{len(pairs)} label files to {args.output}'}")
     return 0
+
+
+def _link_mode(args: argparse.Namespace, pairs: list, source) -> str:
+    """--link, or its default from the file's axes (ImageJ/OME Z -> 3d, T -> time); checks --tracks."""
+    from .engine.linkpass import axes_link, file_axes
+
+    link = args.link or (axes_link(file_axes(source.path), len(source.leading_shape)) if len(pairs) == 1 else "none")
+    if args.link is None and link != "none":
+        _say(args, f"linking frames as --link {link} (from the file's axes; --link none to keep each frame alone)")
+    if args.tracks and link != "time":
+        raise InputError("--tracks needs --link time (tracks through a time-lapse).")
+    if link == "none":
+        return link
+    if len(pairs) > 1:
+        raise InputError(f"--link {link} links the frames of one stack; give one image file, not a folder.")
+    if len(source.leading_shape) != 1:
+        raise InputError(f"--link {link} needs a stack with one leading axis (Z or T); {source.path} has frames "
+                         f"{source.leading_shape}. Use --link none.")
+    if Path(args.output).suffix.lower() == ".zarr":
+        raise InputError(f"--link writes a .tif (the frames stay unlinked in OUT.partial.zarr until linked): use -o NAME.tif, "
+                         f"not {args.output}.")
+    return link
+
+
+def _finish_linked(args: argparse.Namespace, writer, source, spec, prep: dict, link: str, store: str | None):
+    """The link pass over the finished frames (SAM fill-ins, laptrack), then the linked TIFF and --tracks."""
+    import tifffile
+
+    from ._progress import drive
+    from .engine.distributed import ModelHolder
+    from .engine.image import to_rgb_uint8
+    from .engine.jobs import use_stored_embedding
+    from .engine.linkpass import iter_link_stack
+    from .engine.tracks import write_tracks
+
+    if writer.complete:
+        if args.tracks and not Path(args.tracks).exists():
+            raise InputError(f"{writer.path} is already linked; pass --overwrite to link again and write --tracks {args.tracks}.")
+        return writer.path
+    holder = None if args.no_fill else ModelHolder(spec)
+
+    def read_image(t: int):
+        frame = source.read(t)
+        return to_rgb_uint8(frame, channel_axis=-1 if frame.ndim == 3 else None, channels=prep.get("channels"),
+                            contrast_limits=prep.get("contrast_limits"))
+
+    def key(t: int):
+        return use_stored_embedding(holder, store, source, t) if store else None
+
+    with _bar(args, writer.n_frames, f"link {link}") as bar:
+        def show(p) -> None:
+            bar.n = p[0]
+            bar.set_postfix_str(p[2].split(", ", 1)[-1] if ", " in p[2] else "", refresh=True)
+
+        work = iter_link_stack(writer.n_frames, writer.read, link, predictor=holder.predictor if holder else None,
+                               read_image=read_image, key=key, fill=not args.no_fill)
+        links = drive(work, show)
+    path = writer.finish(transform=links.iter_relabel)
+    what = "tracks" if link == "time" else "objects"
+    _say(args, f"{len(links.tracks)} {what} over {writer.n_frames} frames" + (f", {len(links.parents)} with a parent" if link == "time" else ""))
+    if args.tracks:
+        write_tracks(args.tracks, (tifffile.imread(path, key=t) for t in range(writer.n_frames)), links, overwrite=args.overwrite)
+        _say(args, f"wrote tracks to {args.tracks}")
+    return path
 
 
 def _say_objects(args: argparse.Namespace, bar, source, t, labels, sampler: str) -> None:
@@ -367,6 +436,62 @@ def _say_objects(args: argparse.Namespace, bar, source, t, labels, sampler: str)
         "grid": "lower --min-score / --min-stability, or try --sampler blobs",
     }.get(sampler, "try another --sampler")
     bar.write(f"warning: {where}: 0 objects; {hint}.", file=sys.stderr)
+
+
+def cmd_propagate(args: argparse.Namespace) -> int:
+    """Every label of frame K through the stack (engine.propagate.iter_propagate_labels)."""
+    import numpy as np
+    import tifffile
+
+    from ._progress import drive
+    from .engine.io import open_image, with_channel_axis
+    from .engine.labels import write_labels
+    from .engine.propagate import iter_propagate_labels
+
+    source = with_channel_axis(open_image(args.image), args.channel_axis)
+    if len(source.leading_shape) != 1:
+        raise InputError(f"{args.image}: propagate needs a stack with one leading axis (T or Z); its frames are {source.leading_shape}.")
+    n = source.n_frames
+    if not 0 <= args.from_frame < n:
+        raise InputError(f"--from-frame {args.from_frame} is not a frame of {args.image} (0..{n - 1}).")
+    out = Path(args.output)
+    if out.suffix.lower() not in (".tif", ".tiff"):
+        raise InputError(f"-o {out}: propagate writes a .tif label stack.")
+    if out.exists() and not args.overwrite:
+        raise InputError(f"{out} exists; pass --overwrite to replace it, or choose another -o.")
+    given = np.asarray(tifffile.imread(args.labels))
+    if given.shape == tuple(source.hw):
+        stack, start = np.zeros((n, *source.hw), np.uint32), given
+    elif given.shape == (n, *source.hw):
+        stack, start = given.astype(np.uint32), given[args.from_frame]
+    else:
+        raise InputError(f"--labels {args.labels} has shape {given.shape}; give frame {args.from_frame}'s {tuple(source.hw)} labels "
+                         f"or a stack of {(n, *source.hw)}.")
+    if start.min() < 0 or not start.any():
+        raise InputError(f"--labels {args.labels} has no (positive) labels on frame {args.from_frame}.")
+    prep = _preprocess(args, source)
+    holder_spec = _spec(args)
+    from .engine.distributed import ModelHolder
+
+    pred = ModelHolder(holder_spec).predictor
+    with _bar(args, 0, "propagate") as bar:
+        def show(p) -> None:
+            bar.update()
+            bar.set_postfix_str(p[3], refresh=False)
+
+        found = drive(iter_propagate_labels(pred, source.read, n, args.from_frame, start, min_score=args.min_score,
+                                            min_overlap=args.min_overlap, image_kwargs=prep), show)
+    stack[args.from_frame][stack[args.from_frame] == 0] = start[stack[args.from_frame] == 0]
+    for t in range(n):
+        new = np.zeros(source.hw, np.uint32)
+        for i in sorted(found, key=lambda i: -sum(int(m.sum()) for m in found[i].values())):  # larger first, smaller on top
+            if t in found[i]:
+                new[found[i][t]] = i
+        write_labels(stack[t], new, overwrite=args.overwrite)
+    tifffile.imwrite(out, stack, compression="zlib", photometric="minisblack")
+    frames = {t for masks in found.values() for t in masks}
+    _say(args, f"propagated {len(found)} objects over {len(frames)} frames; wrote {out}")
+    return 0
 
 
 def cmd_weights(args: argparse.Namespace) -> int:

@@ -148,8 +148,29 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     g.add_argument("--min-visible", type=float, metavar="F", help="drop objects less than this fraction visible (default 0.5)")
     g.add_argument("--tile", type=int, metavar="PX", help="segment frames larger than PX pixels tile by tile (e.g. 1024)")
     g.add_argument("--tile-overlap", type=int, metavar="PX", help="overlap of neighbouring tiles, at least the largest object (default tile/4)")
+    k = v.add_argument_group("stacks (z-stacks and time-lapses; see docs/stacks.md)")
+    k.add_argument("--link", choices=("none", "3d", "time"), help="3d: one id per object through the slices; time: one id per "
+                   "track, divisions start two daughter tracks; none: each frame alone (default: from the file's axes, Z -> 3d, "
+                   "T -> time, else none)")
+    k.add_argument("--tracks", metavar="PATH", help="with --link time: write the tracks, a folder in the Cell Tracking "
+                   "Challenge format (maskTTT.tif + res_track.txt) or a .geff file")
+    k.add_argument("--no-fill", action="store_true", help="with --link: do not ask SAM for objects the sampler missed on a frame")
     v.set_defaults(func=commands["everything"])
 
+    if "propagate" in commands:
+        q = sub.add_parser("propagate", usage="mobilesam propagate IMAGE --labels LABELS --from-frame K -o OUT [options]", parents=[all_parent],
+                           formatter_class=fmt, help="propagate every label of one frame through a stack",
+                           description="Every object labelled on frame K is followed into the next and previous frames, all at once "
+                           "(one embedding and one decode batch per frame); each object stops on its own where its predicted IoU or "
+                           "its overlap with the previous frame drops below the thresholds. New masks fill background only.")
+        q.add_argument("image", metavar="IMAGE", help="a stack (T or Z, H, W[, C])")
+        q.add_argument("--labels", required=True, metavar="LABELS", help="labels of frame K: an (H, W) file or a stack like IMAGE")
+        q.add_argument("--from-frame", required=True, type=int, metavar="K", help="the frame whose labels are propagated")
+        q.add_argument("-o", "--output", required=True, metavar="OUT", help="label stack to write (.tif)")
+        q.add_argument("--min-score", type=float, default=0.5, metavar="S", help="stop where the predicted IoU is below S (default 0.5)")
+        q.add_argument("--min-overlap", type=float, default=0.3, metavar="F", help="stop where the IoU with the previous frame is below F (default 0.3)")
+        q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists; propagated masks may cover labels of LABELS")
+        q.set_defaults(func=commands["propagate"])
     w = sub.add_parser("weights", usage="mobilesam weights [list | fetch NAME...]", parents=[io_parent], formatter_class=fmt, help="list or pre-download model weights",
                        description="Without arguments: list the registry, the cache folder and what is cached.",
                        epilog="examples:\n  mobilesam weights\n  mobilesam weights fetch mobile_sam vit_t_lm")

@@ -67,6 +67,10 @@ class EverythingProgress:
         labels: set once frame ``index`` is finished: its ``(H, W)`` uint32 new labels (0 where
             nothing new; background only unless ``overwrite``), ids unique across the stack.
             Merge with ``write_labels(existing[index], labels, overwrite)``.
+        linked: with ``link``: these ``labels`` are the frame's linked ones (object / track ids,
+            SAM fill-ins and filled gaps included); they replace the frame's earlier new labels.
+        links: on the last item of a linked run: the :class:`~.link.Links` (track table, napari
+            Tracks data through ``tracks.tracks_layer_data``).
     """
 
     frame: int
@@ -75,6 +79,8 @@ class EverythingProgress:
     total: int
     message: str
     labels: np.ndarray | None = None
+    linked: bool = False
+    links: Any = None
 
 
 def objects_to_labels(
@@ -276,6 +282,8 @@ def iter_segment_everything(
     frames: Iterable[int | Sequence[int]] | None = None,
     labels: Any = None,
     overwrite: bool = False,
+    link: str = "none",
+    link_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> Generator[EverythingProgress, None, np.ndarray]:
     """Label every object of one frame or of the frames of a stack; a generator.
@@ -293,6 +301,12 @@ def iter_segment_everything(
         labels: existing labels, ``leading + (H, W)`` (or ``(H, W)`` for one frame); read only.
             Their ids are never reused, and new objects fill only their background unless
             ``overwrite``.
+        link: ``"none"``; ``"3d"`` (one id per object through the slices of a z-stack) or
+            ``"time"`` (one id per track, divisions) for a stack with one leading dimension: after
+            the frames, a link pass (linkpass.py: SAM fill-ins, then laptrack; see link.py)
+            renumbers the new labels. Needs the labels kept (not ``out=False``).
+        link_options: for the link pass: ``fill`` (SAM fill-ins, default True), ``min_iou``,
+            ``min_iou_gap``, ``min_inside``, ``max_gap``, ``min_score``, ``min_overlap``.
         **options: see README.md, "Segment everything" > Options. Common: ``min_score``, ``min_stability``,
             ``min_area``, ``max_area``, ``min_visible``, ``channels``, ``contrast_limits``,
             ``channel_axis`` (the axis of ``image`` holding channels, e.g. -1 for ``(H, W, 5)``, 1 for
@@ -339,7 +353,13 @@ def iter_segment_everything(
     keyfn: Callable[[tuple[int, ...]], Hashable | None] = (
         key if callable(key) else (lambda idx: None) if key is None else (lambda idx: (key, *idx))
     )
-    return _run(image, pred, sampler, det, lead, hw, todo, labels, overwrite, opts, out, next_id, keyfn)
+    from .linkpass import check_link, linked_frames
+
+    check_link(link, lead, out, link_options)
+    work = _run(image, pred, sampler, det, lead, hw, todo, labels, overwrite, opts, out, next_id, keyfn)
+    if link == "none":
+        return work
+    return linked_frames(work, image, pred, todo, opts, out, next_id, keyfn, link, dict(link_options or {}))
 
 
 def _run(

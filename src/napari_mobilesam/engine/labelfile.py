@@ -17,7 +17,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +241,13 @@ class LabelWriter:
         self._sums[t] = np.uint64(frame_checksum(labels))
         self._marks[t] = self._max[t] = int(labels.max(initial=0))
 
+    def read(self, t: int) -> np.ndarray:
+        """Finished frame ``t`` as stored, verified against its checksum."""
+        frame = self._read_checked(t) if self._group is not None else None
+        if frame is None:
+            raise InputError(f"Frame {t} of {self.store_path} is unfinished or failed its checksum; run the same command again.")
+        return frame
+
     def _read_checked(self, t: int) -> np.ndarray | None:
         """Frame ``t`` if it reads back with its checksum, else None."""
         try:
@@ -275,8 +282,9 @@ class LabelWriter:
         except Exception:  # not ours, or not readable: never resumed over, never deleted
             return None
 
-    def finish(self) -> Path:
+    def finish(self, transform: Callable[[Iterable[np.ndarray]], Iterable[np.ndarray]] | None = None) -> Path:
         """Assemble the TIFF (frame by frame, each verified) once every frame is done; returns the output path.
+        ``transform`` maps the stored frames (in order) to the frames written (e.g. linking, see linkpass.py).
 
         Raises:
             InputError: a frame failed its checksum while assembling; it is marked unfinished, so the
@@ -300,7 +308,7 @@ class LabelWriter:
 
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            data = frames() if len(self.shape) > 2 else next(iter(frames()))  # 2D: one array (tifffile reads a one-page iterator as (1, H, W))
+            data = (transform or iter)(frames()) if len(self.shape) > 2 else next(iter(frames()))  # 2D: one array (tifffile reads a one-page iterator as (1, H, W))
             with tifffile.TiffWriter(tmp, bigtiff=4 * int(np.prod(self.shape)) > 2**31) as tw:
                 tw.write(data, shape=self.shape, dtype=np.uint32, compression="zlib", photometric="minisblack",
                          metadata={"mobilesam": json.dumps(self.signature, sort_keys=True)})

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .predictor import ObjectMask, Predictor, Prompt
 
-__all__ = ["PropagationStep", "iter_propagate", "mask_to_logits"]
+__all__ = ["PropagationStep", "iter_propagate", "iter_propagate_labels", "mask_to_logits"]
 
 LOGIT = 8.0  # magnitude of the logits standing for a binary mask (sigmoid(8) ~ 0.9997)
 
@@ -141,5 +141,71 @@ def iter_propagate(
             result[i] = new
             yield PropagationStep(i, new, obj.score, overlap, done, total)
             prev, logits = new, obj.low_res_logits
+            i += d
+    return result
+
+
+def iter_propagate_labels(
+    predictor: Predictor,
+    frame: Callable[[int], np.ndarray],
+    n_frames: int,
+    start: int,
+    labels: np.ndarray,
+    *,
+    key: Callable[[int], Hashable] | None = None,
+    directions: tuple[int, ...] = (1, -1),
+    min_score: float = 0.5,
+    min_overlap: float = 0.3,
+    min_area: int = 4,
+    max_frames: int | None = None,
+    image_kwargs: dict | None = None,
+) -> Generator[tuple[int, int, int, str], None, dict[int, dict[int, np.ndarray]]]:
+    """Propagate every object of frame ``start``'s ``(H, W)`` ``labels`` at once.
+
+    As :func:`iter_propagate` for each object (same prompts, same stop criteria, each object stops
+    on its own), but each frame is embedded once for all objects and the objects still going are
+    decoded in one batch per frame.
+
+    Yields:
+        ``(frame index, objects still going, frames visited, message)`` per visited frame.
+
+    Returns:
+        ``{label id: {frame index: (H, W) bool mask}}`` (the start frame excluded).
+    """
+    lab = np.asarray(labels)
+    if lab.ndim != 2:
+        raise ValueError(f"labels must be one (H, W) frame, got shape {lab.shape}.")
+    ids = [int(i) for i in np.unique(lab) if i > 0]
+    if not ids:
+        raise ValueError(f"Frame {start} has no labels to propagate; segment its objects first.")
+    if not 0 <= start < n_frames:
+        raise ValueError(f"start={start} is outside the stack of {n_frames} frames.")
+    image_kwargs = image_kwargs or {}
+    limit = n_frames if max_frames is None else max_frames
+    result: dict[int, dict[int, np.ndarray]] = {i: {} for i in ids}
+    done = 0
+    for d in directions:
+        # per object: previous mask and its logits (None: the start mask, turned into logits per frame)
+        going: dict[int, tuple[np.ndarray, np.ndarray | None]] = {i: (lab == i, None) for i in ids}
+        i, steps = start + d, 0
+        while going and 0 <= i < n_frames and steps < limit:
+            predictor.set_image(frame(i), key=None if key is None else key(i), **image_kwargs)
+            order = list(going)
+            prompts = [
+                Prompt(box=_bbox(going[o][0]), mask_input=going[o][1] if going[o][1] is not None else mask_to_logits(going[o][0], predictor))
+                for o in order
+            ]
+            objs = predictor.predict_objects(prompts)
+            for o, obj in zip(order, objs):
+                prev = going[o][0]
+                new = obj.full()
+                if obj.area < min_area or obj.score < min_score or _iou(new, prev) < min_overlap:
+                    del going[o]
+                    continue
+                result[o][i] = new
+                going[o] = (new, obj.low_res_logits)
+            done += 1
+            steps += 1
+            yield i, len(going), done, f"frame {i}: {len(going)} of {len(ids)} objects going"
             i += d
     return result

@@ -6,11 +6,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, Label, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+)
 
 from ..engine.tiles import tile_settings
-from .feedback import cancelled, ids_note
 from . import layers as L
+from .feedback import cancelled, ids_note
 from .jobs import Progress, built, worker_predictor
 from .layout import Section
 from .writer import write_frames
@@ -31,6 +39,14 @@ HELP = (
     ".pt or .onnx file); 'grid': SAM's 32×32 point grid (slow, generic). Each finished frame is written at once "
     "(one Ctrl+Z per frame); Cancel keeps the frames already done. Key: Shift+E."
 )
+LINKS = [("auto (from the axis name: z -> 3d, t -> time)", "auto"), ("none", "none"), ("3d (one id per object through z)", "3d"),
+         ("time (tracks, divisions)", "time")]
+LINK_HELP = (
+    "With 'all frames' on a stack with one stack axis: 3d gives one id per object through the slices, time one id "
+    "per track (a division ends the mother and starts two daughters) and a Tracks layer. SAM fills in objects the "
+    "sampler missed on a frame; then laptrack links by mask overlap (see docs/stacks.md). Same result as "
+    "`mobilesam everything --link`."
+)
 TRUST = "trust file (runs code)"  # short: the dock is ~230 px wide at 1280 x 720
 TRUST_HELP = (
     "A detector .pt is read safely by default (torch.load(weights_only=True) with an allow-list of the classes a "
@@ -42,7 +58,8 @@ TRUST_HELP = (
 def load_detector(path: Path, trust: bool):
     """The detector at ``path`` (a generator run in the job: loading takes a few seconds), read safely
     unless ``trust``; a file the safe reader refuses gets an error that names the trust option."""
-    from ..model.detector import DetectorError, load_detector as load
+    from ..model.detector import DetectorError
+    from ..model.detector import load_detector as load
 
     yield Progress(0, 0, f"loading detector {path.name}" + (" (trusted: fully unpickled)" if trust else ""))
     try:
@@ -92,10 +109,11 @@ class EverythingSection:
                             tooltip="Tile size in pixels. Frames larger than this are segmented tile by tile at the model's resolution "
                             "(tiles overlap by a quarter; objects cut by a tile come from its neighbour); 0 = off")
         self.all_frames = CheckBox(text="all frames", value=False)
+        self.link = ComboBox(label="link frames", choices=LINKS, value="auto", tooltip=LINK_HELP)
         self.button = PushButton(text="Run (Shift+E)")
         self.section = Section(
-            "Segment everything", self.sampler, self.detector, self.trust, self.imgsz, self.hint, self.diameter, self.polarity,
-            self.min_score, self.tile, self.all_frames, self.button,
+            "Segment everything", self.sampler, self.detector, self.trust, self.imgsz, self.hint, self.diameter,
+            self.polarity, self.min_score, self.tile, self.all_frames, self.link, self.button,
         )
         self.box, self.inner = self.section.box, self.section.inner
         self.box.setToolTip(HELP)
@@ -141,6 +159,32 @@ class EverythingSection:
                 opts["diameter"] = float(self.diameter.value)
         return opts
 
+    def link_mode(self, image, geo) -> str:
+        """The link mode for a run over all frames of ``image`` (auto: from its axis label)."""
+        from ..engine.linkpass import axes_link
+
+        mode = self.link.value
+        if mode == "auto":
+            names = [str(n) for n in (getattr(image, "axis_labels", ()) or ())][: geo.n_lead]
+            letters = "".join(n[:1].upper() if n and not n.lstrip("-").isdigit() else "?" for n in names)
+            return axes_link(letters + "YX", geo.n_lead)
+        if mode != "none" and geo.n_lead != 1:
+            raise ValueError(f"link frames '{mode}' needs an image with one stack axis (this one has {geo.n_lead}); choose none.")
+        return mode
+
+    def show_tracks(self, labels, links, shift: int) -> None:
+        """A napari Tracks layer with the labels' track ids (``shift`` added, as in the Labels layer)."""
+        from ..engine.tracks import tracks_layer_data
+
+        data, graph = tracks_layer_data(links)
+        data[:, 0] += shift
+        graph = {d + shift: [p + shift for p in ps] for d, ps in graph.items()}
+        name = f"{labels.name} tracks"
+        viewer = self.w.viewer
+        if name in viewer.layers:
+            viewer.layers.remove(name)
+        viewer.add_tracks(data, graph=graph, name=name)
+
     def run(self, _=None) -> None:
         self.w.guard(self._run)
 
@@ -150,6 +194,7 @@ class EverythingSection:
         w = self.w
         image, geo, cur = w.context()
         every = self.all_frames.value and geo.n_lead > 0
+        link = self.link_mode(image, geo) if every else "none"
         labels = w.labels_layer(create=False)  # created with the first frame written (not when the model fails to load)
         data = L.frame_data(image)  # with a chosen channel axis: frames with their channels last
         sampler = self.sampler.value
@@ -169,13 +214,14 @@ class EverythingSection:
                 notes.append(f"detector input {opts['imgsz']} px ({why})")
             return (yield from iter_segment_everything(
                 data, pred, sampler=sampler, detector=det, rgb=geo.rgb, frames=None if every else [cur],
-                labels=existing, overwrite=w.overwrite.value, **opts,
+                labels=existing, overwrite=w.overwrite.value, link=link, **opts,
             ))
 
         done: list = []
         last = [""]
         notes: list[str] = []
         top, issued = int(np.max(labels.data)) if labels is not None and labels.data.size else 0, w.issued
+        link_shift = max(0, w.next_id() - (top + 1))  # linked ids start after ``top``: keep clear of issued ids
         out = [labels]
 
         def on_msg(msg) -> None:
@@ -183,10 +229,15 @@ class EverythingSection:
                 last[0] = msg.message
                 # write before updating the progress bars: napari's activity bar may process events,
                 # and with them the job's end, before this function returns
-                if msg.labels is not None:  # a finished frame: one undoable write
-                    if out[0] is None:
-                        out[0] = w.labels_layer()
-                    layer = out[0]
+                if msg.labels is not None and out[0] is None:
+                    out[0] = w.labels_layer()
+                layer = out[0]
+                if msg.links is not None and link == "time" and layer is not None:
+                    self.show_tracks(layer, msg.links, link_shift)
+                if msg.linked:  # the frame's linked ids replace its per-frame ones (same pixels, plus fill-ins)
+                    new = np.where(msg.labels > 0, msg.labels + link_shift, 0).astype(msg.labels.dtype)
+                    write_frames(layer, [(tuple(msg.index), new)], overwrite=True)
+                elif msg.labels is not None:  # a finished frame: one undoable write
                     new = msg.labels
                     if new.any():  # keep clear of ids already given to prompts (not yet in the layer)
                         first = w.next_id()

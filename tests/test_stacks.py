@@ -1,0 +1,156 @@
+"""Everything mode over stacks with linking: engine, CLI (`--link`, `--tracks`) and their agreement.
+
+Bookkeeping tests use the reference checkpoint (random weights: noisy masks, but the same in the
+engine and the CLI); what linking reaches end to end is measured with the functional model in
+test_stacks_e2e.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_mobilesam import segment_everything
+from napari_mobilesam.cli import main
+from napari_mobilesam.engine.everything import iter_segment_everything
+from napari_mobilesam.engine.jobs import EverythingJob
+from napari_mobilesam.engine.linkpass import axes_link
+from napari_mobilesam.engine.tracks import ctc_tracks
+from napari_mobilesam.testing.stacks import synthetic_timelapse, synthetic_volume
+
+OPTIONS = dict(diameter=24.0, min_score=0.0, max_det=12)
+CLI_OPTIONS = ["--sampler", "blobs", "--diameter", "24", "--min-score", "0", "--max-det", "12"]
+
+
+@pytest.fixture(scope="module")
+def movie():
+    mov, gt, tracks = synthetic_timelapse(5, (96, 96), 5, seed=7, divide_at=2)
+    return mov, gt, tracks
+
+
+@pytest.fixture
+def model_args(checkpoint):
+    return ["--weights", str(checkpoint), "--device", "cpu", "-q"]
+
+
+def linked_run(image, predictor, link, **kw):
+    """(labels, links) of ``iter_segment_everything(link=...)``."""
+    gen = iter_segment_everything(image, predictor, "blobs", rgb=False, link=link, **OPTIONS, **kw)
+    links = None
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as stop:
+            return stop.value, links
+        if p.links is not None:
+            links = p.links
+
+
+def test_axes_give_the_default_link():
+    assert axes_link("ZYX", 1) == "3d" and axes_link("TYX", 1) == "time" and axes_link("TCYX", 1) == "time"
+    assert axes_link("YX", 0) == axes_link("TZYX", 2) == axes_link("QYX", 1) == axes_link(None, 1) == "none"
+
+
+@pytest.mark.slow
+def test_engine_link_time_renumbers_into_tracks(movie, predictor):
+    mov, _, _ = movie
+    plain = segment_everything(mov, predictor, "blobs", rgb=False, **OPTIONS)
+    lab, links = linked_run(mov, predictor, "time")
+    assert links is not None and lab.shape == mov.shape
+    # linking only renumbers the per-frame objects (and adds fill-ins/gap fills on background)
+    assert np.all(lab[plain > 0] > 0)
+    for t in range(len(mov)):
+        for i in np.unique(plain[t])[1:]:
+            assert len(np.unique(lab[t][plain[t] == i])) == 1
+    ids = np.unique(lab)[1:]
+    assert set(ids.tolist()) == set(links.tracks[:, 0].tolist())
+    assert len(ids) <= len(np.unique(plain)[1:])
+    for tid, first, last, _ in links.tracks:  # the table says where each id is
+        frames = [t for t in range(len(mov)) if (lab[t] == tid).any()]
+        assert frames[0] == first and frames[-1] == last
+
+
+def test_engine_link_bad_arguments(movie, predictor):
+    mov, _, _ = movie
+    with pytest.raises(ValueError, match="link must be one of"):
+        iter_segment_everything(mov, predictor, "blobs", rgb=False, link="4d")
+    with pytest.raises(ValueError, match="one leading dimension"):
+        iter_segment_everything(mov[None], predictor, "blobs", rgb=False, link="time")
+    with pytest.raises(ValueError, match="drop out=False"):
+        iter_segment_everything(mov, predictor, "blobs", rgb=False, link="3d", out=False)
+    with pytest.raises(TypeError, match="Unknown link option"):
+        iter_segment_everything(mov, predictor, "blobs", rgb=False, link="3d", link_options={"gap": 3})
+
+
+@pytest.mark.slow
+def test_existing_labels_are_kept(movie, predictor):
+    mov, _, _ = movie
+    existing = np.zeros(mov.shape, np.uint32)
+    existing[:, :20, :20] = 5
+    lab, links = linked_run(mov, predictor, "time", labels=existing)
+    assert np.all(lab[:, :20, :20] == 5)
+    assert links.tracks[:, 0].min() == 6  # ids continue after the existing ones
+
+
+@pytest.mark.slow
+def test_cli_link_time_and_tracks_equal_the_engine(tmp_path, movie, predictor, model_args):
+    from ctc_metrics.scripts.evaluate import evaluate_sequence
+
+    from napari_mobilesam.testing.stacks import write_ctc_gt
+
+    mov, gt, tracks = movie
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, mov, imagej=True, metadata={"axes": "TYX"})
+    out, res = tmp_path / "labels.tif", tmp_path / "res"
+    assert main(["everything", str(path), "-o", str(out), "--tracks", str(res), *CLI_OPTIONS, *model_args]) == 0
+    lab, links = linked_run(mov, predictor, "time")
+    np.testing.assert_array_equal(tifffile.imread(out), lab)
+    table = np.loadtxt(res / "res_track.txt", dtype=np.int64).reshape(-1, 4)
+    np.testing.assert_array_equal(table, ctc_tracks(links)[0])
+    assert sorted(p.name for p in res.glob("mask*.tif")) == [f"mask{t:03d}.tif" for t in range(len(mov))]
+    m = evaluate_sequence(str(res), str(write_ctc_gt(tmp_path / "gt", gt, tracks)), metrics=["TRA", "DET", "LNK"], threads=1)
+    assert 0 <= m["TRA"] <= 1 and 0 <= m["LNK"] <= 1  # a valid folder: CTC scores it (random weights: low)
+    # GEFF
+    assert main(["everything", str(path), "-o", str(tmp_path / "l2.tif"), "--link", "time", "--tracks", str(tmp_path / "t.geff"),
+                 *CLI_OPTIONS, *model_args]) == 0
+    assert (tmp_path / "t.geff").is_dir()
+
+
+@pytest.mark.slow
+def test_cli_link_3d_resumes_to_the_same_result(tmp_path, predictor, model_args, monkeypatch):
+    vol, _ = synthetic_volume(4, (96, 96), 5, seed=3)
+    path = tmp_path / "vol.tif"
+    tifffile.imwrite(path, vol, photometric="minisblack")  # no axes: --link given
+    out = tmp_path / "labels.tif"
+    original = EverythingJob.__call__
+
+    def interrupted(self, models, source, t, extra):
+        if t == 2:
+            raise KeyboardInterrupt
+        return original(self, models, source, t, extra)
+
+    monkeypatch.setattr(EverythingJob, "__call__", interrupted)
+    assert main(["everything", str(path), "-o", str(out), "--link", "3d", *CLI_OPTIONS, *model_args]) == 130
+    assert not out.exists()
+    monkeypatch.setattr(EverythingJob, "__call__", original)
+    assert main(["everything", str(path), "-o", str(out), "--link", "3d", *CLI_OPTIONS, *model_args]) == 0
+    lab, links = linked_run(vol, predictor, "3d")
+    np.testing.assert_array_equal(tifffile.imread(out), lab)
+    assert not links.parents
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--link", "3d", "--tracks", "res"], "--tracks needs --link time"),
+        (["--link", "time", "-o", "x.zarr"], "use -o NAME.tif"),
+    ],
+)
+def test_cli_link_errors(tmp_path, movie, model_args, capsys, extra, message, monkeypatch):
+    mov, _, _ = movie
+    tifffile.imwrite(tmp_path / "m.tif", mov, photometric="minisblack")
+    monkeypatch.chdir(tmp_path)
+    args = ["everything", "m.tif", *(["-o", "l.tif"] if "-o" not in extra else []), *extra, *CLI_OPTIONS, *model_args]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err

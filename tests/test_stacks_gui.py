@@ -1,0 +1,60 @@
+"""The widget's *link frames* control: the same labels and tracks as `mobilesam everything --link`.
+
+Run under Xvfb: ``xvfb-run -a python -m pytest tests/test_stacks_gui.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari_mobilesam.cli import main
+from napari_mobilesam.gui.widget import CHOOSE_FILE, MobileSAMWidget
+from napari_mobilesam.testing.stacks import synthetic_timelapse
+
+pytestmark = [pytest.mark.gui, pytest.mark.slow]
+TIMEOUT = 600_000
+
+
+def test_widget_link_time_equals_cli(qtbot, make_napari_viewer, sam, checkpoint, tmp_path):
+    mov, _, _ = synthetic_timelapse(5, (96, 96), 5, seed=7, divide_at=2)
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, mov, imagej=True, metadata={"axes": "TYX"})
+    res = tmp_path / "res"
+    assert main(["everything", str(path), "-o", str(tmp_path / "l.tif"), "--tracks", str(res), "--sampler", "blobs",
+                 "--diameter", "24", "--min-score", "0", "--weights", str(checkpoint), "--device", "cpu", "-q"]) == 0
+    want = tifffile.imread(tmp_path / "l.tif")
+    table = np.loadtxt(res / "res_track.txt", dtype=np.int64).reshape(-1, 4)
+
+    viewer = make_napari_viewer()
+    viewer.add_image(mov, name="movie", axis_labels=("t", "y", "x"), contrast_limits=(0, 255))
+    w = MobileSAMWidget(viewer)
+    try:
+        w.model_box.value = CHOOSE_FILE
+        w.model_file.value = str(checkpoint)
+        w.device_box.value = "cpu"
+        w.set_model(sam, (str(checkpoint), "cpu"))
+        ev = w.everything
+        ev.sampler.value = "blobs"
+        ev.diameter.value = 24
+        ev.all_frames.value = True
+        assert ev.link.value == "auto"
+        ev.run()
+        qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
+        labels = w.labels_layer()
+        np.testing.assert_array_equal(labels.data, want)
+        tracks = viewer.layers[f"{labels.name} tracks"]
+        # the Tracks layer: the same ids as the labels, the lineage of res_track.txt
+        assert set(np.unique(tracks.data[:, 0]).astype(int)) == set(np.unique(want)[1:].tolist())
+        parents = {int(i): [int(p)] for i, _, _, p in table if p}
+        assert {int(k): [int(x) for x in v] for k, v in tracks.graph.items()} == parents
+        # a stack with two stack axes cannot be linked: a clear error, nothing written
+        ev.link.value = "3d"
+        with pytest.raises(ValueError, match="one stack axis"):
+            ev.link_mode(viewer.layers["movie"], type("G", (), {"n_lead": 2})())
+    finally:
+        w.shutdown()
