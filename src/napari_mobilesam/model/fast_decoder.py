@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention
 
-from .folded_decoder import FoldedFrame
+from .folded_decoder import FoldedFrame, _convt_matrix
 from .scratch import Scratch
 
 __all__ = ["FrameDecoder", "Scratch"]
@@ -425,8 +425,3 @@ class FrameDecoder:
         out = out.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
         return out.reshape(b, m, 4 * h, 4 * w)
 
-
-def _convt_matrix(conv: torch.nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """A 2x2/stride-2 transposed conv as ``x @ W + b`` with outputs ordered (ky, kx, channel)."""
-    cin, cout = conv.weight.shape[:2]
-    return conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout), conv.bias.repeat(4)
