@@ -1,102 +1,152 @@
-"""Where one prompt's decode time goes: our FrameDecoder by stage vs segment-anything's MaskDecoder.
+"""Where one prompt's decode time goes: the folded decoder by stage, the previous streamed FrameDecoder
+and segment-anything's MaskDecoder, interleaved in one process, against the folded decoder's floor.
 
-    python benchmarks/bench_decoder_stages.py [--checkpoint PATH] [--batch 8] [--threads 1]
+    python benchmarks/bench_decoder_stages.py [--checkpoint PATH] [--batch 8] [--threads 1] [--repeats 5] [--multimask]
 
-Process (CPU) time per prompt, single-mask box prompts on a random 1024² embedding, one batch of
-``--batch`` prompts: transformer (image-token passes and token side), upscaler, and a full-resolution
-1024² mask by the crop path; the stock decoder and its post-processing for comparison. CPU time rather
-than wall time: on a shared CPU it is the steadier measure of the work done.
+Single-mask (or --multimask) box prompts on a random 1024² embedding, one batch of ``--batch`` prompts,
+the three decoders run in turn, ``--repeats`` rounds (the CPU may be shared: medians, min-max).
+CPU (process) time and wall time per prompt; GFLOP per prompt counted by torch's FlopCounterMode;
+the folded decoder's stages: transformer (token side + factored image side) and upscaler.
 
-The floor: the matrix products that one prompt's decode cannot avoid (the seven 56 x 256 x 4096
-products of the folded attentions, the two transposed convolutions as matmuls, the hypernetwork
-dot product), each batched over the prompts as the decoder runs them, timed alone on random
-tensors in the same run. "decoder / floor" is how far the whole decode is from those products alone.
+The floor: the folded decoder's unavoidable pieces timed alone on random tensors of the same shapes,
+batched as the decoder runs them: the per-head products against per-frame projections (14 of
+h x (T x d) x (d x N)), the products with the per-prompt factor (r = hT = 56, r' = 2r + 1), the
+rank-r' first transposed convolution, the second one, the hypernetwork dot product, the two GELUs,
+LayerNorm2d and the softmaxes. "decoder / floor" is how far the whole decode is from them.
 """
 
+from __future__ import annotations
+
 import argparse
+import statistics
 import time
 import warnings
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 warnings.filterwarnings("ignore")
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--checkpoint", default=str(Path(__file__).resolve().parents[2] / "shared" / "reference" / "mobile_sam_random.pt"))
 ap.add_argument("--batch", type=int, default=8)
 ap.add_argument("--threads", type=int, default=1)
+ap.add_argument("--repeats", type=int, default=5)
+ap.add_argument("--multimask", action="store_true")
 args = ap.parse_args()
 torch.set_num_threads(args.threads)
 from napari_mobilesam import build_mobilesam
-from napari_mobilesam.model import fast_decoder as fd
-from napari_mobilesam.engine.upsample import MaskUpsampler
-sam = build_mobilesam(args.checkpoint)
+from napari_mobilesam.model import folded_decoder as fo
+from napari_mobilesam.model.fast_decoder import FrameDecoder
+
+sam = build_mobilesam(args.checkpoint).requires_grad_(False)  # (FlopCounterMode hooks tensors that need grad)
 torch.manual_seed(0)
 feat = torch.randn(1, 256, 64, 64)
-T = {}
-def wrap(obj, name):
-    f = getattr(obj, name)
+B, MM = args.batch, args.multimask
+stage: dict[str, float] = {}
+
+
+def wrap(cls, name):
+    f = getattr(cls, name)
+
     def g(*a, **k):
-        t = time.process_time(); r = f(*a, **k); T[name] = T.get(name, 0) + time.process_time() - t; return r
-    setattr(obj, name, g)
-for n in ("_decode_streamed", "_stream_keys", "_heads_out", "_upscale_masks"):
-    wrap(fd.FrameDecoder, n)
-B, R = args.batch, 3
+        t = time.process_time()
+        r = f(*a, **k)
+        stage[name] = stage.get(name, 0.0) + time.process_time() - t
+        return r
+
+    setattr(cls, name, g)
+
+
+for n in ("transformer", "upscale"):
+    wrap(fo.FoldedFrame, n)
+
 with torch.inference_mode():
-    t = time.process_time(); dec = fd.FrameDecoder(sam, feat); per_frame = time.process_time() - t
-    boxes = torch.rand(B, 4) * 800; boxes[:, 2:] = boxes[:, :2] + 150
+    setup = {}
+    for name, kw in (("folded", {}), ("streamed", {"folded": False})):
+        t = time.process_time()
+        FrameDecoder(sam, feat, **kw)
+        setup[name] = (time.process_time() - t) * 1000
+    folded, streamed = FrameDecoder(sam, feat), FrameDecoder(sam, feat, folded=False)
+    boxes = torch.rand(B, 4) * 800
+    boxes[:, 2:] = boxes[:, :2] + 150
     sp, de = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
-    dec.decode(sp, None, False); T.clear()
-    t, w = time.process_time(), time.perf_counter()
-    for _ in range(R): lo, io = dec.decode(sp, None, False)
-    tot = (time.process_time() - t) / R / B * 1000
-    tot_wall = (time.perf_counter() - w) / R / B * 1000
-    up = MaskUpsampler((1024, 1024), (1024, 1024))
-    low = lo[:, 0].numpy()
-    t = time.process_time()
-    for _ in range(R):
-        for j in range(B): up.crop_mask(low[j], 0.0)
-    crop = (time.process_time() - t) / R / B * 1000
-    t = time.process_time()
-    for _ in range(2): olo, oio = sam.mask_decoder(feat, sam.prompt_encoder.get_dense_pe(), sp, de, False)
-    stock = (time.process_time() - t) / 2 / B * 1000
-    t = time.process_time()
-    for _ in range(2): sam.postprocess_masks(olo, (1024, 1024), (1024, 1024)) > 0
-    stock_post = (time.process_time() - t) / 2 / B * 1000
+    pe = sam.prompt_encoder.get_dense_pe()
+    fns = {
+        "folded": lambda: folded.decode(sp, None, MM),
+        "streamed (previous FrameDecoder)": lambda: streamed.decode(sp, None, MM),
+        "stock MaskDecoder": lambda: sam.mask_decoder(feat, pe, sp, de, MM),
+    }
+    outs = {k: f() for k, f in fns.items()}
+    gflop = {}
+    for k, f in fns.items():
+        with FlopCounterMode(display=False) as fc:
+            f()
+        gflop[k] = fc.get_total_flops() / B / 1e9
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    stage.clear()
+    for _ in range(args.repeats):
+        for k, f in fns.items():
+            t, w = time.process_time(), time.perf_counter()
+            f()
+            cpu[k].append((time.process_time() - t) / B * 1000)
+            wall[k].append((time.perf_counter() - w) / B * 1000)
 
 
-def floor_ms(b: int, repeats: int = 3) -> tuple[float, float, float]:
-    """CPU ms, wall ms and GFLOP per prompt of the decoder's unavoidable matrix products, single-mask mode."""
+def floor(b: int, m: int, repeats: int = 3) -> dict[str, tuple[float, float]]:
+    """CPU ms and GFLOP per prompt of the folded decoder's unavoidable pieces, by group.
+    Products with the factor run batched over the ``b`` prompts (as in the decoder), the rest per prompt."""
     g = torch.Generator().manual_seed(0)
-    r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
-    n, c, ht = 4096, 256, 56
-    ops = [  # (a, b) pairs, products a @ b
-        *[(r(b, ht, c), r(b, c, n))] * 3,  # scores of three attentions over the image tokens
-        *[(r(b, n, ht), r(b, ht, c))] * 2,  # image-to-token mixing (residual updates)
-        *[(r(b, ht, n), r(b, n, c))] * 2,  # token-to-image mixing
-        (r(8, b * 7, 16), r(8, 16, n)),  # layer 1's image-to-token scores (image queries per frame)
-        (r(b * n, c), r(c, 4 * 64)),  # ConvT 1 as a matmul
-        (r(b * 4 * n, 64), r(64, 4 * 32)),  # ConvT 2 as a matmul
-        (r(b * 16 * n, 32), r(32, 1)),  # hypernetwork dot product
-    ]
-    flop = sum(2 * a.numel() * bb.shape[-1] for a, bb in ops) / b
-    for a, bb in ops:
-        torch.matmul(a, bb)
-    t, w = time.process_time(), time.perf_counter()
-    for _ in range(repeats):
-        for a, bb in ops:
-            torch.matmul(a, bb)
-    return (time.process_time() - t) / repeats / b * 1000, (time.perf_counter() - w) / repeats / b * 1000, flop / 1e9
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g)
+
+    n, h, t, d = 4096, 8, 7, 16
+    ht = h * t
+    rr = 2 * ht + 1
+    q, kt, v, p = r(h, t, d), r(h, d, n), r(h, n, d), r(h, t, n)
+    a1, f1, a2, f2, a3, f3 = r(b, ht, ht), r(b, ht, n), r(b, rr - 1, rr - 1), r(b, rr - 1, n), r(b, ht, rr), r(b, rr, n)
+    fc, ec, x2, w2, y, hy = r(n, rr), r(rr, 256), r(4 * n, 64), r(64, 128), r(16 * n, 32), r(32, m)
+    s4, s3 = r(b, h, t, n), r(b, ht, n)
+    F_ = torch.nn.functional
+    groups = {  # name: [(fn, divisor, GFLOP per prompt)]
+        "per-head products vs the frame (14)": [(lambda: torch.bmm(q, kt), 1, 2 * ht * d * n)] * 11 + [(lambda: torch.bmm(p, v), 1, 2 * ht * d * n)] * 3,
+        "products with the factor (7)": [(lambda: torch.bmm(a1, f1), b, 2 * ht * ht * n)] * 4
+        + [(lambda: torch.bmm(a2, f2), b, 2 * (rr - 1) ** 2 * n)] + [(lambda: torch.bmm(a3, f3), b, 2 * ht * rr * n)] * 2,
+        "ConvT1 (rank r')": [(lambda: torch.mm(fc, ec), 1, 2 * n * rr * 256)],
+        "ConvT2": [(lambda: torch.mm(x2, w2), 1, 2 * 4 * n * 64 * 128)],
+        "hypernetwork dot": [(lambda: torch.mm(y, hy), 1, 2 * 16 * n * 32 * m)],
+        "GELU x2 + LayerNorm2d": [(lambda: F_.gelu(F_.layer_norm(x2, (64,))), 1, 0), (lambda: F_.gelu(y), 1, 0)],
+        "softmaxes (5)": [(lambda: torch.softmax(s4, dim=2), b, 0)] * 2 + [(lambda: torch.softmax(s3, -1), b, 0)] * 3,
+    }
+    out = {}
+    for name, ops in groups.items():
+        for f, _, _ in ops:
+            f()
+        ms = 0.0
+        for f, div, _ in ops:
+            t0 = time.process_time()
+            for _ in range(repeats):
+                f()
+            ms += (time.process_time() - t0) / repeats * 1000 / div
+        out[name] = (ms, sum(fl for _, _, fl in ops) / 1e9)
+    return out
 
 
 with torch.inference_mode():
-    floor, floor_wall, gflop = floor_ms(B)
-s = {k: v / R / B * 1000 for k, v in T.items()}
-print(f"per frame (FrameDecoder init): {per_frame*1000:.1f} ms")
-print(f"ours per prompt (B={B}, {args.threads} thread(s), CPU ms): decoder total {tot:.1f} = transformer {s['_decode_streamed']:.1f} "
-      f"(of which image-token streams {s['_stream_keys']:.1f}, token side {s['_decode_streamed']-s['_stream_keys']:.1f}) + heads/upscaler {s['_heads_out']:.1f} "
-      f"(upscaler {s['_upscale_masks']:.1f}); full-res mask (1024², crop path) {crop:.1f}")
-print(f"stock MaskDecoder per prompt {stock:.1f} ms + postprocess_masks+threshold {stock_post:.1f} ms; max |logit diff| {(lo-olo).abs().max().item():.2e}")
-print(f"floor per prompt: the decoder's matrix products alone (whole-frame shapes) {floor:.1f} CPU ms, {floor_wall:.1f} ms wall, "
-      f"for {gflop:.2f} GFLOP ({gflop / floor_wall * 1000:.0f} GFLOP/s wall); the decoder: {tot_wall:.1f} ms wall; "
-      f"decoder / floor = {tot / floor:.2f} (CPU), {tot_wall / floor_wall:.2f} (wall)")
+    fl = floor(B, 3 if MM else 1)
+med = {k: statistics.median(v) for k, v in cpu.items()}
+medw = {k: statistics.median(v) for k, v in wall.items()}
+ref = outs["stock MaskDecoder"][0]
+print(f"batch {B}, {'3 masks' if MM else '1 mask'}, {args.threads} thread(s), {args.repeats} interleaved rounds; per prompt:")
+for k in fns:
+    err = (outs[k][0] - ref).abs().max().item()
+    print(f"  {k:34s} CPU {med[k]:6.1f} ms [{min(cpu[k]):.1f}-{max(cpu[k]):.1f}]  wall {medw[k]:6.1f} ms  {gflop[k]:.3f} GFLOP  max|Δlogit| vs stock {err:.1e}")
+print(f"  folded / streamed: CPU {med['folded'] / med['streamed (previous FrameDecoder)']:.2f}, wall {medw['folded'] / medw['streamed (previous FrameDecoder)']:.2f}; "
+      f"folded / stock: CPU {med['folded'] / med['stock MaskDecoder']:.2f}")
+s = {k: v / args.repeats / B * 1000 for k, v in stage.items()}
+print(f"folded stages (CPU ms per prompt): transformer {s['transformer']:.1f}, upscaler {s['upscale']:.1f}; per-frame set-up: folded {setup['folded']:.0f} ms, streamed {setup['streamed']:.0f} ms")
+tot = sum(v[0] for v in fl.values())
+print("folded floor, CPU ms per prompt (GFLOP): " + ", ".join(f"{k} {v[0]:.2f} ({v[1]:.3f})" for k, v in fl.items()))
+print(f"floor total {tot:.1f} ms for {sum(v[1] for v in fl.values()):.3f} GFLOP; folded decoder / floor = {med['folded'] / tot:.2f} (CPU)")

@@ -24,17 +24,19 @@ def _batch(sam, n: int, seed: int) -> torch.Tensor:
     return sparse
 
 
-def test_decoder_scratch_belongs_to_its_owner_and_two_threads_can_decode(sam):
+@pytest.mark.parametrize("folded", [True, False])
+def test_decoder_scratch_belongs_to_its_owner_and_two_threads_can_decode(sam, folded):
     from napari_mobilesam.model import fast_decoder
     from napari_mobilesam.model.fast_decoder import FrameDecoder, Scratch
 
     assert not hasattr(fast_decoder, "_SCRATCH")
     features = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        dec = FrameDecoder(sam, features)
+        dec = FrameDecoder(sam, features, folded=folded)
         batches = [_batch(sam, n, seed) for seed, n in enumerate((3, 5, 1, 4))]
         want = [dec.decode(b, None, False) for b in batches]
-    assert dec.scratch.nbytes == 5 * 4096 * 256 * 4  # one buffer, grown to the largest batch, kept
+    # the streamed path keeps one buffer, grown to the largest batch; the folded path needs none
+    assert dec.scratch.nbytes == (0 if folded else 5 * 4096 * 256 * 4)
     got: dict[int, list] = {0: [], 1: []}
 
     def decode_all(k: int) -> None:
@@ -53,7 +55,7 @@ def test_decoder_scratch_belongs_to_its_owner_and_two_threads_can_decode(sam):
     # a shared Scratch gives the same results; the buffers go with their last owner
     shared = Scratch()
     with torch.inference_mode():
-        other = FrameDecoder(sam, features, scratch=shared)
+        other = FrameDecoder(sam, features, scratch=shared, folded=folded)
         assert other.scratch is shared
         assert all(torch.equal(other.decode(b, None, False)[0], w[0]) for b, w in zip(batches, want, strict=True))
     ref = weakref.ref(dec.scratch)

@@ -14,6 +14,10 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
+from ._threads import configure_openmp
+
+configure_openmp()  # before anything imports torch: OpenMP threads sleep instead of spinning (see _threads)
 from .cli_parser import SAMPLER_OPTIONS
 from .engine.io import InputError
 from .engine.labelfile import OutputLock

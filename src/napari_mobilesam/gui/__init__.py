@@ -37,3 +37,6 @@ def block_triton() -> bool:
 
 
 block_triton()
+from .._threads import configure_openmp
+
+configure_openmp()  # before the widget imports torch (see napari_mobilesam._threads)

@@ -1,5 +1,11 @@
 """Batched SAM mask decoding that does per frame what does not depend on the prompt.
 
+Prompts without mask input go through the folded decoder
+(:mod:`napari_mobilesam.model.folded_decoder`: the image tokens carried as a per-prompt factor of
+rank ~2hT through both LayerNorms, nothing N x C per prompt before the upscaler). This module is
+the path for mask input (the image tokens differ per prompt from the start) and, with
+``FrameDecoder(..., folded=False)``, the previous streamed decoder, kept as the benchmarks' baseline:
+
 Same weights and the same mathematics as ``segment_anything``'s ``MaskDecoder.predict_masks`` +
 ``TwoWayTransformer``, reorganised for many prompts on one frame (results agree with the stock
 path to float32 rounding; tested against it):
@@ -26,6 +32,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention
 
+from .folded_decoder import FoldedFrame, _convt_matrix
 from .scratch import Scratch
 
 __all__ = ["FrameDecoder", "Scratch"]
@@ -203,9 +210,11 @@ class FrameDecoder:
         features: the frame's image embedding, ``1 x 256 x 64 x 64``.
         scratch: the buffers to decode in (e.g. one predictor's, shared by its frames' decoders);
             by default the decoder's own.
+        folded: decode prompts without mask input with the folded decoder (default); False: the
+            previous streamed path (same results to float32 rounding; the benchmarks' baseline).
     """
 
-    def __init__(self, sam: Sam, features: torch.Tensor, scratch: Scratch | None = None):
+    def __init__(self, sam: Sam, features: torch.Tensor, scratch: Scratch | None = None, folded: bool = True):
         self.sam = sam
         self.scratch = Scratch() if scratch is None else scratch
         md = sam.mask_decoder
@@ -218,10 +227,14 @@ class FrameDecoder:
         self.size = features.shape[-2:]
         no_mask = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         self._shared = self._prepare_keys(self.features + no_mask)
+        keys, keys_pe = self._shared
+        self._folded = None
+        if folded and len(self.transformer.layers) == 2:
+            self._folded = FoldedFrame(sam, keys[0], self.pe[0])
+            return
         # Without mask input, the first layer's image-side projections are the same for every
         # prompt: project once per frame.
         layer0 = self.transformer.layers[0]
-        keys, keys_pe = self._shared
         t2i, i2t = layer0.cross_attn_token_to_image, layer0.cross_attn_image_to_token
         self._layer0 = (
             _project_heads(t2i.k_proj, keys_pe, t2i.num_heads),
@@ -250,6 +263,8 @@ class FrameDecoder:
             ``(low_res_logits B x M x 256 x 256, iou_predictions B x M)`` with M = 3 or 1.
         """
         md, tr = self.md, self.transformer
+        if dense is None and self._folded is not None:
+            return self._folded.decode(sparse, multimask_output, self.size)
         b = sparse.shape[0]
         out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], 0)
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse], 1)
@@ -410,8 +425,3 @@ class FrameDecoder:
         out = out.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
         return out.reshape(b, m, 4 * h, 4 * w)
 
-
-def _convt_matrix(conv: torch.nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """A 2x2/stride-2 transposed conv as ``x @ W + b`` with outputs ordered (ky, kx, channel)."""
-    cin, cout = conv.weight.shape[:2]
-    return conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout), conv.bias.repeat(4)

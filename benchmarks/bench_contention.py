@@ -1,0 +1,60 @@
+"""Click and N boxes (ours vs the official SamPredictor) with OpenMP's passive vs default wait policy,
+with and without another process burning one core.
+
+    python benchmarks/bench_contention.py [--threads 2] [--repeats 5] [--boxes 64] [--checkpoint PATH]
+
+Runs ``bench_predictor.py --skip-encoder`` in fresh processes (the wait policy is read when torch
+loads): OMP_WAIT_POLICY=PASSIVE (what the mobilesam command and the napari plugin set, see
+napari_mobilesam._threads) and unset (libgomp's default: spin, then sleep), each quiet and
+while ``python -c "while True: pass"`` runs. Configurations alternate round by round; the load
+average is printed with each line (the machine may be shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def run(policy: str | None, burn: bool, args: argparse.Namespace) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if policy:
+        env["OMP_WAIT_POLICY"] = policy
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if burn else None
+    try:
+        cmd = [sys.executable, str(HERE / "bench_predictor.py"), "--skip-encoder", "--threads", str(args.threads),
+               "--repeats", str(args.repeats), "--boxes", str(args.boxes)]
+        if args.checkpoint:
+            cmd += ["--checkpoint", args.checkpoint]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    finally:
+        if burner is not None:
+            burner.kill()
+            burner.wait()
+    return "\n".join(line for line in out.splitlines() if "click" in line or "predict_torch" in line)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--boxes", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--checkpoint", default=None)
+    args = ap.parse_args()
+    for _ in range(args.rounds):
+        for burn in (False, True):
+            for policy in ("PASSIVE", None):
+                res = run(policy, burn, args)
+                load = os.getloadavg()[0]
+                print(f"--- OMP_WAIT_POLICY={policy or 'default'}, {'one core busy' if burn else 'no extra load'}, "
+                      f"{args.threads} threads, load {load:.1f}\n{res}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
