@@ -106,7 +106,7 @@ class EmbeddingStore:
             self._features, self._done_arr = group["features"], group["done"]
             self._sums, self._hashes = group["checksum"], group["frame_hash"]
             self._done = np.asarray(self._done_arr[:]).astype(bool)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - whatever zarr raises on a damaged store, the fix is the same
             raise EmbeddingStoreDamaged(f"{path} is damaged ({type(err).__name__}); recompute it with "
                                         f"`mobilesam embed IMAGE -o {path} --overwrite`.") from None
 
@@ -228,7 +228,7 @@ class EmbeddingStore:
         try:
             stored = np.asarray(self._features[t])
             ok = int(self._sums[t]) == _checksum(stored)
-        except Exception as err:  # a damaged chunk
+        except Exception as err:  # noqa: BLE001 - a damaged chunk, whatever the codec raises
             raise EmbeddingStoreDamaged(f"Frame {t}'s embedding in {self.path} cannot be read ({type(err).__name__}); {fix}") from None
         if not ok:
             raise EmbeddingStoreDamaged(f"Frame {t}'s embedding in {self.path} fails its checksum (the file was damaged); {fix}")
@@ -256,7 +256,7 @@ class EmbeddingStore:
         for t in np.flatnonzero(self._done):
             try:
                 ok = int(self._sums[t]) == _checksum(np.asarray(self._features[t]))
-            except Exception:
+            except Exception:  # noqa: BLE001 - an unreadable chunk is a damaged frame
                 ok = False
             if not ok:
                 bad.append(int(t))
