@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from .embeddings import Embedding
-from .io import ImageSource, InputError
+from .errors import InputError, MissingEmbedding
+from .io import ImageSource
 
 __all__ = ["EmbeddingStore", "EmbeddingStoreDamaged", "EmbeddingStoreMismatch", "frame_hash", "image_fingerprint", "model_fingerprint"]
 
@@ -219,11 +220,11 @@ class EmbeddingStore:
             frame: the image frame it is used for; compared with the hash recorded when it was stored.
 
         Raises:
-            KeyError: not stored. EmbeddingStoreDamaged: fails its checksum or cannot be read.
+            MissingEmbedding (a KeyError): not stored. EmbeddingStoreDamaged: fails its checksum or cannot be read.
             EmbeddingStoreMismatch: ``frame`` is not the frame the embedding was computed from.
         """
         if not self.has(t):
-            raise KeyError(f"Frame {t} has no stored embedding in {self.path}; run `mobilesam embed` to complete it.")
+            raise MissingEmbedding(f"Frame {t} has no stored embedding in {self.path}; run `mobilesam embed` to complete it.")
         fix = f"run `mobilesam embed IMAGE -o {self.path}` (it recomputes damaged frames), or delete the store."
         try:
             stored = np.asarray(self._features[t])
