@@ -1,6 +1,6 @@
 """Turn any microscopy frame into the H x W x 3 uint8 RGB that SAM expects.
 
-Normalisation rule (documented in the README):
+Normalisation rule (documented in docs/weights.md, "Image normalisation"):
 - ``uint8`` grey or RGB(A): values pass through unchanged (grey is repeated to 3 channels,
   alpha is dropped). The official MobileSAM behaves this way, and the reference relies on it.
 - ``bool``: False -> 0, True -> 255.
