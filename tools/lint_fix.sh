@@ -4,7 +4,7 @@
 # Usage: bash tools/lint_fix.sh        (one commit afterwards: "ruff --fix: safe fixes only")
 set -uo pipefail
 cd "$(dirname "$0")/.."
-ruff check --fix .            # safe fixes only (no --unsafe-fixes): behaviour stays the same
+ruff check --fix --quiet . || true   # safe fixes only (no --unsafe-fixes): behaviour stays the same
 echo "--- left for a person (ruff):"
 ruff check --output-format concise . && echo "none"
 echo "--- mypy (engine/ and model/):"

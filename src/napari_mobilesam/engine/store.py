@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .embeddings import Embedding
-from .errors import InputError, MissingEmbedding
+from .errors import InputError, MissingEmbedding, SettingsError
 from .io import ImageSource
 
 __all__ = ["EmbeddingStore", "EmbeddingStoreDamaged", "EmbeddingStoreMismatch", "frame_hash", "image_fingerprint", "model_fingerprint"]
@@ -160,9 +160,9 @@ class EmbeddingStore:
                 cls._check(p, meta, model_hash, image_fingerprint, image_size)
             return cls(p, group)
         if n_frames is None or original_size is None:
-            raise ValueError("n_frames and original_size are needed to create an embedding store.")
+            raise SettingsError("n_frames and original_size are needed to create an embedding store.")
         if dtype not in ("float32", "float16"):
-            raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}.")
+            raise SettingsError(f"dtype must be 'float32' or 'float16', got {dtype!r}.")
         group = zarr.open_group(p, mode="w")
         group.create_array("features", shape=(n_frames, 256, 64, 64), chunks=(1, 256, 64, 64), dtype=dtype, fill_value=0)
         group.create_array("done", shape=(n_frames,), chunks=(1,), dtype="uint8", fill_value=0)
@@ -243,7 +243,7 @@ class EmbeddingStore:
         """Write frame ``t``'s embedding, its checksum and ``frame_hash`` (of the image frame, see
         :func:`frame_hash`; None: not recorded), then mark it done."""
         if tuple(emb.original_size) != tuple(self.meta["original_size"]) or tuple(emb.input_size) != tuple(self.meta["input_size"]):
-            raise ValueError(f"Embedding of a {emb.original_size} frame does not fit store {self.path} of {self.meta['original_size']} frames.")
+            raise InputError(f"Embedding of a {emb.original_size} frame does not fit store {self.path} of {self.meta['original_size']} frames.")
         stored = emb.features.detach().to("cpu", torch.float32).reshape(256, 64, 64).numpy().astype(self._features.dtype)
         self._features[t] = stored
         self._sums[t] = np.uint64(_checksum(stored))
