@@ -20,6 +20,17 @@ def pytest_configure(config):
     os.environ.setdefault("YOLO_OFFLINE", "1")
 
 
+_GUI_FIXTURES = {"make_napari_viewer", "qtbot"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that uses napari's viewer or qtbot (directly or through a fixture) as ``gui``, so
+    ``pytest -m "not slow and not gui"`` is the quick loop without a display."""
+    for item in items:
+        if _GUI_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.gui)
+
+
 @pytest.fixture(scope="session")
 def reference_dir(request, tmp_path_factory) -> Path:
     from napari_mobilesam.testing.reference import build_reference

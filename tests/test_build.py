@@ -155,3 +155,58 @@ def test_encoder_only_checkpoint_needs_a_decoder(tmp_path, state):
     torch.save({k: v for k, v in state.items() if k.startswith("image_encoder.")}, path)
     with pytest.raises(CheckpointError, match=r"only an image encoder \(MobileSAM TinyViT-5M\).*decoder='mobilesamv2'.*--decoder"):
         build_mobilesam(path)
+
+
+# ------------------------------------------------------------------ the encoder registry
+class _PatchEncoder(torch.nn.Module):
+    """A toy image encoder (one 16 x 16 patch projection): B x 3 x 1024 x 1024 -> B x 256 x 64 x 64."""
+
+    img_size = 1024
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = torch.nn.Conv2d(3, 256, 16, stride=16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.patch(x)
+
+
+def test_an_encoder_registered_from_a_test_file_is_recognised_and_built(tmp_path, monkeypatch, state):
+    from napari_mobilesam.model import build
+    from napari_mobilesam.model.build import (
+        ENCODER_REGISTRY,
+        EncoderSpec,
+        encoder_kind,
+        mobilesam_architecture,
+        register_encoder,
+    )
+
+    monkeypatch.setattr(build, "ENCODER_REGISTRY", dict(ENCODER_REGISTRY))  # registrations end with the test
+    spec = EncoderSpec("toy patch encoder", lambda: mobilesam_architecture(_PatchEncoder()),
+                       lambda s: "image_encoder.patch.weight" in s)
+    register_encoder("patch16", spec)
+    toy = spec.build()
+    path = tmp_path / "toy.pt"
+    torch.save(toy.state_dict(), path)
+    assert encoder_kind(toy.state_dict()) == "patch16"
+    assert encoder_kind(state) == "tiny_vit"  # the built-in encoders are still recognised
+    sam = build_mobilesam(path)
+    assert isinstance(sam.image_encoder, _PatchEncoder)
+    assert torch.equal(sam.image_encoder.patch.weight, toy.image_encoder.patch.weight)
+    assert list(build.ENCODER_REGISTRY)[0] == "patch16" and "patch16" not in ENCODER_REGISTRY
+    with pytest.raises(ValueError, match="fallback"):
+        register_encoder("tiny_vit", spec)
+
+
+def test_registry_names_every_encoder_kind(state):
+    from napari_mobilesam.model.build import ENCODER_REGISTRY, encoder_kind
+
+    assert set(ENCODER_REGISTRY) == {"tiny_vit", "vit_b", "vit_l", "vit_h", "efficientvit_l2"}
+    assert ENCODER_REGISTRY["vit_h"].name == "SAM ViT-H"
+    assert encoder_kind(ENCODER_REGISTRY["efficientvit_l2"].build().state_dict()) == "efficientvit_l2"
+    vit_b_like = {"image_encoder.patch_embed.proj.weight": torch.zeros(768, 3, 16, 16),
+                  "image_encoder.blocks.0.attn.qkv.weight": torch.zeros(1)}
+    assert encoder_kind(vit_b_like) == "vit_b"
+    vit_b_like["image_encoder.patch_embed.proj.weight"] = torch.zeros(512, 3, 16, 16)
+    with pytest.raises(CheckpointError, match="width 512"):
+        encoder_kind(vit_b_like)

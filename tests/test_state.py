@@ -181,7 +181,9 @@ def test_widget_logs_bugs_with_a_traceback_and_shows_one_sentence(qtbot, make_na
     caplog.set_level(logging.ERROR, logger="napari_mobilesam")
 
     def user_mistake():
-        raise ValueError("No checkpoint chosen: pick a .pt file next to 'checkpoint'.")
+        from napari_mobilesam.engine.errors import UserError  # the user's: its message is shown, nothing logged
+
+        raise UserError("No checkpoint chosen: pick a .pt file next to 'checkpoint'.")
 
     assert w.guard(user_mistake) is None
     assert w.status.value == "Error: No checkpoint chosen: pick a .pt file next to 'checkpoint'."

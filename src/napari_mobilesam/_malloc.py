@@ -47,7 +47,7 @@ def tune_allocator(default: bool = True) -> bool:
     _done = False
     try:
         libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # glibc only: other allocators have other knobs
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only: other allocators have other knobs
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False

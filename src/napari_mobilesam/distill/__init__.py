@@ -126,6 +126,6 @@ def _check_same_teacher(store: EmbeddingStore, teacher: str | os.PathLike) -> No
 def distill(images: ImagesLike, teacher: TeacherLike, work_dir: str | os.PathLike, **kwargs) -> Path:
     """Blocking :func:`iter_distill`; returns the exported checkpoint (or the store folder)."""
     result: dict = {}
-    for result in iter_distill(images, teacher, work_dir, **kwargs):
+    for result in iter_distill(images, teacher, work_dir, **kwargs):  # noqa: B007 - the last one is the result
         pass
     return Path(result["checkpoint"])

@@ -16,7 +16,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -41,7 +40,7 @@ PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".npy")
 
-ImagesLike = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]], np.ndarray]
+ImagesLike = str | os.PathLike | Sequence[str | os.PathLike] | np.ndarray
 
 
 def _frame_count(shape: Sequence[int]) -> int:
@@ -74,7 +73,7 @@ def _open_array(path: Path) -> np.ndarray:
 
         try:
             return tifffile.memmap(path, mode="r")
-        except Exception:  # compressed or non-contiguous: read it whole
+        except Exception:  # noqa: BLE001 - compressed or non-contiguous: read it whole
             return tifffile.imread(path)
     from skimage.io import imread
 
@@ -94,7 +93,7 @@ def _file_frames(path: Path) -> int:
     from PIL import Image
 
     with Image.open(path) as im:  # png/jpg/bmp: one frame; opening checks the file is an image
-        im.size
+        im.size  # noqa: B018
     return 1
 
 

@@ -128,7 +128,7 @@ def iter_evaluate(
 def evaluate(student: Sam | str | os.PathLike, teacher: TeacherLike | Teacher, images: ImagesLike | FrameSource, **kwargs) -> dict:
     """Blocking :func:`iter_evaluate`; returns its result dict."""
     result: dict = {}
-    for result in iter_evaluate(student, teacher, images, **kwargs):
+    for result in iter_evaluate(student, teacher, images, **kwargs):  # noqa: B007 - the last one is the result
         pass
     return result
 

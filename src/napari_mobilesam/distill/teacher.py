@@ -17,12 +17,18 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Union
 
 import torch
 from segment_anything.modeling import ImageEncoderViT, Sam
 
-from ..model.build import CLASSIFIER_PREFIXES, CheckpointError, build_mobilesam, load_checkpoint, mobilesam_architecture, resolve_device
+from ..model.build import (
+    CLASSIFIER_PREFIXES,
+    CheckpointError,
+    build_mobilesam,
+    load_checkpoint,
+    mobilesam_architecture,
+    resolve_device,
+)
 from ..model.weights import resolve_weights
 
 __all__ = ["SAM_VITS", "Teacher", "TeacherLike", "load_teacher", "vit_config_from_state"]
@@ -35,7 +41,7 @@ SAM_VITS = {
 }
 ENC = "image_encoder."
 
-TeacherLike = Union[str, os.PathLike, Sam, torch.nn.Module]
+TeacherLike = str | os.PathLike | Sam | torch.nn.Module
 
 
 @dataclass

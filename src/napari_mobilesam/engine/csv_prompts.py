@@ -11,11 +11,15 @@ import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .io import ImageSource, InputError
+from .errors import InputError
 from .prompts import ObjectPrompt, PromptTable, assign_ids, collect_objects
+
+if TYPE_CHECKING:  # io imports this module on use; importing io here would make a cycle
+    from .io import ImageSource
 
 __all__ = ["POINT_FEATURES", "read_objects", "read_points_csv", "read_prompt_table", "read_prompts", "read_shapes_csv"]
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import SettingsError
+
 __all__ = ["Embedding", "EmbeddingCache"]
 
 
@@ -48,7 +50,7 @@ class EmbeddingCache:
 
     def __init__(self, max_bytes: int = 1 << 30, fp16: bool = False):
         if max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}.")
+            raise SettingsError(f"max_bytes must be >= 0, got {max_bytes}.")
         self.max_bytes = int(max_bytes)
         self.fp16 = fp16
         self._items: OrderedDict[Hashable, Embedding] = OrderedDict()

@@ -1,6 +1,6 @@
 """Turn any microscopy frame into the H x W x 3 uint8 RGB that SAM expects.
 
-Normalisation rule (documented in the README):
+Normalisation rule (documented in docs/weights.md, "Image normalisation"):
 - ``uint8`` grey or RGB(A): values pass through unchanged (grey is repeated to 3 channels,
   alpha is dropped). The official MobileSAM behaves this way, and the reference relies on it.
 - ``bool``: False -> 0, True -> 255.
@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
+from .errors import SettingsError, UserError
 
 __all__ = ["PERCENTILES", "channels_last", "preprocess_options", "to_rgb_uint8"]
 
@@ -68,26 +70,26 @@ def to_rgb_uint8(
         ``(H, W, 3)`` uint8, C-contiguous.
 
     Raises:
-        ValueError: with the fix, for unsupported shapes, dtypes or channel choices.
+        UserError (a ValueError): with the fix, for unsupported shapes, dtypes or channel choices.
     """
     arr = np.asarray(image)
     if arr.dtype.kind not in "biuf":
-        raise ValueError(f"Image dtype {arr.dtype} is not supported; give a numeric (int, uint, float or bool) array.")
+        raise UserError(f"Image dtype {arr.dtype} is not supported; give a numeric (int, uint, float or bool) array.")
     if arr.ndim == 3 and channel_axis is None and arr.shape[-1] > 4 and arr.shape[0] <= 4:
         channel_axis = 0
     if arr.ndim == 3:
         arr = np.moveaxis(arr, channel_axis if channel_axis is not None else -1, -1)
         if channel_axis is None and arr.shape[-1] > 4:
-            raise ValueError(
+            raise SettingsError(
                 f"Image of shape {np.shape(image)} has no obvious channel axis. A frame is 2D (H, W) or "
                 "(H, W, C) with C <= 4; pass channel_axis=... for other layouts, or give one frame of a stack."
             )
     elif arr.ndim != 2:
-        raise ValueError(
+        raise UserError(
             f"Expected one 2D frame (H, W) or (H, W, C), got shape {arr.shape}. For stacks, pass one frame at a time."
         )
     if min(arr.shape[:2]) < 1:
-        raise ValueError(f"Image of shape {arr.shape} is empty.")
+        raise UserError(f"Image of shape {arr.shape} is empty.")
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
     if arr.ndim == 3:
@@ -97,7 +99,7 @@ def to_rgb_uint8(
             channels = (0, 1, 2) if colour else tuple(range(min(n, 3)))
         channels = tuple(int(c) for c in channels)
         if not 1 <= len(channels) <= 3 or any(not -n <= c < n for c in channels):
-            raise ValueError(f"channels={channels} is invalid for an image with {n} channels; pick 1 to 3 of 0..{n - 1}.")
+            raise SettingsError(f"channels={channels} is invalid for an image with {n} channels; pick 1 to 3 of 0..{n - 1}.")
         arr = arr[..., list(channels)]
         if arr.dtype != np.uint8:
             if colour:
@@ -137,19 +139,19 @@ def preprocess_options(
     """
     out: dict = {}
     if not channels and len(frame_shape) == 3 and int(frame_shape[-1]) > 4:
-        raise ValueError(f"The frames have {frame_shape[-1]} channels; pick 1 to 3 of them (as R, G, B) with --channels.")
+        raise SettingsError(f"The frames have {frame_shape[-1]} channels; pick 1 to 3 of them (as R, G, B) with --channels.")
     if channels:
         if len(frame_shape) != 3:
-            raise ValueError(f"--channels needs frames with a channel axis (H, W, C); these frames are {tuple(frame_shape)}.")
+            raise SettingsError(f"--channels needs frames with a channel axis (H, W, C); these frames are {tuple(frame_shape)}.")
         n = int(frame_shape[-1])
         bad = [c for c in channels if not 0 <= int(c) < n]
         if bad or not 1 <= len(channels) <= 3:
-            raise ValueError(f"--channels takes 1 to 3 indices in 0..{n - 1} (the frames have {n} channels), got {list(channels)}.")
+            raise SettingsError(f"--channels takes 1 to 3 indices in 0..{n - 1} (the frames have {n} channels), got {list(channels)}.")
         out["channels"] = [int(c) for c in channels]
     if contrast is not None:
         lo, hi = (float(v) for v in contrast)
         if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-            raise ValueError(f"--contrast LO HI needs finite LO < HI, got {lo} {hi}.")
+            raise SettingsError(f"--contrast LO HI needs finite LO < HI, got {lo} {hi}.")
         out["contrast_limits"] = [lo, hi]
     return out
 
@@ -188,6 +190,6 @@ def channels_last(image, channel_axis: int):
     shape = tuple(np.shape(image))
     a = channel_axis + len(shape) if channel_axis < 0 else channel_axis
     if not 0 <= a < len(shape) or len(shape) < 3 or a == len(shape) - 2:
-        raise ValueError(f"channel_axis={channel_axis} does not fit an image of shape {shape}; give the axis holding "
+        raise SettingsError(f"channel_axis={channel_axis} does not fit an image of shape {shape}; give the axis holding "
                          "the channels, e.g. -1 for (H, W, C), 0 for (C, H, W), 1 for (T, C, H, W).")
     return image if a == len(shape) - 1 else _ChannelsLast(image, a)

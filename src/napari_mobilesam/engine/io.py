@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError  # defined there, with the other errors a user can fix; re-exported here
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -37,10 +38,6 @@ __all__ = [
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".zarr", ".png", ".jpg", ".jpeg")
 _PLAIN = (".png", ".jpg", ".jpeg")
-
-
-class InputError(ValueError):
-    """A user-supplied file is missing, unreadable or inconsistent; the message names it and the fix."""
 
 
 # ---------------------------------------------------------------------------------------------- images

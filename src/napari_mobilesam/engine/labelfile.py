@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import InputError
+from .errors import InputError
 
 __all__ = ["LabelWriter", "OutputLock", "frame_checksum"]
 

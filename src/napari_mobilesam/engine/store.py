@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from .embeddings import Embedding
-from .io import ImageSource, InputError
+from .errors import InputError, MissingEmbedding, SettingsError
+from .io import ImageSource
 
 __all__ = ["EmbeddingStore", "EmbeddingStoreDamaged", "EmbeddingStoreMismatch", "frame_hash", "image_fingerprint", "model_fingerprint"]
 
@@ -106,7 +107,7 @@ class EmbeddingStore:
             self._features, self._done_arr = group["features"], group["done"]
             self._sums, self._hashes = group["checksum"], group["frame_hash"]
             self._done = np.asarray(self._done_arr[:]).astype(bool)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - whatever zarr raises on a damaged store, the fix is the same
             raise EmbeddingStoreDamaged(f"{path} is damaged ({type(err).__name__}); recompute it with "
                                         f"`mobilesam embed IMAGE -o {path} --overwrite`.") from None
 
@@ -159,9 +160,9 @@ class EmbeddingStore:
                 cls._check(p, meta, model_hash, image_fingerprint, image_size)
             return cls(p, group)
         if n_frames is None or original_size is None:
-            raise ValueError("n_frames and original_size are needed to create an embedding store.")
+            raise SettingsError("n_frames and original_size are needed to create an embedding store.")
         if dtype not in ("float32", "float16"):
-            raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}.")
+            raise SettingsError(f"dtype must be 'float32' or 'float16', got {dtype!r}.")
         group = zarr.open_group(p, mode="w")
         group.create_array("features", shape=(n_frames, 256, 64, 64), chunks=(1, 256, 64, 64), dtype=dtype, fill_value=0)
         group.create_array("done", shape=(n_frames,), chunks=(1,), dtype="uint8", fill_value=0)
@@ -219,16 +220,16 @@ class EmbeddingStore:
             frame: the image frame it is used for; compared with the hash recorded when it was stored.
 
         Raises:
-            KeyError: not stored. EmbeddingStoreDamaged: fails its checksum or cannot be read.
+            MissingEmbedding (a KeyError): not stored. EmbeddingStoreDamaged: fails its checksum or cannot be read.
             EmbeddingStoreMismatch: ``frame`` is not the frame the embedding was computed from.
         """
         if not self.has(t):
-            raise KeyError(f"Frame {t} has no stored embedding in {self.path}; run `mobilesam embed` to complete it.")
+            raise MissingEmbedding(f"Frame {t} has no stored embedding in {self.path}; run `mobilesam embed` to complete it.")
         fix = f"run `mobilesam embed IMAGE -o {self.path}` (it recomputes damaged frames), or delete the store."
         try:
             stored = np.asarray(self._features[t])
             ok = int(self._sums[t]) == _checksum(stored)
-        except Exception as err:  # a damaged chunk
+        except Exception as err:  # noqa: BLE001 - a damaged chunk, whatever the codec raises
             raise EmbeddingStoreDamaged(f"Frame {t}'s embedding in {self.path} cannot be read ({type(err).__name__}); {fix}") from None
         if not ok:
             raise EmbeddingStoreDamaged(f"Frame {t}'s embedding in {self.path} fails its checksum (the file was damaged); {fix}")
@@ -242,7 +243,7 @@ class EmbeddingStore:
         """Write frame ``t``'s embedding, its checksum and ``frame_hash`` (of the image frame, see
         :func:`frame_hash`; None: not recorded), then mark it done."""
         if tuple(emb.original_size) != tuple(self.meta["original_size"]) or tuple(emb.input_size) != tuple(self.meta["input_size"]):
-            raise ValueError(f"Embedding of a {emb.original_size} frame does not fit store {self.path} of {self.meta['original_size']} frames.")
+            raise InputError(f"Embedding of a {emb.original_size} frame does not fit store {self.path} of {self.meta['original_size']} frames.")
         stored = emb.features.detach().to("cpu", torch.float32).reshape(256, 64, 64).numpy().astype(self._features.dtype)
         self._features[t] = stored
         self._sums[t] = np.uint64(_checksum(stored))
@@ -256,7 +257,7 @@ class EmbeddingStore:
         for t in np.flatnonzero(self._done):
             try:
                 ok = int(self._sums[t]) == _checksum(np.asarray(self._features[t]))
-            except Exception:
+            except Exception:  # noqa: BLE001 - an unreadable chunk is a damaged frame
                 ok = False
             if not ok:
                 bad.append(int(t))

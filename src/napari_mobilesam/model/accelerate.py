@@ -114,7 +114,7 @@ class _Runner:
             log.info("Encoder weights changed since the %s backend was built; rebuilding it.", self.name)
             try:
                 self._fn = self._build(encoder)
-            except Exception as err:  # never serve the old weights; eager always works
+            except Exception as err:  # noqa: BLE001 - never serve the old weights; eager always works
                 log.warning("Could not rebuild the %s backend (%s: %s); using eager PyTorch.",
                             self.name, type(err).__name__, err)
                 encoder.set_runner(None)
@@ -169,7 +169,7 @@ def _build_onnxruntime(cache: Path | None) -> Callable[[TinyViT], Callable[[torc
         opts.log_severity_level = 3
         try:
             session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception:  # a truncated or foreign cache file: export again, once
+        except Exception:  # noqa: BLE001 - a truncated or foreign cache file: export again, once
             path.unlink(missing_ok=True)
             _export_onnx(encoder, path)
             session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -222,7 +222,7 @@ def optimize_encoder(sam: torch.nn.Module, backend: str = "auto", cache: str | o
     except ImportError as err:
         complain("Encoder backend %r is unavailable (%s); using eager PyTorch.", backend, err)
         return "eager"
-    except Exception as err:  # export or session creation failed: eager still works
+    except Exception as err:  # noqa: BLE001 - export or session creation failed: eager still works
         complain("Encoder backend %r failed to build (%s: %s); using eager PyTorch.", backend, type(err).__name__, err)
         return "eager"
     encoder.set_runner(runner)

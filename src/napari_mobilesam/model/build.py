@@ -11,6 +11,10 @@ Image encoders (``image_encoder.*`` keys):
 (``Prompt_guided_Mask_Decoder.pt``: ``{'PromtEncoder': state_dict, 'MaskDecoder': state_dict}``,
 SAM's shapes) or any file in that layout.
 
+Which encoders exist is one table, :data:`ENCODER_REGISTRY` (as segment-anything's
+``sam_model_registry``): each entry names the encoder, recognises its state dict and builds the untrained
+model. :func:`register_encoder` adds one.
+
 Every file is read with ``torch.load(weights_only=True)``; wrappers (``model_state``, ``state_dict``,
 DDP's ``module.``, micro-sam's ``sam.``) are unwrapped, the weights must be finite, and the load is
 strict: a missing, unexpected or misshapen key is an error that names it.
@@ -22,23 +26,28 @@ import os
 import pickle
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from ..engine.errors import DeviceUnavailable, UserError
 from .efficient_vit import EfficientViTL2Encoder, is_efficientvit_state
 from .tiny_vit import TinyViT
 from .weights import resolve_weights
 
 __all__ = [
+    "ENCODER_REGISTRY",
     "CheckpointError",
+    "EncoderSpec",
     "build_mobilesam",
     "encoder_kind",
     "load_checkpoint",
     "load_decoder",
     "mobilesam_architecture",
+    "register_encoder",
     "resolve_device",
 ]
 
@@ -50,21 +59,14 @@ HEAD_PREFIXES = ("prompt_encoder.", "mask_decoder.")
 # MobileSAMv2's decoder file (its spelling 'PromtEncoder'; the correct one is accepted too)
 DECODER_PARTS = {"PromtEncoder": "prompt_encoder.", "PromptEncoder": "prompt_encoder.", "MaskDecoder": "mask_decoder."}
 SAM_VIT_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
-ENCODER_NAMES = {
-    "tiny_vit": "MobileSAM TinyViT-5M",
-    "vit_b": "SAM ViT-B",
-    "vit_l": "SAM ViT-L",
-    "vit_h": "SAM ViT-H",
-    "efficientvit_l2": "MobileSAMv2 EfficientViT-L2",
-}
 DECODER_FIX = (
     "pass decoder='mobilesamv2' (MobileSAMv2's Prompt_guided_Mask_Decoder.pt, downloaded and verified) or "
     "decoder=PATH; on the command line --decoder, in napari the 'decoder' choice"
 )
 
 
-class CheckpointError(ValueError):
-    """The file is not a (readable) MobileSAM checkpoint."""
+class CheckpointError(UserError):
+    """The file is not a (readable) MobileSAM checkpoint (a ``ValueError``, as every ``UserError``)."""
 
 
 def resolve_device(device: str | torch.device = "cpu") -> torch.device:
@@ -77,9 +79,9 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
         return torch.device("cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was asked for, but PyTorch sees no CUDA GPU here; use 'cpu' or 'auto'.")
+        raise DeviceUnavailable("device='cuda' was asked for, but PyTorch sees no CUDA GPU here; use 'cpu' or 'auto'.")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError("device='mps' was asked for, but MPS is not available here; use 'cpu' or 'auto'.")
+        raise DeviceUnavailable("device='mps' was asked for, but MPS is not available here; use 'cpu' or 'auto'.")
     return dev
 
 
@@ -166,7 +168,7 @@ def load_decoder(decoder: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = resolve_weights(decoder)
     obj = _read(path)
     parts = [k for k in DECODER_PARTS if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)]
-    if {DECODER_PARTS[k] for k in parts} != set(HEAD_PREFIXES):
+    if not isinstance(obj, Mapping) or {DECODER_PARTS[k] for k in parts} != set(HEAD_PREFIXES):
         found = f"a dict with keys {sorted(map(str, obj))[:6]}" if isinstance(obj, Mapping) else type(obj).__name__
         raise CheckpointError(
             f"{path} is not a MobileSAMv2 decoder file: expected a dict holding 'PromtEncoder' and 'MaskDecoder' state "
@@ -177,27 +179,76 @@ def load_decoder(decoder: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def encoder_kind(state: Mapping[str, torch.Tensor]) -> str:
-    """Which image encoder a state dict holds: "tiny_vit", "vit_b", "vit_l", "vit_h" or "efficientvit_l2"."""
-    if is_efficientvit_state(state):
-        return "efficientvit_l2"
+# ------------------------------------------------------------------------------------- encoders
+@dataclass(frozen=True)
+class EncoderSpec:
+    """One image encoder the package can build.
+
+    Attributes:
+        name: what the user reads in messages, e.g. ``"SAM ViT-B"``.
+        build: an untrained ``Sam`` with this encoder, SAM's prompt encoder and mask decoder (on the CPU).
+        matches: whether a state dict (``image_encoder.*`` keys, wrappers removed) holds this encoder.
+    """
+
+    name: str
+    build: Callable[[], Sam]
+    matches: Callable[[Mapping[str, torch.Tensor]], bool]
+
+
+def _sam_vit_width(state: Mapping[str, torch.Tensor]) -> int | None:
+    """The embedding width of a SAM ViT image encoder in ``state``, or None if it holds none."""
     proj = state.get("image_encoder.patch_embed.proj.weight")
-    if proj is not None and "image_encoder.blocks.0.attn.qkv.weight" in state:
-        width = int(proj.shape[0])
-        if width not in SAM_VIT_WIDTHS:
-            raise CheckpointError(f"A SAM ViT image encoder of width {width} is not one of ViT-B/L/H (768/1024/1280).")
-        return SAM_VIT_WIDTHS[width]
-    return "tiny_vit"  # also anything unknown: the strict check then names what differs from MobileSAM
+    if proj is None or "image_encoder.blocks.0.attn.qkv.weight" not in state:
+        return None
+    return int(proj.shape[0])
 
 
-def _architecture(kind: str) -> Sam:
-    if kind == "tiny_vit":
-        return mobilesam_architecture()
-    if kind == "efficientvit_l2":
-        return mobilesam_architecture(EfficientViTL2Encoder())
-    from segment_anything import sam_model_registry
+def _sam_vit(kind: str) -> EncoderSpec:
+    width = next(w for w, k in SAM_VIT_WIDTHS.items() if k == kind)
 
-    return sam_model_registry[kind](checkpoint=None)
+    def build() -> Sam:
+        from segment_anything import sam_model_registry
+
+        return sam_model_registry[kind](checkpoint=None)
+
+    return EncoderSpec(f"SAM ViT-{kind[-1].upper()}", build, lambda state: _sam_vit_width(state) == width)
+
+
+# kind -> spec. encoder_kind() asks them in this order; "tiny_vit" is asked last and takes anything,
+# so that the strict key check names what differs from MobileSAM.
+ENCODER_REGISTRY: dict[str, EncoderSpec] = {
+    "efficientvit_l2": EncoderSpec(
+        "MobileSAMv2 EfficientViT-L2", lambda: mobilesam_architecture(EfficientViTL2Encoder()), is_efficientvit_state
+    ),
+    **{kind: _sam_vit(kind) for kind in SAM_VIT_WIDTHS.values()},
+    "tiny_vit": EncoderSpec("MobileSAM TinyViT-5M", lambda: mobilesam_architecture(), lambda state: True),
+}
+FALLBACK_ENCODER = "tiny_vit"
+
+
+def register_encoder(kind: str, spec: EncoderSpec) -> None:
+    """Add an image encoder (or replace one): checkpoints that ``spec.matches`` are then built with it.
+
+    It is asked before the built-in encoders, so a specific matcher can claim files MobileSAM would take.
+    """
+    if kind == FALLBACK_ENCODER:
+        raise ValueError(f"{kind!r} is the fallback encoder and cannot be replaced.")
+    ENCODER_REGISTRY.pop(kind, None)
+    items = list(ENCODER_REGISTRY.items())
+    ENCODER_REGISTRY.clear()
+    ENCODER_REGISTRY.update([(kind, spec), *items])
+
+
+def encoder_kind(state: Mapping[str, torch.Tensor]) -> str:
+    """Which image encoder a state dict holds: a key of :data:`ENCODER_REGISTRY` ("tiny_vit", "vit_b",
+    "vit_l", "vit_h", "efficientvit_l2", or a registered one)."""
+    for kind, spec in ENCODER_REGISTRY.items():
+        if kind != FALLBACK_ENCODER and spec.matches(state):
+            return kind
+    width = _sam_vit_width(state)
+    if width is not None:
+        raise CheckpointError(f"A SAM ViT image encoder of width {width} is not one of ViT-B/L/H (768/1024/1280).")
+    return FALLBACK_ENCODER  # also anything unknown: the strict check then names what differs from MobileSAM
 
 
 def _show(keys: list[str]) -> str:
@@ -264,13 +315,13 @@ def build_mobilesam(
     state = load_checkpoint(path)
     state = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIXES)}
     kind = encoder_kind(state)
-    name = ENCODER_NAMES[kind]
+    name = ENCODER_REGISTRY[kind].name
     if decoder is not None:
         heads = load_decoder(decoder)
         state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)} | heads
     elif not any(k.startswith(HEAD_PREFIXES) for k in state) and any(k.startswith("image_encoder.") for k in state):
         raise CheckpointError(f"{path} holds only an image encoder ({name}), no prompt encoder or mask decoder: {DECODER_FIX}.")
-    sam = _architecture(kind)
+    sam = ENCODER_REGISTRY[kind].build()
     what = "a MobileSAM (TinyViT-5M) checkpoint" if kind == "tiny_vit" else f"a {name} checkpoint"
     _check_keys(state, sam, path, what + (" with MobileSAMv2's decoder" if decoder is not None else ""))
     _check_finite(state, path)

@@ -202,15 +202,15 @@ def iter_fetch(name: str, progress: bool = False) -> Generator[tuple[int, int], 
         downloader = _file_downloader if url.startswith("file://") else pooch.HTTPDownloader(progressbar=reporter)
         result: dict = {}
 
-        def run(url: str = url, downloader=downloader, result: dict = result) -> None:
+        def run(url: str = url, downloader=downloader, result: dict = result, events: queue.Queue = events) -> None:
             try:
                 got = pooch.retrieve(url, known_hash=pooch_hash, fname=spec.filename, path=folder, downloader=downloader)
                 if git_blob and (found := git_blob_id(got)) != spec.known_hash[8:]:
                     Path(got).unlink()
                     raise ValueError(f"the download's git blob id is {found}, expected {spec.known_hash[8:]}")
                 result["path"] = got
-            except Exception as err:  # network/HTTP errors, hash mismatch: reported, next mirror tried
-                result["error"] = err
+            except Exception as exc:  # noqa: BLE001 - network/HTTP errors, hash mismatch: reported, next mirror tried
+                result["error"] = exc
             finally:
                 events.put(None)
 
