@@ -283,13 +283,12 @@ def test_planar_five_channel_tiff_and_channel_axis_of_the_file(tmp_path):
 
     path = tmp_path / "planar.tif"
     tifffile.imwrite(path, np.zeros((5, 32, 40), np.uint16), planarconfig="separate", photometric="minisblack")
-    src = open_image(path)
+    assert open_image(path).shape == (5, 32, 40)  # 5 frames, as napari shows planar pages
+    src = with_channel_axis(open_image(path), 0)
     assert src.shape == (32, 40, 5) and src.frame_ndim == 3 and src.read(0).shape == (32, 40, 5)
     with pytest.raises(ValueError, match="The frames have 5 channels"):
         preprocess_options(None, None, src.frame_shape)
-    assert with_channel_axis(src, -3) == src and with_channel_axis(src, 0) == src
-    with pytest.raises(InputError, match="--channel-axis -1"):
-        with_channel_axis(src, -1)
+    assert with_channel_axis(open_image(path), -3) == src
     import zarr as z
 
     hwc = tmp_path / "hwc.zarr"
@@ -299,17 +298,17 @@ def test_planar_five_channel_tiff_and_channel_axis_of_the_file(tmp_path):
 
 
 def test_embed_and_segment_a_planar_five_channel_tiff(tmp_path, model_args, predictor):
-    """``mobilesam embed/segment`` on a (5, H, W) planar TIFF with --channels: the frames' 5 channels
-    are last, as everything mode reads them (before: "no obvious channel axis", exit 2)."""
+    """``mobilesam embed/segment`` on a (5, H, W) planar TIFF with --channel-axis 0 --channels: the frames' 5
+    channels are last, as everything mode reads them (before: "no obvious channel axis", exit 2)."""
     rng = np.random.default_rng(3)
     img = rng.integers(0, 4000, (5, 48, 56)).astype(np.uint16)
     path = tmp_path / "planar5.tif"
     tifffile.imwrite(path, img, planarconfig="separate", photometric="minisblack")
-    assert main(["embed", str(path), "-o", str(tmp_path / "e.zarr"), "--channels", "0", "1", "2", *model_args]) == 0
+    assert main(["embed", str(path), "-o", str(tmp_path / "e.zarr"), "--channel-axis", "0", "--channels", "0", "1", "2", *model_args]) == 0
     pts = tmp_path / "p.csv"
     pts.write_text("index,axis-0,axis-1\n0,20,30\n")
     out = tmp_path / "l.tif"
-    assert main(["segment", str(path), "--points", str(pts), "-o", str(out), "--channels", "0", "1", "2", *model_args]) == 0
+    assert main(["segment", str(path), "--points", str(pts), "-o", str(out), "--channel-axis", "0", "--channels", "0", "1", "2", *model_args]) == 0
     predictor.set_image(np.moveaxis(img, 0, -1), channel_axis=-1, channels=[0, 1, 2])
     want = predictor.predict_objects([Prompt(points=[[20, 30]])], multimask_output=True)[0]
     got = tifffile.imread(out)

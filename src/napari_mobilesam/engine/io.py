@@ -167,7 +167,11 @@ def _zarr_inner(path: Path) -> str:
 
 
 def open_image(path: str | os.PathLike) -> ImageSource:
-    """Open an image file lazily (nothing but metadata is read).
+    """Open an image file lazily (nothing but metadata is read), as napari's own reader shows it.
+
+    In particular a TIFF of planar ``(C, H, W)`` pages (what ``tifffile.imwrite`` writes for a ``(3, H, W)`` or
+    ``(4, H, W)`` array by default, tagged RGB) is a stack of C frames, as in napari; pass the file's axis 0
+    to :func:`with_channel_axis` (CLI: ``--channel-axis 0``) to read it as one colour frame instead.
 
     Raises:
         InputError: missing file, unknown format or unreadable content, with the fix.
@@ -177,7 +181,6 @@ def open_image(path: str | os.PathLike) -> ImageSource:
         raise InputError(f"Input {p} does not exist; check the path.")
     suffix = p.suffix.lower()
     try:
-        planar = False
         if p.is_dir() and _is_zarr(p):
             import zarr
 
@@ -195,10 +198,11 @@ def open_image(path: str | os.PathLike) -> ImageSource:
                 series = tf.series[0]
                 shape, dtype = tuple(series.levels[0].shape), series.dtype
                 frame_ndim = len(series.keyframe.shape)
-                planar = frame_ndim == 3 and series.keyframe.planarconfig == 2  # (C, H, W) pages, any C
+                if frame_ndim == 3 and series.keyframe.planarconfig == 2:
+                    # (C, H, W) planar pages (tifffile's default for a (3|4, H, W) array): napari shows C frames,
+                    # and so do we; --channel-axis 0 (-3) reads them as one colour frame
+                    frame_ndim = 2
             kind, inner = "tiff", "0"
-            if planar:
-                shape = (*shape[:-3], shape[-2], shape[-1], shape[-3])
         elif suffix in _PLAIN:
             arr = _read_plain(str(p))
             shape, dtype, kind, inner = arr.shape, arr.dtype, "plain", ""
@@ -212,8 +216,7 @@ def open_image(path: str | os.PathLike) -> ImageSource:
                          "the file may be damaged or not what its name says.") from err
     if len(shape) < 2 or frame_ndim not in (2, 3) or len(shape) < frame_ndim or min(shape) < 1:
         raise InputError(f"{p} has shape {shape}; need frames of (H, W) or (H, W, C) pixels.")
-    planar = kind == "tiff" and planar
-    return ImageSource(str(p), kind, tuple(int(s) for s in shape), np.dtype(dtype).name, frame_ndim, inner, planar)
+    return ImageSource(str(p), kind, tuple(int(s) for s in shape), np.dtype(dtype).name, frame_ndim, inner)
 
 
 def with_channel_axis(source: ImageSource, axis: int | None) -> ImageSource:
@@ -221,8 +224,9 @@ def with_channel_axis(source: ImageSource, axis: int | None) -> ImageSource:
 
     ``axis`` counts the file's axes (negative: from the end): a leading axis (e.g. 1 for a ``(T, C, H, W)``
     stack: frames become ``(H, W, C)``, one per time point), the last axis (``-1``: ``(..., H, W, C)``, any
-    number of channels), or the axis a colour file already stores its channels in (``(C, H, W)`` planar
-    TIFF pages: ``-3``); the two axes before (or after) it are rows and columns."""
+    number of channels), or the axis a colour file already stores its channels in; planar ``(C, H, W)`` TIFF
+    pages are a stack of C frames unless axis ``0`` (``-3``) is named here. The two axes before (or after) it
+    are rows and columns."""
     if axis is None:
         return source
     ndim = len(source.shape)
