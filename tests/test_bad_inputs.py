@@ -76,3 +76,38 @@ def test_hand_written_and_excel_csv_are_read(case, tmp_path, stack_path, model_a
     code, err, out = _segment(tmp_path, stack_path, model_args, capsys, points=text)
     assert code == 0, err
     assert tifffile.imread(out)[0].any()
+
+
+def test_damaged_and_oversized_images(tmp_path, model_args, capsys):
+    """A truncated TIFF names the file and the fix; a TIFF declaring 200000² pixels is refused before any
+    pixel is read or the model loads (exit 2, no output)."""
+    good = tmp_path / "img.tif"
+    tifffile.imwrite(good, np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
+    data = good.read_bytes()
+    (tmp_path / "trunc.tif").write_bytes(data[: len(data) // 2])
+    points = "axis-0,axis-1\n20,20\n"
+    code, err, out = _segment(tmp_path, tmp_path / "trunc.tif", model_args, capsys, points=points)
+    assert code == 2 and "Cannot read frame 0 of" in err and "trunc.tif" in err and "truncated or damaged" in err, err
+    assert not out.exists() and not list(tmp_path.glob("*.partial*"))
+    huge = tmp_path / "huge.tif"
+    tifffile.imwrite(huge, shape=(200000, 200000), dtype=np.uint8, bigtiff=True)  # a sparse file: nothing on disk
+    weights_that_would_fail = ["--weights", str(tmp_path / "no_such_weights.pt"), "--device", "cpu", "-q"]
+    code, err, out = _segment(tmp_path, huge, weights_that_would_fail, capsys, points=points)
+    assert code == 2 and "declares frames of 200000 x 200000 uint8 (37.3 GiB each)" in err, err
+    huge.unlink()
+
+
+@pytest.mark.parametrize("case", ["png-output", "min-visible"])
+def test_everything_output_and_fraction_checks(case, tmp_path, model_args, capsys):
+    image = tmp_path / "img.tif"
+    tifffile.imwrite(image, np.zeros((32, 32), np.uint8))
+    out = tmp_path / ("out.png" if case == "png-output" else "out.tif")
+    extra = ["--min-visible", "2"] if case == "min-visible" else []
+    if case == "min-visible":
+        with pytest.raises(SystemExit) as ex:
+            main(["everything", str(image), "-o", str(out), "--sampler", "blobs", *extra, *model_args])
+        assert ex.value.code == 2 and "--min-visible: 2 is a fraction" in capsys.readouterr().err
+    else:
+        assert main(["everything", str(image), "-o", str(out), "--sampler", "blobs", *model_args]) == 2
+        assert "give " + str(out.with_suffix(".tif")) in capsys.readouterr().err
+    assert not out.exists()

@@ -268,6 +268,9 @@ def _outputs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
         if clash:
             raise InputError(f"{', '.join(clash)} would share an output name in {out}; rename them or run them separately.")
         return pairs
+    if out.suffix and out.suffix.lower() not in (".tif", ".tiff", ".zarr") and not out.is_dir():
+        raise InputError(f"-o {out}: labels are written as .tif or .zarr (ids above 255 do not fit a {out.suffix} image); "
+                         f"give {out.with_suffix('.tif')} or a folder.")
     if out.suffix.lower() not in (".tif", ".tiff", ".zarr"):
         return [(src, out / f"{src.name.split('.')[0]}_labels.{args.format}")]
     return [(src, out)]

@@ -112,7 +112,12 @@ class ImageSource:
             index: tuple = self.frame_index(t)
             if self.channel_axis >= 0:  # all channels of this frame, moved last
                 index = (*index[: self.channel_axis], slice(None), *index[self.channel_axis :])
-            frame = np.asarray(arr[index])
+            try:
+                frame = np.asarray(arr[index])
+            except (ValueError, OSError, EOFError, IndexError, KeyError, RuntimeError) as err:
+                first = (str(err).splitlines() or [type(err).__name__])[0][:120]
+                raise InputError(f"Cannot read frame {t} of {self.path} ({first}): the file is truncated or damaged; "
+                                 "copy or export it again.") from err
             return np.moveaxis(frame, 0, -1) if self.channel_first or self.channel_axis >= 0 else frame
         finally:
             store = getattr(arr, "store", None)
@@ -216,7 +221,25 @@ def open_image(path: str | os.PathLike) -> ImageSource:
                          "the file may be damaged or not what its name says.") from err
     if len(shape) < 2 or frame_ndim not in (2, 3) or len(shape) < frame_ndim or min(shape) < 1:
         raise InputError(f"{p} has shape {shape}; need frames of (H, W) or (H, W, C) pixels.")
-    return ImageSource(str(p), kind, tuple(int(s) for s in shape), np.dtype(dtype).name, frame_ndim, inner)
+    source = ImageSource(str(p), kind, tuple(int(s) for s in shape), np.dtype(dtype).name, frame_ndim, inner)
+    _check_frame_fits(source)
+    return source
+
+
+def _check_frame_fits(source: ImageSource) -> None:
+    """InputError when one frame (read whole, as every command does) needs more than half the machine's memory:
+    a damaged header or a slide too large for frame-by-frame work. Checked before anything is read or loaded."""
+    nbytes = int(np.prod(source.frame_shape, dtype=object)) * np.dtype(source.dtype).itemsize
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not on POSIX: a fixed 64 GiB
+        memory = 64 * 2**30
+    if nbytes > memory // 2:
+        raise InputError(
+            f"{source.path} declares frames of {' x '.join(str(v) for v in source.frame_shape)} {source.dtype} "
+            f"({nbytes / 2**30:.1f} GiB each), more than half of this machine's memory ({memory / 2**30:.0f} GiB); if the "
+            "size is right, crop or downsample the image first, else the file's header is damaged."
+        )
 
 
 def with_channel_axis(source: ImageSource, axis: int | None) -> ImageSource:
