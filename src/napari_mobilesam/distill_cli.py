@@ -82,7 +82,10 @@ def _progress(events, desc: str) -> dict:
                 if bar is not None:
                     bar.close()
                 stage = last["stage"]
-                bar = tqdm(total=last["total"], desc=f"{desc}: {stage}", unit="step" if stage == "train" else "frame", file=sys.stderr)
+                # frames done by an earlier run count from the start, not in the rate (no "71089 frame/s")
+                start = max(0, last.get("step", last.get("done", 0)) - 1)
+                bar = tqdm(total=last["total"], desc=desc if stage == desc else f"{desc}: {stage}", initial=start,
+                           unit="step" if stage == "train" else "frame", file=sys.stderr)
             bar.n = last.get("step", last.get("done", 0))
             if "loss" in last:
                 bar.set_postfix(loss=f"{last['loss']:.4g}", lr=f"{last['lr']:.2g}", refresh=False)
