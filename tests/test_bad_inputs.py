@@ -111,3 +111,26 @@ def test_everything_output_and_fraction_checks(case, tmp_path, model_args, capsy
         assert main(["everything", str(image), "-o", str(out), "--sampler", "blobs", *model_args]) == 2
         assert "give " + str(out.with_suffix(".tif")) in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("content", ["pickle", "text"])
+def test_foreign_weights_file_one_line_without_torch_warning(content, tmp_path, capsys):
+    """A plain pickle or a text file as --weights: one line, no torch 'please file an issue' warning before it."""
+    import pickle
+
+    weights = tmp_path / "w.pt"
+    if content == "pickle":
+        weights.write_bytes(pickle.dumps({"image_encoder.x": 1}, protocol=4))
+    else:
+        weights.write_text("hello")
+    image = tmp_path / "img.tif"
+    tifffile.imwrite(image, np.zeros((32, 32), np.uint8))
+    (tmp_path / "p.csv").write_text("axis-0,axis-1\n5,5\n")
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "napari_mobilesam.cli", "segment", str(image), "--points", str(tmp_path / "p.csv"),
+                          "-o", str(tmp_path / "out.tif"), "--weights", str(weights), "--device", "cpu", "-q"],
+                         capture_output=True, text=True, timeout=300, check=False)  # a fresh process: warnings show as a user sees them
+    err = res.stderr
+    assert res.returncode == 2 and len(err.strip().splitlines()) == 1 and "Warning" not in err and "w.pt" in err, err

@@ -313,3 +313,27 @@ def test_embed_and_segment_a_planar_five_channel_tiff(tmp_path, model_args, pred
     want = predictor.predict_objects([Prompt(points=[[20, 30]])], multimask_output=True)[0]
     got = tifffile.imread(out)
     assert got.shape == (48, 56) and np.array_equal(got > 0, want.full())
+
+
+def test_api_argument_errors_name_the_fix(predictor):
+    """Issue 24: raw library errors (reshape, AttributeError, IndexError) for wrong API arguments became one
+    sentence each that names the argument and a correct call."""
+    import torch
+
+    from napari_mobilesam import Predictor, build_mobilesam
+    from napari_mobilesam.engine.predictor import Prompt
+
+    with pytest.raises(ValueError, match=r"\(row, col\) pairs.*shape \(3,\)"):
+        Prompt(points=[10, 10, 10])
+    with pytest.raises(TypeError, match="registry name.*got int 42"):
+        build_mobilesam(42)
+    with pytest.raises(TypeError, match=r"Predictor takes a loaded model, got str.*build_mobilesam"):
+        Predictor("mobile_sam")
+    for image in (np.zeros((4, 64, 64), np.uint8), torch.zeros(3, 64, 64)):
+        with pytest.raises(ValueError, match=r"ambiguous.*channel_axis=0"):
+            predictor.set_image(image)
+    predictor.set_image(np.zeros((64, 64), np.uint8))
+    with pytest.raises(TypeError, match=r"takes Prompt objects, got list \[128, 128\] at position 0"):
+        predictor.predict_objects([[128, 128]])
+    with pytest.raises(ValueError, match=r"mask_input must be a 1 x 256 x 256 array.*tuple of shape \(2,\)"):
+        predictor.predict(point_coords=[[10, 10]], point_labels=[1], mask_input=(64, 64))
