@@ -134,3 +134,12 @@ def test_foreign_weights_file_one_line_without_torch_warning(content, tmp_path, 
                          capture_output=True, text=True, timeout=300, check=False)  # a fresh process: warnings show as a user sees them
     err = res.stderr
     assert res.returncode == 2 and len(err.strip().splitlines()) == 1 and "Warning" not in err and "w.pt" in err, err
+
+
+def test_click_on_a_1x1_image_says_the_object_came_out_empty(tmp_path, model_args, capsys):
+    image = tmp_path / "one.tif"
+    tifffile.imwrite(image, np.zeros((1, 1), np.uint8))
+    code, err, out = _segment(tmp_path, image, model_args, capsys, points="axis-0,axis-1\n0,0\n")
+    if tifffile.imread(out).any():
+        pytest.skip("the random model painted the pixel")
+    assert code == 0 and "one.tif: object 1 came out empty" in err, err

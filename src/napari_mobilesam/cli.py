@@ -217,6 +217,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     for (_, t, _), labels in run(job, [(source, t, prompts[t]) for t in todo]):
                         writer.write(t, labels)
                         bar.update()
+                        ids = np.array([ob.label_id for ob in prompts[t]], np.int64)
+                        empty = ids[~np.isin(ids, labels)] if ids.size else ids
+                        if empty.size:  # the model found no mask (or only pixels the user's labels hold)
+                            where = f" frame {t}" if source.n_frames > 1 else ""
+                            print(f"warning: {source.path}{where}: object{'s' * (empty.size > 1)} {', '.join(map(str, empty[:10]))} "
+                                  "came out empty (no pixel written); try a box or more points.", file=sys.stderr)
                 if not _say_repaired(args, writer, writer.verify()):
                     break
         _say(args, f"wrote {writer.finish()}")
