@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..model.build import CLASSIFIER_PREFIXES, load_checkpoint, resolve_device
 from ..model.tiny_vit import TinyViT
