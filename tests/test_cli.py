@@ -308,3 +308,39 @@ def test_min_snr_reaches_the_blobs_sampler(tmp_path, model_args, capsys):
     assert "0 objects; " in capsys.readouterr().err and not tifffile.imread(tmp_path / "a.tif").any()
     assert main(["everything", str(path), "-o", str(tmp_path / "b.tif"), *opts, "--min-snr", "0", *model_args]) == 0
     assert tifffile.imread(tmp_path / "b.tif").any()
+
+
+def test_weights_texts_align_and_cached_fetch_shows_no_empty_bar(checkpoint, monkeypatch, capsys, tmp_path):
+    """Issue 24: the efficientvit_l2 row was one column off; fetching present weights printed a '0.00B' bar."""
+    monkeypatch.setenv("NAPARI_MOBILESAM_CACHE", str(tmp_path / "cache"))
+    assert main(["weights"]) == 0
+    rows = [r for r in capsys.readouterr().out.splitlines() if "cached" in r]
+    assert len(rows) >= 6 and len({r.index("cached") - (4 if "not cached" in r else 0) for r in rows}) == 1, rows
+    monkeypatch.setenv("NAPARI_MOBILESAM_WEIGHTS_MOBILE_SAM", str(checkpoint))
+    assert main(["weights", "fetch", "mobile_sam"]) == 0
+    err = capsys.readouterr().err
+    assert "0.00B" not in err and "B/s" not in err, err
+
+
+def test_distill_progress_text(capsys):
+    """'evaluate: evaluate:' became 'evaluate:'; frames an earlier run did are not counted in the rate."""
+    from napari_mobilesam.distill_cli import _progress
+
+    events = [{"stage": "evaluate", "done": d, "total": 4} for d in (1, 2)]
+    _progress(iter(events), "evaluate")
+    err = capsys.readouterr().err
+    assert "evaluate: evaluate" not in err and "evaluate:" in err
+
+    def resumed():  # 997 frames were stored by an earlier run; this one computes 3, 0.1 s each
+        import time
+
+        for d in (998, 999, 1000):
+            time.sleep(0.1)
+            yield {"stage": "precompute", "done": d, "total": 1000}
+
+    _progress(resumed(), "distill")
+    err = capsys.readouterr().err
+    import re
+
+    rates = [float(r) for r in re.findall(r"([\d.]+)frame/s", err.split("\r")[-1] + err.splitlines()[-1])]
+    assert "distill: precompute" in err and rates and all(r < 100 for r in rates), err

@@ -181,7 +181,7 @@ def test_damaged_store_embedding_is_computed_again_or_refused(qtbot, make_widget
 
 
 def test_store_of_a_planar_tiff_from_the_command_line_serves_the_channel_axis(qtbot, make_widget, sam, predictor, checkpoint, tmp_path):
-    """`mobilesam embed` reads a planar (3, H, W) TIFF as one colour frame; the widget, told that axis 0 holds
+    """`mobilesam embed --channel-axis 0` reads a planar (3, H, W) TIFF as one colour frame; the widget, told that axis 0 holds
     channels, sees the same frame: the store's fingerprint and frame hash match, and the encoder never runs."""
     import tifffile
 
@@ -190,7 +190,7 @@ def test_store_of_a_planar_tiff_from_the_command_line_serves_the_channel_axis(qt
     planar = np.clip(_blobs((3, 40, 48), seed=3) * 5, 0, None).astype(np.uint16)
     tifffile.imwrite(tmp_path / "planar.tif", planar, planarconfig="separate", photometric="minisblack")
     store = tmp_path / "emb.zarr"
-    assert main(["embed", str(tmp_path / "planar.tif"), "-o", str(store), "--weights", str(checkpoint), "--device", "cpu", "-q"]) == 0
+    assert main(["embed", str(tmp_path / "planar.tif"), "-o", str(store), "--channel-axis", "0", "--weights", str(checkpoint), "--device", "cpu", "-q"]) == 0
     viewer, w, layer = make_widget(tifffile.imread(tmp_path / "planar.tif"))
     assert layer.data.shape == (3, 40, 48)
     w.channel_axis.box.value = 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_mobilesam.engine.io import InputError, LabelWriter, open_image, read_prompts
+from napari_mobilesam.engine.io import InputError, LabelWriter, open_image, read_prompts, with_channel_axis
 
 
 @pytest.fixture
@@ -41,11 +41,33 @@ def test_ome_tiff_and_rgb(tmp_path, stack):
     rgb = np.random.default_rng(1).integers(0, 255, (2, 30, 20, 3), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
     _check(open_image(tmp_path / "rgb.tif"), rgb, 3)
-    # planar (C, H, W) pages are given as (H, W, C) frames
+    # planar (C, H, W) pages are C frames, as napari shows them; channel axis 0 reads them as (H, W, C) frames
     tifffile.imwrite(tmp_path / "planar.tif", rgb[0].transpose(2, 0, 1), photometric="rgb", planarconfig="separate")
-    source = open_image(tmp_path / "planar.tif")
+    source = with_channel_axis(open_image(tmp_path / "planar.tif"), 0)
     assert source.shape == (30, 20, 3) and source.n_frames == 1
     np.testing.assert_array_equal(source.read(0), rgb[0])
+
+
+@pytest.mark.parametrize("case", ["rgba-default", "rgb-tagged", "five-planar"])
+def test_planar_tiff_reads_as_napari_shows_it(tmp_path, case):
+    """Issue 24 Bad 2: tifffile's default for a (4, H, W) uint8 array is planar RGB + alpha; napari opens it as
+    4 frames, so do we (it used to become one colour frame, frame 3 dropped). The same for a 3-frame file tagged
+    RGB, and 5 planar channels. --channel-axis 0 picks the colour reading."""
+    from napari_builtins.io import napari_get_reader
+
+    n = {"rgba-default": 4, "rgb-tagged": 3, "five-planar": 5}[case]
+    stack = np.random.default_rng(2).integers(0, 255, (n, 24, 32), dtype=np.uint8)
+    path = tmp_path / "s.tif"
+    kw = {"rgb-tagged": {"photometric": "rgb"}, "five-planar": {"photometric": "minisblack", "planarconfig": "separate"}}
+    tifffile.imwrite(path, stack, **kw.get(case, {}))
+    napari_data = napari_get_reader(str(path))(str(path))[0][0]
+    source = open_image(path)
+    assert source.shape == napari_data.shape == (n, 24, 32) and source.n_frames == n and source.frame_ndim == 2
+    for t in range(n):
+        np.testing.assert_array_equal(source.read(t), stack[t])
+    colour = with_channel_axis(source, 0)
+    assert colour.shape == (24, 32, n) and colour.n_frames == 1
+    np.testing.assert_array_equal(colour.read(0), np.moveaxis(stack, 0, -1))
 
 
 def test_zarr_and_ome_zarr(tmp_path, stack):

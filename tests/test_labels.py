@@ -65,3 +65,27 @@ def test_filter_and_next_id():
 def test_shape_mismatch():
     with pytest.raises(ValueError, match="cannot take results"):
         label_changes(np.zeros((4, 4)), np.zeros((4, 5)))
+
+
+@pytest.mark.parametrize("dtype, value", [(np.uint8, 300), (np.int16, 70000), (np.uint16, 65536)])
+def test_write_labels_refuses_ids_that_do_not_fit(dtype, value):
+    """Issue 24 Bad 3: 300 into uint8 left 44, 70000 into int16 left 4464; now refused, nothing written."""
+    existing = np.zeros((4, 4), dtype)
+    new = np.zeros((4, 4), np.int64)
+    new[1, 1] = value
+    with pytest.raises(ValueError, match=rf"Label id {value} does not fit labels of dtype {np.dtype(dtype).name}.*uint32"):
+        write_labels(existing, new)
+    assert not existing.any()
+    new[1, 1] = np.iinfo(dtype).max  # the largest id that fits is written as it is
+    assert write_labels(existing, new) == 1 and existing[1, 1] == np.iinfo(dtype).max
+
+
+def test_render_labels_argument_errors():
+    """Ids beyond uint32 or below 1, and a shape other than the objects' frame: one clear ValueError each."""
+    obj = _obj(_disk((20, 20), (10, 10), 4))
+    for ids in ([2**32], [-5], [0], [1.5]):
+        with pytest.raises(ValueError, match="Label id|whole numbers"):
+            render_labels([obj], (20, 20), ids=ids)
+    with pytest.raises(ValueError, match=r"frame of \(20, 20\) pixels, not \(10, 10\)"):
+        render_labels([obj], (10, 10))
+    assert render_labels([obj], (20, 20), ids=[2**32 - 1]).max() == 2**32 - 1

@@ -283,13 +283,12 @@ def test_planar_five_channel_tiff_and_channel_axis_of_the_file(tmp_path):
 
     path = tmp_path / "planar.tif"
     tifffile.imwrite(path, np.zeros((5, 32, 40), np.uint16), planarconfig="separate", photometric="minisblack")
-    src = open_image(path)
+    assert open_image(path).shape == (5, 32, 40)  # 5 frames, as napari shows planar pages
+    src = with_channel_axis(open_image(path), 0)
     assert src.shape == (32, 40, 5) and src.frame_ndim == 3 and src.read(0).shape == (32, 40, 5)
     with pytest.raises(ValueError, match="The frames have 5 channels"):
         preprocess_options(None, None, src.frame_shape)
-    assert with_channel_axis(src, -3) == src and with_channel_axis(src, 0) == src
-    with pytest.raises(InputError, match="--channel-axis -1"):
-        with_channel_axis(src, -1)
+    assert with_channel_axis(open_image(path), -3) == src
     import zarr as z
 
     hwc = tmp_path / "hwc.zarr"
@@ -299,18 +298,42 @@ def test_planar_five_channel_tiff_and_channel_axis_of_the_file(tmp_path):
 
 
 def test_embed_and_segment_a_planar_five_channel_tiff(tmp_path, model_args, predictor):
-    """``mobilesam embed/segment`` on a (5, H, W) planar TIFF with --channels: the frames' 5 channels
-    are last, as everything mode reads them (before: "no obvious channel axis", exit 2)."""
+    """``mobilesam embed/segment`` on a (5, H, W) planar TIFF with --channel-axis 0 --channels: the frames' 5
+    channels are last, as everything mode reads them (before: "no obvious channel axis", exit 2)."""
     rng = np.random.default_rng(3)
     img = rng.integers(0, 4000, (5, 48, 56)).astype(np.uint16)
     path = tmp_path / "planar5.tif"
     tifffile.imwrite(path, img, planarconfig="separate", photometric="minisblack")
-    assert main(["embed", str(path), "-o", str(tmp_path / "e.zarr"), "--channels", "0", "1", "2", *model_args]) == 0
+    assert main(["embed", str(path), "-o", str(tmp_path / "e.zarr"), "--channel-axis", "0", "--channels", "0", "1", "2", *model_args]) == 0
     pts = tmp_path / "p.csv"
     pts.write_text("index,axis-0,axis-1\n0,20,30\n")
     out = tmp_path / "l.tif"
-    assert main(["segment", str(path), "--points", str(pts), "-o", str(out), "--channels", "0", "1", "2", *model_args]) == 0
+    assert main(["segment", str(path), "--points", str(pts), "-o", str(out), "--channel-axis", "0", "--channels", "0", "1", "2", *model_args]) == 0
     predictor.set_image(np.moveaxis(img, 0, -1), channel_axis=-1, channels=[0, 1, 2])
     want = predictor.predict_objects([Prompt(points=[[20, 30]])], multimask_output=True)[0]
     got = tifffile.imread(out)
     assert got.shape == (48, 56) and np.array_equal(got > 0, want.full())
+
+
+def test_api_argument_errors_name_the_fix(predictor):
+    """Issue 24: raw library errors (reshape, AttributeError, IndexError) for wrong API arguments became one
+    sentence each that names the argument and a correct call."""
+    import torch
+
+    from napari_mobilesam import Predictor, build_mobilesam
+    from napari_mobilesam.engine.predictor import Prompt
+
+    with pytest.raises(ValueError, match=r"\(row, col\) pairs.*shape \(3,\)"):
+        Prompt(points=[10, 10, 10])
+    with pytest.raises(TypeError, match="registry name.*got int 42"):
+        build_mobilesam(42)
+    with pytest.raises(TypeError, match=r"Predictor takes a loaded model, got str.*build_mobilesam"):
+        Predictor("mobile_sam")
+    for image in (np.zeros((4, 64, 64), np.uint8), torch.zeros(3, 64, 64)):
+        with pytest.raises(ValueError, match=r"ambiguous.*channel_axis=0"):
+            predictor.set_image(image)
+    predictor.set_image(np.zeros((64, 64), np.uint8))
+    with pytest.raises(TypeError, match=r"takes Prompt objects, got list \[128, 128\] at position 0"):
+        predictor.predict_objects([[128, 128]])
+    with pytest.raises(ValueError, match=r"mask_input must be a 1 x 256 x 256 array.*tuple of shape \(2,\)"):
+        predictor.predict(point_coords=[[10, 10]], point_labels=[1], mask_input=(64, 64))

@@ -222,6 +222,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     for (_, t, _), labels in run(job, [(source, t, prompts[t]) for t in todo]):
                         writer.write(t, labels)
                         bar.update()
+                        ids = np.array([ob.label_id for ob in prompts[t]], np.int64)
+                        empty = ids[~np.isin(ids, labels)] if ids.size else ids
+                        if empty.size:  # the model found no mask (or only pixels the user's labels hold)
+                            where = f" frame {t}" if source.n_frames > 1 else ""
+                            print(f"warning: {source.path}{where}: object{'s' * (empty.size > 1)} {', '.join(map(str, empty[:10]))} "
+                                  "came out empty (no pixel written); try a box or more points.", file=sys.stderr)
                 if not _say_repaired(args, writer, writer.verify()):
                     break
         _say(args, f"wrote {writer.finish()}")
@@ -277,6 +283,9 @@ def _outputs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
         if clash:
             raise InputError(f"{', '.join(clash)} would share an output name in {out}; rename them or run them separately.")
         return pairs
+    if out.suffix and out.suffix.lower() not in (".tif", ".tiff", ".zarr") and not out.is_dir():
+        raise InputError(f"-o {out}: labels are written as .tif or .zarr (ids above 255 do not fit a {out.suffix} image); "
+                         f"give {out.with_suffix('.tif')} or a folder.")
     if out.suffix.lower() not in (".tif", ".tiff", ".zarr"):
         return [(src, out / f"{src.name.split('.')[0]}_labels.{args.format}")]
     return [(src, out)]
@@ -506,22 +515,26 @@ def cmd_weights(args: argparse.Namespace) -> int:
         if args.names:
             raise ValueError("'mobilesam weights' lists the registry; use 'mobilesam weights fetch NAME' to download.")
         print(f"cache: {cache_dir()}  (set NAPARI_MOBILESAM_CACHE to move it)")
+        width = max(len(n) for n in REGISTRY)  # one column for every name, however long
         for name, spec in REGISTRY.items():
             cached = "cached" if (cache_dir() / spec.filename).is_file() else "not cached"
-            print(f"  {name:<12} {cached:<11} {spec.description}")
-            print(f"  {'':<12} {'':<11} offline: --weights PATH or {env_var_for(name)}=PATH")
+            print(f"  {name:<{width}} {cached:<11} {spec.description}")
+            print(f"  {'':<{width}} {'':<11} offline: --weights PATH or {env_var_for(name)}=PATH")
         return 0
     names = args.names or ["mobile_sam"]
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         raise ValueError(f"Unknown weights name(s) {', '.join(unknown)}; known: {', '.join(REGISTRY)}.")
     for name in names:
-        with _bar(args, 0, name) as bar:
-            bar.unit, bar.unit_scale = "B", True
+        with ExitStack() as stack:
+            bars: list = []  # a bar only once bytes arrive: weights already cached show none (no "0.00B" bar)
 
-            def show(progress: tuple[int, int], bar=bar) -> None:
-                bar.n, bar.total = progress
-                bar.refresh()
+            def show(progress: tuple[int, int], bars=bars, stack=stack, name=name) -> None:
+                if not bars:
+                    bars.append(stack.enter_context(_bar(args, progress[1], name)))
+                    bars[0].unit, bars[0].unit_scale = "B", True
+                bars[0].n, bars[0].total = progress
+                bars[0].refresh()
 
             path = drive(iter_fetch(name), show)
         print(f"{name}: {path}")

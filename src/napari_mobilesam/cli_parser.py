@@ -38,6 +38,17 @@ SAMPLER_OPTIONS = {  # CLI option -> (engine option, samplers it applies to)
 
 
 # ------------------------------------------------------------------------------------------- parser
+def _fraction(text: str) -> float:
+    """A number from 0 to 1 (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is a fraction of the object's pixels: give 0..1 (0.5: half visible)")
+    return value
+
+
 def _common(model: bool = True, cluster: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     if model:
@@ -145,7 +156,7 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     g.add_argument("--min-stability", type=float, metavar="S", help="drop masks with stability score below this")
     g.add_argument("--min-area", type=int, metavar="PX", help="drop objects smaller than this")
     g.add_argument("--max-area", type=int, metavar="PX", help="drop objects larger than this")
-    g.add_argument("--min-visible", type=float, metavar="F", help="drop objects less than this fraction visible (default 0.5)")
+    g.add_argument("--min-visible", type=_fraction, metavar="F", help="drop objects less than this fraction visible, 0..1 (default 0.5)")
     g.add_argument("--tile", type=int, metavar="PX", help="segment frames larger than PX pixels tile by tile (e.g. 1024)")
     g.add_argument("--tile-overlap", type=int, metavar="PX", help="overlap of neighbouring tiles, at least the largest object (default tile/4)")
     k = v.add_argument_group("stacks (z-stacks and time-lapses; see docs/stacks.md)")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import InputError
+from .prompt_checks import fmt
 from .prompts import ObjectPrompt, PromptTable, assign_ids, collect_objects
 
 if TYPE_CHECKING:  # io imports this module on use; importing io here would make a cycle
@@ -29,7 +30,7 @@ def _read_table(path: Path, required: tuple[str, ...], what: str) -> tuple[list[
     if not path.is_file():
         raise InputError(f"{what} file {path} does not exist.")
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's byte-order mark
             rows = list(csv.reader(fh))
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"Cannot read {what} file {path}: {err}.") from err
@@ -40,7 +41,13 @@ def _read_table(path: Path, required: tuple[str, ...], what: str) -> tuple[list[
             f"{path} is not a napari {what} CSV: columns {', '.join(missing)} missing (found {', '.join(header) or 'nothing'}). "
             f"Save the {what} layer from napari with File > Save Selected Layers... as .csv."
         )
-    return header, [(n + 2, r) for n, r in enumerate(rows[1:]) if r and any(c.strip() for c in r)]
+    kept = [(n + 2, r) for n, r in enumerate(rows[1:]) if r and any(c.strip() for c in r)]
+    for line, r in kept:
+        if len(r) < len(header):
+            raise InputError(f"{path} row {line} has {len(r)} cells but the header has {len(header)} "
+                             f"({', '.join(header[len(r):])} missing); fill them in (a feature may be left empty: 'x,y,')."
+                             if len(r) else f"{path} row {line} is empty.")
+    return header, kept
 
 
 def _axes(header: list[str], path: Path) -> list[int]:
@@ -89,6 +96,24 @@ def _check_ndim(ndim: int, source: ImageSource, path: Path) -> None:
 
 
 POINT_FEATURES = ("label", "object", "label_id", "mask")
+_ID_MAX = 2**32 - 1  # labels are written as uint32
+_RANGES = {"object": (0, _ID_MAX), "label_id": (0, _ID_MAX), "mask": (0, 3)}
+_MEANING = {"object": "0: none, else the points' object number", "label_id": "0: a new id, else the label to write (uint32)",
+            "mask": "0: the best of three masks, 1-3: that mask"}
+
+
+def _check_frames(coords: list[np.ndarray], where: list[str], n_lead: int, kind: str) -> None:
+    """Frame coordinates (the columns before the last two) must be whole numbers, and one shape's vertices
+    must share their frame: napari puts prompts drawn on a frame exactly there."""
+    for c, w in zip(coords, where):
+        lead = np.atleast_2d(c)[:, :n_lead]
+        if lead.size and (not np.all(np.isfinite(lead)) or np.abs(lead - np.round(lead)).max() > 1e-6):
+            bad = lead[np.abs(lead - np.round(lead)) > 1e-6] if np.all(np.isfinite(lead)) else lead[~np.isfinite(lead)]
+            raise InputError(f"{w}: frame index {fmt(bad[0])} is not a whole number; a {kind} belongs to one frame "
+                             "(napari saves the frame it was drawn on, e.g. 3.0).")
+        if kind == "shape" and len(lead) and np.any(lead != lead[0]):
+            raise InputError(f"{w}: its vertices lie on frames {', '.join(fmt(v) for v in np.unique(lead, axis=0))}; "
+                             "a rectangle belongs to one frame: draw it on that frame (or fix the frame columns).")
 
 
 def read_points_csv(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
@@ -97,7 +122,7 @@ def read_points_csv(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, np.n
     The features are those of :data:`POINT_FEATURES` (``label`` 1/0, default 1; the others default 0);
     ``where[i]`` is ``"points.csv row 5"`` for messages."""
     path = Path(path)
-    header, rows = _read_table(path, ("index",), "Points")
+    header, rows = _read_table(path, (), "Points")  # napari writes an index column; a hand-written file needs none
     ax = _axes(header, path)
     col = {c: header.index(c) if c in header else None for c in POINT_FEATURES}
     coords, feats, where = [], {c: [] for c in POINT_FEATURES}, []
@@ -105,7 +130,11 @@ def read_points_csv(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, np.n
         coords.append(_coords(row, ax, path, line))
         feats["label"].append(_flag(row[col["label"]], path, line) if col["label"] is not None else 1)
         for c in POINT_FEATURES[1:]:
-            feats[c].append(_int(row, col[c], path, line, c))
+            value = _int(row, col[c], path, line, c)
+            lo, hi = _RANGES[c]
+            if not lo <= value <= hi:
+                raise InputError(f"{path} row {line}: {c} {row[col[c]].strip()} is outside {lo}..{hi} ({_MEANING[c]}).")
+            feats[c].append(value)
         where.append(f"{path} row {line}")
     out = np.stack(coords) if coords else np.zeros((0, len(ax)))
     return out, {c: np.asarray(v, int) for c, v in feats.items()}, where
@@ -141,11 +170,13 @@ def read_prompt_table(
         coords, f, p_where = read_points_csv(points)
         if len(coords):
             _check_ndim(coords.shape[1], source, Path(points))
+            _check_frames(list(coords), p_where, coords.shape[1] - 2, "point")
             table = PromptTable.of(coords, f["label"], f["object"], f["label_id"], f["mask"])
     if boxes is not None:
         verts, _, s_where = read_shapes_csv(boxes)
         if verts:
             _check_ndim(verts[0].shape[1], source, Path(boxes))
+            _check_frames(verts, s_where, verts[0].shape[1] - 2, "shape")
         n = len(verts)
         for name, given in (("shape_ids", shape_ids), ("shape_masks", shape_masks)):
             if given is not None and len(given) != n:

@@ -43,7 +43,7 @@ _COMMON = dict(
 )
 _BOXES = dict(prompt="box")
 _OPTIONS = {
-    "object-aware": dict(conf=0.4, iou=0.9, imgsz=1024, max_det=320, **_BOXES),
+    "object-aware": dict(conf=0.4, iou=0.9, imgsz=None, max_det=320, **_BOXES),  # imgsz None: the detector's own
     "grid": dict(points_per_side=32, points_per_batch=None, box_nms_thresh=0.7, crop_n_layers=0, crop_nms_thresh=0.7),
     "blobs": dict(
         diameter=None, diameter_range=(0.5, 2.0), method="log", threshold=0.05, polarity="bright",

@@ -109,7 +109,12 @@ class ImageSource:
             index: tuple = self.frame_index(t)
             if self.channel_axis >= 0:  # all channels of this frame, moved last
                 index = (*index[: self.channel_axis], slice(None), *index[self.channel_axis :])
-            frame = np.asarray(arr[index])
+            try:
+                frame = np.asarray(arr[index])
+            except (ValueError, OSError, EOFError, IndexError, KeyError, RuntimeError) as err:
+                first = (str(err).splitlines() or [type(err).__name__])[0][:120]
+                raise InputError(f"Cannot read frame {t} of {self.path} ({first}): the file is truncated or damaged; "
+                                 "copy or export it again.") from err
             return np.moveaxis(frame, 0, -1) if self.channel_first or self.channel_axis >= 0 else frame
         finally:
             store = getattr(arr, "store", None)
@@ -164,7 +169,11 @@ def _zarr_inner(path: Path) -> str:
 
 
 def open_image(path: str | os.PathLike) -> ImageSource:
-    """Open an image file lazily (nothing but metadata is read).
+    """Open an image file lazily (nothing but metadata is read), as napari's own reader shows it.
+
+    In particular a TIFF of planar ``(C, H, W)`` pages (what ``tifffile.imwrite`` writes for a ``(3, H, W)`` or
+    ``(4, H, W)`` array by default, tagged RGB) is a stack of C frames, as in napari; pass the file's axis 0
+    to :func:`with_channel_axis` (CLI: ``--channel-axis 0``) to read it as one colour frame instead.
 
     Raises:
         InputError: missing file, unknown format or unreadable content, with the fix.
@@ -174,7 +183,6 @@ def open_image(path: str | os.PathLike) -> ImageSource:
         raise InputError(f"Input {p} does not exist; check the path.")
     suffix = p.suffix.lower()
     try:
-        planar = False
         if p.is_dir() and _is_zarr(p):
             import zarr
 
@@ -192,10 +200,11 @@ def open_image(path: str | os.PathLike) -> ImageSource:
                 series = tf.series[0]
                 shape, dtype = tuple(series.levels[0].shape), series.dtype
                 frame_ndim = len(series.keyframe.shape)
-                planar = frame_ndim == 3 and series.keyframe.planarconfig == 2  # (C, H, W) pages, any C
+                if frame_ndim == 3 and series.keyframe.planarconfig == 2:
+                    # (C, H, W) planar pages (tifffile's default for a (3|4, H, W) array): napari shows C frames,
+                    # and so do we; --channel-axis 0 (-3) reads them as one colour frame
+                    frame_ndim = 2
             kind, inner = "tiff", "0"
-            if planar:
-                shape = (*shape[:-3], shape[-2], shape[-1], shape[-3])
         elif suffix in _PLAIN:
             arr = _read_plain(str(p))
             shape, dtype, kind, inner = arr.shape, arr.dtype, "plain", ""
@@ -209,8 +218,25 @@ def open_image(path: str | os.PathLike) -> ImageSource:
                          "the file may be damaged or not what its name says.") from err
     if len(shape) < 2 or frame_ndim not in (2, 3) or len(shape) < frame_ndim or min(shape) < 1:
         raise InputError(f"{p} has shape {shape}; need frames of (H, W) or (H, W, C) pixels.")
-    planar = kind == "tiff" and planar
-    return ImageSource(str(p), kind, tuple(int(s) for s in shape), np.dtype(dtype).name, frame_ndim, inner, planar)
+    source = ImageSource(str(p), kind, tuple(int(s) for s in shape), np.dtype(dtype).name, frame_ndim, inner)
+    _check_frame_fits(source)
+    return source
+
+
+def _check_frame_fits(source: ImageSource) -> None:
+    """InputError when one frame (read whole, as every command does) needs more than half the machine's memory:
+    a damaged header or a slide too large for frame-by-frame work. Checked before anything is read or loaded."""
+    nbytes = int(np.prod(source.frame_shape, dtype=object)) * np.dtype(source.dtype).itemsize
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not on POSIX: a fixed 64 GiB
+        memory = 64 * 2**30
+    if nbytes > memory // 2:
+        raise InputError(
+            f"{source.path} declares frames of {' x '.join(str(v) for v in source.frame_shape)} {source.dtype} "
+            f"({nbytes / 2**30:.1f} GiB each), more than half of this machine's memory ({memory / 2**30:.0f} GiB); if the "
+            "size is right, crop or downsample the image first, else the file's header is damaged."
+        )
 
 
 def with_channel_axis(source: ImageSource, axis: int | None) -> ImageSource:
@@ -218,8 +244,9 @@ def with_channel_axis(source: ImageSource, axis: int | None) -> ImageSource:
 
     ``axis`` counts the file's axes (negative: from the end): a leading axis (e.g. 1 for a ``(T, C, H, W)``
     stack: frames become ``(H, W, C)``, one per time point), the last axis (``-1``: ``(..., H, W, C)``, any
-    number of channels), or the axis a colour file already stores its channels in (``(C, H, W)`` planar
-    TIFF pages: ``-3``); the two axes before (or after) it are rows and columns."""
+    number of channels), or the axis a colour file already stores its channels in; planar ``(C, H, W)`` TIFF
+    pages are a stack of C frames unless axis ``0`` (``-3``) is named here. The two axes before (or after) it
+    are rows and columns."""
     if axis is None:
         return source
     ndim = len(source.shape)

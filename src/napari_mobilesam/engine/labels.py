@@ -17,7 +17,7 @@ import numpy as np
 
 from .predictor import ObjectMask
 
-__all__ = ["filter_objects", "label_changes", "next_free_id", "render_labels", "write_labels"]
+__all__ = ["check_ids", "filter_objects", "label_changes", "next_free_id", "render_labels", "write_labels"]
 
 
 def next_free_id(labels: np.ndarray) -> int:
@@ -62,6 +62,12 @@ def render_labels(
         raise ValueError(f"{len(objects)} objects but {len(ids)} ids.")
     if order not in ("largest_first", "given"):
         raise ValueError(f"order must be 'largest_first' or 'given', got {order!r}.")
+    check_ids(ids, np.dtype(dtype))
+    shape = tuple(int(v) for v in shape)  # type: ignore[assignment]
+    for i, o in enumerate(objects):
+        if tuple(o.shape) != shape:
+            raise ValueError(f"Object {i} was segmented on a frame of {tuple(o.shape)} pixels, not {shape}; "
+                             "give render_labels the shape of the frame the objects come from.")
     out = np.zeros(shape, dtype=dtype)
     idx = range(len(objects))
     if order == "largest_first":
@@ -71,6 +77,20 @@ def render_labels(
         r0, c0, r1, c1 = o.bbox
         out[r0:r1, c0:c1][o.mask] = ids[i]
     return out
+
+
+def check_ids(ids: Sequence[int], dtype: np.dtype, what: str = "labels") -> None:
+    """ValueError unless every id is a whole number in 1..(the largest value of ``dtype``)."""
+    if not len(ids):
+        return
+    arr = np.asarray(list(ids), dtype=object)
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in arr):
+        raise ValueError(f"Label ids must be whole numbers, got {[v for v in arr if not isinstance(v, (int, np.integer))][:3]}.")
+    hi = np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 2**53
+    bad = [int(v) for v in arr if not 1 <= int(v) <= hi]
+    if bad:
+        raise ValueError(f"Label id {bad[0]} does not fit {what} of dtype {dtype.name} (ids are 1..{hi}); "
+                         + ("use smaller ids." if hi >= 2**32 - 1 else "convert the labels to uint32 first, or use smaller ids."))
 
 
 def label_changes(
@@ -91,6 +111,8 @@ def label_changes(
     free = (existing == 0) | released
     target = np.where(released, 0, existing)
     take = new > 0
+    if np.issubdtype(existing.dtype, np.integer) and take.any():
+        check_ids([int(new[take].max())], existing.dtype)
     if not overwrite:
         take &= free
     target = np.where(take, new.astype(existing.dtype, copy=False), target)

@@ -32,7 +32,10 @@ class Prompt:
 
     def __post_init__(self) -> None:
         if self.points is not None:
-            self.points = np.asarray(self.points, dtype=np.float64).reshape(-1, 2)
+            pts = np.asarray(self.points, dtype=np.float64)
+            if pts.size % 2 or pts.ndim > 2 or (pts.ndim == 2 and pts.shape[1] != 2):
+                raise ValueError(f"Points are (row, col) pairs: give [[row, col], ...], got shape {pts.shape}.")
+            self.points = pts.reshape(-1, 2)
             if self.labels is None:
                 self.labels = np.ones(len(self.points), dtype=np.int64)
             self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)

@@ -44,6 +44,9 @@ class Predictor(SamPredictor):
     """
 
     def __init__(self, sam: Sam, cache_bytes: int = 1 << 30, cache_fp16: bool = False, batch_bytes: int = 256 << 20):
+        if not isinstance(sam, Sam):
+            raise TypeError(f"Predictor takes a loaded model, got {type(sam).__name__} {sam!r:.40}: "
+                            "Predictor(build_mobilesam('mobile_sam')) (or a checkpoint path).")
         super().__init__(sam)
         self.cache = EmbeddingCache(cache_bytes, fp16=cache_fp16)
         self.batch_bytes = batch_bytes
@@ -73,6 +76,10 @@ class Predictor(SamPredictor):
         """
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}.")
+        shape = tuple(np.shape(image))
+        if channel_axis is None and len(shape) == 3 and shape[0] <= 4 < shape[-1]:
+            raise ValueError(f"Image of shape {shape} is ambiguous: set_image takes (H, W) or (H, W, C); for "
+                             f"channels first (C, H, W) pass channel_axis=0, for a stack give one frame (image[t]).")
         rgb = to_rgb_uint8(image, channel_axis=channel_axis, channels=channels, contrast_limits=contrast_limits)
         if image_format != self.model.image_format:
             rgb = rgb[..., ::-1]
@@ -187,6 +194,10 @@ class Predictor(SamPredictor):
         Note: prompts with different token counts are padded with SAM's "not a point" token;
         group prompts of one kind in one call for exact parity with per-prompt decoding.
         """
+        bad = next((i for i, p in enumerate(prompts) if not isinstance(p, Prompt)), None)
+        if bad is not None:
+            raise TypeError(f"predict_objects takes Prompt objects, got {type(prompts[bad]).__name__} {prompts[bad]!r:.40} "
+                            f"at position {bad}: e.g. [Prompt(points=[[128, 128]])] (row, col).")
         self._require_image()
         if not prompts:
             return []
@@ -254,6 +265,9 @@ class Predictor(SamPredictor):
         box = None if box is None else np.asarray(box, np.float64).reshape(-1)
         if mask_input is not None and np.ndim(mask_input) == 2:
             mask_input = np.asarray(mask_input)[None]
+        if mask_input is not None and np.shape(mask_input) != (1, 256, 256):
+            raise ValueError(f"mask_input must be a 1 x 256 x 256 array of low-resolution logits (an earlier result's "
+                             f"low_res_logits[i:i + 1]), got {type(mask_input).__name__} of shape {np.shape(mask_input)}.")
         check_xy(point_coords, point_labels, box, self.original_size)
         return super().predict(point_coords, point_labels, box, mask_input, multimask_output, return_logits)
 

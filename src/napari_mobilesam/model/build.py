@@ -111,7 +111,9 @@ def mobilesam_architecture(encoder: torch.nn.Module | None = None) -> Sam:
 def _read(path: Path) -> object:
     """``torch.load(weights_only=True)`` with an error that names the file and the fix."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's "please file an issue" note on a foreign pickle: we refuse it anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         # PyTorch's message advises weights_only=False, i.e. running the file's code: not passed on
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
@@ -122,8 +124,8 @@ def _read(path: Path) -> object:
         ) from None
     except Exception as err:
         raise CheckpointError(
-            f"Could not read checkpoint {path}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}\n"
-            "The file may be truncated or not a PyTorch state dict; download it again or pick another file."
+            f"Could not read checkpoint {path} ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}): "
+            "the file is damaged, truncated or not a PyTorch state dict; download it again or pick another file."
         ) from err
 
 
@@ -310,6 +312,9 @@ def build_mobilesam(
     Raises:
         FileNotFoundError / CheckpointError / WeightsUnavailableError / ValueError with the fix.
     """
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a registry name (e.g. 'mobile_sam'), a file path or None, got "
+                        f"{type(checkpoint).__name__} {checkpoint!r:.40}.")
     path = resolve_weights(checkpoint)
     dev = resolve_device(device)
     state = load_checkpoint(path)

@@ -17,7 +17,6 @@ Boxes come back in napari order, ``(row0, col0, row1, col1)`` in pixels of the g
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -34,17 +33,9 @@ def _convert(p: Path) -> str:
     return (f"convert it where you trust it (`yolo export model={p} format=onnx imgsz=1024 dynamic=True` gives an .onnx file, which "
             f"holds no code), or pass trust=True (CLI: --trust-detector) if you trust its source, since {_RISK}.")
 
-# torch.nn layers a YOLO checkpoint holds (resolved through torch.nn; the pickled name must be the class's own)
-_TORCH_LAYERS = (
-    "Conv1d", "Conv2d", "ConvTranspose2d", "BatchNorm1d", "BatchNorm2d", "GroupNorm", "LayerNorm", "SiLU", "ReLU",
-    "LeakyReLU", "GELU", "Hardswish", "Hardsigmoid", "Sigmoid", "Mish", "Softmax", "Identity", "Upsample",
-    "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Dropout", "Linear", "MultiheadAttention", "Sequential",
-    "ModuleList", "ModuleDict",
-)
-# ultralytics modules whose torch.nn.Module subclasses may be unpickled (and their 8.0.x names)
-_YOLO_MODULES = ("ultralytics.nn.modules.conv", "ultralytics.nn.modules.block", "ultralytics.nn.modules.head",
-                 "ultralytics.nn.modules.transformer", "ultralytics.nn.modules.activation", "ultralytics.nn.tasks")
-_RENAMED = {"ultralytics.yolo.utils": "ultralytics.utils"}  # 8.0.x module names
+# ultralytics' own model definitions this loader rebuilds a checkpoint's network from ({s}: its scale)
+_FAMILIES = ("yolov8{s}.yaml", "yolov8{s}-seg.yaml", "yolo11{s}.yaml", "yolo11{s}-seg.yaml", "yolo26{s}.yaml", "yolo26{s}-seg.yaml")
+_SCALES = ("n", "s", "m", "l", "x")
 
 
 class DetectorError(ValueError):
@@ -77,104 +68,123 @@ def _import_yolo():
 
 
 # ------------------------------------------------------------------------------------ safe .pt loading
-def _layer_getattr(obj: Any, name: str) -> Any:
-    """The only ``getattr`` a checkpoint may call: a layer class's forward (YOLOv8 heads pickle ``Detect.forward``)."""
+def _int(value: Any, lo: int, hi: int) -> int | None:
+    return value if type(value) is int and lo <= value <= hi else None
+
+
+def _train_size(args: dict) -> int | None:
+    """The training input size a checkpoint records (``train_args['imgsz']``: an int or [h, w]), or None."""
+    size = args.get("imgsz")
+    if isinstance(size, list) and size:
+        size = max(size) if all(type(v) is int for v in size) else None
+    return _int(size, 32, 8192)
+
+
+def _read_checkpoint(p: Path) -> tuple[dict, Any, dict[str, Any]]:
+    """``(plain checkpoint dict, the model's record, its tensors)`` of a YOLO .pt, read inertly (no code runs)."""
+    from .inert_pickle import DamagedFileError, Record, load_inert, module_tensors
+
+    try:
+        ckpt = load_inert(p)
+    except DamagedFileError as e:
+        raise DetectorError(f"Detector {p} is damaged or not a PyTorch checkpoint: {e}. Copy or download it again, "
+                            "or give a YOLO .onnx export.") from e
+    rec = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
+    try:
+        tensors = module_tensors(rec)
+        seq = rec.state["_modules"]["model"].state["_modules"]
+    except (ValueError, KeyError, AttributeError, TypeError) as e:
+        if isinstance(rec, Record):  # e.g. a call to a builder or to os.system where the model's state should be
+            raise DetectorError(f"Detector {p} holds a call to {rec.qualname[:80]} where a YOLO model should be; it was "
+                                "not loaded (nothing in it was run): " + _convert(p)) from e
+        raise DetectorError(f"Detector {p} is not a YOLO checkpoint (no pickled YOLO model inside); give an ultralytics "
+                            "YOLO detect/segment .pt or .onnx file, or use sampler='blobs' or 'grid'.") from e
+    return ckpt, rec, {"tensors": tensors, "layers": [getattr(m, "name", "?") for m in seq.values()], "head": list(seq.values())[-1]}
+
+
+def _build(name: str, nc: int, reg_max: int | None, tensors: dict):
+    """ultralytics' network ``name`` (one of _FAMILIES) for ``nc`` classes, or None when the file's tensors
+    do not fit it exactly (names and shapes)."""
     import torch
+    from ultralytics.nn.modules.head import Detect
+    from ultralytics.nn.tasks import DetectionModel, SegmentationModel, yaml_model_load
 
-    if isinstance(obj, type) and issubclass(obj, torch.nn.Module) and name in ("forward", "forward_fuse"):
-        return getattr(obj, name)
-    raise DetectorError(f"the checkpoint asks for getattr({getattr(obj, '__name__', type(obj).__name__)}, {name!r})")
-
-
-def _allowed(name: str) -> Any | None:
-    """The object a pickled global ``name`` may resolve to, or None when it is not on the allow-list."""
-    import pathlib
-
-    import torch
-
-    module, _, attr = name.rpartition(".")
-    if name == "builtins.getattr":
-        return _layer_getattr
-    if name in ("pathlib.PosixPath", "pathlib.WindowsPath", "pathlib._local.PosixPath", "pathlib._local.WindowsPath"):
-        return pathlib.PurePosixPath  # a path in the saved arguments: text only
-    if name in ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"):
-        return np.float64(0).__reduce__()[0]
-    if name == "numpy.dtype":
-        return np.dtype
-    if module == "numpy.dtypes":
-        obj = getattr(np.dtypes, attr, None)
-        return obj if isinstance(obj, type) and issubclass(obj, np.dtype) else None
-    if module.startswith("torch.nn.modules.") and attr in _TORCH_LAYERS:
-        obj = getattr(torch.nn, attr)
-        return obj if obj.__module__ == module else None
-    module = _RENAMED.get(module, module)
-    if name.endswith(".IterableSimpleNamespace") and module == "ultralytics.utils":
-        from ultralytics.utils import IterableSimpleNamespace
-
-        return IterableSimpleNamespace
-    if module in _YOLO_MODULES or module == "ultralytics.nn.modules":  # the latter: 8.0.x's flat modules.py names
-        obj = getattr(importlib.import_module(module), attr, None)
-        if isinstance(obj, type) and issubclass(obj, torch.nn.Module) and obj.__module__.startswith("ultralytics.nn."):
-            return obj
+    cfg = yaml_model_load(name)
+    if "activation" in cfg:  # never evaluated: our families have none
+        return None
+    cfg["nc"] = nc
+    if reg_max is not None:
+        cfg["reg_max"] = reg_max
+    cls = SegmentationModel if "-seg" in name else DetectionModel
+    with torch.random.fork_rng():
+        model = cls(cfg, nc=nc, verbose=False)
+    head = model.model[-1]
+    if hasattr(head, "proto") and not any(".proto." in k for k in tensors):
+        # MobileSAMv2's ObjectAwareModel head: a YOLOv8-seg head whose mask prototypes were removed; its
+        # boxes are the Detect part, so it runs as a detector (as v2 does: boxes only)
+        del head.proto
+        head.__class__ = Detect
+        model.task = "detect"
+    for fused in (False, True):
+        if fused:
+            if any(".bn." in k for k in tensors):
+                return None
+            model.fuse(verbose=False)
+        own = model.state_dict()
+        if own.keys() == tensors.keys() and all(own[k].shape == tensors[k].shape for k in own):
+            model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()}, strict=True)
+            return model
     return None
 
 
-def _safe_checkpoint(p: Path) -> dict:
-    """``torch.load(p, weights_only=True)`` with the YOLO allow-list; DetectorError for anything else."""
-    import pickle
+def _safe_model(p: Path):
+    """A YOLO detect/segment network rebuilt from ultralytics' own definition, with only the checkpoint's tensors.
 
-    import torch
-
-    try:
-        needed = torch.serialization.get_unsafe_globals_in_checkpoint(p)
-    except Exception as e:  # not a torch zip archive (an old pickle, a renamed file, a damaged download)
-        raise DetectorError(f"Detector {p} is not a YOLO checkpoint that can be read safely ({type(e).__name__}); "
-                            + _convert(p)) from e
-    entries, refused = [], []
-    for name in needed:
-        obj = _allowed(name)
-        (refused.append(name) if obj is None else entries.append((obj, name)))
-    if refused:
-        raise DetectorError(f"Detector {p} holds objects outside a YOLO checkpoint ({', '.join(sorted(refused)[:6])}); it was "
-                            "not loaded: " + _convert(p))
-    try:
-        with torch.serialization.safe_globals(entries):
-            ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, DetectorError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DetectorError(f"Detector {p} could not be read safely ({first[:200]}); " + _convert(p)) from e
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("ema") or ckpt.get("model"), torch.nn.Module):
-        raise DetectorError(f"Detector {p} is not a YOLO checkpoint that ultralytics can load (no model inside); "
-                            "give an ultralytics YOLO detect/segment .pt or .onnx file, or use sampler='blobs' or 'grid'.")
-    return ckpt
-
-
-def _model_from_checkpoint(ckpt: dict, p: Path):
-    """The checkpoint's model prepared as ultralytics' ``load_checkpoint`` does (float, eval, task, args)."""
-    import torch
+    The file is read inertly (``inert_pickle``): no class it names is ever constructed. Its layer list selects
+    one of ``_FAMILIES`` (a known name, never a string from the file) and its tensors must fit that network
+    exactly. Returns ``(model, checkpoint info)``; DetectorError for anything else.
+    """
     from ultralytics.cfg import DEFAULT_CFG_DICT
-    from ultralytics.nn.modules.head import Detect, Segment
-    from ultralytics.nn.tasks import guess_model_task
+    from ultralytics.nn.tasks import yaml_model_load
 
-    model = (ckpt.get("ema") or ckpt["model"]).float()
-    model.args = {**DEFAULT_CFG_DICT, **(ckpt.get("train_args") or {})}
+    from .inert_pickle import plain
+
+    ckpt, rec, found = _read_checkpoint(p)
+    head = found["head"].state if isinstance(found["head"].state, dict) else {}
+    kind = getattr(found["head"], "name", "?")
+    nc = _int(head.get("nc"), 1, 100_000)
+    yaml = plain(rec.state.get("yaml")) or {}
+    scale = yaml.get("scale") if yaml.get("scale") in _SCALES else None
+    model = None
+    if nc is not None:
+        for family in _FAMILIES:
+            cfg = yaml_model_load(family.format(s="n"))
+            if [m.rpartition(".")[2] for _, _, m, _ in cfg["backbone"] + cfg["head"]] != found["layers"]:
+                continue
+            for s in ([scale] if scale else []) + [x for x in _SCALES if x != scale]:
+                model = _build(family.format(s=s), nc, _int(head.get("reg_max"), 1, 64), found["tensors"])
+                if model is not None:
+                    break
+            if model is not None:
+                break
+    if model is None:
+        raise DetectorError(
+            f"Detector {p} is not a YOLOv8/YOLO11/YOLO26 detect or segment network that can be rebuilt without running "
+            f"the file's code (layers {'-'.join(found['layers'][:4])}...-{kind}, {len(found['tensors'])} tensors); "
+            + _convert(p))
+    args = plain(ckpt.get("train_args")) or {}
+    model.args = {**DEFAULT_CFG_DICT, **{k: v for k, v in args.items() if k in DEFAULT_CFG_DICT}}
+    names = plain(rec.state.get("names"))
+    if isinstance(names, dict) and len(names) == nc and all(type(v) is str for v in names.values()):
+        model.names = names
+    else:
+        model.names = {i: f"class{i}" for i in range(nc)}
     model.pt_path = str(p)
-    model.task = getattr(model, "task", None) or guess_model_task(model)
-    if not hasattr(model, "stride"):
-        model.stride = torch.tensor([32.0])
-    head = model.model[-1] if hasattr(model, "model") else None
-    if type(head) is Segment and not hasattr(head, "proto"):
-        # MobileSAMv2's ObjectAwareModel head: a YOLOv8-seg head whose mask prototypes were removed; its
-        # boxes are the Detect part, so it runs as a detector (as v2 does: boxes only)
-        head.__class__ = Detect
-        model.task = "detect"
-    model.eval()
-    for m in model.modules():
-        if hasattr(m, "inplace"):
-            m.inplace = True
-        elif isinstance(m, torch.nn.Upsample) and not hasattr(m, "recompute_scale_factor"):
-            m.recompute_scale_factor = None  # checkpoints pickled by older torch
-    return model
+    model.task = getattr(model, "task", None) or ("segment" if hasattr(model.model[-1], "proto") else "detect")
+    model.float().eval()
+    info = {"version": str(ckpt.get("version")) if type(ckpt.get("version")) is str else "?",
+            "train_args": model.args, "imgsz": _train_size(args)}
+    return model, info
 
 
 def _yolo_from_model(yolo_cls, model, ckpt: dict, path: str):
@@ -216,6 +226,10 @@ def _box_predictor(border: int):
     return BoxPredictor
 
 
+def _dims(shape: list) -> str:
+    return "(" + ", ".join(str(d) if isinstance(d, int) else "?" for d in shape) + ")"
+
+
 def _onnx_metadata(p: Path) -> dict:
     import ast
 
@@ -230,6 +244,13 @@ def _onnx_metadata(p: Path) -> dict:
                             "`yolo export model=FILE.pt format=onnx imgsz=1024 dynamic=True`.") from e
     meta = dict(session.get_modelmeta().custom_metadata_map)
     shape = session.get_inputs()[0].shape
+    outputs = [o.shape for o in session.get_outputs()]
+    boxes = outputs[0] if outputs else []
+    if len(shape) != 4 or len(boxes) != 3 or (isinstance(boxes[1], int) and isinstance(boxes[2], int) and min(boxes[1:]) < 5):
+        raise DetectorError(
+            f"Detector {p} is not a YOLO detect/segment ONNX export: its input is {_dims(shape)} and its first output "
+            f"{_dims(boxes)}, where YOLO gives (batch, 3, height, width) in and (batch, 4 + classes, boxes) out. Export "
+            "the .pt again with `yolo export model=FILE.pt format=onnx imgsz=1024 dynamic=True`.")
     out = {k: v for k, v in meta.items() if k in ("task", "imgsz", "stride", "names")}
     for k in ("imgsz", "stride"):
         if k in out:
@@ -265,18 +286,22 @@ class Detector:
             raise DetectorError(f"Detector {p} is not a YOLO .pt checkpoint or .onnx export; other formats are loaded only "
                                 f"with trust=True (CLI: --trust-detector), because {_RISK}.")
         yolo = _import_yolo()
-        self.imgsz: int | None = None  # an ONNX export's fixed input size
+        size: int | None = None
+        self._fixed = False  # an ONNX export with a fixed input size runs at that size only
         try:
             if suffix == ".onnx":
                 meta = _onnx_metadata(p)
                 model = yolo(str(p), task=meta.get("task", "detect"))
-                size = meta.get("imgsz")
-                self.imgsz = int(max(size)) if meta["static"] and size else None
+                size = max(meta["imgsz"]) if isinstance(meta.get("imgsz"), (list, tuple)) and meta["imgsz"] else meta.get("imgsz")
+                size = size if isinstance(size, int) and 32 <= size <= 8192 else None
+                self._fixed = bool(meta["static"] and size)
             elif suffix == ".pt" and not trust:
-                ckpt = _safe_checkpoint(p)
-                model = _yolo_from_model(yolo, _model_from_checkpoint(ckpt, p), ckpt, str(p))
+                net, info = _safe_model(p)
+                model = _yolo_from_model(yolo, net, {"version": info["version"], "train_args": info["train_args"]}, str(p))
+                size = info["imgsz"]
             else:
                 model = yolo(str(p))  # trusted by the user: ultralytics unpickles the file itself
+                size = _train_size(dict((getattr(model, "ckpt", None) or {}).get("train_args") or {}))
         except DetectorError:
             raise
         except Exception as e:  # ultralytics raises TypeError/RuntimeError/... for foreign files
@@ -284,6 +309,12 @@ class Detector:
                 f"Detector {p} is not a YOLO checkpoint that ultralytics can load ({type(e).__name__}). "
                 "Give an ultralytics YOLO detect/segment .pt or .onnx file (e.g. ObjectAwareModel.pt), or use sampler='blobs' or 'grid'."
             ) from e
+        #: the input size detection runs at by default: the size the detector was trained (or exported) at,
+        #: as the file records it, else MobileSAMv2's 1024
+        self.imgsz: int = int(size or 1024)
+        #: where ``imgsz`` comes from, for a status line
+        self.imgsz_source: str = ("fixed by the ONNX export" if self._fixed else "recorded in the file" if size
+                                  else "MobileSAMv2's default")
         task = getattr(model, "task", "?")
         if task not in _TASKS:
             raise DetectorError(f"Detector {p} is a YOLO '{task}' model; a 'detect' or 'segment' model is needed.")
@@ -294,14 +325,14 @@ class Detector:
         self._predictors: dict[int, type] = {}
 
     def __repr__(self) -> str:
-        return f"Detector({str(self.path)!r}, task={self.task!r})"
+        return f"Detector({str(self.path)!r}, task={self.task!r}, imgsz={self.imgsz})"
 
     def detect(
         self,
         rgb: np.ndarray,
         conf: float = 0.4,
         iou: float = 0.9,
-        imgsz: int = 1024,
+        imgsz: int | None = None,
         max_det: int = 320,
         device: str | None = None,
         border: int = 20,
@@ -310,8 +341,9 @@ class Detector:
 
         Args:
             rgb: ``(H, W, 3)`` uint8 RGB frame.
-            conf: minimum confidence; iou: NMS IoU threshold; imgsz: inference size (an ONNX
-                export with a fixed input size runs at that size); max_det: at most this many boxes.
+            conf: minimum confidence; iou: NMS IoU threshold; imgsz: inference size (default
+                :attr:`imgsz`, the detector's training size; an ONNX export with a fixed input size
+                always runs at that size); max_det: at most this many boxes.
             device: torch device string ("cpu", "cuda:0"); default: ultralytics' choice.
             border: box edges within this many input pixels of the image edge are moved onto it
                 (MobileSAMv2's rule, 20); 0 keeps ultralytics' boxes as they are.
@@ -325,7 +357,7 @@ class Detector:
             raise ValueError(f"Detector input must be an (H, W, 3) uint8 RGB frame, got {rgb.shape} {rgb.dtype}.")
         if max_det < 1:
             return np.zeros((0, 4)), np.zeros(0)
-        kwargs = dict(conf=float(conf), iou=float(iou), imgsz=int(self.imgsz or imgsz), max_det=int(max_det), verbose=False)
+        kwargs = dict(conf=float(conf), iou=float(iou), imgsz=int(self.imgsz if self._fixed or imgsz is None else imgsz), max_det=int(max_det), verbose=False)
         if device is not None:
             kwargs["device"] = device
         if int(border) not in self._predictors:

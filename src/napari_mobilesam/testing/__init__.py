@@ -134,6 +134,7 @@ def synthetic_detector() -> Path:
     """The synthetic-cells YOLOv8n (an ordinary ultralytics detect checkpoint, fp16, ~6 MB).
 
     For ``segment_everything(..., sampler="object-aware", detector=synthetic_detector())``; it was
-    trained at ``imgsz`` 256 on frames of 256..512 px, so pass ``imgsz=256`` for such frames.
+    trained at ``imgsz`` 256 on frames of 256..512 px; the file records that size, so ``Detector.imgsz``
+    is 256 and detection runs at it by default.
     """
     return _verified(DETECTOR_FILE, DETECTOR_SHA256)

@@ -1,0 +1,145 @@
+"""Issue 24's poor inputs through the CLI: each gives one line naming the file, the row and the fix, exit 2,
+before the model runs and without leaving output (no .partial.zarr)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_mobilesam.cli import main
+from napari_mobilesam.testing import synthetic_stack
+
+
+@pytest.fixture
+def stack_path(tmp_path):
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, synthetic_stack(n_frames=4, shape=(64, 64))[0], photometric="minisblack")  # (4, 64, 64)
+    return path
+
+
+@pytest.fixture
+def model_args(checkpoint):
+    return ["--weights", str(checkpoint), "--device", "cpu", "-q"]
+
+
+def _segment(tmp_path, image, model_args, capsys, points=None, boxes=None):
+    out = tmp_path / "out.tif"
+    args = ["segment", str(image), "-o", str(out), *model_args]
+    if points is not None:
+        (tmp_path / "p.csv").write_bytes(points.encode("utf-8"))
+        args += ["--points", str(tmp_path / "p.csv")]
+    if boxes is not None:
+        (tmp_path / "b.csv").write_bytes(boxes.encode("utf-8"))
+        args += ["--boxes", str(tmp_path / "b.csv")]
+    code = main(args)
+    err = capsys.readouterr().err
+    return code, err, out
+
+
+_SHAPES = "index,shape-type,vertex-index,axis-0,axis-1,axis-2\n"
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("label-cell", r"p.csv row 2 has 4 cells but the header has 5 \(label missing\)"),
+    ("label-id-huge", r"p.csv row 2: label_id 99999999999 is outside 0..4294967295"),
+    ("label-id-negative", r"p.csv row 2: label_id -5 is outside"),
+    ("mask-9", r"p.csv row 2: mask 9 is outside 0..3"),
+    ("frame-1.5", r"p.csv row 2: frame index 1.5 is not a whole number"),
+    ("frame-3.6", r"p.csv row 2: frame index 3.6 is not a whole number"),
+    ("box-two-frames", r"b.csv row 2 \(shape 0\): its vertices lie on frames 0, 1"),
+])
+def test_csv_mistakes_are_named_before_the_model_runs(case, expected, tmp_path, stack_path, model_args, capsys):
+    points = boxes = None
+    if case == "label-cell":
+        points = "index,axis-0,axis-1,axis-2,label\n0,0,20,20\n"
+    elif case.startswith("label-id") or case == "mask-9":
+        col, value = ("mask", "9") if case == "mask-9" else ("label_id", "99999999999" if case.endswith("huge") else "-5")
+        points = f"index,axis-0,axis-1,axis-2,{col}\n0,0,20,20,{value}\n"
+    elif case.startswith("frame"):
+        points = f"index,axis-0,axis-1,axis-2\n0,{case[6:]},20,20\n"
+    else:
+        boxes = _SHAPES + "".join(f"0,rectangle,{i},{t},{r},{c}\n" for i, (t, r, c) in
+                                  enumerate([(0, 10, 10), (0, 10, 40), (1, 40, 40), (1, 40, 10)]))
+    code, err, out = _segment(tmp_path, stack_path, model_args, capsys, points, boxes)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    import re
+
+    assert re.search(expected, err), err
+    assert not out.exists() and not list(tmp_path.glob("*.partial*"))
+
+
+@pytest.mark.parametrize("case", ["no-index", "bom"])
+def test_hand_written_and_excel_csv_are_read(case, tmp_path, stack_path, model_args, capsys):
+    """A CSV as the README describes it (no napari index column) and one saved by Excel (UTF-8 BOM) work."""
+    text = "axis-0,axis-1,axis-2\n0,20,20\n" if case == "no-index" else "\ufeffindex,axis-0,axis-1,axis-2\n0,0,20,20\n"
+    code, err, out = _segment(tmp_path, stack_path, model_args, capsys, points=text)
+    assert code == 0, err
+    assert tifffile.imread(out)[0].any()
+
+
+def test_damaged_and_oversized_images(tmp_path, model_args, capsys):
+    """A truncated TIFF names the file and the fix; a TIFF declaring 200000² pixels is refused before any
+    pixel is read or the model loads (exit 2, no output)."""
+    good = tmp_path / "img.tif"
+    tifffile.imwrite(good, np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
+    data = good.read_bytes()
+    (tmp_path / "trunc.tif").write_bytes(data[: len(data) // 2])
+    points = "axis-0,axis-1\n20,20\n"
+    code, err, out = _segment(tmp_path, tmp_path / "trunc.tif", model_args, capsys, points=points)
+    assert code == 2 and "Cannot read frame 0 of" in err and "trunc.tif" in err and "truncated or damaged" in err, err
+    assert not out.exists() and not list(tmp_path.glob("*.partial*"))
+    huge = tmp_path / "huge.tif"
+    tifffile.imwrite(huge, shape=(200000, 200000), dtype=np.uint8, bigtiff=True)  # a sparse file: nothing on disk
+    weights_that_would_fail = ["--weights", str(tmp_path / "no_such_weights.pt"), "--device", "cpu", "-q"]
+    code, err, out = _segment(tmp_path, huge, weights_that_would_fail, capsys, points=points)
+    assert code == 2 and "declares frames of 200000 x 200000 uint8 (37.3 GiB each)" in err, err
+    huge.unlink()
+
+
+@pytest.mark.parametrize("case", ["png-output", "min-visible"])
+def test_everything_output_and_fraction_checks(case, tmp_path, model_args, capsys):
+    image = tmp_path / "img.tif"
+    tifffile.imwrite(image, np.zeros((32, 32), np.uint8))
+    out = tmp_path / ("out.png" if case == "png-output" else "out.tif")
+    extra = ["--min-visible", "2"] if case == "min-visible" else []
+    if case == "min-visible":
+        with pytest.raises(SystemExit) as ex:
+            main(["everything", str(image), "-o", str(out), "--sampler", "blobs", *extra, *model_args])
+        assert ex.value.code == 2 and "--min-visible: 2 is a fraction" in capsys.readouterr().err
+    else:
+        assert main(["everything", str(image), "-o", str(out), "--sampler", "blobs", *model_args]) == 2
+        assert "give " + str(out.with_suffix(".tif")) in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("content", ["pickle", "text"])
+def test_foreign_weights_file_one_line_without_torch_warning(content, tmp_path, capsys):
+    """A plain pickle or a text file as --weights: one line, no torch 'please file an issue' warning before it."""
+    import pickle
+
+    weights = tmp_path / "w.pt"
+    if content == "pickle":
+        weights.write_bytes(pickle.dumps({"image_encoder.x": 1}, protocol=4))
+    else:
+        weights.write_text("hello")
+    image = tmp_path / "img.tif"
+    tifffile.imwrite(image, np.zeros((32, 32), np.uint8))
+    (tmp_path / "p.csv").write_text("axis-0,axis-1\n5,5\n")
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "napari_mobilesam.cli", "segment", str(image), "--points", str(tmp_path / "p.csv"),
+                          "-o", str(tmp_path / "out.tif"), "--weights", str(weights), "--device", "cpu", "-q"],
+                         capture_output=True, text=True, timeout=300, check=False)  # a fresh process: warnings show as a user sees them
+    err = res.stderr
+    assert res.returncode == 2 and len(err.strip().splitlines()) == 1 and "Warning" not in err and "w.pt" in err, err
+
+
+def test_click_on_a_1x1_image_says_the_object_came_out_empty(tmp_path, model_args, capsys):
+    image = tmp_path / "one.tif"
+    tifffile.imwrite(image, np.zeros((1, 1), np.uint8))
+    code, err, out = _segment(tmp_path, image, model_args, capsys, points="axis-0,axis-1\n0,0\n")
+    if tifffile.imread(out).any():
+        pytest.skip("the random model painted the pixel")
+    assert code == 0 and "one.tif: object 1 came out empty" in err, err
