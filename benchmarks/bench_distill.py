@@ -143,7 +143,7 @@ def main() -> None:
         teacher = _teacher(args.teacher) if args.teacher != "none" else None
         x = source[0][None]
         t_infer, t_train, t_teacher = [], [], []
-        for r in range(args.repeats + 1):  # round 0 warms up
+        for _round in range(args.repeats + 1):  # round 0 warms up
             student.eval()
             with torch.inference_mode(), _Timer(t_infer):
                 student(x)

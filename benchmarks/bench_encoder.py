@@ -16,12 +16,11 @@ import os
 import time
 
 import torch
-
 from _runtime import add_runtime_args, apply_runtime_args
+
 from napari_mobilesam import build_mobilesam
 from napari_mobilesam.model.accelerate import available_backends, time_encoders
 from napari_mobilesam.testing.reference import random_checkpoint
-
 
 
 def main() -> None:

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _runtime import add_runtime_args, apply_runtime_args
+
 from napari_mobilesam import Predictor, build_mobilesam, iter_segment_everything
 
 DEFAULT_CKPT = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mobile_sam_random.pt"

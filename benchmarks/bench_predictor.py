@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _runtime import add_runtime_args, apply_runtime_args
+
 from napari_mobilesam import Predictor, Prompt, build_mobilesam
 
 DEFAULT_CKPT = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mobile_sam_random.pt"

@@ -47,12 +47,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_v2 import SEED, official_decode, official_v2, perturbed  # noqa: E402
-
 from napari_mobilesam import Predictor, Prompt, build_mobilesam  # noqa: E402
 from napari_mobilesam.engine.everything import objects_to_labels  # noqa: E402
 from napari_mobilesam.engine.samplers import blob_boxes  # noqa: E402
 from napari_mobilesam.testing.synthetic import synthetic_cells  # noqa: E402
+from test_v2 import SEED, official_decode, official_v2, perturbed  # noqa: E402
 
 CKPT = ROOT.parent / "shared" / "reference" / "mobile_sam_random.pt"
 

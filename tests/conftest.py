@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+
 def pytest_configure(config):
     os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(config.rootpath) / ".pytest_cache" / "ultralytics"))
     os.environ.setdefault("YOLO_OFFLINE", "1")

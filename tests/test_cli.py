@@ -181,9 +181,8 @@ def test_channel_axis(tmp_path, model_args, predictor, capsys):
     --channels; labels are (T, H, W)."""
     import torch
 
-    from test_io import _save_points
-
     from napari_mobilesam.engine.store import EmbeddingStore
+    from test_io import _save_points
 
     stack = np.stack([synthetic_stack(2, seed=s) for s in (5, 6)], axis=1)  # T=2, C=2, 64 x 64
     path = tmp_path / "tc.tif"
@@ -222,6 +221,7 @@ def test_everything_tile_options(tmp_path, stack_path, model_args, capsys):
 @pytest.mark.slow
 def test_everything_folder_with_yolo_detector(tmp_path, model_args, monkeypatch):
     import imageio.v3 as iio
+
     from napari_mobilesam.model.detector import _import_yolo  # the guarded ultralytics import
 
     YOLO = _import_yolo()  # only to create a random detector file for the test

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_mobilesam._progress import drive
 from napari_mobilesam import Prompt, iter_segment_everything, segment_everything, to_rgb_uint8
+from napari_mobilesam._progress import drive
 from napari_mobilesam.engine.everything import objects_to_labels
 from napari_mobilesam.engine.labels import filter_objects
 from napari_mobilesam.model.detector import Detector, DetectorError, load_detector

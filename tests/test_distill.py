@@ -31,9 +31,9 @@ from napari_mobilesam.distill import (
     load_teacher,
     preprocess,
 )
-from napari_mobilesam.distill_cli import add_commands
 from napari_mobilesam.distill.evaluation import mask_iou
 from napari_mobilesam.distill.teacher import SAM_VITS, vit_config_from_state
+from napari_mobilesam.distill_cli import add_commands
 from napari_mobilesam.engine.image import to_rgb_uint8
 from napari_mobilesam.model.build import CheckpointError, build_mobilesam, load_checkpoint, mobilesam_architecture
 from napari_mobilesam.model.tiny_vit import TinyViT
@@ -53,8 +53,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """A folder with one RGB png and a 2-frame uint16 stack: 3 training frames."""
-    from skimage.io import imsave
     import tifffile
+    from skimage.io import imsave
 
     folder = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(0)
@@ -95,7 +95,7 @@ def precomputed(tmp_path_factory, images, teacher_file):
 
 
 def test_vit_config_is_read_from_sam_state_dicts():
-    for name, (dim, depth, heads, global_idx) in SAM_VITS.items():
+    for _name, (dim, depth, heads, global_idx) in SAM_VITS.items():
         with torch.device("meta"):
             enc = ImageEncoderViT(embed_dim=dim, depth=depth, num_heads=heads, global_attn_indexes=global_idx,
                                   use_rel_pos=True, window_size=14, out_chans=256)

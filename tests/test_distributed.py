@@ -14,7 +14,6 @@ import tifffile
 from napari_mobilesam.cli import main
 from napari_mobilesam.engine.distributed import PLUGIN_NAME, ModelHolder, ModelSpec, run_distributed, run_local
 from napari_mobilesam.engine.io import open_image
-
 from test_cli import EVERYTHING, synthetic_stack
 
 distributed = pytest.importorskip("distributed")

@@ -11,7 +11,6 @@ from napari_mobilesam.engine.everything import objects_to_labels
 from napari_mobilesam.engine.labels import filter_objects, write_labels
 from napari_mobilesam.engine.predictor import ObjectMask
 from napari_mobilesam.engine.samplers import blob_boxes
-
 from test_samplers import CENTRES, RADIUS, disks
 
 BLOBS = dict(sampler="blobs", diameter=2 * RADIUS)

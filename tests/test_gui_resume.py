@@ -106,10 +106,9 @@ def _run(code: str, args: dict) -> dict:
 def test_resume_and_segment_keeps_hand_edits(fcheckpoint, tmp_path):
     if not os.environ.get("DISPLAY"):
         pytest.skip("needs an X server (run the tests under xvfb-run)")
-    from test_prompt_equality import _cells
-
     from napari_mobilesam.testing import synthetic_stack
     from napari_mobilesam.testing.metrics import interior_point
+    from test_prompt_equality import _cells
 
     stack, gt = synthetic_stack(n_frames=1, seed=106)
     img, lab = stack[0], gt[0]

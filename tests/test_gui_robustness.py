@@ -17,9 +17,8 @@ import torch
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from test_gui import TIMEOUT, agree, capture_errors, expected, make_widget, run  # noqa: E402,F401 (make_widget: a fixture)
-
 from napari_mobilesam.engine.predictor import Prompt  # noqa: E402
+from test_gui import TIMEOUT, agree, capture_errors, expected, make_widget, run  # noqa: E402,F401 (make_widget: a fixture)
 
 pytestmark = pytest.mark.gui
 

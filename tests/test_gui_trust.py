@@ -12,11 +12,10 @@ import tifffile
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from test_prompt_equality import _cells, widget_with_model  # noqa: E402
-
 from napari_mobilesam.cli import main  # noqa: E402
 from napari_mobilesam.testing import synthetic_stack  # noqa: E402
 from napari_mobilesam.testing.metrics import interior_point  # noqa: E402
+from test_prompt_equality import _cells, widget_with_model  # noqa: E402
 
 pytestmark = pytest.mark.gui
 TIMEOUT = 300_000

@@ -64,7 +64,7 @@ def test_a_bad_mask_and_one_click_get_closer_to_the_cell(fpredictor, cells):
         bad = ndi.binary_dilation(cell, iterations=6)
         labels = np.where(bad, 9, 0).astype(np.uint32)
         table = PromptTable.of(points=[interior_point(cell)], labels=[1], ids=[9])
-        found, rest = split_refinements(table, lambda f: labels, 0, (), spatial=gt.shape)
+        found, rest = split_refinements(table, lambda f, labels=labels: labels, 0, (), spatial=gt.shape)
         assert len(found) == 1 and not rest.objects
         (ob,) = refine_objects(found, labels, fpredictor)
         assert ob.prompt.mask_input.shape == (256, 256) and ob.prompt.box is not None and ob.label_id == 9

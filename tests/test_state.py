@@ -42,7 +42,7 @@ def test_decoder_scratch_belongs_to_its_owner_and_two_threads_can_decode(sam, fo
     def decode_all(k: int) -> None:
         with torch.inference_mode():
             for _ in range(3):
-                got[k].append([dec.decode(b, None, False) for b in (batches if k == 0 else batches[::-1])])
+                got[k].append([dec.decode(b, None, False) for b in (batches if k == 0 else batches[::-1])])  # noqa: F821 - bound below, before the threads start
 
     threads = [threading.Thread(target=decode_all, args=(k,)) for k in (0, 1)]
     for t in threads:

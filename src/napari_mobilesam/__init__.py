@@ -55,8 +55,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .engine.embeddings import Embedding, EmbeddingCache
     from .engine.everything import iter_segment_everything, segment_everything
     from .engine.image import to_rgb_uint8
-    from .engine.predictor import ObjectMask, Predictor, Prompt
     from .engine.labels import render_labels, write_labels
+    from .engine.predictor import ObjectMask, Predictor, Prompt
     from .engine.propagate import iter_propagate
     from .model.accelerate import optimize_encoder
     from .model.build import CheckpointError, build_mobilesam

@@ -379,7 +379,8 @@ def _run(
         rgb8 = to_rgb_uint8(frame, channel_axis=-1 if frame.ndim == 3 else None, channels=opts["channels"], contrast_limits=opts["contrast_limits"])
         work = _iter_frame(pred, rgb8, keyfn(idx), sampler, det, opts)
         objects = yield from relay(
-            work, lambda p: EverythingProgress(frame_no, idx, base + int(p[0] * UNITS), total, f"frame {frame_no}: {p[1]}")
+            # relay runs the lambda before this loop pass ends, so the loop variables are the current ones
+            work, lambda p: EverythingProgress(frame_no, idx, base + int(p[0] * UNITS), total, f"frame {frame_no}: {p[1]}"),  # noqa: B023
         )
         kept = filter_objects(objects, opts["min_score"], opts["min_stability"], opts["min_area"], opts["max_area"])
         existing = None if labels is None else np.asarray(labels[idx] if idx else labels)

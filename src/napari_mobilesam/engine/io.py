@@ -28,7 +28,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "ImageSource",
     "InputError",
-    "LabelWriter",
+    "LabelWriter",  # noqa: F822 - provided lazily by __getattr__ (labelfile imports this module)
     "list_images",
     "open_image",
     "read_objects",

@@ -189,7 +189,7 @@ class LabelWriter:
             self._labels, self._marks, self._sums = self._group["labels"], self._group["max_id"], self._group["checksum"]
             self._max = np.asarray(self._marks[:], np.int64)
             sums = np.asarray(self._sums[:], np.uint64)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - zarr/codec errors of a damaged store have no common base
             raise InputError(f"{self.store_path} is damaged ({type(err).__name__}: {str(err)[:120]}); "
                              "pass --overwrite to start again.") from None
         self._max[sums == 0] = -1  # finished frames always carry a checksum
@@ -253,7 +253,7 @@ class LabelWriter:
         try:
             frame = np.asarray(self._labels[self._index(t)], np.uint32)
             ok = int(self._sums[t]) == frame_checksum(frame)
-        except Exception:  # a damaged chunk (e.g. zstd: unknown frame descriptor)
+        except Exception:  # noqa: BLE001 - a damaged chunk (e.g. zstd: unknown frame descriptor)
             return None
         return frame if ok else None
 
@@ -279,7 +279,7 @@ class LabelWriter:
             with tifffile.TiffFile(path) as tf:
                 meta = (tf.shaped_metadata or [{}])[0]
             return json.loads(meta["mobilesam"])
-        except Exception:  # not ours, or not readable: never resumed over, never deleted
+        except Exception:  # noqa: BLE001 - not ours, or not readable: never resumed over, never deleted
             return None
 
     def finish(self, transform: Callable[[Iterable[np.ndarray]], Iterable[np.ndarray]] | None = None) -> Path:

@@ -25,8 +25,8 @@ from segment_anything.utils.amg import calculate_stability_score
 
 from ..model.fast_decoder import FrameDecoder, Scratch
 from .embeddings import Embedding, EmbeddingCache
-from .objects import ObjectMask, Prompt
 from .image import to_rgb_uint8
+from .objects import ObjectMask, Prompt
 from .prompt_checks import check_prompts, check_xy
 from .upsample import MaskUpsampler
 

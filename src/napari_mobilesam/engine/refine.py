@@ -13,7 +13,8 @@ Coordinates are (row, col) in the image's data coordinates, leading (stack) indi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection as AnyCollection, Sequence
+from collections.abc import Callable, Sequence
+from collections.abc import Collection as AnyCollection
 from dataclasses import replace
 
 import numpy as np

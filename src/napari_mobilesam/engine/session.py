@@ -231,7 +231,7 @@ def _check_types(meta: dict, path: Path) -> None:
     for k in ("shape_ids", "shape_masks"):
         if isinstance(meta.get(k), list) and not all(isinstance(v, int) and not isinstance(v, bool) for v in meta[k]):
             bad.append(f"'{k}' holds values that are not whole numbers")
-    image = meta.get("image") if isinstance(meta.get("image"), dict) else {}
+    image: dict = meta["image"] if isinstance(meta.get("image"), dict) else {}
     if "shape" in image and not (isinstance(image["shape"], list) and all(isinstance(v, int) for v in image["shape"])):
         bad.append("'image.shape' is not a list of whole numbers")
     if "frame_hashes" in image and not isinstance(image["frame_hashes"], dict):

@@ -46,7 +46,7 @@ def ctc_tracks(links: Links) -> tuple[np.ndarray, dict[int, dict[int, int]]]:
     rows: list[list[int]] = []
     links_ids = {int(x) for x in links.tracks[:, 0]}
     remap: dict[int, dict[int, int]] = {}
-    for tid, first, _last, parent in links.tracks:
+    for tid, _first, _last, parent in links.tracks:
         ts = np.array(sorted(frames.get(int(tid), [])))
         if not len(ts):
             continue

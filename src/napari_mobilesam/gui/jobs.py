@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 from segment_anything.modeling import Sam
 
+from .._progress import relay
 from ..engine.embeddings import EmbeddingCache
 from ..engine.jobs import decode_objects
 from ..engine.objects import ObjectMask
 from ..engine.predictor import Predictor
 from ..engine.prompts import ObjectPrompt
 from ..model.build import build_mobilesam
-from .._progress import relay
 from ..model.weights import REGISTRY, iter_fetch
 
 __all__ = [

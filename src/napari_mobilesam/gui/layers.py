@@ -107,7 +107,7 @@ def image_kwargs(image: Image) -> dict:
     """``Predictor.set_image`` options so that the model sees what the user sees."""
     dtype = np.dtype((image.data[0] if image.multiscale else image.data).dtype)
     kw = {} if channel_axis(image) is None else {"channel_axis": -1}  # frames come with their channels last
-    if dtype == np.uint8 or dtype == bool:
+    if dtype in (np.dtype(np.uint8), np.dtype(bool)):
         return kw
     return {**kw, "contrast_limits": tuple(float(v) for v in image.contrast_limits)}
 

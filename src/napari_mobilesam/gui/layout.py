@@ -13,7 +13,16 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Widget
 from qtpy.QtCore import QSize, Qt
 from qtpy.QtGui import QFontMetrics
 from qtpy.QtWidgets import (
-    QComboBox, QDockWidget, QFrame, QGroupBox, QLabel, QScrollArea, QSizePolicy, QToolButton, QVBoxLayout, QWidget,
+    QComboBox,
+    QDockWidget,
+    QFrame,
+    QGroupBox,
+    QLabel,
+    QScrollArea,
+    QSizePolicy,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
 )
 
 __all__ = ["ElidedLabel", "Section", "StatusLine", "compact", "default_width", "group", "scrolled"]

@@ -171,7 +171,7 @@ class LiveMode:
                 pred = worker_predictor(sam, cache)
                 pred.set_image(frame(cur), key=k, **kw)
                 result = pred.frame_decoder
-            except Exception as err:  # shown as a notification
+            except Exception as err:  # noqa: BLE001 - shown as a notification
                 result = err
             relay.result.emit(lambda: self._embedded(k, result))
 
@@ -196,7 +196,7 @@ class LiveMode:
                 if pred.key != k:  # the decoder state was built in the embedding job, or on an earlier visit
                     pred.set_embedding(cache.get(k), k, frame_decoder=decoder)  # may read an embeddings store
                 return pred.frame_decoder, decode_objects(pred, changed)
-            except Exception as err:  # returned, not raised: shown as a notification
+            except Exception as err:  # noqa: BLE001 - returned, not raised: shown as a notification
                 return err
 
         if not self.live_threaded:

@@ -21,10 +21,10 @@ import hashlib
 import numpy as np
 from napari.layers import Labels
 
+from ..engine.prompts import ObjectPrompt, assign_ids
 from . import layers as L
 from .feedback import ids_note
 from .session import INFO, check_session_model, stamp
-from ..engine.prompts import ObjectPrompt, assign_ids
 from .writer import check_ids_fit, frame_view, object_pixels, write_masks
 
 __all__ = ["OutputState", "mask_hash"]

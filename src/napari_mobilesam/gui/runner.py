@@ -85,7 +85,7 @@ class JobHost(QWidget):
                         return stop.value
                     yield msg
                     model_thread.run_urgent()  # live decodes asked for meanwhile run between two steps
-            except Exception as err:  # shown as a notification with the fix, never a traceback
+            except Exception as err:  # noqa: BLE001 - shown as a notification with the fix, never a traceback
                 yield err
                 return None
 

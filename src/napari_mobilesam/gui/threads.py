@@ -39,7 +39,7 @@ class _Call(QRunnable):
     def run(self) -> None:
         try:
             self.result = self.fn()
-        except BaseException as err:  # re-raised in the caller
+        except BaseException as err:  # noqa: BLE001 - re-raised in the caller
             self.error = err
         finally:
             self.done.set()

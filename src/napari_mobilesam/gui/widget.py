@@ -20,6 +20,7 @@ from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from ..engine.embeddings import EmbeddingCache
 from ..engine.predictor import Predictor
+from ..engine.prompts import RULE_LINES, ObjectPrompt
 from ..model.weights import registry_names
 from . import layers as L
 from .channels import ChannelAxis, check_frames
@@ -31,7 +32,6 @@ from .live import LiveMode
 from .modelui import CHOOSE_FILE, OWN_DECODER, ModelControls
 from .output import CHANGED, NEW, USERS, OutputState
 from .promptui import PromptControls
-from ..engine.prompts import RULE_LINES, ObjectPrompt
 from .propagate import PropagateSection
 from .refine import RefineSection
 from .runner import JobHost

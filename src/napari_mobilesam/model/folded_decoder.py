@@ -299,4 +299,5 @@ def _tokens_to_frame(attn: Attention, q: torch.Tensor, kt: torch.Tensor, v: torc
 def _convt_matrix(conv: torch.nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
     """A 2x2/stride-2 transposed conv as ``x @ W + b`` with outputs ordered (ky, kx, channel)."""
     cin, cout = conv.weight.shape[:2]
+    assert conv.bias is not None  # segment-anything's upscaling convolutions have biases
     return conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout), conv.bias.repeat(4)

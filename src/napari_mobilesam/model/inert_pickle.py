@@ -32,6 +32,8 @@ class Record:
     arguments it was called with (``args``) and the state the file gave it (``state``). Data only."""
 
     qualname = ""
+    args: tuple[Any, ...]
+    state: Any
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Record:
         self = object.__new__(cls)

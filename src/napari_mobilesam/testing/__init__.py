@@ -98,7 +98,7 @@ def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
         import pooch
 
         return Path(pooch.os_cache("napari-mobilesam")) / "testing"
-    except Exception:  # pragma: no cover - pooch is a dependency
+    except Exception:  # noqa: BLE001  # pragma: no cover - pooch is a dependency
         return Path(tempfile.gettempdir()) / "napari-mobilesam-testing"
 
 
