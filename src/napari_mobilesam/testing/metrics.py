@@ -212,28 +212,35 @@ def _share(v: np.ndarray, thr: float) -> str:
     return f"{(v >= thr).mean():.2f}"
 
 
-def _report(checkpoint: str | None, detector: str | None, slow: bool) -> None:
-    from napari_mobilesam import Predictor, build_mobilesam
+def _prompt_summary(pred: Any, c: np.ndarray, b: np.ndarray) -> None:
+    from . import synthetic_cells
 
-    from . import synthetic_cells, synthetic_checkpoint, synthetic_stack
-
-    pred = Predictor(build_mobilesam(checkpoint or synthetic_checkpoint()))
-    for k, row in enumerate(PROMPT_FRAMES):
-        frames = prompt_frames([k])
-        c, cr = click_ious(pred, frames)
-        b, br = box_ious(pred, frames)
-        print(f"{row[0][0]}² {row[4]:6} {np.dtype(row[5]).name:6} n={len(c):2d}  click: median {np.median(c):.3f} "
-              f">=0.8 {_share(c, 0.8)} right {cr.mean():.2f}  box: median {np.median(b):.3f} >=0.85 {_share(b, 0.85)} "
-              f"right {br.mean():.2f}", flush=True)
-    frames = prompt_frames()
-    c, _ = click_ious(pred, frames)
-    b, _ = box_ious(pred, frames)
     print(f"ALL click IoU>=0.8: {_share(c, 0.8)} (median {np.median(c):.3f}, 10th pct {np.percentile(c, 10):.3f}); "
           f"box IoU>=0.85: {_share(b, 0.85)} (median {np.median(b):.3f}, 10th pct {np.percentile(b, 10):.3f})")
     img, lab = synthetic_cells((256, 256), 24, seed=103, radius=(10, 22), touching=0.8)
     neg = negative_click(pred, img, lab)
     print(f"negative click: spill {np.round(neg['spill'], 2)}, after {np.round(neg['after'], 2)}; spill removed: "
           f"mean {neg['removed'].mean():.2f}, >=0.8 in {_share(neg['removed'], 0.8)}; kept IoU median {np.median(neg['kept']):.2f}")
+
+
+def _report(checkpoint: str | None, detector: str | None, slow: bool, prompts: bool = True) -> None:
+    from napari_mobilesam import Predictor, build_mobilesam
+
+    from . import synthetic_cells, synthetic_checkpoint, synthetic_stack
+
+    pred = Predictor(build_mobilesam(checkpoint or synthetic_checkpoint()))
+    allc, allb = [], []
+    for k, row in enumerate(PROMPT_FRAMES if prompts else []):
+        frames = prompt_frames([k])
+        c, cr = click_ious(pred, frames)
+        b, br = box_ious(pred, frames)
+        allc.append(c)
+        allb.append(b)
+        print(f"{row[0][0]}² {row[4]:6} {np.dtype(row[5]).name:6} n={len(c):2d}  click: median {np.median(c):.3f} "
+              f">=0.8 {_share(c, 0.8)} right {cr.mean():.2f}  box: median {np.median(b):.3f} >=0.85 {_share(b, 0.85)} "
+              f"right {br.mean():.2f}", flush=True)
+    if prompts:
+        _prompt_summary(pred, np.concatenate(allc), np.concatenate(allb))
     if not slow:
         return
     img, lab = synthetic_cells((256, 256), 16, seed=104, radius=(10, 20))
@@ -247,7 +254,7 @@ def _report(checkpoint: str | None, detector: str | None, slow: bool) -> None:
     for seed in (106, 112):
         stack, labels = synthetic_stack(seed=seed)
         stays, leaves = track_cells(labels)
-        for cid in stays[:2] + leaves[:1]:
+        for cid in stays[:1] + leaves[:1]:
             ious, stop = propagation(pred, stack, labels, cid)
             print(f"propagate seed {seed} cell {cid}: IoU per frame {[None if v is None else round(v, 2) for v in ious]}, "
                   f"{stop or 'to the end'}", flush=True)
@@ -258,8 +265,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--detector", default=None)
     ap.add_argument("--quick", action="store_true", help="prompts only (clicks, boxes, negative click)")
+    ap.add_argument("--no-prompts", action="store_true", help="everything, tiling and propagation only")
     a = ap.parse_args(argv)
-    _report(a.checkpoint, a.detector, not a.quick)
+    _report(a.checkpoint, a.detector, not a.quick, not a.no_prompts)
 
 
 if __name__ == "__main__":

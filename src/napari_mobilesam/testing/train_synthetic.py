@@ -1,33 +1,44 @@
-"""Train the functional test checkpoint end to end on synthetic cells (CPU, seeded).
+"""Train the functional test checkpoint end to end on synthetic cells (CPU, seeded, two stages).
 
-``python -m napari_mobilesam.testing.train_synthetic --out mobilesam_synthetic.pt [--steps N]``
+``python -m napari_mobilesam.testing.train_synthetic --out mobilesam_synthetic.pt [--steps N] ...``
+(the two commands that made the committed model are in docs/training.md).
 
-The whole MobileSAM (TinyViT encoder, prompt encoder, mask decoder) is trained from a seeded
-random initialisation with SAM's losses: focal (x20) + dice on the masks, MSE between the
-predicted and the actual IoU. The model is used at SAM's 1024² input; training runs on
-448² crops of that 1024² canvas, which is cheap and exact in the ways that matter:
+The whole MobileSAM (TinyViT encoder, prompt encoder, mask decoder) trains with SAM's losses:
+focal (x20) + dice on the masks, MSE between the predicted and the actual IoU. The model is used
+at SAM's 1024² input; training runs on 224² crops of that 1024² canvas, which is cheap and exact
+in the ways that matter:
 
-- TinyViT's weights do not depend on the input size; 448 px = 28 tokens = two stage-3 windows
-  (14 tokens), four stage-4 and eight stage-2 windows (7 tokens), and crops start at multiples
-  of 224 px, so every attention window of a crop is a window of the full canvas;
+- TinyViT's weights do not depend on the input size; 224 px = 14 tokens = one stage-3 window,
+  two stage-4 and four stage-2 windows (7 tokens), and crops start at multiples of 224 px, so
+  every attention window of a crop is a window of the full canvas;
 - the positional encodings of image tokens and prompts are computed in the 1024 canvas's
   coordinates, exactly as at inference;
 - the frames are made as the model sees them: a synthetic frame of native size ``1024 / f``
-  (``f`` log-uniform in 1..4, i.e. frames of 256..1024 px, cells of radius 6..40 px) is resized
-  by SAM's own transform (bilinear, longest side 1024); a crop sometimes ends in padding, as
-  non-square frames do.
+  (``f`` log-uniform in 1..4, i.e. frames of 256..1024 px) is resized by SAM's own transform
+  (bilinear, longest side 1024); a crop sometimes ends in padding, as non-square frames do.
 
-Prompts per crop, sampled from the ground truth (many per embedding, the encoder runs once):
-single positive clicks (multimask, loss on the best of the three), jittered boxes (single
-mask), box + click, a click plus a negative click on a touching neighbour, box + mask input of
-the cell shifted a few pixels (as propagation prompts), and clicks / boxes on background whose
-target is an empty mask (so that grid points on background and vanished cells score low).
+Prompts per crop (:mod:`.train_data`; many per embedding, the encoder runs once): single positive
+clicks (multimask, loss on the best of the three), jittered boxes, box + click, a click plus a
+negative click on a touching neighbour, a box over two touching cells with a positive click on
+one and a negative click on the other, box + mask input of the cell shifted a few pixels (as
+propagation prompts), and clicks / boxes on background whose target is an empty mask (so that
+grid points on background and vanished cells score low). With ``--refine`` every click and box
+is decoded a second time with its first-round mask as mask input, a click with a correction click
+on its larger error (SAM's iterative training).
 
-Three choices make it learn within a CPU budget (without them nothing is learnt in 200 steps:
-click IoU 0.00): the positional encoding's random Fourier matrix is drawn at scale 2 instead of
-SAM's 1, the decoder's image-to-token attention starts as a position match
-(:func:`_localising_init`), and a class-balanced cross-entropy is added to the loss during the
-first half of training (it keeps the masks from collapsing to empty). All weights train.
+Stage 1 (from a seeded random initialisation) needs three things to learn within a CPU budget
+(without them nothing is learnt in 200 steps: click IoU 0.00): the positional encoding's random
+Fourier matrix is drawn at scale 2 instead of SAM's 1, the decoder's image-to-token attention
+starts as a position match (:func:`_localising_init`), and a class-balanced cross-entropy is added
+to the loss during the first half of training (it keeps the masks from collapsing to empty).
+
+Stage 2 (``--init`` the stage-1 weights, ``--calibrate N``) fixes why stage 1 stalls on held-out
+frames: with one crop per step, BatchNorm in training mode normalises each crop by its own
+statistics, while inference uses the running averages. The same stage-1 weights give held-out
+click IoU 0.77 (median) with per-image statistics and 0.43 with the running ones, and
+recalibrating the running statistics does not help (0.46): the network relies on per-image
+normalisation. Stage 2 sets the statistics once over N crops and then trains with BatchNorm in
+eval mode (its affine weights still train), exactly as the model runs at inference.
 """
 
 from __future__ import annotations
