@@ -72,21 +72,14 @@ def load_detector(path: Path, trust: bool):
 
 
 def detector_input_size(det, chosen: int = 0) -> tuple[int, str]:
-    """The detector's inference size and where it comes from: ``chosen`` (> 0) by the user, else the
-    size the file fixes (an ONNX export) or records (``Detector.imgsz``, or ultralytics' training
-    ``train_args['imgsz']``), else 1024 (MobileSAMv2's ObjectAwareModel)."""
+    """The detector's inference size and where it comes from: ``chosen`` (> 0) by the user, else
+    ``Detector.imgsz`` (the size an ONNX export fixes, or the training size the file records, else
+    MobileSAMv2's 1024: one rule, in model/detector.py, also used by the CLI and the API)."""
     if chosen > 0:
         return int(chosen), "set under 'input px'"
-    if getattr(det, "imgsz", None):
-        return int(det.imgsz), "from the detector file"
-    ckpt = getattr(getattr(det, "_model", None), "ckpt", None)
-    args = ckpt.get("train_args") if isinstance(ckpt, dict) else None
-    size = args.get("imgsz") if isinstance(args, dict) else None
-    if isinstance(size, (list, tuple)) and size and all(isinstance(v, int) for v in size):
-        size = max(size)
-    if isinstance(size, int) and not isinstance(size, bool) and 32 <= size <= 8192:
-        return size, "the size the detector was trained at"
-    return 1024, "the default; the detector file records none"
+    why = {"recorded in the file": "the size the detector was trained at",
+           "fixed by the ONNX export": "fixed by the ONNX export"}.get(det.imgsz_source, "the default; the detector file records none")
+    return int(det.imgsz), why
 
 
 class EverythingSection:
