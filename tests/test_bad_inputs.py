@@ -143,3 +143,18 @@ def test_click_on_a_1x1_image_says_the_object_came_out_empty(tmp_path, model_arg
     if tifffile.imread(out).any():
         pytest.skip("the random model painted the pixel")
     assert code == 0 and "one.tif: object 1 came out empty" in err, err
+
+
+@pytest.mark.parametrize("top", [2**32 - 1, 2**40])
+def test_refine_labels_without_room_for_a_new_id_are_refused_before_the_model_loads(top, tmp_path, stack_path, capsys):
+    """``--refine`` labels holding the largest uint32 id (or more) plus a new point: one line, exit 2, and before
+    the weights are read (an unreadable weights file would otherwise be the error)."""
+    labels = np.zeros((4, 64, 64), np.uint64)
+    labels[0, 5:15, 5:15] = top
+    tifffile.imwrite(tmp_path / "old.tif", labels, photometric="minisblack")
+    (tmp_path / "bad.pt").write_text("not weights")
+    model_args = ["--refine", str(tmp_path / "old.tif"), "--weights", str(tmp_path / "bad.pt"), "--device", "cpu", "-q"]
+    code, err, out = _segment(tmp_path, stack_path, model_args, capsys, points="index,axis-0,axis-1,axis-2\n0,0,40,40\n")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "old.tif: " in err and str(top) in err and "relabel" in err and "bad.pt" not in err, err
+    assert not out.exists() and not list(tmp_path.glob("*.partial*"))
