@@ -158,3 +158,23 @@ def test_refine_labels_without_room_for_a_new_id_are_refused_before_the_model_lo
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "old.tif: " in err and str(top) in err and "relabel" in err and "bad.pt" not in err, err
     assert not out.exists() and not list(tmp_path.glob("*.partial*"))
+
+
+def test_a_store_made_otherwise_names_the_fix_segment_accepts(tmp_path, checkpoint, fcheckpoint, capsys):
+    """``segment --embeddings`` with a store made with other weights, or another --contrast: the message gives
+    ``mobilesam embed ... --overwrite`` or another store, never a bare --overwrite (segment has none for stores)."""
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, synthetic_stack(n_frames=1, shape=(64, 64))[0][0])
+    (tmp_path / "p.csv").write_text("index,axis-0,axis-1\n0,20,20\n")
+    emb = tmp_path / "emb.zarr"
+    assert main(["embed", str(img), "-o", str(emb), "--contrast", "0", "100", "--weights", str(checkpoint), "-q"]) == 0
+    for weights, extra, what in ((fcheckpoint, ["--contrast", "0", "100"], "other model weights"), (checkpoint, [], "preprocess")):
+        capsys.readouterr()
+        out = tmp_path / "out.tif"
+        code = main(["segment", str(img), "--points", str(tmp_path / "p.csv"), "--embeddings", str(emb), "-o", str(out),
+                     "--weights", str(weights), "--device", "cpu", "-q", *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert what in err and f"mobilesam embed IMAGE -o {emb} --overwrite" in err and "another store" not in err, err
+        assert "(or pass --overwrite)" not in err and "--embeddings a store" in err, err
+        assert not out.exists()
