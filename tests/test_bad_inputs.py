@@ -178,3 +178,22 @@ def test_a_store_made_otherwise_names_the_fix_segment_accepts(tmp_path, checkpoi
         assert what in err and f"mobilesam embed IMAGE -o {emb} --overwrite" in err and "another store" not in err, err
         assert "(or pass --overwrite)" not in err and "--embeddings a store" in err, err
         assert not out.exists()
+
+
+@pytest.mark.slow
+def test_nan_weights_on_a_dask_worker_print_only_the_message(tmp_path, checkpoint, capfd):
+    """``--workers 1`` with NaN weights: the one-line message, without dask's "Compute Failed" block from the worker."""
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    torch.save({k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in state.items()}, tmp_path / "nan.pt")
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, synthetic_stack(n_frames=1, shape=(64, 64))[0][0])
+    (tmp_path / "p.csv").write_text("index,axis-0,axis-1\n0,20,20\n")
+    out = tmp_path / "out.tif"
+    code = main(["segment", str(img), "--points", str(tmp_path / "p.csv"), "-o", str(out), "--weights", str(tmp_path / "nan.pt"),
+                 "--device", "cpu", "--workers", "1", "-q"])
+    err = capfd.readouterr().err  # the worker process writes to the same stderr
+    assert code == 2 and "not finite numbers" in err, err
+    assert "Compute Failed" not in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()

@@ -109,13 +109,32 @@ def run_local(models: ModelHolder, job: Job, tasks: Iterable[Task]) -> Iterator[
         yield task, result
 
 
+@dataclass(frozen=True)
+class _UserFailure:
+    """A user's mistake met on a worker (bad weights, a damaged file), returned as a value so that the
+    worker logs no "Compute Failed" block; :func:`run_distributed` raises ``error`` in the client."""
+
+    error: BaseException
+
+
 def _run_on_worker(job: Job, source: ImageSource, t: int, extra: Any) -> Any:
+    import pickle
+
     from distributed import get_worker
+
+    from .._errors import user_error_types
 
     plugin = get_worker().plugins[PLUGIN_NAME]
     with plugin.holder.lock:
         plugin.holder.jobs += 1
-        return job(plugin.holder, source, t, extra)
+        try:
+            return job(plugin.holder, source, t, extra)
+        except user_error_types() as err:
+            try:
+                pickle.loads(pickle.dumps(err))
+            except Exception:  # noqa: BLE001 - an error that cannot travel goes dask's way
+                raise err from None
+            return _UserFailure(err)
 
 
 def start_client(scheduler: str | None = None, workers: int | None = None, processes: bool = True):
@@ -165,6 +184,8 @@ def run_distributed(client: Any, spec: ModelSpec, job: Job, tasks: Sequence[Task
         for fut in done:
             i = pending.pop(fut)
             ready[i] = fut.result()  # re-raises a worker's error here
+            if isinstance(ready[i], _UserFailure):
+                raise ready[i].error
             fut.release()
             while nxt in ready:
                 yield tasks[nxt], ready.pop(nxt)
