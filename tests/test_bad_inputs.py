@@ -197,3 +197,27 @@ def test_nan_weights_on_a_dask_worker_print_only_the_message(tmp_path, checkpoin
     assert code == 2 and "not finite numbers" in err, err
     assert "Compute Failed" not in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_micro_sam_checkpoint_warning_is_one_line(tmp_path, checkpoint):
+    """The CLI, run as a user runs it: the micro-sam training checkpoint warning is its message alone, without the
+    ``file:line: UserWarning:`` prefix and the source line Python prints under it."""
+    import subprocess
+    import sys
+
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    torch.save({"model_state": {"sam." + k: v for k, v in state.items()}, "decoder_state": {"out_conv.bias": torch.zeros(2)}},
+               tmp_path / "best.pt")
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, synthetic_stack(n_frames=1, shape=(64, 64))[0][0])
+    (tmp_path / "p.csv").write_text("index,axis-0,axis-1\n0,20,20\n")
+    run = subprocess.run([sys.executable, "-m", "napari_mobilesam.cli", "segment", str(img), "--points", str(tmp_path / "p.csv"),
+                          "-o", str(tmp_path / "out.tif"), "--weights", str(tmp_path / "best.pt"), "--device", "cpu", "-q"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    lines = [ln for ln in run.stderr.splitlines() if "decoder_state" in ln or ln.startswith(" ")]
+    assert lines == ["warning: best.pt: micro-sam training checkpoint; its SAM weights (model_state) are used, its decoder_state "
+                     "(micro-sam's instance-segmentation decoder) is not."], run.stderr

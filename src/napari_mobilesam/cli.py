@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -555,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from ._errors import is_user_error, log_unexpected
 
+    formatwarning = warnings.formatwarning  # a warning shown here is one line: its message, not its source line
+    warnings.formatwarning = lambda message, *_a, **_k: f"warning: {message}\n"
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -572,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
         print(f"mobilesam {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":
