@@ -355,7 +355,7 @@ def cmd_everything(args: argparse.Namespace) -> int:
                 with _bar(args, len(tasks), "everything") as bar:
                     for (source, t, _), labels in run(job, tasks):
                         writer = writers[source.path]
-                        offset = writer.offset(t)
+                        offset = writer.offset(t, int(labels.max(initial=0)))
                         writer.write(t, np.where(labels > 0, labels + np.uint32(offset), 0).astype(np.uint32))
                         _say_objects(args, bar, source, t, labels, sampler)
                         if writer.done_count == writer.n_frames and not _say_repaired(args, writer, writer.verify()):
