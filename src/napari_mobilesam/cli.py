@@ -35,10 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _bar(args: argparse.Namespace, total: int, desc: str):
+def _bar(args: argparse.Namespace, total: int, desc: str, unit: str = "frame", mininterval: float = 0.1):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="frame", disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, disable=args.quiet, file=sys.stderr, dynamic_ncols=True, mininterval=mininterval)
 
 
 def _say(args: argparse.Namespace, msg: str) -> None:
@@ -85,7 +85,12 @@ def _runner(args: argparse.Namespace, spec) -> Iterator[Callable]:
         from .engine.distributed import ModelHolder, run_local
 
         holder = ModelHolder(spec)
-        yield lambda job, tasks: run_local(holder, job, tasks)
+
+        def run(job, tasks):
+            return run_local(holder, job, tasks)
+
+        run.models = holder  # type: ignore[attr-defined]  # in-process: per-batch progress (cmd_segment)
+        yield run
         return
     from .engine.distributed import run_distributed, start_client
 
@@ -219,16 +224,22 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     if t not in prompts:
                         writer.write(t, np.zeros(source.hw, np.uint32) if refine is None else np.asarray(refine.read(t), np.uint32))
                 todo = writer.todo()
-                with _bar(args, len(todo), "segment") as bar:
+                models = getattr(run, "models", None)  # in this process: the bar moves per batch of objects
+                with _bar(args, sum(len(prompts[t]) for t in todo), "segment", unit="object", mininterval=0) as bar:
+                    if models is not None:
+                        models.progress = bar.update
                     for (_, t, _), labels in run(job, [(source, t, prompts[t]) for t in todo]):
                         writer.write(t, labels)
-                        bar.update()
+                        if models is None:
+                            bar.update(len(prompts[t]))
                         ids = np.array([ob.label_id for ob in prompts[t]], np.int64)
                         empty = ids[~np.isin(ids, labels)] if ids.size else ids
                         if empty.size:  # the model found no mask (or only pixels the user's labels hold)
                             where = f" frame {t}" if source.n_frames > 1 else ""
                             print(f"warning: {source.path}{where}: object{'s' * (empty.size > 1)} {', '.join(map(str, empty[:10]))} "
                                   "came out empty (no pixel written); try a box or more points.", file=sys.stderr)
+                if models is not None:
+                    models.progress = None
                 if not _say_repaired(args, writer, writer.verify()):
                     break
         _say(args, f"wrote {writer.finish()}")

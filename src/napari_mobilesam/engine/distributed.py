@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -51,6 +51,8 @@ class ModelHolder:
     counted so that a run can prove "one model per worker".
 
     ``lock`` serialises jobs: a ``Predictor`` holds the current frame, so one job at a time uses it.
+    ``progress``: None, or called with a count of objects decoded after each batch of them inside a
+    frame (set by an in-process caller, e.g. ``mobilesam segment``'s progress bar; None on dask workers).
     """
 
     def __init__(self, spec: ModelSpec):
@@ -58,6 +60,7 @@ class ModelHolder:
         self.loads = 0
         self.jobs = 0
         self.lock = threading.RLock()
+        self.progress: Callable[[int], None] | None = None
         self._predictor = None
         self._detector = None
         self._model_hash: str | None = None
