@@ -168,7 +168,8 @@ def test_a_store_made_otherwise_names_the_fix_segment_accepts(tmp_path, checkpoi
     (tmp_path / "p.csv").write_text("index,axis-0,axis-1\n0,20,20\n")
     emb = tmp_path / "emb.zarr"
     assert main(["embed", str(img), "-o", str(emb), "--contrast", "0", "100", "--weights", str(checkpoint), "-q"]) == 0
-    for weights, extra, what in ((fcheckpoint, ["--contrast", "0", "100"], "other model weights"), (checkpoint, [], "preprocess")):
+    for weights, extra, what in ((fcheckpoint, ["--contrast", "0", "100"], "other model weights"),
+                                (checkpoint, [], "with other pre-processing (--contrast, --channels) (preprocess")):
         capsys.readouterr()
         out = tmp_path / "out.tif"
         code = main(["segment", str(img), "--points", str(tmp_path / "p.csv"), "--embeddings", str(emb), "-o", str(out),

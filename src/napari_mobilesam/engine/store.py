@@ -199,7 +199,8 @@ class EmbeddingStore:
             old, new = json.loads(meta.get("image_fingerprint", "{}")), json.loads(fingerprint)
             what = [k for k in ("shape", "dtype", "preprocess", "pixels") if old.get(k) != new.get(k)]
             detail = ", ".join(f"{k} {old.get(k)} != {new.get(k)}" if k != "pixels" else "pixel values differ" for k in what)
-            raise EmbeddingStoreMismatch(f"{p} was computed for another image ({detail}); {fix}")
+            subject = "with other pre-processing (--contrast, --channels)" if what == ["preprocess"] else "for another image"
+            raise EmbeddingStoreMismatch(f"{p} was computed {subject} ({detail}); {fix}")
 
     # ------------------------------------------------------------------------------------------------
     @property
