@@ -201,9 +201,10 @@ def test_nan_weights_on_a_dask_worker_print_only_the_message(tmp_path, checkpoin
 
 
 @pytest.mark.slow
-def test_micro_sam_checkpoint_warning_is_one_line(tmp_path, checkpoint):
-    """The CLI, run as a user runs it: the micro-sam training checkpoint warning is its message alone, without the
-    ``file:line: UserWarning:`` prefix and the source line Python prints under it."""
+@pytest.mark.parametrize("workers", [[], ["--workers", "1"]])
+def test_micro_sam_checkpoint_warning_is_one_line(tmp_path, checkpoint, workers):
+    """The CLI, run as a user runs it: the micro-sam training checkpoint warning is its message alone, once, without
+    the ``file:line: UserWarning:`` prefix and the source line Python prints under it (also from a dask worker)."""
     import subprocess
     import sys
 
@@ -216,7 +217,7 @@ def test_micro_sam_checkpoint_warning_is_one_line(tmp_path, checkpoint):
     tifffile.imwrite(img, synthetic_stack(n_frames=1, shape=(64, 64))[0][0])
     (tmp_path / "p.csv").write_text("index,axis-0,axis-1\n0,20,20\n")
     run = subprocess.run([sys.executable, "-m", "napari_mobilesam.cli", "segment", str(img), "--points", str(tmp_path / "p.csv"),
-                          "-o", str(tmp_path / "out.tif"), "--weights", str(tmp_path / "best.pt"), "--device", "cpu", "-q"],
+                          "-o", str(tmp_path / "out.tif"), "--weights", str(tmp_path / "best.pt"), "--device", "cpu", "-q", *workers],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     lines = [ln for ln in run.stderr.splitlines() if "decoder_state" in ln or ln.startswith(" ")]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -120,6 +121,15 @@ class _UserFailure:
     error: BaseException
 
 
+@dataclass(frozen=True)
+class _Warned:
+    """A worker's result with the warnings its job gave (``(category, message)``), shown by the client
+    as its own warnings (so a CLI shows them its way, once) instead of in the worker's stderr."""
+
+    value: Any
+    warnings: tuple
+
+
 def _run_on_worker(job: Job, source: ImageSource, t: int, extra: Any) -> Any:
     import pickle
 
@@ -131,7 +141,11 @@ def _run_on_worker(job: Job, source: ImageSource, t: int, extra: Any) -> Any:
     with plugin.holder.lock:
         plugin.holder.jobs += 1
         try:
-            return job(plugin.holder, source, t, extra)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                value = job(plugin.holder, source, t, extra)
+            said = tuple((w.category, str(w.message)) for w in caught)
+            return _Warned(value, said) if said else value
         except user_error_types() as err:
             try:
                 pickle.loads(pickle.dumps(err))
@@ -189,6 +203,11 @@ def run_distributed(client: Any, spec: ModelSpec, job: Job, tasks: Sequence[Task
             ready[i] = fut.result()  # re-raises a worker's error here
             if isinstance(ready[i], _UserFailure):
                 raise ready[i].error
+            if isinstance(ready[i], _Warned):
+                for category, message in ready[i].warnings:
+                    warnings.warn(message, category if isinstance(category, type) and issubclass(category, Warning) else UserWarning,
+                                  stacklevel=1)
+                ready[i] = ready[i].value
             fut.release()
             while nxt in ready:
                 yield tasks[nxt], ready.pop(nxt)
