@@ -143,3 +143,111 @@ def test_click_on_a_1x1_image_says_the_object_came_out_empty(tmp_path, model_arg
     if tifffile.imread(out).any():
         pytest.skip("the random model painted the pixel")
     assert code == 0 and "one.tif: object 1 came out empty" in err, err
+
+
+@pytest.mark.parametrize("top", [2**32 - 1, 2**40])
+def test_refine_labels_without_room_for_a_new_id_are_refused_before_the_model_loads(top, tmp_path, stack_path, capsys):
+    """``--refine`` labels holding the largest uint32 id (or more) plus a new point: one line, exit 2, and before
+    the weights are read (an unreadable weights file would otherwise be the error)."""
+    labels = np.zeros((4, 64, 64), np.uint64)
+    labels[0, 5:15, 5:15] = top
+    tifffile.imwrite(tmp_path / "old.tif", labels, photometric="minisblack")
+    (tmp_path / "bad.pt").write_text("not weights")
+    model_args = ["--refine", str(tmp_path / "old.tif"), "--weights", str(tmp_path / "bad.pt"), "--device", "cpu", "-q"]
+    code, err, out = _segment(tmp_path, stack_path, model_args, capsys, points="index,axis-0,axis-1,axis-2\n0,0,40,40\n")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "old.tif: " in err and str(top) in err and "relabel" in err and "bad.pt" not in err, err
+    assert not out.exists() and not list(tmp_path.glob("*.partial*"))
+
+
+def test_a_store_made_otherwise_names_the_fix_segment_accepts(tmp_path, checkpoint, fcheckpoint, capsys):
+    """``segment --embeddings`` with a store made with other weights, or another --contrast: the message gives
+    ``mobilesam embed ... --overwrite`` or another store, never a bare --overwrite (segment has none for stores)."""
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, synthetic_stack(n_frames=1, shape=(64, 64))[0][0])
+    (tmp_path / "p.csv").write_text("index,axis-0,axis-1\n0,20,20\n")
+    emb = tmp_path / "emb.zarr"
+    assert main(["embed", str(img), "-o", str(emb), "--contrast", "0", "100", "--weights", str(checkpoint), "-q"]) == 0
+    for weights, extra, what in ((fcheckpoint, ["--contrast", "0", "100"], "other model weights"),
+                                (checkpoint, [], "with other pre-processing (--contrast, --channels) (preprocess")):
+        capsys.readouterr()
+        out = tmp_path / "out.tif"
+        code = main(["segment", str(img), "--points", str(tmp_path / "p.csv"), "--embeddings", str(emb), "-o", str(out),
+                     "--weights", str(weights), "--device", "cpu", "-q", *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert what in err and f"mobilesam embed IMAGE -o {emb} --overwrite" in err and "another store" not in err, err
+        assert "(or pass --overwrite)" not in err and "--embeddings a store" in err, err
+        assert not out.exists()
+
+
+@pytest.mark.slow
+def test_nan_weights_on_a_dask_worker_print_only_the_message(tmp_path, checkpoint, capfd):
+    """``--workers 1`` with NaN weights: the one-line message, without dask's "Compute Failed" block from the worker."""
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    torch.save({k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in state.items()}, tmp_path / "nan.pt")
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, synthetic_stack(n_frames=1, shape=(64, 64))[0][0])
+    (tmp_path / "p.csv").write_text("index,axis-0,axis-1\n0,20,20\n")
+    out = tmp_path / "out.tif"
+    code = main(["segment", str(img), "--points", str(tmp_path / "p.csv"), "-o", str(out), "--weights", str(tmp_path / "nan.pt"),
+                 "--device", "cpu", "--workers", "1", "-q"])
+    err = capfd.readouterr().err  # the worker process writes to the same stderr
+    assert code == 2 and "not finite numbers" in err, err
+    assert "Compute Failed" not in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [[], ["--workers", "1"]])
+def test_micro_sam_checkpoint_warning_is_one_line(tmp_path, checkpoint, workers):
+    """The CLI, run as a user runs it: the micro-sam training checkpoint warning is its message alone, once, without
+    the ``file:line: UserWarning:`` prefix and the source line Python prints under it (also from a dask worker)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    torch.save({"model_state": {"sam." + k: v for k, v in state.items()}, "decoder_state": {"out_conv.bias": torch.zeros(2)}},
+               tmp_path / "best.pt")
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, synthetic_stack(n_frames=1, shape=(64, 64))[0][0])
+    (tmp_path / "p.csv").write_text("index,axis-0,axis-1\n0,20,20\n")
+    run = subprocess.run([sys.executable, "-m", "napari_mobilesam.cli", "segment", str(img), "--points", str(tmp_path / "p.csv"),
+                          "-o", str(tmp_path / "out.tif"), "--weights", str(tmp_path / "best.pt"), "--device", "cpu", "-q", *workers],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    lines = [ln for ln in run.stderr.splitlines() if "decoder_state" in ln or ln.startswith(" ")]
+    assert lines == ["warning: best.pt: micro-sam training checkpoint; its SAM weights (model_state) are used, its decoder_state "
+                     "(micro-sam's instance-segmentation decoder) is not."], run.stderr
+
+
+def test_many_clicks_on_one_frame_show_progress_per_batch_of_objects(tmp_path, checkpoint, predictor, capsys):
+    """``mobilesam segment`` with 40 clicks on one frame: the bar counts objects, batch by batch (8 per decoder pass
+    on a CPU), not one frame at the end; the labels are those of decoding all objects at once."""
+    import re
+
+    from napari_mobilesam.engine.jobs import decode_objects
+    from napari_mobilesam.engine.labels import render_labels
+    from napari_mobilesam.engine.objects import Prompt
+    from napari_mobilesam.engine.prompts import ObjectPrompt
+
+    img = synthetic_stack(n_frames=1, shape=(64, 64))[0][0]
+    tifffile.imwrite(tmp_path / "img.tif", img)
+    clicks = [(3 + 7 * (i // 8), 3 + 7 * (i % 8)) for i in range(40)]
+    (tmp_path / "p.csv").write_text("index,axis-0,axis-1\n" + "".join(f"{i},{r},{c}\n" for i, (r, c) in enumerate(clicks)))
+    out = tmp_path / "out.tif"
+    assert main(["segment", str(tmp_path / "img.tif"), "--points", str(tmp_path / "p.csv"), "-o", str(out),
+                 "--weights", str(checkpoint), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    counts = [int(n) for n in re.findall(r"\b(\d+)/40 \[", err)]
+    assert {8, 16, 24, 32, 40} <= set(counts) and "object" in err, err
+    # per-batch decoding changes no pixel: the same labels as one decode_objects call for all 40 objects
+    predictor.set_image(img)
+    objects = [ObjectPrompt((), Prompt(points=[rc], labels=[1]), i + 1, [], []) for i, rc in enumerate(clicks)]
+    want = render_labels(decode_objects(predictor, objects), (64, 64), ids=list(range(1, 41)))
+    assert len(np.unique(want)) > 10
+    np.testing.assert_array_equal(tifffile.imread(out), want)

@@ -130,11 +130,28 @@ def test_everything_zarr_output_with_a_deleted_chunk_is_repaired(tmp_path, stack
     assert main(args) == 0
     assert "failed their checksum" in capsys.readouterr().err
     again = np.asarray(zarr.open_group(out, mode="r")["labels"][:])
-    np.testing.assert_array_equal(again[[0, 2]], first[[0, 2]])
-    # the recomputed frame: the same objects, numbered after every id of the stack (ids stay unique)
-    shift = int(again[1].max()) - int(first[1].max())
-    np.testing.assert_array_equal(again[1], np.where(first[1] > 0, first[1] + shift, 0))
-    assert not set(np.unique(again[1])[1:]) & set(np.unique(again[[0, 2]]))
+    # the recomputed frame gets back the ids it had: the repaired output equals the clean run (issue 24)
+    np.testing.assert_array_equal(again, first)
+
+
+def test_a_frame_damaged_before_assembly_gets_its_ids_back_in_the_next_run(tmp_path):
+    """Frames numbered one after another (as `everything` does): frame 1, damaged and recomputed in a new run after
+    frame 2 was finished, is numbered as before; a recomputation with more objects than before goes after every id."""
+    out = tmp_path / "out.tif"
+    own = [np.array([[1, 2, 3, 0]], np.uint32), np.array([[1, 2, 0, 0]], np.uint32), np.array([[1, 0, 0, 4]], np.uint32)]
+    w = LabelWriter(out, (3,), (1, 4), {"a": 1})
+    for t, lab in enumerate(own):
+        w.write(t, np.where(lab > 0, lab + w.offset(t, int(lab.max())), 0))
+    _frame_chunk(tmp_path / "out.tif.partial.zarr" / "labels", 1).unlink()
+    with pytest.raises(InputError, match="Frame 1 .* failed its checksum"):
+        w.finish()
+    w.close()
+    w = LabelWriter(out, (3,), (1, 4), {"a": 1})  # the same command again
+    assert w.todo() == [1]
+    assert w.offset(1, 3) == 9  # 3 objects do not fit in ids 4..5: after every id of the stack (9)
+    w.write(1, np.where(own[1] > 0, own[1] + w.offset(1, 2), 0))
+    w.finish()
+    np.testing.assert_array_equal(tifffile.imread(out), [[[1, 2, 3, 0]], [[4, 5, 0, 0]], [[6, 0, 0, 9]]])
 
 
 def test_overwrite_starts_again_on_a_damaged_output_of_ours(tmp_path):

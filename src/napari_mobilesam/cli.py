@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -34,10 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _bar(args: argparse.Namespace, total: int, desc: str):
+def _bar(args: argparse.Namespace, total: int, desc: str, unit: str = "frame", mininterval: float = 0.1):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="frame", disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, disable=args.quiet, file=sys.stderr, dynamic_ncols=True, mininterval=mininterval)
 
 
 def _say(args: argparse.Namespace, msg: str) -> None:
@@ -84,7 +85,12 @@ def _runner(args: argparse.Namespace, spec) -> Iterator[Callable]:
         from .engine.distributed import ModelHolder, run_local
 
         holder = ModelHolder(spec)
-        yield lambda job, tasks: run_local(holder, job, tasks)
+
+        def run(job, tasks):
+            return run_local(holder, job, tasks)
+
+        run.models = holder  # type: ignore[attr-defined]  # in-process: per-batch progress (cmd_segment)
+        yield run
         return
     from .engine.distributed import run_distributed, start_client
 
@@ -218,16 +224,22 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     if t not in prompts:
                         writer.write(t, np.zeros(source.hw, np.uint32) if refine is None else np.asarray(refine.read(t), np.uint32))
                 todo = writer.todo()
-                with _bar(args, len(todo), "segment") as bar:
+                models = getattr(run, "models", None)  # in this process: the bar moves per batch of objects
+                with _bar(args, sum(len(prompts[t]) for t in todo), "segment", unit="object", mininterval=0) as bar:
+                    if models is not None:
+                        models.progress = bar.update
                     for (_, t, _), labels in run(job, [(source, t, prompts[t]) for t in todo]):
                         writer.write(t, labels)
-                        bar.update()
+                        if models is None:
+                            bar.update(len(prompts[t]))
                         ids = np.array([ob.label_id for ob in prompts[t]], np.int64)
                         empty = ids[~np.isin(ids, labels)] if ids.size else ids
                         if empty.size:  # the model found no mask (or only pixels the user's labels hold)
                             where = f" frame {t}" if source.n_frames > 1 else ""
                             print(f"warning: {source.path}{where}: object{'s' * (empty.size > 1)} {', '.join(map(str, empty[:10]))} "
                                   "came out empty (no pixel written); try a box or more points.", file=sys.stderr)
+                if models is not None:
+                    models.progress = None
                 if not _say_repaired(args, writer, writer.verify()):
                     break
         _say(args, f"wrote {writer.finish()}")
@@ -354,7 +366,7 @@ def cmd_everything(args: argparse.Namespace) -> int:
                 with _bar(args, len(tasks), "everything") as bar:
                     for (source, t, _), labels in run(job, tasks):
                         writer = writers[source.path]
-                        offset = writer.offset(t)
+                        offset = writer.offset(t, int(labels.max(initial=0)))
                         writer.write(t, np.where(labels > 0, labels + np.uint32(offset), 0).astype(np.uint32))
                         _say_objects(args, bar, source, t, labels, sampler)
                         if writer.done_count == writer.n_frames and not _say_repaired(args, writer, writer.verify()):
@@ -555,6 +567,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from ._errors import is_user_error, log_unexpected
 
+    formatwarning = warnings.formatwarning  # a warning shown here is one line: its message, not its source line
+    warnings.formatwarning = lambda message, *_a, **_k: f"warning: {message}\n"
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -572,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
         print(f"mobilesam {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -51,6 +52,8 @@ class ModelHolder:
     counted so that a run can prove "one model per worker".
 
     ``lock`` serialises jobs: a ``Predictor`` holds the current frame, so one job at a time uses it.
+    ``progress``: None, or called with a count of objects decoded after each batch of them inside a
+    frame (set by an in-process caller, e.g. ``mobilesam segment``'s progress bar; None on dask workers).
     """
 
     def __init__(self, spec: ModelSpec):
@@ -58,6 +61,7 @@ class ModelHolder:
         self.loads = 0
         self.jobs = 0
         self.lock = threading.RLock()
+        self.progress: Callable[[int], None] | None = None
         self._predictor = None
         self._detector = None
         self._model_hash: str | None = None
@@ -109,13 +113,45 @@ def run_local(models: ModelHolder, job: Job, tasks: Iterable[Task]) -> Iterator[
         yield task, result
 
 
+@dataclass(frozen=True)
+class _UserFailure:
+    """A user's mistake met on a worker (bad weights, a damaged file), returned as a value so that the
+    worker logs no "Compute Failed" block; :func:`run_distributed` raises ``error`` in the client."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class _Warned:
+    """A worker's result with the warnings its job gave (``(category, message)``), shown by the client
+    as its own warnings (so a CLI shows them its way, once) instead of in the worker's stderr."""
+
+    value: Any
+    warnings: tuple
+
+
 def _run_on_worker(job: Job, source: ImageSource, t: int, extra: Any) -> Any:
+    import pickle
+
     from distributed import get_worker
+
+    from .._errors import user_error_types
 
     plugin = get_worker().plugins[PLUGIN_NAME]
     with plugin.holder.lock:
         plugin.holder.jobs += 1
-        return job(plugin.holder, source, t, extra)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                value = job(plugin.holder, source, t, extra)
+            said = tuple((w.category, str(w.message)) for w in caught)
+            return _Warned(value, said) if said else value
+        except user_error_types() as err:
+            try:
+                pickle.loads(pickle.dumps(err))
+            except Exception:  # noqa: BLE001 - an error that cannot travel goes dask's way
+                raise err from None
+            return _UserFailure(err)
 
 
 def start_client(scheduler: str | None = None, workers: int | None = None, processes: bool = True):
@@ -165,6 +201,13 @@ def run_distributed(client: Any, spec: ModelSpec, job: Job, tasks: Sequence[Task
         for fut in done:
             i = pending.pop(fut)
             ready[i] = fut.result()  # re-raises a worker's error here
+            if isinstance(ready[i], _UserFailure):
+                raise ready[i].error
+            if isinstance(ready[i], _Warned):
+                for category, message in ready[i].warnings:
+                    warnings.warn(message, category if isinstance(category, type) and issubclass(category, Warning) else UserWarning,
+                                  stacklevel=1)
+                ready[i] = ready[i].value
             fut.release()
             while nxt in ready:
                 yield tasks[nxt], ready.pop(nxt)

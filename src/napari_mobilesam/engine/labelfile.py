@@ -163,6 +163,7 @@ class LabelWriter:
             if overwrite and p.exists():
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
         self._max = np.full(self.n_frames, -1, np.int64)
+        self._slot = np.full(self.n_frames, -1, np.int64)  # a damaged frame's largest id: its ids are given again
         self.complete = not self.is_zarr and self.path.exists()
         if self.complete:
             if self._signature_of(self.path) != self.signature:
@@ -192,6 +193,7 @@ class LabelWriter:
         except Exception as err:  # noqa: BLE001 - zarr/codec errors of a damaged store have no common base
             raise InputError(f"{self.store_path} is damaged ({type(err).__name__}: {str(err)[:120]}); "
                              "pass --overwrite to start again.") from None
+        self._slot = np.where((sums == 0) & (self._max >= 0), self._max, -1)  # damaged: checksum cleared, max_id kept
         self._max[sums == 0] = -1  # finished frames always carry a checksum
 
     def _create(self) -> None:
@@ -224,10 +226,21 @@ class LabelWriter:
         """Frames still to compute."""
         return [] if self.complete else [t for t in range(self.n_frames) if self._max[t] < 0]
 
-    def offset(self, t: int) -> int:
-        """Largest id in the finished frames: frame ``t``'s ids start after it (unique across the stack,
-        also when a damaged frame is recomputed after later ones)."""
+    def offset(self, t: int, largest: int | None = None) -> int:
+        """What to add to frame ``t``'s own ids ``1..largest``: the largest id of the finished frames, so that
+        ids are unique across the stack. A damaged frame recomputed after later ones gets back the ids it had
+        (those after the frames before it), as in a clean run, when ``largest`` fits in them."""
+        before = int(max(0, self._max[:t].max(initial=0)))
+        if largest is not None and self._slot[t] >= 0 and before + int(largest) <= self._slot[t]:
+            return before
         return int(max(0, self._max.max(initial=0)))
+
+    def _mark_unfinished(self, t: int) -> None:
+        """Frame ``t`` is to be computed again; its largest id stays on disk (see :meth:`offset`)."""
+        if self._max[t] >= 0:
+            self._slot[t] = self._max[t]
+        self._sums[t] = np.uint64(0)
+        self._max[t] = -1
 
     def _index(self, t: int) -> tuple:
         return tuple(int(i) for i in np.unravel_index(t, self.shape[:-2])) if len(self.shape) > 2 else ()
@@ -238,8 +251,9 @@ class LabelWriter:
             self._create()
         labels = np.asarray(labels, np.uint32)
         self._labels[self._index(t)] = labels
-        self._sums[t] = np.uint64(frame_checksum(labels))
         self._marks[t] = self._max[t] = int(labels.max(initial=0))
+        self._sums[t] = np.uint64(frame_checksum(labels))  # last: a frame is finished once its checksum is there
+        self._slot[t] = -1
 
     def read(self, t: int) -> np.ndarray:
         """Finished frame ``t`` as stored, verified against its checksum."""
@@ -263,7 +277,7 @@ class LabelWriter:
             return []
         bad = [t for t in range(self.n_frames) if self._max[t] >= 0 and self._read_checked(t) is None]
         for t in bad:
-            self._marks[t] = self._max[t] = -1
+            self._mark_unfinished(t)
         return bad
 
     @staticmethod
@@ -315,7 +329,7 @@ class LabelWriter:
         except InputError:
             tmp.unlink(missing_ok=True)
             for t in bad:
-                self._marks[t] = self._max[t] = -1
+                self._mark_unfinished(t)
             raise InputError(f"Frame {bad[0]} of {self.store_path} failed its checksum (the file was damaged); it was marked "
                              "unfinished: run the same command again to recompute it.") from None
         os.replace(tmp, self.path)

@@ -191,6 +191,14 @@ def read_refinements(source, points, boxes, labels) -> dict[int, list[ObjectProm
         raise InputError(f"{'; '.join(shown)}. Fix or delete {'these rows' if len(rest.problems) > 1 else 'that row'}.")
     top = max((int(labels.read(t).max()) for t in range(labels.n_frames)), default=0)
     assign_ids(rest.objects, top + 1, taken=[*table.point_ids.tolist(), *np.asarray(table.shape_ids).tolist()])
+    hi = int(np.iinfo(np.uint32).max)  # the output's dtype; refused here, before the model loads
+    over = [o.label_id for o in rest.objects if o.label_id > hi]
+    if top > hi:
+        raise InputError(f"--refine {labels.path}: it holds label {top}, beyond uint32's {hi} (the output's ids); "
+                         "relabel the file with smaller ids (e.g. skimage.segmentation.relabel_sequential).")
+    if over:
+        raise InputError(f"--refine {labels.path}: its largest label is {top}, so the new object gets id {over[0]}, "
+                         f"beyond uint32's {hi}; relabel the file with smaller ids (e.g. skimage.segmentation.relabel_sequential).")
     out: dict[int, list[ObjectPrompt]] = {}
     for ob in sorted(found + rest.objects, key=lambda o: o.frame):
         out.setdefault(int(np.ravel_multi_index(ob.frame, lead)) if lead else 0, []).append(ob)

@@ -157,7 +157,7 @@ class EmbeddingStore:
                                      f"recompute it with `mobilesam embed IMAGE -o {p} --overwrite`.") from None
                 raise InputError(f"{p} is not a mobilesam embedding store ({type(err).__name__}); choose another path.") from err
             if check:
-                cls._check(p, meta, model_hash, image_fingerprint, image_size)
+                cls._check(p, meta, model_hash, image_fingerprint, image_size, reading=mode == "r")
             return cls(p, group)
         if n_frames is None or original_size is None:
             raise SettingsError("n_frames and original_size are needed to create an embedding store.")
@@ -182,10 +182,14 @@ class EmbeddingStore:
         return cls(p, group)
 
     @staticmethod
-    def _check(p: Path, meta: dict, model_hash: str, fingerprint: str, image_size: int) -> None:
+    def _check(p: Path, meta: dict, model_hash: str, fingerprint: str, image_size: int, reading: bool = False) -> None:
         if meta.get("format") != FORMAT:
             raise EmbeddingStoreMismatch(f"{p} has store format {meta.get('format')}, this version reads {FORMAT}; recompute it with `mobilesam embed`.")
-        fix = f"delete {p} (or pass --overwrite) to recompute, or use a new -o path."
+        if reading:  # --embeddings of segment/everything/...: only `mobilesam embed` rewrites a store
+            fix = (f"recompute it with `mobilesam embed IMAGE -o {p} --overwrite` and the same --weights, --contrast and "
+                   "--channels as this command, or give --embeddings a store made with them.")
+        else:
+            fix = f"delete {p} (or pass --overwrite) to recompute, or use a new -o path."
         if meta.get("model_hash") != model_hash:
             raise EmbeddingStoreMismatch(f"{p} was computed with other model weights (encoder hash {meta.get('model_hash', '?')[:12]} "
                                          f"!= {model_hash[:12]}); use the same --weights, or {fix}")
@@ -195,7 +199,8 @@ class EmbeddingStore:
             old, new = json.loads(meta.get("image_fingerprint", "{}")), json.loads(fingerprint)
             what = [k for k in ("shape", "dtype", "preprocess", "pixels") if old.get(k) != new.get(k)]
             detail = ", ".join(f"{k} {old.get(k)} != {new.get(k)}" if k != "pixels" else "pixel values differ" for k in what)
-            raise EmbeddingStoreMismatch(f"{p} was computed for another image ({detail}); {fix}")
+            subject = "with other pre-processing (--contrast, --channels)" if what == ["preprocess"] else "for another image"
+            raise EmbeddingStoreMismatch(f"{p} was computed {subject} ({detail}); {fix}")
 
     # ------------------------------------------------------------------------------------------------
     @property
