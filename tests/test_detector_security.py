@@ -144,7 +144,8 @@ def test_shipped_detector_reads_its_training_size():
     image, truth = synthetic_cells((256, 256), n=20, seed=0)
     rgb = to_rgb_uint8(image)
     boxes, _ = det.detect(rgb)
-    np.testing.assert_array_equal(boxes, det.detect(rgb, imgsz=256)[0])
+    # the same size by default: the same boxes (to float noise: two runs of the network can differ by ~3e-5 px)
+    np.testing.assert_allclose(boxes, det.detect(rgb, imgsz=256)[0], rtol=0, atol=1e-3)
     assert _found(boxes, truth) >= 12 and _found(det.detect(rgb, imgsz=1024)[0], truth) == 0
 
 
