@@ -59,7 +59,7 @@ def _fill_in(predictor, image: np.ndarray, key: Hashable | None, image_kwargs: d
     """Masks of the ``missed`` objects of ``prev`` found on this frame (see the module docstring);
     returns ``(raw id, row, col, crop)`` and paints them into ``objects``."""
     from .predictor import Prompt
-    from .propagate import mask_to_logits
+    from .propagate import mask_to_logits, step_check
 
     min_score, min_overlap, min_area, min_visible = thresholds
     predictor.set_image(image, key=key, **image_kwargs)
@@ -68,11 +68,8 @@ def _fill_in(predictor, image: np.ndarray, key: Hashable | None, image_kwargs: d
     found = predictor.predict_objects(prompts)
     fills: list[tuple[int, int, int, np.ndarray]] = []
     for m, obj in zip(masks, found):
-        if obj.area < min_area or obj.score < min_score:
-            continue
-        new = obj.full()
-        union = np.logical_or(new, m).sum()
-        if not union or np.logical_and(new, m).sum() / union < min_overlap:
+        new, _, reason = step_check(obj, m, min_score, min_overlap, min_area)
+        if reason:
             continue
         vis = new & free & (objects == 0)
         if vis.sum() < max(min_visible * new.sum(), 1):

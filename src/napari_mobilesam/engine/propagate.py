@@ -64,6 +64,20 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
+def step_check(obj: ObjectMask, prev: np.ndarray, min_score: float, min_overlap: float, min_area: int) -> tuple[np.ndarray, float, str]:
+    """*Propagate*'s stop rule, the one used by :func:`iter_propagate`, :func:`iter_propagate_labels`
+    and the link pass's fill-ins: ``(full (H, W) bool mask, IoU with prev, why it stops or "")``."""
+    new = obj.full()
+    overlap = _iou(new, prev)
+    if obj.area < min_area:
+        return new, overlap, "object vanished"
+    if obj.score < min_score:
+        return new, overlap, f"predicted IoU {obj.score:.2f} < {min_score:.2f}"
+    if overlap < min_overlap:
+        return new, overlap, f"overlap with the previous frame {overlap:.2f} < {min_overlap:.2f}"
+    return new, overlap, ""
+
+
 def _bbox(mask: np.ndarray) -> np.ndarray:
     rows = np.flatnonzero(mask.any(1))
     cols = np.flatnonzero(mask.any(0))
@@ -124,19 +138,11 @@ def iter_propagate(
                 if d == directions[0]:
                     start_logits = logits
             obj: ObjectMask = predictor.predict_objects([Prompt(box=_bbox(prev), mask_input=logits)])[0]
-            new = obj.full()
-            overlap = _iou(new, prev)
+            new, overlap, reason = step_check(obj, prev, min_score, min_overlap, min_area)
             done += 1
             steps += 1
-            reason = ""
-            if obj.area < min_area:
-                reason = f"object vanished on frame {i}"
-            elif obj.score < min_score:
-                reason = f"predicted IoU {obj.score:.2f} < {min_score:.2f} on frame {i}"
-            elif overlap < min_overlap:
-                reason = f"overlap with the previous frame {overlap:.2f} < {min_overlap:.2f} on frame {i}"
             if reason:
-                yield PropagationStep(i, None, obj.score, overlap, done, total, reason)
+                yield PropagationStep(i, None, obj.score, overlap, done, total, f"{reason} on frame {i}")
                 break
             result[i] = new
             yield PropagationStep(i, new, obj.score, overlap, done, total)
@@ -197,9 +203,8 @@ def iter_propagate_labels(
             ]
             objs = predictor.predict_objects(prompts)
             for o, obj in zip(order, objs):
-                prev = going[o][0]
-                new = obj.full()
-                if obj.area < min_area or obj.score < min_score or _iou(new, prev) < min_overlap:
+                new, _, reason = step_check(obj, going[o][0], min_score, min_overlap, min_area)
+                if reason:
                     del going[o]
                     continue
                 result[o][i] = new
