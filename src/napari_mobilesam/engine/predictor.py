@@ -133,6 +133,31 @@ class Predictor(SamPredictor):
             self._upsamplers[k] = MaskUpsampler(self.original_size, self.input_size, self.model.image_encoder.img_size)
         return self._upsamplers[k]
 
+    def mask_upsampler(self) -> MaskUpsampler:
+        """The current frame's low-resolution -> frame mapping (``crop_logits``, ``crop_mask``,
+        ``full_mask``), for samplers that decode with :meth:`decode_point_batch`."""
+        self._require_image()
+        return self._upsampler()
+
+    def decode_point_batch(self, points: np.ndarray, multimask_output: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """One positive click per prompt, all decoded together (a sampler's point grid).
+
+        Args:
+            points: ``(N, 2)`` float ``(row, col)`` in the current frame's pixels.
+
+        Returns:
+            ``(low-res logits (N, M, 256, 256) float32, predicted IoU (N, M) float32)`` on the CPU,
+            M = 3 with ``multimask_output`` else 1; :meth:`mask_upsampler` maps them to the frame.
+        """
+        self._require_image()
+        xy = self.transform.apply_coords(np.asarray(points, np.float64).reshape(-1, 2)[:, ::-1], tuple(self.original_size))
+        coords = torch.as_tensor(xy, dtype=torch.float32, device=self.device)[:, None]
+        labels = torch.ones(len(xy), 1, dtype=torch.int, device=self.device)
+        with torch.inference_mode():
+            sparse, _ = self.model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        low, iou = self._decode_batches(sparse, None, multimask_output)
+        return low.cpu().numpy(), iou.cpu().numpy()
+
     # ------------------------------------------------------------------ prompts
     def _encode_prompts(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Sparse (B x P x 256, padded with 'not a point' tokens) and dense embeddings."""
