@@ -19,7 +19,6 @@ from pathlib import Path
 from ._threads import configure_openmp
 
 configure_openmp()  # before anything imports torch: OpenMP threads sleep instead of spinning (see _threads)
-from .cli_parser import SAMPLER_OPTIONS
 from .engine.io import InputError
 from .engine.labelfile import OutputLock
 
@@ -306,17 +305,19 @@ def _outputs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
 def cmd_everything(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .cli_parser import sampler_options
     from .engine.io import LabelWriter, open_image, with_channel_axis
     from .engine.jobs import EverythingJob
+    from .engine.samplers import default_sampler, get_sampler
     from .engine.store import image_fingerprint
 
-    sampler = args.sampler or ("object-aware" if args.detector else "grid")
-    if sampler == "object-aware" and not args.detector:
-        raise InputError("--sampler object-aware needs --detector PATH (e.g. ObjectAwareModel.pt); or use --sampler blobs or grid.")
-    if args.detector and sampler != "object-aware":
-        raise InputError(f"--detector is only used by --sampler object-aware, not {sampler}.")
+    sampler = args.sampler or default_sampler(args.detector)
+    if get_sampler(sampler).needs_detector and not args.detector:
+        raise InputError(f"--sampler {sampler} needs --detector PATH (e.g. ObjectAwareModel.pt); or use --sampler blobs or grid.")
+    if args.detector and not get_sampler(sampler).needs_detector:
+        raise InputError(f"--detector is only used by a sampler that needs one (object-aware), not {sampler}.")
     options = {}
-    for opt, (name, samplers) in SAMPLER_OPTIONS.items():
+    for opt, (name, samplers) in sampler_options().items():
         value = getattr(args, opt)
         if value is not None:
             if sampler not in samplers:
@@ -454,12 +455,9 @@ def _say_objects(args: argparse.Namespace, bar, source, t, labels, sampler: str)
         if not args.quiet:
             bar.write(f"{where}: {n} objects", file=sys.stderr)
         return
-    hint = {
-        "blobs": "give --diameter PX (typical object diameter), --polarity dark for dark objects, a lower --threshold, "
-                 "or --min-snr 0 for faint objects",
-        "object-aware": "check that the detector was trained on objects like these, or try --sampler blobs",
-        "grid": "lower --min-score / --min-stability, or try --sampler blobs",
-    }.get(sampler, "try another --sampler")
+    from .engine.samplers import get_sampler
+
+    hint = get_sampler(sampler).empty_hint or "try another --sampler"
     bar.write(f"warning: {where}: 0 objects; {hint}.", file=sys.stderr)
 
 

@@ -26,12 +26,14 @@ import dataclasses
 import typing
 from collections.abc import Callable, Generator, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..errors import SettingsError
-from ..predictor import ObjectMask, Predictor, Prompt
+
+if TYPE_CHECKING:
+    from ..predictor import ObjectMask, Predictor
 
 __all__ = [
     "CommonOptions", "OptionSpec", "Sampler", "SamplerContext", "decode_boxes", "default_sampler", "get_sampler",
@@ -44,7 +46,7 @@ def opt(default: Any, help: str = "", *, gui: dict | None = None, choices: Seque
     """A sampler option: a dataclass field with ``default`` and, in its metadata, ``help`` (a non-empty
     help makes it a ``mobilesam everything --flag``), ``choices``, ``metavar``, ``kind`` ("fraction":
     0..1) and ``gui`` (a widget control: ``label``, ``min``, ``max``, ``step``, ``tooltip``; an option
-    whose default is None gets 0 = automatic)."""
+    whose default is None shows 0 for it, and 0 means None (automatic) unless ``auto`` is False)."""
     meta = {"help": help, "gui": gui, "choices": tuple(choices) if choices else None, "metavar": metavar, "kind": kind}
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
@@ -57,7 +59,7 @@ class CommonOptions:
     ``min_score`` / ``min_stability`` None: the sampler's ``score_defaults``."""
 
     min_score: float | None = opt(None, "drop masks with predicted IoU below this", metavar="S",
-                                  gui={"label": "min IoU", "min": 0.0, "max": 1.0, "step": 0.05,
+                                  gui={"label": "min IoU", "min": 0.0, "max": 1.0, "step": 0.05, "auto": False,
                                        "tooltip": "Drop masks whose predicted IoU (the model's own quality score) is lower"})
     min_stability: float | None = opt(None, "drop masks with stability score below this", metavar="S")
     min_area: int = opt(1, "drop objects smaller than this", metavar="PX")
@@ -197,6 +199,8 @@ def decode_boxes(ctx: SamplerContext, boxes: np.ndarray, with_point: bool = Fals
     """Masks of box prompts ``(N, 4)`` (row0, col0, row1, col1), single-mask mode, ``batch_size`` at a
     time (the box samplers' shared second half); ``with_point``: the box's centre as a click too.
     Degenerate boxes (under 1 px wide or high) are left out. Yields ``(fraction, message)``."""
+    from ..predictor import Prompt
+
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     boxes = boxes[(boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)]
     prompts = [Prompt(points=((b[:2] + b[2:]) / 2)[None], box=b) if with_point else Prompt(box=b) for b in boxes]

@@ -14,12 +14,15 @@ from __future__ import annotations
 import math
 from collections.abc import Generator, Hashable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import SettingsError
-from ..predictor import ObjectMask
 from .base import SamplerContext, check_choice, decode_boxes, opt, register_sampler
+
+if TYPE_CHECKING:
+    from ..predictor import ObjectMask
 
 __all__ = ["BlobsOptions", "BlobsSampler", "blob_boxes", "blob_contrast", "estimate_diameter", "noise_level"]
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Generator, Hashable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..predictor import ObjectMask
 from .base import SamplerContext, check_choice, decode_boxes, opt, register_sampler
+
+if TYPE_CHECKING:
+    from ..predictor import ObjectMask
 
 __all__ = ["ObjectAwareOptions", "ObjectAwareSampler"]
 

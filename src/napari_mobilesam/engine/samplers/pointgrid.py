@@ -13,15 +13,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Generator, Hashable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from ..._compat import mask_data_len, process_batch
 from ..._progress import relay
 from ..errors import SettingsError
-from ..predictor import ObjectMask, Predictor
 from .base import SamplerContext, opt, register_sampler
+
+if TYPE_CHECKING:
+    from ..predictor import ObjectMask, Predictor  # noqa: F401 (ObjectMask also imported where built)
 
 __all__ = ["GridOptions", "GridSampler", "grid_batch_size", "iter_grid_objects"]
 
@@ -47,8 +48,11 @@ def _iter_grid_fast(
     logit maps (4 MB per mask for a 1024² frame) never exist: each mask's full-resolution logits
     are computed in the window where they can exceed ``threshold - offset`` (:class:`MaskUpsampler`).
     """
+    import torch
     from segment_anything.utils.amg import build_point_grid
     from torchvision.ops.boxes import batched_nms
+
+    from ..predictor import ObjectMask
 
     size = tuple(rgb.shape[:2])
     predictor.set_image(rgb, key=key)
@@ -136,6 +140,7 @@ def iter_grid_objects(
         the masks as :class:`ObjectMask` crops, by decreasing predicted IoU. Their
         ``low_res_logits`` is None (the generator does not keep them).
     """
+    import torch
     from segment_anything import SamAutomaticMaskGenerator
     from segment_anything.utils.amg import (
         MaskData,
@@ -145,6 +150,9 @@ def iter_grid_objects(
         uncrop_boxes_xyxy,
     )
     from torchvision.ops.boxes import batched_nms, box_area
+
+    from ..._compat import mask_data_len, process_batch
+    from ..predictor import ObjectMask
 
     if int(points_per_side) < 1:
         raise SettingsError(f"points_per_side must be >= 1, got {points_per_side}.")
