@@ -16,7 +16,7 @@ import numpy as np
 from magicgui.widgets import PushButton, SpinBox
 from napari.layers import Labels, Points
 
-from ..engine.jobs import decode_objects
+from ..engine.decode import decode_objects
 from ..engine.prompts import Collection, ObjectPrompt, PromptTable, collect_objects
 from ..engine.refine import REFINE_RULE, refine_objects, refinement, split_refinements
 from . import layers as L

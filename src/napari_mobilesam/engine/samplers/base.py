@@ -186,7 +186,7 @@ def option_specs(samplers: Sequence[str] | None = None) -> dict[str, OptionSpec]
             meta, typ = f.metadata, _plain_type(hints[f.name])
             if not meta.get("help") or typ is None:
                 continue  # API-only option
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
             defaults = {n: default for n in names} if not owner else {owner: default}
             if f.name in out:
                 defaults = {**out[f.name].defaults, **defaults}
@@ -214,7 +214,7 @@ def decode_boxes(ctx: SamplerContext, boxes: np.ndarray, with_point: bool = Fals
             break
         batch = pred.predict_objects(prompts[start : start + step], multimask_output=False)
         for o in batch:  # 256 KiB each, not needed here: keep a frame's objects small
-            o.low_res_logits = None
+            o.low_res_logits = None  # type: ignore[assignment]  # ObjectMask allows None (not kept)
         objects += batch
         n = min(start + step, len(prompts))
         yield 0.1 + 0.9 * n / len(prompts), f"decoded {n}/{len(prompts)} boxes"

@@ -273,6 +273,7 @@ class BlobsSampler:
     def propose(self, ctx: SamplerContext, rgb: np.ndarray, key: Hashable | None,
                 options: BlobsOptions) -> Generator[tuple[float, str], None, list[ObjectMask]]:
         o = options
-        boxes, _ = blob_boxes(rgb, o.diameter, tuple(o.diameter_range), o.method, o.threshold, o.polarity, o.overlap,
+        lo, hi = o.diameter_range
+        boxes, _ = blob_boxes(rgb, o.diameter, (lo, hi), o.method, o.threshold, o.polarity, o.overlap,
                               o.num_sigma, o.box_scale, o.max_det, o.min_snr)
         return (yield from decode_boxes(ctx, boxes, o.prompt == "box+point"))

@@ -80,7 +80,7 @@ def _iter_grid_fast(
                 continue
             crop = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
             top, left = r0 + int(rows[0]), c0 + int(cols[0])
-            objects.append(ObjectMask(crop, (top, left), size, float(iou[j]), stability, int(j % 3), None))
+            objects.append(ObjectMask(crop, (top, left), size, float(iou[j]), stability, int(j % 3), None))  # type: ignore[arg-type]  # no low-res logits kept
             boxes.append((left, top, left + crop.shape[1] - 1, top + crop.shape[0] - 1))  # x0, y0, x1, y1 inclusive
         yield k + 1, total
     if not objects:
@@ -214,7 +214,7 @@ def iter_grid_objects(
         if rows.size == 0:
             continue
         crop = full[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-        objects.append(ObjectMask(crop, (int(rows[0]), int(cols[0])), size, float(iou), float(stab), -1, None))
+        objects.append(ObjectMask(crop, (int(rows[0]), int(cols[0])), size, float(iou), float(stab), -1, None))  # type: ignore[arg-type]  # no low-res logits kept
     objects.sort(key=lambda o: -o.score)
     return objects
 
