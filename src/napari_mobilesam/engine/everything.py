@@ -136,7 +136,7 @@ def _frame_layout(shape: tuple[int, ...], rgb: bool | None) -> tuple[tuple[int, 
     if rgb is None:
         if len(shape) >= 3 and shape[-1] <= 16 and shape[-1] not in (3, 4):
             lead = " x ".join(map(str, shape[:-2])) + " frames of "
-            raise ValueError(
+            raise SettingsError(
                 f"Image of shape {shape} is ambiguous: {lead}{shape[-2]} x {shape[-1]} pixels, or "
                 f"{'one ' if len(shape) == 3 else ''}{' x '.join(map(str, shape[-3:-1]))} frame(s) with {shape[-1]} channels? "
                 "Pass channel_axis=-1 for channels (or the axis that holds them), or rgb=False for frames."
@@ -144,11 +144,11 @@ def _frame_layout(shape: tuple[int, ...], rgb: bool | None) -> tuple[tuple[int, 
         rgb = len(shape) >= 3 and shape[-1] in (3, 4)
     spatial = 3 if rgb else 2
     if len(shape) < spatial:
-        raise ValueError(f"Image of shape {shape} is not a frame: give (H, W), (H, W, C) with rgb=True, or a stack (..., H, W[, C]).")
+        raise SettingsError(f"Image of shape {shape} is not a frame: give (H, W), (H, W, C) with rgb=True, or a stack (..., H, W[, C]).")
     lead = tuple(shape[: len(shape) - spatial])
     hw = tuple(shape[len(lead) : len(lead) + 2])
     if min(hw) < 1:
-        raise ValueError(f"Image of shape {shape} has empty frames.")
+        raise SettingsError(f"Image of shape {shape} has empty frames.")
     return lead, hw
 
 
@@ -165,7 +165,7 @@ def _frame_list(lead: tuple[int, ...], frames: Iterable[int | Sequence[int]] | N
             out.append(())
             continue
         if len(idx) != len(lead) or any(not -s <= i < s for i, s in zip(idx, lead)):
-            raise ValueError(f"Frame {f} is not in a stack of {lead} frames; give frame numbers 0..{n - 1}.")
+            raise SettingsError(f"Frame {f} is not in a stack of {lead} frames; give frame numbers 0..{n - 1}.")
         out.append(tuple(i % s for i, s in zip(idx, lead)))
     return out
 
@@ -291,14 +291,14 @@ def iter_segment_everything(
     lead, hw = _frame_layout(shape, rgb)
     todo = _frame_list(lead, frames)
     if labels is not None and tuple(np.shape(labels)) != lead + hw:
-        raise ValueError(f"labels of shape {np.shape(labels)} do not match the image's frames {lead + hw}.")
+        raise SettingsError(f"labels of shape {np.shape(labels)} do not match the image's frames {lead + hw}.")
     out = opts["out"]
     if out is False:  # the consumer writes each finished frame itself: keep nothing
         pass
     elif out is None:
         out = np.array(labels) if labels is not None else np.zeros(lead + hw, np.uint32)
     elif tuple(np.shape(out)) != lead + hw:
-        raise ValueError(f"out of shape {np.shape(out)} does not match the image's frames {lead + hw}.")
+        raise SettingsError(f"out of shape {np.shape(out)} does not match the image's frames {lead + hw}.")
     next_id = int(np.max(labels)) + 1 if labels is not None and np.size(labels) else 1
     if out is not False and out is not labels and opts["out"] is not None and np.size(out):
         next_id = max(next_id, int(np.max(out)) + 1)  # never reuse an id already in a given out
@@ -355,7 +355,7 @@ def _merge(out: Any, idx: tuple[int, ...], new: np.ndarray, n_new: int, next_id:
     """Write a frame's new labels into ``out[idx]`` (one read and one write: zarr friendly)."""
     merged = np.array(out[idx] if idx else out)
     if n_new and np.issubdtype(merged.dtype, np.integer) and next_id - 1 > np.iinfo(merged.dtype).max:
-        raise ValueError(f"Label id {next_id - 1} does not fit the labels' dtype {merged.dtype}; convert the labels to uint32.")
+        raise SettingsError(f"Label id {next_id - 1} does not fit the labels' dtype {merged.dtype}; convert the labels to uint32.")
     take = new > 0
     merged[take] = new[take]
     if idx:

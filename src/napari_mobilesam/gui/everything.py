@@ -221,7 +221,7 @@ class EverythingSection:
             letters = "".join(n[:1].upper() if n and not n.lstrip("-").isdigit() else "?" for n in names)
             return axes_link(letters + "YX", geo.n_lead)
         if mode != "none" and geo.n_lead != 1:
-            raise ValueError(f"link frames '{mode}' needs an image with one stack axis (this one has {geo.n_lead}); choose none.")
+            raise SettingsError(f"link frames '{mode}' needs an image with one stack axis (this one has {geo.n_lead}); choose none.")
         return mode
 
     def show_tracks(self, labels, links, shift: int) -> None:

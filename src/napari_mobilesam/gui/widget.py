@@ -19,6 +19,7 @@ from qtpy.QtCore import QSize, QTimer
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from ..engine.embeddings import EmbeddingCache
+from ..engine.errors import SettingsError
 from ..engine.predictor import Predictor
 from ..engine.prompts import RULE_LINES, ObjectPrompt
 from ..model.weights import registry_names
@@ -313,7 +314,7 @@ class MobileSAMWidget(LiveMode, StoreUse, PromptControls, ModelControls, OutputS
         """(image, geometry, current frame) or a ValueError with the fix."""
         image = self.image_box.value
         if image is None:
-            raise ValueError("No image layer: open an image (or File → Open Sample → MobileSAM) and pick it as 'image'.")
+            raise SettingsError("No image layer: open an image (or File → Open Sample → MobileSAM) and pick it as 'image'.")
         check_frames(image)  # an ambiguous shape: the user says which axis holds channels
         return image, L.FrameGeometry.of(image), L.current_frame(self.viewer.dims.point, image)
 

@@ -120,7 +120,7 @@ def register_sampler(sampler: Any, replace: bool = False) -> Any:
     if clash:
         raise TypeError(f"sampler {sampler.name!r}: options {sorted(clash)} are common to every sampler (CommonOptions).")
     if sampler.name in _REGISTRY and not replace:
-        raise ValueError(f"A sampler named {sampler.name!r} is registered already; pass replace=True to replace it.")
+        raise SettingsError(f"A sampler named {sampler.name!r} is registered already; pass replace=True to replace it.")
     _REGISTRY[sampler.name] = sampler
     return given
 
