@@ -56,3 +56,17 @@ def test_cancel_an_untiled_grid_stops_within_one_batch(predictor, cell_image):
     # the partial frame holds masks of the first two rows of points only (8 points a row, top to bottom)
     assert frames[0].labels.any()
     assert int(frames[0].labels.max()) < 2 * 8 * 3 + 1
+
+
+def test_cancel_before_anything_is_decoded_leaves_the_frame_as_it_was(predictor, cell_image):
+    """A frame cancelled before its first batch of prompts is not reported as written (its labels are
+    untouched), rather than as an empty partial frame."""
+    frame = np.ascontiguousarray(cell_image[:96, :128])
+    calls = {"n": 0}
+
+    def stop() -> bool:  # False before the frame starts, True from the sampler's first batch on
+        calls["n"] += 1
+        return calls["n"] > 1
+
+    items = list(iter_segment_everything(frame, predictor, sampler="grid", points_per_side=4, stop=stop, out=False))
+    assert [m.labels for m in items if m.labels is not None] == []

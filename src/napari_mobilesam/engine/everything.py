@@ -340,6 +340,8 @@ def _run(
         free = None if existing is None or overwrite else existing == 0
         new = objects_to_labels(kept, hw, next_id, free, opts["min_visible"])
         n_new = int(new.max() - next_id + 1) if new.any() else 0
+        if ctx.partial and not n_new:  # cancelled before anything of this frame was found: it stays as it was
+            break
         next_id += n_new
         if out is not False:
             _merge(out, idx, new, n_new, next_id)

@@ -128,7 +128,7 @@ class SegmentJob:
 class EverythingJob:
     """Frame ``t`` -> ``(H, W)`` uint32 labels numbered 1..n (the caller offsets ids across frames)."""
 
-    sampler: str = "grid"
+    sampler: str | None = None  # None: object-aware with a detector, else blobs (samplers.default_sampler)
     options: dict = field(default_factory=dict)
     store: str | None = None
 
