@@ -19,7 +19,7 @@ from napari.layers import Image
 from . import layers as L
 
 if TYPE_CHECKING:
-    from .widget import MobileSAMWidget
+    from .sections import Context
 
 __all__ = ["ChannelAxis", "axis_choices", "check_frames"]
 
@@ -65,8 +65,8 @@ def check_frames(image: Image) -> None:
 class ChannelAxis:
     """The control, bound to the widget's current image."""
 
-    def __init__(self, widget: MobileSAMWidget) -> None:
-        self.w = widget
+    def __init__(self, ctx: Context) -> None:
+        self.w = ctx
         self._syncing = False
         self.box = ComboBox(label="channel axis", choices=self._choices, tooltip=HELP)
         self.box.changed.connect(self._changed)
@@ -94,5 +94,5 @@ class ChannelAxis:
         else:
             image.metadata[L.CHANNELS] = value
         # frames changed: another embedding-store check, and labels layers of the new frame shape
-        self.w._unlink_store()
-        self.w._reset_choices()
+        self.w.unlink_store()
+        self.w.reset_choices()
