@@ -196,7 +196,7 @@ def test_widget_public_interface(qtbot, make_napari_viewer):
                                                       "PropagateSection", "EverythingSection"]
     # keys and job buttons come from the sections' actions
     assert w.keys == [("Shift-S", "Segment"), ("Shift-F", "Propagate"), ("Shift-E", "Segment everything"), ("Escape", "Cancel")]
-    assert {id(a.button) for a in w.actions} == {id(b) for b in (w.segment_btn, w.refine.button, w.propagate.button, w.everything.button)}
+    assert {id(a.button) for a in w.job_actions} == {id(b) for b in (w.segment_btn, w.refine.button, w.propagate.button, w.everything.button)}
     assert w.points_layer is w.points_box.value is not None
     assert w.shapes_layer is w.shapes_box.value is not None
     read, key, kw = w.frame_reader(img)

@@ -116,7 +116,7 @@ class EverythingSection:
         self.sampler.changed.connect(self._default_score)
         self.detector.changed.connect(self._update)
         self.button.changed.connect(self.run)
-        self.actions = (Action("Shift-E", "Segment everything", self.button, self.run),)
+        self.actions: tuple[Action, ...] = (Action("Shift-E", "Segment everything", self.button, self.run),)
         self._update()
 
     def on_image(self, image) -> None:  # (nothing follows the image)

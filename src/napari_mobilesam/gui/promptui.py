@@ -61,7 +61,7 @@ class PromptSection:
             note="Click objects (points layer) or draw rectangles (boxes layer), then Segment. Hover for the rules.",
         )
         self.set_help(help_text)
-        self.actions = (Action("Shift-S", "Segment", self.segment_btn, self.segment),)
+        self.actions: tuple[Action, ...] = (Action("Shift-S", "Segment", self.segment_btn, self.segment),)
         self.live_mode = LiveMode(ctx, output, self.live, model_thread)
         self.mode.changed.connect(self._on_mode)
         self.mask_choice.changed.connect(self._on_mask_choice)

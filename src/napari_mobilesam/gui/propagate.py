@@ -57,7 +57,7 @@ class PropagateSection:
         self.box.setToolTip(HELP)
         self.button.tooltip = HELP
         self.button.changed.connect(self.run)
-        self.actions = (Action("Shift-F", "Propagate", self.button, self.run),)
+        self.actions: tuple[Action, ...] = (Action("Shift-F", "Propagate", self.button, self.run),)
 
     def _axes(self, _widget=None) -> list:
         image = self.w.image_box_value()

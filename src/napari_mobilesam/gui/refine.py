@@ -68,7 +68,7 @@ class RefineSection:
         self.section = Section("Refine a label", self.label, self.button)
         self.box, self.inner = self.section.box, self.section.inner
         self.box.setToolTip(HELP)
-        self.actions = (Action("", "Refine", self.button, self.run),)
+        self.actions: tuple[Action, ...] = (Action("", "Refine", self.button, self.run),)
         self.refined: set[int] = set()  # ids refined before: Segment keeps leaving their points to Refine
         self._watched: Labels | None = None
         self._points: Points | None = None

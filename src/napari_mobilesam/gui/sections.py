@@ -45,8 +45,10 @@ class Action:
 class Section(Protocol):
     """A part of the dock: a Qt ``box`` laid out in the widget's list and the ``actions`` it offers."""
 
-    box: QWidget
-    actions: tuple[Action, ...]
+    @property
+    def box(self) -> QWidget: ...
+    @property
+    def actions(self) -> tuple[Action, ...]: ...
 
     def on_image(self, image: Image | None) -> None:
         """The chosen image changed (None: none)."""

@@ -72,7 +72,7 @@ class MobileSAMWidget(QWidget):
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False, label="")
         self.status = StatusLine("Ready.")
         self.cancel_btn = PushButton(text="Cancel (Esc)", enabled=False)
-        self.jobs = JobRunner(st, self.progress, self.status, self.cancel_btn, lambda: [a.button for a in self.actions],
+        self.jobs = JobRunner(st, self.progress, self.status, self.cancel_btn, lambda: [a.button for a in self.job_actions],
                               on_model=lambda sam, key: self.model.set_model(sam, key))
         self.model_thread = self.jobs.model_thread
         self.output = OutputRecords(self)
@@ -91,8 +91,8 @@ class MobileSAMWidget(QWidget):
         self.everything = EverythingSection(self)
         inputs = Group(*group("Input", self.image_box, self.channel_axis.box, self.points_box, self.shapes_box, self.labels_box))
         self.sections: list[Section] = [inputs, self.model, self.prompts, self.refine, self.propagate, self.everything]
-        self.actions: tuple[Action, ...] = tuple(a for s in self.sections for a in s.actions)
-        hint = key_hint(self.actions)
+        self.job_actions: tuple[Action, ...] = tuple(a for s in self.sections for a in s.actions)
+        hint = key_hint(self.job_actions)
         help_text = f"{PROMPT_RULES}\n{hint}"
         self.prompts.set_help(help_text)
         self.points_box.tooltip = self.shapes_box.tooltip = help_text
@@ -156,10 +156,10 @@ class MobileSAMWidget(QWidget):
     @property
     def keys(self) -> list[tuple[str, str]]:
         """``(napari key, action name)`` of the viewer-wide keys: the sections' actions, then Cancel."""
-        return [(a.key, a.name) for a in self.actions if a.key] + [CANCEL_KEY]
+        return [(a.key, a.name) for a in self.job_actions if a.key] + [CANCEL_KEY]
 
     def _bind_keys(self) -> None:
-        actions = {a.name: a for a in self.actions}
+        actions = {a.name: a for a in self.job_actions}
 
         def press(name: str) -> None:
             if name == CANCEL_KEY[1]:
