@@ -192,7 +192,7 @@ def test_widget_public_interface(qtbot, make_napari_viewer):
     from qtpy.QtWidgets import QWidget
 
     assert MobileSAMWidget.__bases__ == (QWidget,)  # no mixins: the state is one object, the parts are sections
-    assert [type(s).__name__ for s in w.sections] == ["Group", "ModelSection", "PromptSection", "RefineSection",
+    assert [type(s).__name__ for s in w.sections] == ["InputSection", "ModelSection", "PromptSection", "RefineSection",
                                                       "PropagateSection", "EverythingSection"]
     # keys and job buttons come from the sections' actions
     assert w.keys == [("Shift-S", "Segment"), ("Shift-F", "Propagate"), ("Shift-E", "Segment everything"), ("Escape", "Cancel")]

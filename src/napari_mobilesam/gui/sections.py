@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .layout import StatusLine
     from .state import WidgetState
 
-__all__ = ["Action", "Context", "Group", "Section", "key_hint"]
+__all__ = ["Action", "Context", "Section", "key_hint"]
 
 CANCEL_KEY = ("Escape", "Cancel")
 LAYER_KEYS = "T / Shift+T (points layer) positive/negative"
@@ -52,18 +52,6 @@ class Section(Protocol):
 
     def on_image(self, image: Image | None) -> None:
         """The chosen image changed (None: none)."""
-
-
-class Group:
-    """A section of controls only (no action, nothing to do when the image changes)."""
-
-    actions: tuple[Action, ...] = ()
-
-    def __init__(self, box: QWidget, inner: Any) -> None:
-        self.box, self.inner = box, inner
-
-    def on_image(self, image: Image | None) -> None:
-        pass
 
 
 def key_hint(actions: tuple[Action, ...]) -> str:
@@ -94,7 +82,7 @@ class Context(Protocol):
 
     def context(self) -> tuple[Image, L.FrameGeometry, tuple[int, ...]]: ...
     def objects(self, frames: Any = None) -> list[ObjectPrompt]: ...
-    def run_job(self, gen: Generator, on_msg: Callable | None = None, on_finish: Callable | None = None, title: str = "") -> Any: ...
+    def run_job(self, gen: Generator[Any, Any, Any], on_msg: Callable | None = None, on_finish: Callable | None = None, title: str = "") -> Any: ...
     def write_objects(self, frame: Any, objects: list[ObjectPrompt], masks: Any, also_clear: Any = ()) -> list: ...
     def frame_reader(self, image: Image) -> tuple[Callable, Callable, dict]: ...
     def model_step(self) -> object: ...

@@ -16,16 +16,17 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 
 import numpy as np
-from magicgui.widgets import ComboBox, ProgressBar, PushButton
+from magicgui.widgets import ProgressBar, PushButton
 from napari.layers import Image, Labels, Points, Shapes
 from napari.utils.events import Event
-from qtpy.QtCore import QEvent, QSize, QTimer
+from qtpy.QtCore import QEvent, QSize
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from ..engine.prompts import ObjectPrompt, segment_objects
 from . import layers as L
-from .channels import ChannelAxis, check_frames
+from .channels import check_frames
 from .everything import EverythingSection
+from .inputs import InputSection
 from .layout import StatusLine, default_width, group, scrolled
 from .modelui import CHOOSE_FILE, ModelSection
 from .output import OutputRecords
@@ -33,8 +34,7 @@ from .promptui import PROMPT_RULES, PromptSection
 from .propagate import PropagateSection
 from .refine import RefineSection
 from .runner import JobRunner
-from .sections import CANCEL_KEY, Action, Group, Section, key_hint
-from .session import restore_model
+from .sections import CANCEL_KEY, Action, Section, key_hint
 from .state import WidgetState
 from .writer import frame_view
 
@@ -60,15 +60,7 @@ class MobileSAMWidget(QWidget):
         self.viewer = napari_viewer
         self.state = st = WidgetState()
 
-        # -- input
-        self.image_box = ComboBox(label="image", choices=self._choices(Image, new=None), tooltip="Image to segment (2D, stack, RGB)")
-        self.points_box = ComboBox(label="points", choices=self._choices(Points, new="new"))
-        self.shapes_box = ComboBox(label="boxes", choices=self._choices(Shapes, new="new"))
-        self.labels_box = ComboBox(label="labels out", choices=self._choices(Labels, new="new layer"),
-                                   tooltip="Labels layer that receives the masks (same spatial shape as the image; "
-                                   "'new layer': created on the first result); "
-                                   "new ids continue after its largest label")
-        # -- progress
+        # -- progress, jobs, what was written
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False, label="")
         self.status = StatusLine("Ready.")
         self.cancel_btn = PushButton(text="Cancel (Esc)", enabled=False)
@@ -78,7 +70,10 @@ class MobileSAMWidget(QWidget):
         self.output = OutputRecords(self)
 
         # -- sections, laid out in this order
-        self.channel_axis = ChannelAxis(self)
+        self.inputs = InputSection(self, self.output)
+        i = self.inputs
+        self.image_box, self.points_box, self.shapes_box, self.labels_box = i.image_box, i.points_box, i.shapes_box, i.labels_box
+        self.channel_axis = i.channel_axis
         self.model = ModelSection(st, self.image_box)
         self.model_box, self.model_file, self.device_box = self.model.model_box, self.model.model_file, self.model.device_box
         self.decoder_box, self.decoder_file, self.embeddings = self.model.decoder_box, self.model.decoder_file, self.model.embeddings
@@ -89,8 +84,7 @@ class MobileSAMWidget(QWidget):
         self.refine = RefineSection(self, self.points_box)
         self.propagate = PropagateSection(self)
         self.everything = EverythingSection(self)
-        inputs = Group(*group("Input", self.image_box, self.channel_axis.box, self.points_box, self.shapes_box, self.labels_box))
-        self.sections: list[Section] = [inputs, self.model, self.prompts, self.refine, self.propagate, self.everything]
+        self.sections: list[Section] = [self.inputs, self.model, self.prompts, self.refine, self.propagate, self.everything]
         self.job_actions: tuple[Action, ...] = tuple(a for s in self.sections for a in s.actions)
         hint = key_hint(self.job_actions)
         help_text = f"{PROMPT_RULES}\n{hint}"
@@ -117,14 +111,14 @@ class MobileSAMWidget(QWidget):
         self.image_box.changed.connect(self._on_image)
         self.points_box.changed.connect(self.prompts.watch_points)
         self.shapes_box.changed.connect(self.prompts.watch_shapes)
-        self.labels_box.changed.connect(self._on_labels)
-        for control in (self.image_box, self.points_box, self.shapes_box, self.labels_box, *self.model.controls):
+        self.labels_box.changed.connect(self.inputs.on_labels)
+        for control in (*self.inputs.controls, *self.model.controls):
             control.changed.connect(self._clear_error)  # the problem an error named may be gone now
         self.cancel_btn.changed.connect(self.cancel)
         ev = self.viewer.layers.events
         for e in (ev.inserted, ev.removed, ev.reordered):
             e.connect(self.reset_choices)
-        ev.inserted.connect(self._on_inserted)
+        ev.inserted.connect(self.inputs.on_inserted)
         self._bind_keys()
         self.destroyed.connect(lambda *_, thread=self.model_thread: thread.close())  # not self: it is gone then
         self._on_image(self.image_box.value)
@@ -181,59 +175,14 @@ class MobileSAMWidget(QWidget):
     def _unbind_keys(self) -> None:
         _unbind(self.viewer, self.keys)
 
-    # ------------------------------------------------------------------ layer choices
-    def _choices(self, kind: type, new: str | None) -> Callable:
-        def get(_widget=None) -> list:
-            items = [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, kind)]
-            if kind is Labels and self.image_box_value() is not None:  # same stack + spatial shape
-                geo = L.FrameGeometry.of(self.image_box_value())
-                items = [(n, la) for n, la in items if tuple(la.data.shape) == geo.lead_shape + geo.spatial]
-            return items + ([(new, None)] if new else [])
-
-        return get
-
+    # ------------------------------------------------------------------ the image and its layers
     def image_box_value(self) -> Image | None:
         return self.image_box.value
 
     def reset_choices(self, event: Event | None = None) -> None:
         """Offer the viewer's layers again (a layer came, went or changed shape)."""
-        for box in (self.image_box, self.points_box, self.shapes_box, self.labels_box):
-            box.reset_choices()
+        self.inputs.reset_choices()
         self.propagate.reset_axes()
-
-    def _pick(self, box: ComboBox, kind: str) -> None:
-        """Prefer the layer this plugin made for the current image, else keep / 'new'."""
-        image = self.image_box.value
-        for layer in self.viewer.layers:
-            if image is not None and layer.metadata.get(L.MARK) == kind and layer.metadata.get("image") == image.name:
-                if any(layer is v for v in box.choices):
-                    box.value = layer
-                    return
-        if box.value is not None and box.value.metadata.get(L.MARK) and box.value.metadata.get("image") != image.name:
-            box.value = None  # a prompt/labels layer made for another image
-
-    def _on_inserted(self, event: Event) -> None:
-        """A layer made by this plugin for the current image (e.g. an opened session) is picked up."""
-        layer, image = event.value, self.image_box.value
-        kind = layer.metadata.get(L.MARK) if hasattr(layer, "metadata") else None
-        box = {"labels": self.labels_box, "shapes": self.shapes_box, "points": self.points_box}.get(kind)
-        if box is not None and image is not None and layer.metadata.get("image") == image.name and box.value is not layer:
-            old = box.value
-            self.state.switching = True  # its prompts keep their ids
-            try:
-                box.reset_choices()
-                if any(layer is v for v in box.choices):
-                    box.value = layer
-            finally:
-                self.state.switching = False
-            if box.value is layer and old is not None and kind != "labels" and old.metadata.get(L.MARK) == kind and not len(old.data):
-                name = old.name  # the empty prompt layer made for the image gives way to the session's
-                self.viewer.layers.remove(old)
-                layer.name = name
-            if box is self.points_box and box.value is layer:
-                self._ready_points()
-            if kind == "labels" and box.value is layer and not self.busy:
-                self.status.value = restore_model(self, layer) or self.status.value
 
     def _on_image(self, image: Image | None) -> None:
         self.state.switching = True  # the prompt and labels layers change together: each keeps its ids
@@ -241,44 +190,10 @@ class MobileSAMWidget(QWidget):
             self.channel_axis.on_image(image)
             self.reset_choices()
             for section in self.sections:
-                section.on_image(image)
-            if image is None:
-                return
-            self._pick(self.labels_box, "labels")
-            self._pick(self.shapes_box, "shapes")
-            self._pick(self.points_box, "points")
-            if self.shapes_box.value is None:
-                self.shapes_box.value = self.viewer.add_layer(L.new_shapes_layer(image))
-            if self.points_box.value is None:
-                self.points_box.value = self.viewer.add_layer(L.new_points_layer(image))
-            self._ready_points()
+                section.on_image(image)  # first Input: it picks the layers made for the image
         finally:
             self.state.switching = False
             self.state.labels_prev = self.labels_box.value
-
-    def _ready_points(self) -> None:
-        """Select the points layer in add mode, so the next click on the canvas adds a point; also after
-        napari has selected a layer it just inserted (an image opened after the widget)."""
-        def ready() -> None:
-            try:
-                layer = self.points_box.value
-            except RuntimeError:  # the widget was closed meanwhile
-                return
-            if layer is not None and layer in self.viewer.layers:
-                self.viewer.layers.selection.active = layer
-                layer.mode = "add"
-
-        ready()
-        QTimer.singleShot(0, ready)
-
-    def _on_labels(self, layer: Labels | None) -> None:
-        # another output layer for the same prompts: their ids referred to the previous layer
-        if not self.state.switching and layer is not self.state.labels_prev and self.state.labels_prev is not None:
-            for pl in (self.state.points, self.state.shapes):
-                if pl is not None and "label_id" in pl.features:
-                    pl.features["label_id"] = 0
-            self.output.forget()
-        self.state.labels_prev = layer
 
     # ------------------------------------------------------------------ the context sections work through
     def context(self) -> tuple[Image, L.FrameGeometry, tuple[int, ...]]:
