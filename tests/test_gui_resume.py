@@ -88,7 +88,7 @@ print(json.dumps({
     "picked": [getattr(b.value, "name", None) for b in (w.labels_box, w.points_box, w.shapes_box)],
     "layers": [la.name for la in viewer.layers],
     "model": w.model_box.value, "model_file": str(w.model_file.line_edit.value),
-    "embedded": len(w.cache) if hasattr(w.cache, "__len__") else None,
+    "embedded": len(w.state.cache) if hasattr(w.state.cache, "__len__") else None,
     "same_as_opened": before is not None and bool(np.array_equal(before, np.asarray(labels.data))),
 }))
 viewer.close()

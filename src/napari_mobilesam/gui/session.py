@@ -26,12 +26,12 @@ def _model_hash(widget) -> str | None:
     """The widget's model hash (as embedding stores and sessions record it), computed once per model."""
     from ..engine.store import model_fingerprint
 
-    sam = widget.sam
+    sam = widget.state.sam
     if sam is None:
         return None
-    known = getattr(widget, "_session_model_hash", None)
+    known = widget.state.model_hash
     if known is None or known[0] is not sam:
-        widget._session_model_hash = known = (sam, model_fingerprint(sam))
+        widget.state.model_hash = known = (sam, model_fingerprint(sam))
     return known[1]
 
 
@@ -52,7 +52,7 @@ def stamp(widget, labels, image, kw: dict, frame: tuple) -> None:
     written: one frame's hash per write, never the whole stack), the model and the pre-processing."""
     from ..engine.store import frame_hash
 
-    key = widget._sam_key or ("", "")
+    key = widget.state.sam_key or ("", "")
     geo = L.FrameGeometry.of(image)
     data = L.frame_data(image)
     info = labels.metadata.get(INFO) or {}
