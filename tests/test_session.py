@@ -185,3 +185,23 @@ def test_session_folders_open_with_this_reader_without_asking(tmp_path, monkeypa
     settings.plugins.extension2reader = {"*.mobilesam/": "napari"}  # the user's choice stays
     assert prefer_session_reader(settings) is False
     assert nu.get_preferred_reader(str(folder)) == "napari"
+
+
+def test_save_dialog_without_the_suffix_adds_it(make_napari_viewer, tmp_path):
+    """Issue 24 item 5: a session saved from File > Save Selected Layers... to a name without
+    ``.mobilesam`` (the dialog passes our writer) is written to ``NAME.mobilesam``."""
+    from napari.plugins import _npe2
+
+    from napari_mobilesam.engine.session import load_session
+
+    viewer = make_napari_viewer()
+    labels = viewer.add_labels(np.eye(8, dtype=np.uint32), name="img labels")
+    points = viewer.add_points(np.array([[2.0, 3.0]]), name="img points")
+    viewer.layers.selection = {labels, points}
+    _, writers = _npe2.file_extensions_string_for_layers([labels, points])
+    ours = next(w for w in writers if w.plugin_name == "napari-mobilesam")
+    saved = viewer.layers.save(str(tmp_path / "work"), selected=True, _writer=ours)  # as napari's save dialog calls it
+    assert saved == [str(tmp_path / "work.mobilesam")]
+    s = load_session(tmp_path / "work.mobilesam")
+    np.testing.assert_array_equal(s.labels, np.eye(8))
+    assert s.points.tolist() == [[2.0, 3.0]]
