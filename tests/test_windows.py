@@ -149,3 +149,24 @@ def test_clicks_on_a_large_frame_neither_hide_the_cell_nor_vanish():
         layer.add([[side / 2, side / 2]])
         assert layer.size[0] == pytest.approx(want) and layer.current_size == pytest.approx(want)
         assert layer.canvas_size_limits[0] >= 6
+
+
+@pytest.mark.slow
+def test_the_widgets_segment_job_decodes_large_frames_in_windows(fsam, fpredictor, large_frame):
+    """The widget's *Segment* job (gui/jobs.segment_frames, run inline as the widget's worker runs it)
+    gives the same windowed mask as the engine and ``mobilesam segment``."""
+    from napari_mobilesam.engine.embeddings import EmbeddingCache
+    from napari_mobilesam.engine.prompts import ObjectPrompt
+    from napari_mobilesam.gui.jobs import FrameDone, segment_frames
+
+    big, labels, clicks = large_frame
+    p = next(iter(clicks.values()))
+    obj = ObjectPrompt((), Prompt(points=[p]), 1, [0], [])
+    done = [s for s in segment_frames(fsam, EmbeddingCache(), lambda f: big, lambda f: ("widget", f), [((), [obj])], {})
+            if isinstance(s, FrameDone)]
+    mask = done[0].masks[0]
+    fpredictor.set_image(big, key=("windows-large", 0))
+    want = fpredictor.predict_objects([Prompt(points=[p])], multimask_output=True, windows=True)[0]
+    assert mask.window == want.window == (1024, 1024, 2048, 2048)
+    assert mask.offset == want.offset
+    np.testing.assert_array_equal(mask.mask, want.mask)
