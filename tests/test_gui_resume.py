@@ -74,8 +74,13 @@ viewer.close()
 """
 
 SECOND = PRELUDE + r"""
-opened = viewer.open(args["session"], plugin="napari-mobilesam")  # File > Open Folder, "MobileSAM" in "Choose reader"
+# File > Open Folder: napari's own path (no plugin named); a "Choose reader" dialog would be a failure
+import napari._qt.qt_viewer as _qv
+dialogs = []
+_qv.handle_gui_reading = lambda *a, **k: dialogs.append(a)
+viewer.window._qt_viewer._qt_open([args["session"]], stack=False)
 QApplication.processEvents()
+assert not dialogs, "napari asked 'Choose reader' for the session folder"
 if args.get("weights_again"):
     w.model_box.value = "choose file…"
     w.model_file.value = args["weights"]

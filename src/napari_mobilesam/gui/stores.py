@@ -67,7 +67,8 @@ class StoreLink:
             p.rmdir()  # an empty folder (e.g. made in the file dialog) becomes the new store
         self.created = not p.exists()
         fingerprint = image_fingerprint(data if hasattr(data, "reshape") else np.asarray(data), preprocess, frame_ndim=3 if geo.rgb else 2)
-        self.store = EmbeddingStore.open(path, model_fingerprint(sam), fingerprint, n_frames=geo.n_frames, original_size=geo.spatial, mode="a")
+        self.store = EmbeddingStore.open(path, model_fingerprint(sam), fingerprint, n_frames=geo.n_frames, original_size=geo.spatial, mode="a",
+                                         widget=True)
         self.tag = tag_of(path)
         self.layer = L.image_key(image, ())[1]
         self.lead_shape = geo.lead_shape
