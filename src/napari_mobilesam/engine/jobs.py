@@ -104,6 +104,8 @@ class SegmentJob:
         key = use_stored_embedding(models, self.store, source, t)
         if key is not None:
             pred.set_embedding(pred.cache.get(key), key)
+            if pred.needs_pixels:  # a large frame: its prompts are decoded in windows of its pixels
+                pred.set_pixels(source.read(t), **_frame_options(source, self.preprocess))
         else:
             pred.set_image(source.read(t), key=("segment", source.path, t), **_frame_options(source, self.preprocess))
         existing = None

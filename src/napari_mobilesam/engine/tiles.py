@@ -21,7 +21,7 @@ from dataclasses import replace
 import numpy as np
 
 from .errors import SettingsError
-from .predictor import ObjectMask
+from .objects import ObjectMask
 
 __all__ = ["place_tile_objects", "tile_boxes", "tile_settings"]
 
