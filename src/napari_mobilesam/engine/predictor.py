@@ -25,6 +25,7 @@ from segment_anything.utils.amg import calculate_stability_score
 
 from ..model.fast_decoder import FrameDecoder, Scratch
 from .embeddings import Embedding, EmbeddingCache
+from .errors import SettingsError
 from .image import to_rgb_uint8
 from .objects import ObjectMask, Prompt
 from .prompt_checks import check_prompts, check_xy
@@ -78,10 +79,10 @@ class Predictor(SamPredictor):
                 the normalised pixels, so identical frames share one embedding.
         """
         if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}.")
+            raise SettingsError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}.")
         shape = tuple(np.shape(image))
         if channel_axis is None and len(shape) == 3 and shape[0] <= 4 < shape[-1]:
-            raise ValueError(f"Image of shape {shape} is ambiguous: set_image takes (H, W) or (H, W, C); for "
+            raise SettingsError(f"Image of shape {shape} is ambiguous: set_image takes (H, W) or (H, W, C); for "
                              f"channels first (C, H, W) pass channel_axis=0, for a stack give one frame (image[t]).")
         rgb = to_rgb_uint8(image, channel_axis=channel_axis, channels=channels, contrast_limits=contrast_limits)
         if image_format != self.model.image_format:
@@ -172,6 +173,31 @@ class Predictor(SamPredictor):
             self._upsamplers[k] = MaskUpsampler(self.original_size, self.input_size, self.model.image_encoder.img_size)
         return self._upsamplers[k]
 
+    def mask_upsampler(self) -> MaskUpsampler:
+        """The current frame's low-resolution -> frame mapping (``crop_logits``, ``crop_mask``,
+        ``full_mask``), for samplers that decode with :meth:`decode_point_batch`."""
+        self._require_image()
+        return self._upsampler()
+
+    def decode_point_batch(self, points: np.ndarray, multimask_output: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """One positive click per prompt, all decoded together (a sampler's point grid).
+
+        Args:
+            points: ``(N, 2)`` float ``(row, col)`` in the current frame's pixels.
+
+        Returns:
+            ``(low-res logits (N, M, 256, 256) float32, predicted IoU (N, M) float32)`` on the CPU,
+            M = 3 with ``multimask_output`` else 1; :meth:`mask_upsampler` maps them to the frame.
+        """
+        self._require_image()
+        xy = self.transform.apply_coords(np.asarray(points, np.float64).reshape(-1, 2)[:, ::-1], tuple(self.original_size))
+        coords = torch.as_tensor(xy, dtype=torch.float32, device=self.device)[:, None]
+        labels = torch.ones(len(xy), 1, dtype=torch.int, device=self.device)
+        with torch.inference_mode():
+            sparse, _ = self.model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        low, iou = self._decode_batches(sparse, None, multimask_output)
+        return low.cpu().numpy(), iou.cpu().numpy()
+
     # ------------------------------------------------------------------ prompts
     def _encode_prompts(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Sparse (B x P x 256, padded with 'not a point' tokens) and dense embeddings."""
@@ -247,7 +273,7 @@ class Predictor(SamPredictor):
         check_prompts(prompts, self.original_size)
         thr = self.model.mask_threshold if mask_threshold is None else mask_threshold
         if select != "best" and select not in (0, 1, 2):
-            raise ValueError(f"select must be 'best' or 0, 1, 2; got {select!r}.")
+            raise SettingsError(f"select must be 'best' or 0, 1, 2; got {select!r}.")
         if windows and self.pixels is not None:
             win = [i for i, p in enumerate(prompts) if p.mask_input is None]
             rest = [i for i, p in enumerate(prompts) if p.mask_input is not None]
@@ -308,7 +334,7 @@ class Predictor(SamPredictor):
         """
         self._require_image()
         if point_coords is not None and point_labels is None:
-            raise ValueError("point_labels must be given with point_coords (1 = object, 0 = background).")
+            raise SettingsError("point_labels must be given with point_coords (1 = object, 0 = background).")
         # lists are accepted as well as arrays, and a 256 x 256 mask_input as well as 1 x 256 x 256
         point_coords = None if point_coords is None else np.asarray(point_coords, np.float64).reshape(-1, 2)
         point_labels = None if point_labels is None else np.asarray(point_labels).reshape(-1)
@@ -316,7 +342,7 @@ class Predictor(SamPredictor):
         if mask_input is not None and np.ndim(mask_input) == 2:
             mask_input = np.asarray(mask_input)[None]
         if mask_input is not None and np.shape(mask_input) != (1, 256, 256):
-            raise ValueError(f"mask_input must be a 1 x 256 x 256 array of low-resolution logits (an earlier result's "
+            raise SettingsError(f"mask_input must be a 1 x 256 x 256 array of low-resolution logits (an earlier result's "
                              f"low_res_logits[i:i + 1]), got {type(mask_input).__name__} of shape {np.shape(mask_input)}.")
         check_xy(point_coords, point_labels, box, self.original_size)
         return super().predict(point_coords, point_labels, box, mask_input, multimask_output, return_logits)

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import SettingsError
 from .objects import Prompt
 from .prompt_checks import clip_box, fmt, point_problem
 
@@ -176,7 +177,7 @@ def _check_dims(name: str, ndim: int, n_lead: int) -> None:
     if ndim not in (2, n_lead + 2):
         fits = "2" if n_lead == 0 else f"2 or {n_lead + 2}"
         box = {"Points": "points", "Shapes": "boxes"}.get(name, name.lower())
-        raise ValueError(
+        raise SettingsError(
             f"The {name} layer has {ndim} dimensions but the image has {n_lead + 2} (without colour): "
             f"pick 'new' as '{box}' layer (prompt layers need {fits} dimensions)."
         )

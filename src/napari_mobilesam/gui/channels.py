@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from magicgui.widgets import ComboBox
 from napari.layers import Image
 
+from ..engine.errors import SettingsError
 from . import layers as L
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def check_frames(image: Image) -> None:
         _frame_layout(shape, None)
     except ValueError as err:
         readings = str(err).split(" Pass channel_axis")[0]  # the API's advice is replaced by the widget's
-        raise ValueError(f"Image layer {image.name!r}: {readings} Set 'channel axis' to axis {len(shape) - 1} "
+        raise SettingsError(f"Image layer {image.name!r}: {readings} Set 'channel axis' to axis {len(shape) - 1} "
                          "for channels, or to 'none (frames)'.") from None
 
 

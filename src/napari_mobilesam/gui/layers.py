@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from napari.layers import Image, Labels, Points, Shapes
 
+from ..engine.errors import SettingsError
 from ..engine.image import channels_last
 from ..engine.prompts import PromptTable
 
@@ -77,7 +78,7 @@ class FrameGeometry:
         if rgb:
             shape = shape[:-1]
         if len(shape) < 2:
-            raise ValueError(f"Image layer {image.name!r} has shape {data.shape}; it needs at least two spatial dimensions.")
+            raise SettingsError(f"Image layer {image.name!r} has shape {data.shape}; it needs at least two spatial dimensions.")
         return cls(shape[:-2], shape[-2:], rgb)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from magicgui.widgets import ComboBox, FileEdit
 
+from ..engine.errors import SettingsError
 from ..engine.predictor import Predictor
 from ..model.weights import registry_names
 from .jobs import load_model
@@ -66,11 +67,11 @@ class ModelSection:
         if self.model_box.value == CHOOSE_FILE:
             text = str(self.model_file.line_edit.value or "").strip()  # (.value makes "" the current folder)
             if text in ("", "."):
-                raise ValueError("No checkpoint chosen: pick a .pt file next to 'checkpoint', or a registry model under 'model'.")
+                raise SettingsError("No checkpoint chosen: pick a .pt file next to 'checkpoint', or a registry model under 'model'.")
             path = Path(text).expanduser()
             if not path.is_file():
                 what = "is a folder, not a file" if path.is_dir() else "is not a file"
-                raise ValueError(f"Checkpoint {str(path)!r} {what}: pick a .pt file next to 'checkpoint'.")
+                raise SettingsError(f"Checkpoint {str(path)!r} {what}: pick a .pt file next to 'checkpoint'.")
             return path
         return self.model_box.value
 
@@ -82,7 +83,7 @@ class ModelSection:
             text = str(self.decoder_file.line_edit.value or "").strip()
             path = Path(text).expanduser()
             if text in ("", ".") or not path.is_file():
-                raise ValueError(f"Decoder {str(path)!r} is not a file: pick a Prompt_guided_Mask_Decoder.pt next to 'decoder file'.")
+                raise SettingsError(f"Decoder {str(path)!r} is not a file: pick a Prompt_guided_Mask_Decoder.pt next to 'decoder file'.")
             return path
         return self.decoder_box.value
 

@@ -8,6 +8,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, FloatSpinBox, PushButton
 
 from .._progress import relay
+from ..engine.errors import SettingsError
 from ..engine.propagate import PropagationStep, iter_propagate
 from . import layers as L
 from .feedback import cancelled
@@ -94,14 +95,14 @@ class PropagateSection:
         w = self.w
         image, geo, cur = w.context()
         if not geo.n_lead:
-            raise ValueError(f"Image {image.name!r} is a single frame: propagation needs a stack.")
+            raise SettingsError(f"Image {image.name!r} is a single frame: propagation needs a stack.")
         labels = w.labels_box.value
         here = frame_view(labels, cur) if labels is not None else None
         starts = {lid: here == lid for lid in self.selected_ids(cur) if lid > 0 and here is not None}
         missing = [lid for lid, m in starts.items() if not m.any()]
         if not starts or missing:
             which = f"Label {missing[0]} is" if missing else "No selected label is"
-            raise ValueError(
+            raise SettingsError(
                 f"{which} not on this frame: segment the object here first, then select its point/box "
                 "(or pick the label in the Labels layer) and press Propagate."
             )

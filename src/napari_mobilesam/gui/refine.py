@@ -16,7 +16,8 @@ import numpy as np
 from magicgui.widgets import ComboBox, PushButton, SpinBox
 from napari.layers import Labels, Points
 
-from ..engine.jobs import decode_objects
+from ..engine.decode import decode_objects
+from ..engine.errors import SettingsError
 from ..engine.prompts import ObjectPrompt
 from ..engine.refine import REFINE_RULE, refine_objects, refinement, split_refinements
 from . import layers as L
@@ -142,15 +143,15 @@ class RefineSection:
         w = self.w
         k = int(self.label.value)
         if k <= 0:
-            raise ValueError("No label to refine: type its id in 'refine label' or Ctrl+click it in the labels layer.")
+            raise SettingsError("No label to refine: type its id in 'refine label' or Ctrl+click it in the labels layer.")
         layer = w.labels_box.value
         if layer is None:
-            raise ValueError("No labels layer: pick the layer that holds the label under 'labels out'.")
+            raise SettingsError("No labels layer: pick the layer that holds the label under 'labels out'.")
         image, geo, cur = w.context()
         existing = frame_view(layer, cur).copy()
         if not (existing == k).any():
             where = f" on frame {cur}" if cur else ""
-            raise ValueError(f"Label {k} is not in '{layer.name}'{where}: pick a label that is there (Ctrl+click it).")
+            raise SettingsError(f"Label {k} is not in '{layer.name}'{where}: pick a label that is there (Ctrl+click it).")
         table = L.prompt_table(w.points_layer, w.shapes_layer, image)
         found, _ = split_refinements(table, lambda f: existing, geo.n_lead, geo.lead_shape, cur, [cur], geo.spatial, ids={k})
         objects = found or [refinement(cur, k)]

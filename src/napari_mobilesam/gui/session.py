@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.errors import SettingsError
 from ..engine.session import is_session, load_session, save_session
 from . import layers as L
 
@@ -49,7 +50,7 @@ def check_session_model(widget, labels) -> None:
     now = _model_hash(widget)
     if saved and now and saved != now:
         weights = (labels.metadata[INFO]["model"].get("weights") or "other weights").split("/")[-1]
-        raise ValueError(
+        raise SettingsError(
             f"'{labels.name}' is a session made with other weights ({weights}); pick those weights as 'model', "
             "or choose 'new' as labels layer to segment with this model."
         )
@@ -116,7 +117,7 @@ def write_session(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[st
     for data, meta, kind in layer_data:
         by_type.setdefault(kind, []).append((data, meta))
     if len(by_type.get("labels", [])) != 1:
-        raise ValueError("Select one Labels layer (with its points and boxes layers) to save a MobileSAM session.")
+        raise SettingsError("Select one Labels layer (with its points and boxes layers) to save a MobileSAM session.")
     labels, lmeta = by_type["labels"][0]
     info = (lmeta.get("metadata") or {}).get(INFO) or {}
     points = next(iter(by_type.get("points", [])), None)

@@ -22,6 +22,7 @@ from napari.utils.events import Event
 from qtpy.QtCore import QEvent, QSize
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
+from ..engine.errors import SettingsError
 from ..engine.prompts import ObjectPrompt, segment_objects
 from . import layers as L
 from .channels import check_frames
@@ -200,7 +201,7 @@ class MobileSAMWidget(QWidget):
         """(image, geometry, current frame) or a ValueError with the fix."""
         image = self.image_box.value
         if image is None:
-            raise ValueError("No image layer: open an image (or File → Open Sample → MobileSAM) and pick it as 'image'.")
+            raise SettingsError("No image layer: open an image (or File → Open Sample → MobileSAM) and pick it as 'image'.")
         check_frames(image)  # an ambiguous shape: the user says which axis holds channels
         return image, L.FrameGeometry.of(image), L.current_frame(self.viewer.dims.point, image)
 
