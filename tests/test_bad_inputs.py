@@ -230,7 +230,7 @@ def test_many_clicks_on_one_frame_show_progress_per_batch_of_objects(tmp_path, c
     on a CPU), not one frame at the end; the labels are those of decoding all objects at once."""
     import re
 
-    from napari_mobilesam.engine.jobs import decode_objects
+    from napari_mobilesam.engine.decode import decode_objects
     from napari_mobilesam.engine.labels import render_labels
     from napari_mobilesam.engine.objects import Prompt
     from napari_mobilesam.engine.prompts import ObjectPrompt

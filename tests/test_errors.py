@@ -48,6 +48,8 @@ def test_whose_error():
         raise AssertionError("nothing raised")
 
     assert is_user_error(caught(lambda: to_rgb_uint8(np.zeros((4, 4), complex))))  # our check: the fix is in the message
+    assert not is_user_error(caught(lambda: int("x")))  # a plain ValueError raised in our code is a bug too (issue 23)
+    assert not is_user_error(ValueError("an internal check"))
     assert not is_user_error(caught(lambda: np.ones(2) + np.ones(3)))  # numpy's ValueError: a bug of ours
     assert not is_user_error(caught(lambda: {}["x"]))
     assert not is_user_error(caught(lambda: [][1]))
@@ -73,3 +75,24 @@ def test_no_import_cycle_through_io(module):
     code = f"import sys, napari_mobilesam.engine.{module}; print('napari_mobilesam.engine.io' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# code "of the package" (its globals' __name__), as a bug deep inside the engine would raise it
+IN_PACKAGE = {"__name__": "napari_mobilesam.engine.somewhere"}
+
+
+@pytest.mark.parametrize("bug", [eval("lambda: {}['frame']", IN_PACKAGE), eval("lambda: int('not a number')", IN_PACKAGE)])
+def test_an_internal_keyerror_or_valueerror_logs_its_traceback_and_exits_1(bug, monkeypatch, caplog, capsys):
+    """Issue 23: only UserError (and OSError) is the user's. A KeyError or a plain ValueError from our own
+    code is a bug: one line saying so, exit status 1, and its traceback in the log."""
+    from napari_mobilesam import cli
+
+    def broken(args):
+        return bug()
+
+    monkeypatch.setattr(cli, "cmd_weights", broken)
+    with caplog.at_level(logging.ERROR, logger="napari_mobilesam"):
+        assert cli.main(["weights"]) == 1
+    assert "internal error, please report it" in capsys.readouterr().err
+    (record,) = caplog.records
+    assert record.exc_info is not None and "<lambda>" in "".join(__import__("traceback").format_exception(*record.exc_info))

@@ -8,11 +8,11 @@ The user's errors are:
 
 - :class:`~napari_mobilesam.engine.errors.UserError` and its subclasses (``InputError``,
   ``CheckpointError``, ...; see :mod:`napari_mobilesam.engine.errors`);
-- ``OSError`` (a missing file, a full disk, no permission) and ``WeightsUnavailableError`` (offline);
-- for now, a plain ``ValueError`` raised by this package's own checks (the innermost frame of its
-  traceback is in ``napari_mobilesam``): older argument checks still raise ``ValueError`` with the
-  fix in the message. A ``ValueError`` from inside numpy, torch or any other library is a bug, and so
-  is every ``KeyError``, ``IndexError``, ``TypeError``, ... Raise ``UserError`` in new code.
+- ``OSError`` (a missing file, a full disk, no permission) and ``WeightsUnavailableError`` (offline).
+
+Every other exception is a bug, a plain ``ValueError`` or ``KeyError`` included, wherever it was
+raised: a check of the user's input raises a ``UserError`` (``SettingsError`` for a value, ``InputError``
+for a file) with the fix in its message.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import logging
 __all__ = ["LOGGER", "is_user_error", "log_unexpected", "user_error_types"]
 
 LOGGER = "napari_mobilesam"
-_PACKAGE = __name__.split(".")[0]
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
@@ -34,21 +33,9 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     return (UserError, OSError, WeightsUnavailableError)
 
 
-def _raised_here(err: BaseException) -> bool:
-    """True if the innermost frame of ``err``'s traceback is code of this package."""
-    tb = err.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    return str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0] == _PACKAGE
-
-
 def is_user_error(err: BaseException) -> bool:
     """Whether ``err`` is the user's to fix (see the module docstring); everything else is a bug."""
-    if isinstance(err, user_error_types()):
-        return True
-    return isinstance(err, ValueError) and _raised_here(err)  # legacy checks, until they raise UserError
+    return isinstance(err, user_error_types())
 
 
 def log_unexpected(err: BaseException, where: str) -> bool:

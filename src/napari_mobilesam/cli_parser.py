@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from .engine.prompts import RULES
 
-__all__ = ["EXAMPLES", "SAMPLER_OPTIONS", "build_parser"]
+__all__ = ["EXAMPLES", "build_parser", "sampler_options"]
 
 EXAMPLES = """\
 examples:
@@ -19,22 +19,40 @@ examples:
 
 Run 'mobilesam COMMAND --help' for a command's options. Interrupted runs resume when re-run."""
 
-SAMPLER_OPTIONS = {  # CLI option -> (engine option, samplers it applies to)
-    "points_per_side": ("points_per_side", ("grid",)),
-    "diameter": ("diameter", ("blobs",)),
-    "polarity": ("polarity", ("blobs",)),
-    "threshold": ("threshold", ("blobs",)),
-    "min_snr": ("min_snr", ("blobs",)),
-    "conf": ("conf", ("object-aware",)),
-    "max_det": ("max_det", ("object-aware", "blobs")),
-    "min_score": ("min_score", ("object-aware", "grid", "blobs")),
-    "min_stability": ("min_stability", ("object-aware", "grid", "blobs")),
-    "min_area": ("min_area", ("object-aware", "grid", "blobs")),
-    "max_area": ("max_area", ("object-aware", "grid", "blobs")),
-    "min_visible": ("min_visible", ("object-aware", "grid", "blobs")),
-    "tile": ("tile", ("object-aware", "grid", "blobs")),
-    "tile_overlap": ("tile_overlap", ("object-aware", "grid", "blobs")),
-}
+
+def sampler_options() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """``--flag`` dest -> (engine option, samplers it applies to), from the registered samplers' options
+    dataclasses (engine/samplers/): every option with help text is a flag of ``mobilesam everything``."""
+    from .engine.samplers import option_specs
+
+    return {name: (name, spec.samplers) for name, spec in option_specs().items()}
+
+
+def _add_sampler_flags(group: argparse._ArgumentGroup) -> None:
+    """One flag per sampler option (engine/samplers/), with its help, type and per-sampler defaults."""
+    from .engine.samplers import get_sampler, option_specs, sampler_names
+
+    every = set(sampler_names())
+    for name, spec in option_specs().items():
+        common = set(spec.samplers) == every
+        if name in ("min_score", "min_stability"):  # None: the sampler's own default
+            i = 0 if name == "min_score" else 1
+            values = {n: get_sampler(n).score_defaults[i] for n in sampler_names()}
+        else:
+            values = {n: v for n, v in spec.defaults.items() if v is not None}
+        if len(set(values.values())) == 1 and (common or len(values) == len(spec.samplers)):
+            default = f" (default {next(iter(values.values()))})"
+        elif values:
+            by_value: dict = {}
+            for n, v in values.items():
+                by_value.setdefault(v, []).append(n)
+            default = " (default " + ", ".join(f"{v} for {'/'.join(ns)}" for v, ns in by_value.items()) + ")"
+        else:
+            default = ""
+        text = ("" if common else "/".join(spec.samplers) + ": ") + spec.help + default
+        typ = _fraction if spec.kind == "fraction" else spec.type
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, choices=spec.choices, metavar=spec.metavar,
+                           help=text.replace("%", "%%"))
 
 
 # ------------------------------------------------------------------------------------------- parser
@@ -93,6 +111,8 @@ class _TopParser(argparse.ArgumentParser):
 def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     """The ``mobilesam`` argument parser (sub-commands embed, segment, everything, weights, + distill/evaluate);
     ``commands`` maps those four names to their functions."""
+    from .engine.samplers import get_sampler, sampler_names
+
     fmt = argparse.RawDescriptionHelpFormatter
     parser = _TopParser(
         prog="mobilesam", usage="mobilesam COMMAND [options]", formatter_class=fmt, epilog=EXAMPLES,
@@ -130,35 +150,20 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     s.set_defaults(func=commands["segment"])
 
     v = sub.add_parser("everything", usage="mobilesam everything IMAGE_OR_DIR -o OUT [--sampler S] [options]", parents=[all_parent], formatter_class=fmt, help="segment every object (MobileSAMv2 / grid / blobs)",
-                       description="Label every object of each frame; ids are unique across a stack. Samplers: object-aware "
-                       "(MobileSAMv2: a YOLO detector proposes boxes; needs --detector), grid (SAM's point grid; default without "
-                       "a detector), blobs (boxes from blob detection; roundish objects such as nuclei, no extra weights).",
+                       description="Label every object of each frame; ids are unique across a stack. Samplers: "
+                       + "; ".join(f"{n} ({get_sampler(n).help})" for n in sampler_names())
+                       + ". Default: object-aware with --detector, else blobs.",
                        epilog="examples:\n  mobilesam everything cells.tif -o cells_labels.tif --detector ObjectAwareModel.pt\n"
                        "  mobilesam everything wells/ -o labels/ --sampler blobs --diameter 25 --format zarr --workers 8")
     v.add_argument("image", metavar="IMAGE_OR_DIR", help="image file, stack, or a folder of images")
     v.add_argument("-o", "--output", required=True, metavar="OUT", help="label file (.tif/.zarr), or a folder for folder input")
-    v.add_argument("--sampler", choices=("object-aware", "grid", "blobs"), help="object-aware with --detector, else grid")
+    v.add_argument("--sampler", choices=sampler_names(), help="default: object-aware with --detector, else blobs")
     v.add_argument("--detector", metavar="PATH", help="YOLO detect/segment .pt (read without running code) or .onnx, e.g. MobileSAMv2's ObjectAwareModel.pt")
     v.add_argument("--trust-detector", action="store_true", help="also load detector files that need full unpickling: such a file can run any code, use only files from a trusted source")
     v.add_argument("--format", choices=("tif", "zarr"), default="tif", help="output format for folder input (default tif)")
     v.add_argument("--embeddings", metavar="EMB.zarr", help="reuse embeddings from 'mobilesam embed' (single image only)")
     v.add_argument("--overwrite", action="store_true", help="redo every frame instead of resuming")
-    g = v.add_argument_group("sampler options")
-    g.add_argument("--points-per-side", type=int, metavar="N", help="grid: points per side (default 32)")
-    g.add_argument("--diameter", type=float, metavar="PX", help="blobs: typical object diameter in pixels")
-    g.add_argument("--polarity", choices=("bright", "dark"), help="blobs: objects brighter (default) or darker than background")
-    g.add_argument("--threshold", type=float, metavar="T", help="blobs: detection threshold (default 0.05; lower finds fainter objects)")
-    g.add_argument("--min-snr", type=float, metavar="R", help="blobs: keep blobs whose contrast is at least R times the image's "
-                   "noise (default 5; 0 keeps every blob, e.g. for faint objects)")
-    g.add_argument("--conf", type=float, metavar="C", help="object-aware: detector confidence (default 0.4)")
-    g.add_argument("--max-det", type=int, metavar="N", help="object-aware/blobs: at most N boxes per frame")
-    g.add_argument("--min-score", type=float, metavar="S", help="drop masks with predicted IoU below this")
-    g.add_argument("--min-stability", type=float, metavar="S", help="drop masks with stability score below this")
-    g.add_argument("--min-area", type=int, metavar="PX", help="drop objects smaller than this")
-    g.add_argument("--max-area", type=int, metavar="PX", help="drop objects larger than this")
-    g.add_argument("--min-visible", type=_fraction, metavar="F", help="drop objects less than this fraction visible, 0..1 (default 0.5)")
-    g.add_argument("--tile", type=int, metavar="PX", help="segment frames larger than PX pixels tile by tile (e.g. 1024)")
-    g.add_argument("--tile-overlap", type=int, metavar="PX", help="overlap of neighbouring tiles, at least the largest object (default tile/4)")
+    _add_sampler_flags(v.add_argument_group("sampler options"))
     k = v.add_argument_group("stacks (z-stacks and time-lapses; see docs/stacks.md)")
     k.add_argument("--link", choices=("none", "3d", "time"), help="3d: one id per object through the slices; time: one id per "
                    "track, divisions start two daughter tracks; none: each frame alone (default: from the file's axes, Z -> 3d, "

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..engine.errors import SettingsError
 from ..model.weights import resolve_weights
 from .data import FrameSource, ImagesLike, preprocess
 from .evaluation import evaluate, format_table, iter_evaluate
@@ -90,7 +91,7 @@ def iter_distill(
     loaded: Teacher | None = None
     stored = EmbeddingStore(store_dir) if (store_dir / "manifest.json").is_file() else None
     if stored is not None and stored.frames != source.describe():
-        raise ValueError(
+        raise SettingsError(
             f"{store_dir} holds teacher embeddings of other images ({len(stored)} frames; now {len(source)}). "
             "Use another work folder for another image set, or delete it to start over."
         )
@@ -117,7 +118,7 @@ def _check_same_teacher(store: EmbeddingStore, teacher: str | os.PathLike) -> No
     path = resolve_weights(teacher).resolve()
     stored = store.manifest["teacher"]
     if stored.get("source") != str(path) or stored.get("bytes") != path.stat().st_size:
-        raise ValueError(
+        raise SettingsError(
             f"The embeddings in {store.root} come from the teacher {stored.get('source')}, not {path}. "
             "Use another work folder for another teacher."
         )

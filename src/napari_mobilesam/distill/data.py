@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from ..engine.errors import SettingsError
 from ..engine.image import to_rgb_uint8
 
 __all__ = [
@@ -47,7 +48,7 @@ def _frame_count(shape: Sequence[int]) -> int:
     """How many frames an array of this shape holds (see the module docstring)."""
     shape = tuple(int(s) for s in shape)
     if len(shape) < 2:
-        raise ValueError(f"An image needs at least 2 dimensions (H, W); got shape {shape}.")
+        raise SettingsError(f"An image needs at least 2 dimensions (H, W); got shape {shape}.")
     if len(shape) == 2 or (len(shape) == 3 and shape[-1] <= 4):
         return 1
     lead = shape[:-3] if shape[-1] <= 4 else shape[:-2]
@@ -148,11 +149,11 @@ class FrameSource(torch.utils.data.Dataset):
                 try:
                     counts.append(_file_frames(p))
                 except Exception as err:
-                    raise ValueError(f"Could not read image {p}: {type(err).__name__}: {err}. Remove or convert it.") from err
+                    raise SettingsError(f"Could not read image {p}: {type(err).__name__}: {err}. Remove or convert it.") from err
             self.sources = [str(p.absolute()) for p in paths]  # absolute: a rerun from elsewhere matches
         self.items = [_Item(s, f) for s, n in enumerate(counts) for f in range(n)]
         if not self.items:
-            raise ValueError(f"No frames found in {images!r}.")
+            raise SettingsError(f"No frames found in {images!r}.")
         self._cache: tuple[int, np.ndarray] | None = None
 
     @staticmethod
@@ -162,7 +163,7 @@ class FrameSource(torch.utils.data.Dataset):
             if path.is_dir():
                 files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
                 if not files:
-                    raise ValueError(
+                    raise SettingsError(
                         f"The folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)}); point to the folder with your images."
                     )
                 return files

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from segment_anything.modeling import Sam
 
+from ..engine.errors import SettingsError
 from ..model.build import CLASSIFIER_PREFIXES, build_mobilesam, load_checkpoint
 from ..model.tiny_vit import TinyViT
 from ..model.weights import resolve_weights
@@ -70,7 +71,7 @@ def export_checkpoint(
     ref = TinyViT().state_dict()
     wrong = sorted(k for k in set(ref) | set(enc) if k not in enc or k not in ref or enc[k].shape != ref[k].shape)
     if wrong:
-        raise ValueError(
+        raise SettingsError(
             f"The student is not a TinyViT-5M ({len(wrong)} keys differ, e.g. {wrong[:3]}); only that "
             "configuration loads as MobileSAM. Distill with the default student."
         )

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..engine.errors import SettingsError
 from .data import FrameSource, ImagesLike
 from .teacher import Teacher, TeacherLike, load_teacher
 
@@ -54,7 +55,7 @@ class EmbeddingStore:
             old = json.loads(path.read_text())
             for key in ("teacher", "frames", "dtype"):
                 if old.get(key) != manifest[key]:
-                    raise ValueError(
+                    raise SettingsError(
                         f"{root} already holds teacher embeddings made with a different {key} "
                         f"({_short(old.get(key))} != {_short(manifest[key])}). Use another work folder, or delete {root} to start over."
                     )
@@ -86,7 +87,7 @@ class EmbeddingStore:
         """Store ``embedding`` (``256 x 64 x 64``) atomically."""
         arr = np.asarray(embedding, dtype=self.dtype)
         if arr.shape != EMBEDDING_SHAPE:
-            raise ValueError(f"Teacher embedding has shape {arr.shape}; SAM's decoder needs {EMBEDDING_SHAPE}.")
+            raise SettingsError(f"Teacher embedding has shape {arr.shape}; SAM's decoder needs {EMBEDDING_SHAPE}.")
         tmp = self.path(index).with_name(f".{index:07d}.tmp.npy")
         np.save(tmp, arr)
         os.replace(tmp, self.path(index))

@@ -21,6 +21,7 @@ from functools import partial
 import torch
 from segment_anything.modeling import ImageEncoderViT, Sam
 
+from ..engine.errors import SettingsError
 from ..model.build import (
     CLASSIFIER_PREFIXES,
     CheckpointError,
@@ -127,7 +128,7 @@ def _head_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def _check_embedding(encoder: torch.nn.Module, name: str) -> None:
     size = getattr(encoder, "img_size", None)
     if size != 1024:
-        raise ValueError(f"The teacher {name} takes {size}-pixel inputs; SAM's decoder needs an encoder for 1024 x 1024 inputs.")
+        raise SettingsError(f"The teacher {name} takes {size}-pixel inputs; SAM's decoder needs an encoder for 1024 x 1024 inputs.")
 
 
 def load_teacher(
@@ -152,7 +153,7 @@ def load_teacher(
         return Teacher(teacher.eval().to(dev), "module", "<module>")
     if isinstance(teacher, torch.nn.Module):
         if decoder_from is None:
-            raise ValueError("A bare image-encoder teacher needs decoder_from= (a SAM/MobileSAM checkpoint with the decoder).")
+            raise SettingsError("A bare image-encoder teacher needs decoder_from= (a SAM/MobileSAM checkpoint with the decoder).")
         _check_embedding(teacher, "module")
         sam = mobilesam_architecture(encoder=teacher)
         sam.load_state_dict({**sam.state_dict(), **_head_state(decoder_from)}, strict=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..engine.errors import SettingsError
 from ..model.build import CLASSIFIER_PREFIXES, load_checkpoint, resolve_device
 from ..model.tiny_vit import TinyViT
 from ..model.weights import resolve_weights
@@ -93,11 +94,11 @@ def build_student(init: str | os.PathLike | TinyViT | None = None) -> TinyViT:
         enc = {k[len("image_encoder."):]: v for k, v in state.items()
                if k.startswith("image_encoder.") and not k.startswith(CLASSIFIER_PREFIXES)}
         if not enc:
-            raise ValueError(f"{init} holds no image_encoder.* weights; give a MobileSAM checkpoint (or none for a random student).")
+            raise SettingsError(f"{init} holds no image_encoder.* weights; give a MobileSAM checkpoint (or none for a random student).")
         try:
             student.load_state_dict(enc, strict=True)
         except RuntimeError as err:
-            raise ValueError(f"{init} is not a TinyViT-5M (MobileSAM) checkpoint: {str(err).splitlines()[0]}") from err
+            raise SettingsError(f"{init} is not a TinyViT-5M (MobileSAM) checkpoint: {str(err).splitlines()[0]}") from err
     return student
 
 
@@ -205,9 +206,9 @@ def iter_train(
     source = images if isinstance(images, FrameSource) else FrameSource(images)
     store = EmbeddingStore(store_dir)
     if store.frames != source.describe():
-        raise ValueError(f"The teacher embeddings in {store_dir} were computed for other images; use another work folder for these images.")
+        raise SettingsError(f"The teacher embeddings in {store_dir} were computed for other images; use another work folder for these images.")
     if missing := store.missing():
-        raise ValueError(f"{len(missing)} of {len(store)} teacher embeddings are missing in {store_dir}; run the precompute step to finish them.")
+        raise SettingsError(f"{len(missing)} of {len(store)} teacher embeddings are missing in {store_dir}; run the precompute step to finish them.")
     dev = resolve_device(device)
     amp = dev.type == "cuda" if cfg.amp is None else cfg.amp
     amp_dtype = torch.bfloat16 if dev.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16

@@ -1,13 +1,13 @@
 """Segment everything: every object of a frame, or of every frame of a stack, as instance labels.
 
-Three samplers propose the objects (see README.md, "Segment everything"):
+A sampler proposes the objects (the registry in ``samplers/``; see README.md, "Segment everything"):
 
 - ``"object-aware"`` (MobileSAMv2): a YOLO detector proposes boxes (conf 0.4, NMS IoU 0.9,
-  imgsz 1024, at most 320), decoded in batches, single-mask mode;
-- ``"grid"`` (MobileSAM v1 / SAM): ``SamAutomaticMaskGenerator``'s point grid, the fallback
-  when no detector is available;
+  at most 320), decoded in batches, single-mask mode; the default when a detector is given;
 - ``"blobs"``: detector-free, scikit-image LoG/DoG blob detection proposes boxes for roundish
-  objects (nuclei, cells, particles), decoded like the detector's boxes.
+  objects (nuclei, cells, particles), decoded like the detector's boxes; the default without one;
+- ``"grid"`` (MobileSAM v1 / SAM): ``SamAutomaticMaskGenerator``'s point grid;
+- any sampler added with :func:`~.samplers.register_sampler`.
 
 Masks become labels by one deterministic rule: filter by predicted IoU, stability and area;
 paint largest first (smaller objects stay on top); drop objects of which less than
@@ -18,6 +18,7 @@ Frames larger than ``tile`` pixels are segmented tile by tile (see tiles.py).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Generator, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,32 +27,18 @@ import numpy as np
 from segment_anything.modeling import Sam
 
 from .._progress import drive, relay
+from .errors import SettingsError
 from .image import channels_last, to_rgb_uint8
 from .labels import filter_objects, render_labels
-from .predictor import ObjectMask, Predictor, Prompt
-from .samplers import blob_boxes, iter_grid_objects
+from .predictor import ObjectMask, Predictor
+from .samplers import CommonOptions, Sampler, SamplerContext, default_sampler, get_sampler
 from .tiles import place_tile_objects, tile_boxes, tile_settings
 
-__all__ = ["SAMPLERS", "EverythingProgress", "iter_segment_everything", "objects_to_labels", "segment_everything"]
+__all__ = ["EverythingProgress", "iter_segment_everything", "objects_to_labels", "segment_everything"]
 
-SAMPLERS = ("object-aware", "grid", "blobs")
 UNITS = 100  # progress units per frame
-
-_COMMON = dict(
-    min_score=None, min_stability=None, min_area=1, max_area=None, min_visible=0.5,
-    channels=None, contrast_limits=None, channel_axis=None, key=None, out=None, tile=None, tile_overlap=None, stop=None,
-)
-_BOXES = dict(prompt="box")
-_OPTIONS = {
-    "object-aware": dict(conf=0.4, iou=0.9, imgsz=None, max_det=320, **_BOXES),  # imgsz None: the detector's own
-    "grid": dict(points_per_side=32, points_per_batch=None, box_nms_thresh=0.7, crop_n_layers=0, crop_nms_thresh=0.7),
-    "blobs": dict(
-        diameter=None, diameter_range=(0.5, 2.0), method="log", threshold=0.05, polarity="bright",
-        overlap=0.5, num_sigma=6, box_scale=1.2, max_det=1000, min_snr=5.0, **_BOXES,
-    ),
-}
-# grid keeps SAM's own quality filter; boxes from a detector are objects already
-_SCORE_DEFAULTS = {"object-aware": (0.0, 0.0), "grid": (0.88, 0.95), "blobs": (0.0, 0.0)}
+# options of the run itself (besides the samplers' and CommonOptions): see iter_segment_everything
+_RUN = dict(channels=None, contrast_limits=None, channel_axis=None, key=None, out=None, stop=None)
 
 
 @dataclass
@@ -127,22 +114,21 @@ def objects_to_labels(
     return lut[lab]
 
 
-def _check_options(sampler: str, options: dict[str, Any]) -> dict[str, Any]:
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(map(repr, SAMPLERS))}; got {sampler!r}.")
-    allowed = {**_COMMON, **_OPTIONS[sampler]}
-    unknown = sorted(set(options) - set(allowed))
+def _check_options(sampler: Sampler, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """``(the sampler's options dataclass, the run's options: CommonOptions + _RUN, filled in)``."""
+    own = {f.name for f in dataclasses.fields(sampler.options)}
+    common = dataclasses.asdict(CommonOptions())
+    unknown = sorted(set(options) - own - set(common) - set(_RUN))
     if unknown:
-        raise TypeError(f"Unknown option(s) {unknown} for sampler={sampler!r}; valid: {sorted(allowed)}.")
-    opts = {**allowed, **options}
-    ds, dst = _SCORE_DEFAULTS[sampler]
+        raise TypeError(f"Unknown option(s) {unknown} for sampler={sampler.name!r}; valid: {sorted(own | set(common) | set(_RUN))}.")
+    sampler_opts = sampler.options(**{k: v for k, v in options.items() if k in own})
+    opts = {**common, **_RUN, **{k: v for k, v in options.items() if k not in own}}
+    ds, dst = sampler.score_defaults
     opts["min_score"] = ds if opts["min_score"] is None else float(opts["min_score"])
     opts["min_stability"] = dst if opts["min_stability"] is None else float(opts["min_stability"])
-    if opts.get("prompt", "box") not in ("box", "box+point"):
-        raise ValueError(f"prompt must be 'box' or 'box+point', got {opts['prompt']!r}.")
     if opts["tile"]:
         opts["tile"], opts["tile_overlap"] = tile_settings(opts["tile"], opts["tile_overlap"])
-    return opts
+    return sampler_opts, opts
 
 
 def _frame_layout(shape: tuple[int, ...], rgb: bool | None) -> tuple[tuple[int, ...], tuple[int, int]]:
@@ -150,7 +136,7 @@ def _frame_layout(shape: tuple[int, ...], rgb: bool | None) -> tuple[tuple[int, 
     if rgb is None:
         if len(shape) >= 3 and shape[-1] <= 16 and shape[-1] not in (3, 4):
             lead = " x ".join(map(str, shape[:-2])) + " frames of "
-            raise ValueError(
+            raise SettingsError(
                 f"Image of shape {shape} is ambiguous: {lead}{shape[-2]} x {shape[-1]} pixels, or "
                 f"{'one ' if len(shape) == 3 else ''}{' x '.join(map(str, shape[-3:-1]))} frame(s) with {shape[-1]} channels? "
                 "Pass channel_axis=-1 for channels (or the axis that holds them), or rgb=False for frames."
@@ -158,11 +144,11 @@ def _frame_layout(shape: tuple[int, ...], rgb: bool | None) -> tuple[tuple[int, 
         rgb = len(shape) >= 3 and shape[-1] in (3, 4)
     spatial = 3 if rgb else 2
     if len(shape) < spatial:
-        raise ValueError(f"Image of shape {shape} is not a frame: give (H, W), (H, W, C) with rgb=True, or a stack (..., H, W[, C]).")
+        raise SettingsError(f"Image of shape {shape} is not a frame: give (H, W), (H, W, C) with rgb=True, or a stack (..., H, W[, C]).")
     lead = tuple(shape[: len(shape) - spatial])
     hw = tuple(shape[len(lead) : len(lead) + 2])
     if min(hw) < 1:
-        raise ValueError(f"Image of shape {shape} has empty frames.")
+        raise SettingsError(f"Image of shape {shape} has empty frames.")
     return lead, hw
 
 
@@ -179,7 +165,7 @@ def _frame_list(lead: tuple[int, ...], frames: Iterable[int | Sequence[int]] | N
             out.append(())
             continue
         if len(idx) != len(lead) or any(not -s <= i < s for i, s in zip(idx, lead)):
-            raise ValueError(f"Frame {f} is not in a stack of {lead} frames; give frame numbers 0..{n - 1}.")
+            raise SettingsError(f"Frame {f} is not in a stack of {lead} frames; give frame numbers 0..{n - 1}.")
         out.append(tuple(i % s for i, s in zip(idx, lead)))
     return out
 
@@ -192,12 +178,12 @@ def _predictor(model: Predictor | Sam) -> Predictor:
     raise TypeError(f"Expected a napari_mobilesam Predictor or a segment_anything Sam, got {type(model).__name__}.")
 
 
-def _load_detector(sampler: str, detector: Any) -> Any:
-    if sampler != "object-aware":
+def _load_detector(sampler: Sampler, detector: Any) -> Any:
+    if not sampler.needs_detector:
         return None
     if detector is None:
-        raise ValueError(
-            "sampler='object-aware' needs a detector: detector='path/to/ObjectAwareModel.pt' (MobileSAMv2's) or any YOLO "
+        raise SettingsError(
+            f"sampler={sampler.name!r} needs a detector: detector='path/to/ObjectAwareModel.pt' (MobileSAMv2's) or any YOLO "
             "detect/segment .pt checkpoint. Without one, use sampler='blobs' (roundish objects, no extra weights) or sampler='grid'."
         )
     from ..model.detector import load_detector
@@ -205,78 +191,41 @@ def _load_detector(sampler: str, detector: Any) -> Any:
     return load_detector(detector)
 
 
-def _box_prompts(boxes: np.ndarray, with_point: bool) -> list[Prompt]:
-    if with_point:
-        return [Prompt(points=((b[:2] + b[2:]) / 2)[None], box=b) for b in boxes]
-    return [Prompt(box=b) for b in boxes]
-
-
 def _iter_frame(
-    pred: Predictor, rgb: np.ndarray, key: Hashable | None, sampler: str, det: Any, opts: dict[str, Any]
+    ctx: SamplerContext, rgb: np.ndarray, key: Hashable | None, sampler: Sampler, sopts: Any, opts: dict[str, Any]
 ) -> Generator[tuple[float, str], None, list[ObjectMask]]:
     """Objects of one frame, tile by tile when it is larger than ``tile`` (see tiles.py); yields
     (fraction of the frame done, message)."""
     tile = opts["tile"]
     hw = rgb.shape[:2]
     if not tile or max(hw) <= tile:
-        return (yield from _iter_tile(pred, rgb, key, sampler, det, opts))
+        return (yield from _iter_tile(ctx, rgb, key, sampler, sopts))
     boxes = tile_boxes(hw, tile, opts["tile_overlap"])
     objects: list[ObjectMask] = []
-    stop = opts["stop"] or (lambda: False)
     for k, (r0, c0, r1, c1) in enumerate(boxes):
-        if stop():  # cancelled: the tiles done make a partial frame
-            opts["_partial"] = f"{k} of {len(boxes)} tiles"
+        if ctx.stop():  # cancelled: the tiles done make a partial frame
+            ctx.partial = f"{k} of {len(boxes)} tiles"
             break
         sub = np.ascontiguousarray(rgb[r0:r1, c0:c1])
-        work = _iter_tile(pred, sub, None if key is None else (key, "tile", r0, c0), sampler, det, opts)
+        work = _iter_tile(ctx, sub, None if key is None else (key, "tile", r0, c0), sampler, sopts)
         found = yield from relay(work, lambda p, k=k: ((k + p[0]) / len(boxes), f"tile {k + 1}/{len(boxes)}: {p[1]}"))
         objects += place_tile_objects(found, (r0, c0, r1, c1), hw)
     return objects
 
 
 def _iter_tile(
-    pred: Predictor, rgb: np.ndarray, key: Hashable | None, sampler: str, det: Any, opts: dict[str, Any]
+    ctx: SamplerContext, rgb: np.ndarray, key: Hashable | None, sampler: Sampler, sopts: Any
 ) -> Generator[tuple[float, str], None, list[ObjectMask]]:
-    """Objects of one frame or tile; yields (fraction done, message)."""
-    pred.set_image(rgb, key=key)
+    """Objects of one frame or tile: its embedding, then the sampler; yields (fraction done, message)."""
+    ctx.predictor.set_image(rgb, key=key)
     yield 0.2, "embedded"
-    if sampler == "grid":
-        grid = iter_grid_objects(
-            pred, rgb, key, opts["points_per_side"], opts["points_per_batch"], opts["min_score"], opts["min_stability"],
-            opts["box_nms_thresh"], opts["crop_n_layers"], opts["crop_nms_thresh"],
-        )
-        return (yield from relay(grid, lambda p: (0.2 + 0.75 * p[0] / p[1], f"point batch {p[0]}/{p[1]}")))
-    if sampler == "object-aware":
-        boxes, _ = det.detect(rgb, conf=opts["conf"], iou=opts["iou"], imgsz=opts["imgsz"], max_det=opts["max_det"], device=str(pred.device))
-    else:
-        boxes, _ = blob_boxes(
-            rgb, opts["diameter"], tuple(opts["diameter_range"]), opts["method"], opts["threshold"], opts["polarity"],
-            opts["overlap"], opts["num_sigma"], opts["box_scale"], opts["max_det"], opts["min_snr"],
-        )
-    # degenerate boxes (zero width/height after clipping) cannot hold an object
-    boxes = boxes[(boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)] if len(boxes) else boxes
-    prompts = _box_prompts(boxes, opts["prompt"] == "box+point")
-    yield 0.3, f"{len(prompts)} boxes"
-    objects: list[ObjectMask] = []
-    step = pred.batch_size
-    stop = opts["stop"] or (lambda: False)
-    for start in range(0, len(prompts), step):
-        if stop():  # cancelled: the boxes decoded so far count (a partial frame)
-            opts["_partial"] = f"{start} of {len(prompts)} boxes"
-            break
-        batch = pred.predict_objects(prompts[start : start + step], multimask_output=False)
-        for o in batch:  # 256 KiB each, not needed here: keep a frame's objects small
-            o.low_res_logits = None
-        objects += batch
-        n = min(start + step, len(prompts))
-        yield 0.3 + 0.65 * n / len(prompts), f"decoded {n}/{len(prompts)} boxes"
-    return objects
+    return (yield from relay(sampler.propose(ctx, rgb, key, sopts), lambda p: (0.2 + 0.75 * p[0], p[1])))
 
 
 def iter_segment_everything(
     image: Any,
     predictor_or_sam: Predictor | Sam,
-    sampler: str = "object-aware",
+    sampler: str | None = None,
     detector: Any = None,
     rgb: bool | None = None,
     frames: Iterable[int | Sequence[int]] | None = None,
@@ -292,7 +241,9 @@ def iter_segment_everything(
         image: ``(H, W)`` / ``(H, W, C)`` frame or ``(..., H, W[, C])`` stack (numpy, dask, zarr:
             anything indexable); leading dimensions are frames. Any dtype (see ``to_rgb_uint8``).
         predictor_or_sam: a :class:`Predictor` (its embedding cache is reused) or a ``Sam``.
-        sampler: "object-aware" (needs ``detector``), "grid" or "blobs".
+        sampler: a registered sampler's name (:func:`~.samplers.sampler_names`): "object-aware" (needs
+            ``detector``), "blobs", "grid", ...; default (None): "object-aware" when a ``detector`` is
+            given, else "blobs" (:func:`~.samplers.default_sampler`; the CLI and the widget use the same).
         detector: path to a YOLO detect/segment ``.pt`` (e.g. ObjectAwareModel.pt) or a loaded
             :class:`~napari_mobilesam.model.detector.Detector`; only for "object-aware".
         rgb: whether the last axis is colour/channels; None guesses (last dim 3 or 4; a last dim of
@@ -317,9 +268,10 @@ def iter_segment_everything(
             consumer writes the yielded frames itself; the return value is then None),
             ``tile`` / ``tile_overlap``: segment frames larger than ``tile`` pixels tile by tile
             (overlap default ``tile // 4``; see tiles.py),
-            ``stop``: a callable polled before each frame and each tile; once it returns True the
-            frame being tiled is finished with the tiles done (a partial frame, said in its message)
-            and no further frame is started.
+            ``stop``: a callable polled before each frame, each tile and each decode batch of the
+            sampler; once it returns True the frame in progress is finished with what was decoded
+            (a partial frame, said in its message: tiles, boxes or point batches done) and no further
+            frame is started. The sampler's own options: its options dataclass (``samplers/``).
 
     Yields:
         :class:`EverythingProgress`; items with ``.labels`` set carry a finished frame.
@@ -329,23 +281,24 @@ def iter_segment_everything(
         the label array, ``leading + (H, W)``: ``labels`` (copied, unless passed as ``out``)
         merged with every finished frame, uint32 when no ``labels`` are given.
     """
-    opts = _check_options(sampler, options)
+    chosen = get_sampler(default_sampler(detector) if sampler is None else sampler)
+    sopts, opts = _check_options(chosen, options)
     pred = _predictor(predictor_or_sam)
-    det = _load_detector(sampler, detector)
+    det = _load_detector(chosen, detector)
     if opts["channel_axis"] is not None:  # frames read with that axis moved last
         image, rgb = channels_last(image, opts["channel_axis"]), True
     shape = tuple(np.shape(image))
     lead, hw = _frame_layout(shape, rgb)
     todo = _frame_list(lead, frames)
     if labels is not None and tuple(np.shape(labels)) != lead + hw:
-        raise ValueError(f"labels of shape {np.shape(labels)} do not match the image's frames {lead + hw}.")
+        raise SettingsError(f"labels of shape {np.shape(labels)} do not match the image's frames {lead + hw}.")
     out = opts["out"]
     if out is False:  # the consumer writes each finished frame itself: keep nothing
         pass
     elif out is None:
         out = np.array(labels) if labels is not None else np.zeros(lead + hw, np.uint32)
     elif tuple(np.shape(out)) != lead + hw:
-        raise ValueError(f"out of shape {np.shape(out)} does not match the image's frames {lead + hw}.")
+        raise SettingsError(f"out of shape {np.shape(out)} does not match the image's frames {lead + hw}.")
     next_id = int(np.max(labels)) + 1 if labels is not None and np.size(labels) else 1
     if out is not False and out is not labels and opts["out"] is not None and np.size(out):
         next_id = max(next_id, int(np.max(out)) + 1)  # never reuse an id already in a given out
@@ -356,28 +309,28 @@ def iter_segment_everything(
     from .linkpass import check_link, linked_frames
 
     check_link(link, lead, out, link_options)
-    work = _run(image, pred, sampler, det, lead, hw, todo, labels, overwrite, opts, out, next_id, keyfn)
+    ctx = SamplerContext(pred, det, opts["stop"] or (lambda: False), opts["min_score"], opts["min_stability"])
+    work = _run(image, ctx, chosen, sopts, lead, hw, todo, labels, overwrite, opts, out, next_id, keyfn)
     if link == "none":
         return work
     return linked_frames(work, image, pred, todo, opts, out, next_id, keyfn, link, dict(link_options or {}))
 
 
 def _run(
-    image: Any, pred: Predictor, sampler: str, det: Any, lead: tuple[int, ...], hw: tuple[int, int], todo: list[tuple[int, ...]],
+    image: Any, ctx: SamplerContext, sampler: Sampler, sopts: Any, lead: tuple[int, ...], hw: tuple[int, int], todo: list[tuple[int, ...]],
     labels: Any, overwrite: bool, opts: dict[str, Any], out: Any, next_id: int, keyfn: Callable[[tuple[int, ...]], Hashable | None],
 ) -> Generator[EverythingProgress, None, Any]:
     total = UNITS * len(todo)
-    stop = opts["stop"] or (lambda: False)
     for n, idx in enumerate(todo):
-        if stop():
+        if ctx.stop():
             break
-        opts["_partial"] = None
+        ctx.partial = None
         frame_no = int(np.ravel_multi_index(idx, lead)) if lead else 0
         base = n * UNITS
         yield EverythingProgress(frame_no, idx, base, total, f"frame {frame_no}: embedding")
         frame = np.asarray(image[idx] if idx else image)
         rgb8 = to_rgb_uint8(frame, channel_axis=-1 if frame.ndim == 3 else None, channels=opts["channels"], contrast_limits=opts["contrast_limits"])
-        work = _iter_frame(pred, rgb8, keyfn(idx), sampler, det, opts)
+        work = _iter_frame(ctx, rgb8, keyfn(idx), sampler, sopts, opts)
         objects = yield from relay(
             # relay runs the lambda before this loop pass ends, so the loop variables are the current ones
             work, lambda p: EverythingProgress(frame_no, idx, base + int(p[0] * UNITS), total, f"frame {frame_no}: {p[1]}"),  # noqa: B023
@@ -387,10 +340,12 @@ def _run(
         free = None if existing is None or overwrite else existing == 0
         new = objects_to_labels(kept, hw, next_id, free, opts["min_visible"])
         n_new = int(new.max() - next_id + 1) if new.any() else 0
+        if ctx.partial and not n_new:  # cancelled before anything of this frame was found: it stays as it was
+            break
         next_id += n_new
         if out is not False:
             _merge(out, idx, new, n_new, next_id)
-        part = f" (partial: {opts['_partial']} done before Cancel)" if opts["_partial"] else ""
+        part = f" (partial: {ctx.partial} done before Cancel)" if ctx.partial else ""
         yield EverythingProgress(
             frame_no, idx, base + UNITS, total,
             f"frame {frame_no}: {n_new} objects from {len(objects)} masks ({len(kept)} passed the filters){part}", new,
@@ -402,7 +357,7 @@ def _merge(out: Any, idx: tuple[int, ...], new: np.ndarray, n_new: int, next_id:
     """Write a frame's new labels into ``out[idx]`` (one read and one write: zarr friendly)."""
     merged = np.array(out[idx] if idx else out)
     if n_new and np.issubdtype(merged.dtype, np.integer) and next_id - 1 > np.iinfo(merged.dtype).max:
-        raise ValueError(f"Label id {next_id - 1} does not fit the labels' dtype {merged.dtype}; convert the labels to uint32.")
+        raise SettingsError(f"Label id {next_id - 1} does not fit the labels' dtype {merged.dtype}; convert the labels to uint32.")
     take = new > 0
     merged[take] = new[take]
     if idx:
@@ -414,7 +369,7 @@ def _merge(out: Any, idx: tuple[int, ...], new: np.ndarray, n_new: int, next_id:
 def segment_everything(
     image: Any,
     predictor_or_sam: Predictor | Sam,
-    sampler: str = "object-aware",
+    sampler: str | None = None,
     detector: Any = None,
     **options: Any,
 ) -> np.ndarray:

@@ -7,13 +7,13 @@ in one process and on a cluster, which is why both give identical results.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .decode import decode_objects  # re-exported: its home was this module
 from .distributed import ModelHolder
 from .io import ImageSource
 
@@ -34,30 +34,6 @@ def _frame_options(source: ImageSource, preprocess: dict) -> dict:
     channels last (``(H, W, C)``), which ``set_image`` cannot guess from the shape alone."""
     many = source.frame_ndim == 3 and int(source.frame_shape[-1]) > 4
     return {**preprocess, "channel_axis": -1} if many else dict(preprocess)
-
-
-def decode_objects(pred, objects, multimask_all: bool = False, progress: Callable[[int], None] | None = None) -> list:
-    """Masks (``ObjectMask``) of :class:`~.prompts.ObjectPrompt` objects on the predictor's current frame,
-    in input order, each decoded as its rule says (single clicks: best of three; ``mask`` 1-3: that one),
-    batched by mask mode. The widget and ``mobilesam segment`` both decode through here.
-
-    ``multimask_all``: every object takes the best of three masks (``mobilesam segment --multimask``).
-    ``progress``: called with the number of objects decoded after each batch of ``pred.batch_size``."""
-    groups: dict[tuple, list[int]] = {}
-    for i, o in enumerate(objects):
-        multimask = o.multimask or multimask_all
-        groups.setdefault((multimask, o.select if multimask else "best"), []).append(i)
-    out: list = [None] * len(objects)
-    for (multimask, select), idx in groups.items():
-        step = len(idx) if progress is None else pred.batch_size  # predict_objects batches the same way
-        for start in range(0, len(idx), step):
-            part = idx[start : start + step]
-            masks = pred.predict_objects([objects[i].prompt for i in part], multimask_output=multimask, select=select)
-            for i, m in zip(part, masks, strict=True):
-                out[i] = m
-            if progress is not None:
-                progress(len(part))
-    return out
 
 
 def use_stored_embedding(models: ModelHolder, store_path: str | None, source: ImageSource, t: int) -> Any:
@@ -128,6 +104,8 @@ class SegmentJob:
         key = use_stored_embedding(models, self.store, source, t)
         if key is not None:
             pred.set_embedding(pred.cache.get(key), key)
+            if pred.needs_pixels:  # a large frame: its prompts are decoded in windows of its pixels
+                pred.set_pixels(source.read(t), **_frame_options(source, self.preprocess))
         else:
             pred.set_image(source.read(t), key=("segment", source.path, t), **_frame_options(source, self.preprocess))
         existing = None
@@ -152,7 +130,7 @@ class SegmentJob:
 class EverythingJob:
     """Frame ``t`` -> ``(H, W)`` uint32 labels numbered 1..n (the caller offsets ids across frames)."""
 
-    sampler: str = "grid"
+    sampler: str | None = None  # None: object-aware with a detector, else blobs (samplers.default_sampler)
     options: dict = field(default_factory=dict)
     store: str | None = None
 

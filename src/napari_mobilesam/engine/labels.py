@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .errors import SettingsError
 from .predictor import ObjectMask
 
 __all__ = ["check_ids", "filter_objects", "label_changes", "next_free_id", "render_labels", "write_labels"]
@@ -59,14 +60,14 @@ def render_labels(
         ids = range(1, len(objects) + 1)
     ids = list(ids)
     if len(ids) != len(objects):
-        raise ValueError(f"{len(objects)} objects but {len(ids)} ids.")
+        raise SettingsError(f"{len(objects)} objects but {len(ids)} ids.")
     if order not in ("largest_first", "given"):
-        raise ValueError(f"order must be 'largest_first' or 'given', got {order!r}.")
+        raise SettingsError(f"order must be 'largest_first' or 'given', got {order!r}.")
     check_ids(ids, np.dtype(dtype))
     shape = tuple(int(v) for v in shape)  # type: ignore[assignment]
     for i, o in enumerate(objects):
         if tuple(o.shape) != shape:
-            raise ValueError(f"Object {i} was segmented on a frame of {tuple(o.shape)} pixels, not {shape}; "
+            raise SettingsError(f"Object {i} was segmented on a frame of {tuple(o.shape)} pixels, not {shape}; "
                              "give render_labels the shape of the frame the objects come from.")
     out = np.zeros(shape, dtype=dtype)
     idx = range(len(objects))
@@ -85,11 +86,11 @@ def check_ids(ids: Sequence[int], dtype: np.dtype, what: str = "labels") -> None
         return
     arr = np.asarray(list(ids), dtype=object)
     if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in arr):
-        raise ValueError(f"Label ids must be whole numbers, got {[v for v in arr if not isinstance(v, (int, np.integer))][:3]}.")
+        raise SettingsError(f"Label ids must be whole numbers, got {[v for v in arr if not isinstance(v, (int, np.integer))][:3]}.")
     hi = np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 2**53
     bad = [int(v) for v in arr if not 1 <= int(v) <= hi]
     if bad:
-        raise ValueError(f"Label id {bad[0]} does not fit {what} of dtype {dtype.name} (ids are 1..{hi}); "
+        raise SettingsError(f"Label id {bad[0]} does not fit {what} of dtype {dtype.name} (ids are 1..{hi}); "
                          + ("use smaller ids." if hi >= 2**32 - 1 else "convert the labels to uint32 first, or use smaller ids."))
 
 
@@ -106,7 +107,7 @@ def label_changes(
         value at each; only pixels whose value actually changes are listed.
     """
     if existing.shape != new.shape:
-        raise ValueError(f"Labels of shape {existing.shape} cannot take results of shape {new.shape}.")
+        raise SettingsError(f"Labels of shape {existing.shape} cannot take results of shape {new.shape}.")
     released = np.isin(existing, np.asarray(list(replace_ids), dtype=existing.dtype)) if len(replace_ids) else np.zeros(existing.shape, bool)
     free = (existing == 0) | released
     target = np.where(released, 0, existing)

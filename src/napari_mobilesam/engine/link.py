@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import SettingsError
+
 __all__ = ["LINK_MODES", "Linker", "Links", "link_labels"]
 
 LINK_MODES = ("none", "3d", "time")
@@ -157,7 +159,7 @@ class Linker:
 
     def __init__(self, mode: str = "time", *, min_iou: float = 0.2, min_iou_gap: float = 0.1, min_inside: float = 0.6, max_gap: int = 2):
         if mode not in ("3d", "time"):
-            raise ValueError(f"link mode must be '3d' or 'time' to link frames, got {mode!r}.")
+            raise SettingsError(f"link mode must be '3d' or 'time' to link frames, got {mode!r}.")
         self.mode = mode
         self.min_iou, self.min_iou_gap, self.min_inside, self.max_gap = float(min_iou), float(min_iou_gap), float(min_inside), int(max_gap)
         self._recent: deque[tuple[int, np.ndarray]] = deque(maxlen=self.max_gap + 1)
@@ -174,10 +176,10 @@ class Linker:
         """Record the next frame's ``(H, W)`` integer labels (0 = background)."""
         lab = np.asarray(labels)
         if lab.ndim != 2:
-            raise ValueError(f"Linker.add takes one (H, W) label frame, got shape {lab.shape}.")
+            raise SettingsError(f"Linker.add takes one (H, W) label frame, got shape {lab.shape}.")
         t = len(self._ids)
         if self._recent and self._recent[-1][1].shape != lab.shape:
-            raise ValueError(f"frame {t} has shape {lab.shape}, the previous one {self._recent[-1][1].shape}.")
+            raise SettingsError(f"frame {t} has shape {lab.shape}, the previous one {self._recent[-1][1].shape}.")
         flat = lab.ravel().astype(np.int64)
         ids, inv, area = np.unique(flat, return_inverse=True, return_counts=True)
         rows = np.repeat(np.arange(lab.shape[0], dtype=np.float64), lab.shape[1])

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .errors import SettingsError
 from .link import LINK_MODES, Linker, Links
 
 if TYPE_CHECKING:
@@ -163,16 +164,16 @@ def _missed(prev: np.ndarray, cur: np.ndarray, min_iou: float) -> list[int]:
 def check_link(link: str, lead: tuple[int, ...], out: Any, link_options: dict[str, Any] | None) -> None:
     """Bad ``link`` arguments raise here, before any frame is segmented."""
     if link not in LINK_MODES:
-        raise ValueError(f"link must be one of {', '.join(map(repr, LINK_MODES))}; got {link!r}.")
+        raise SettingsError(f"link must be one of {', '.join(map(repr, LINK_MODES))}; got {link!r}.")
     if link == "none":
         if link_options:
-            raise ValueError("link_options need link='3d' or link='time'.")
+            raise SettingsError("link_options need link='3d' or link='time'.")
         return
     if len(lead) != 1:
-        raise ValueError(f"link={link!r} links the frames of a stack with one leading dimension (Z or T); this image has "
+        raise SettingsError(f"link={link!r} links the frames of a stack with one leading dimension (Z or T); this image has "
                          f"{len(lead)} ({lead}). Pick one stack (e.g. image[t]) or use link='none'.")
     if out is False:
-        raise ValueError("link needs the labels of every frame: drop out=False (or pass an array as out).")
+        raise SettingsError("link needs the labels of every frame: drop out=False (or pass an array as out).")
     allowed = {"fill", "min_iou", "min_iou_gap", "min_inside", "max_gap", "min_score", "min_overlap", "min_area", "min_visible"}
     unknown = sorted(set(link_options or {}) - allowed)
     if unknown:

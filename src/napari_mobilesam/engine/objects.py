@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import SettingsError
+
 __all__ = ["ObjectMask", "Prompt"]
 
 
@@ -34,24 +36,24 @@ class Prompt:
         if self.points is not None:
             pts = np.asarray(self.points, dtype=np.float64)
             if pts.size % 2 or pts.ndim > 2 or (pts.ndim == 2 and pts.shape[1] != 2):
-                raise ValueError(f"Points are (row, col) pairs: give [[row, col], ...], got shape {pts.shape}.")
+                raise SettingsError(f"Points are (row, col) pairs: give [[row, col], ...], got shape {pts.shape}.")
             self.points = pts.reshape(-1, 2)
             if self.labels is None:
                 self.labels = np.ones(len(self.points), dtype=np.int64)
             self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
             if len(self.labels) != len(self.points):
-                raise ValueError(f"{len(self.points)} points but {len(self.labels)} labels; give one label per point.")
+                raise SettingsError(f"{len(self.points)} points but {len(self.labels)} labels; give one label per point.")
             if len(self.points) == 0:
                 self.points, self.labels = None, None
         if self.box is not None:
             b = np.asarray(self.box, dtype=np.float64).reshape(-1)
             if b.shape != (4,):
-                raise ValueError(f"A box is 4 numbers (row0, col0, row1, col1), got {b.shape[0]}.")
+                raise SettingsError(f"A box is 4 numbers (row0, col0, row1, col1), got {b.shape[0]}.")
             self.box = np.array([min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])])
         if self.points is None and self.box is None:
-            raise ValueError("A prompt needs at least one point or a box.")
+            raise SettingsError("A prompt needs at least one point or a box.")
         if self.points is not None and not np.isfinite(self.points).all() or self.box is not None and not np.isfinite(self.box).all():
-            raise ValueError("Prompt coordinates must be finite numbers.")
+            raise SettingsError("Prompt coordinates must be finite numbers.")
 
 
 @dataclass
@@ -66,7 +68,9 @@ class ObjectMask:
         stability: stability score (IoU of the masks thresholded at ±1 around the threshold,
             on the low-resolution logits).
         mask_index: which decoder output was chosen (0 in single-mask mode; 0-2 in multimask).
-        low_res_logits: ``(256, 256)`` float32, usable as a later ``Prompt.mask_input``.
+        low_res_logits: ``(256, 256)`` float32, usable as a later ``Prompt.mask_input`` on the frame.
+        window: ``(row0, col0, row1, col1)`` of the full-resolution window the prompt was decoded
+            in, on a large frame (:mod:`.windows`); None when decoded on the whole frame.
     """
 
     mask: np.ndarray
@@ -76,6 +80,7 @@ class ObjectMask:
     stability: float
     mask_index: int
     low_res_logits: np.ndarray = field(repr=False)
+    window: tuple[int, int, int, int] | None = None
 
     @property
     def area(self) -> int:

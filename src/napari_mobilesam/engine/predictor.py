@@ -25,10 +25,12 @@ from segment_anything.utils.amg import calculate_stability_score
 
 from ..model.fast_decoder import FrameDecoder, Scratch
 from .embeddings import Embedding, EmbeddingCache
+from .errors import SettingsError
 from .image import to_rgb_uint8
 from .objects import ObjectMask, Prompt
 from .prompt_checks import check_prompts, check_xy
 from .upsample import MaskUpsampler
+from .windows import is_large, predict_in_windows
 
 __all__ = ["ObjectMask", "Predictor", "Prompt"]
 
@@ -54,6 +56,8 @@ class Predictor(SamPredictor):
         self._frame_decoder: FrameDecoder | None = None
         self._upsamplers: dict[tuple, MaskUpsampler] = {}
         self.scratch = Scratch()  # decode buffers, shared by the decoders of its frames
+        self.pixels: np.ndarray | None = None  # (H, W, 3) uint8 of a large frame, for prompt windows
+        self._window_pred: Predictor | None = None
 
     # ------------------------------------------------------------------ images
     def set_image(
@@ -75,23 +79,29 @@ class Predictor(SamPredictor):
                 the normalised pixels, so identical frames share one embedding.
         """
         if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}.")
+            raise SettingsError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}.")
         shape = tuple(np.shape(image))
         if channel_axis is None and len(shape) == 3 and shape[0] <= 4 < shape[-1]:
-            raise ValueError(f"Image of shape {shape} is ambiguous: set_image takes (H, W) or (H, W, C); for "
+            raise SettingsError(f"Image of shape {shape} is ambiguous: set_image takes (H, W) or (H, W, C); for "
                              f"channels first (C, H, W) pass channel_axis=0, for a stack give one frame (image[t]).")
         rgb = to_rgb_uint8(image, channel_axis=channel_axis, channels=channels, contrast_limits=contrast_limits)
         if image_format != self.model.image_format:
             rgb = rgb[..., ::-1]
         if key is None:
             key = ("pixels", rgb.shape, hashlib.blake2b(rgb.tobytes(), digest_size=16).hexdigest())
+        large = is_large(rgb.shape[:2], self.model.image_encoder.img_size)
         emb = self.cache.get(key)
         if emb is None:
             with torch.inference_mode():
                 super().set_image(np.ascontiguousarray(rgb), self.model.image_format)
-            emb = Embedding(self.features, self.original_size, self.input_size)
+            emb = Embedding(self.features, self.original_size, self.input_size, rgb if large else None)
+            self.cache.put(key, emb)
+        elif large and emb.pixels is None:  # e.g. read from an embeddings store: keep the pixels for windows
+            emb = Embedding(emb.features, emb.original_size, emb.input_size, rgb)
             self.cache.put(key, emb)
         self.set_embedding(emb, key)
+        if large and self.pixels is None:  # no cache (budget 0)
+            self.pixels = rgb
 
     def set_embedding(self, emb: Embedding, key: Hashable | None = None, frame_decoder: FrameDecoder | None = None) -> None:
         """Make ``emb`` the current frame (e.g. an embedding loaded from disk).
@@ -105,15 +115,45 @@ class Predictor(SamPredictor):
         self.is_image_set = True
         self.key = key
         self._frame_decoder = frame_decoder
+        self.pixels = emb.pixels
+
+    def set_pixels(
+        self,
+        image: np.ndarray,
+        *,
+        channel_axis: int | None = None,
+        channels: Sequence[int] | None = None,
+        contrast_limits: tuple[float, float] | None = None,
+    ) -> None:
+        """Give the current frame's pixels after :meth:`set_embedding` (e.g. from a store), so that
+        prompts on a large frame are decoded in windows (:mod:`.windows`); a no-op for other frames.
+        ``image`` and the options are those ``set_image`` takes for the same frame."""
+        self._require_image()
+        if is_large(self.original_size, self.model.image_encoder.img_size):
+            self.pixels = to_rgb_uint8(image, channel_axis=channel_axis, channels=channels, contrast_limits=contrast_limits)
+
+    @property
+    def needs_pixels(self) -> bool:
+        """The current frame is large (:func:`.windows.is_large`) and its pixels are not here: see :meth:`set_pixels`."""
+        return self.is_image_set and self.pixels is None and is_large(self.original_size, self.model.image_encoder.img_size)
+
+    def window_predictor(self) -> Predictor:
+        """A predictor for windows of this one's frames (:mod:`.windows`), sharing its model, cache and buffers."""
+        if self._window_pred is None:
+            sub = Predictor(self.model, cache_bytes=0, batch_bytes=self.batch_bytes)
+            sub.cache, sub.scratch = self.cache, self.scratch
+            self._window_pred = sub
+        return self._window_pred
 
     def get_embedding(self) -> Embedding:
         self._require_image()
-        return Embedding(self.features, self.original_size, self.input_size)
+        return Embedding(self.features, self.original_size, self.input_size, self.pixels)
 
     def reset_image(self) -> None:
         super().reset_image()
         self.key = None
         self._frame_decoder = None
+        self.pixels = None
 
     def _require_image(self) -> None:
         if not self.is_image_set:
@@ -132,6 +172,31 @@ class Predictor(SamPredictor):
         if k not in self._upsamplers:
             self._upsamplers[k] = MaskUpsampler(self.original_size, self.input_size, self.model.image_encoder.img_size)
         return self._upsamplers[k]
+
+    def mask_upsampler(self) -> MaskUpsampler:
+        """The current frame's low-resolution -> frame mapping (``crop_logits``, ``crop_mask``,
+        ``full_mask``), for samplers that decode with :meth:`decode_point_batch`."""
+        self._require_image()
+        return self._upsampler()
+
+    def decode_point_batch(self, points: np.ndarray, multimask_output: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """One positive click per prompt, all decoded together (a sampler's point grid).
+
+        Args:
+            points: ``(N, 2)`` float ``(row, col)`` in the current frame's pixels.
+
+        Returns:
+            ``(low-res logits (N, M, 256, 256) float32, predicted IoU (N, M) float32)`` on the CPU,
+            M = 3 with ``multimask_output`` else 1; :meth:`mask_upsampler` maps them to the frame.
+        """
+        self._require_image()
+        xy = self.transform.apply_coords(np.asarray(points, np.float64).reshape(-1, 2)[:, ::-1], tuple(self.original_size))
+        coords = torch.as_tensor(xy, dtype=torch.float32, device=self.device)[:, None]
+        labels = torch.ones(len(xy), 1, dtype=torch.int, device=self.device)
+        with torch.inference_mode():
+            sparse, _ = self.model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        low, iou = self._decode_batches(sparse, None, multimask_output)
+        return low.cpu().numpy(), iou.cpu().numpy()
 
     # ------------------------------------------------------------------ prompts
     def _encode_prompts(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -179,6 +244,7 @@ class Predictor(SamPredictor):
         multimask_output: bool = False,
         select: str | int = "best",
         mask_threshold: float | None = None,
+        windows: bool = False,
     ) -> list[ObjectMask]:
         """Segment one object per prompt on the current frame, in batches.
 
@@ -187,6 +253,9 @@ class Predictor(SamPredictor):
             multimask_output: decode SAM's three candidate masks (for ambiguous single clicks)
                 and pick one per object by ``select``: "best" (highest predicted IoU) or 0-2.
             mask_threshold: logit threshold (default: the model's, 0.0).
+            windows: on a frame whose long side exceeds twice the encoder's input (4096² say),
+                decode prompts without ``mask_input`` in full-resolution windows around them
+                (:mod:`.windows`; used for the user's clicks and boxes). Other frames: no effect.
 
         Returns:
             One :class:`ObjectMask` per prompt, in order.
@@ -204,7 +273,14 @@ class Predictor(SamPredictor):
         check_prompts(prompts, self.original_size)
         thr = self.model.mask_threshold if mask_threshold is None else mask_threshold
         if select != "best" and select not in (0, 1, 2):
-            raise ValueError(f"select must be 'best' or 0, 1, 2; got {select!r}.")
+            raise SettingsError(f"select must be 'best' or 0, 1, 2; got {select!r}.")
+        if windows and self.pixels is not None:
+            win = [i for i, p in enumerate(prompts) if p.mask_input is None]
+            rest = [i for i, p in enumerate(prompts) if p.mask_input is not None]
+            got = dict(zip(win, predict_in_windows(self, [prompts[i] for i in win], multimask_output, select, mask_threshold), strict=True))
+            if rest:
+                got.update(zip(rest, self.predict_objects([prompts[i] for i in rest], multimask_output, select, mask_threshold), strict=True))
+            return [got[i] for i in range(len(prompts))]
         out: list[ObjectMask] = []
         up = self._upsampler()
         dec = self.frame_decoder
@@ -258,7 +334,7 @@ class Predictor(SamPredictor):
         """
         self._require_image()
         if point_coords is not None and point_labels is None:
-            raise ValueError("point_labels must be given with point_coords (1 = object, 0 = background).")
+            raise SettingsError("point_labels must be given with point_coords (1 = object, 0 = background).")
         # lists are accepted as well as arrays, and a 256 x 256 mask_input as well as 1 x 256 x 256
         point_coords = None if point_coords is None else np.asarray(point_coords, np.float64).reshape(-1, 2)
         point_labels = None if point_labels is None else np.asarray(point_labels).reshape(-1)
@@ -266,7 +342,7 @@ class Predictor(SamPredictor):
         if mask_input is not None and np.ndim(mask_input) == 2:
             mask_input = np.asarray(mask_input)[None]
         if mask_input is not None and np.shape(mask_input) != (1, 256, 256):
-            raise ValueError(f"mask_input must be a 1 x 256 x 256 array of low-resolution logits (an earlier result's "
+            raise SettingsError(f"mask_input must be a 1 x 256 x 256 array of low-resolution logits (an earlier result's "
                              f"low_res_logits[i:i + 1]), got {type(mask_input).__name__} of shape {np.shape(mask_input)}.")
         check_xy(point_coords, point_labels, box, self.original_size)
         return super().predict(point_coords, point_labels, box, mask_input, multimask_output, return_logits)

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import SettingsError
+
 __all__ = ["box_problem", "check_prompts", "clip_box", "fmt", "point_problem"]
 
 
@@ -104,7 +106,7 @@ def check_prompts(prompts: Sequence[Any], hw: Sequence[int]) -> None:
             problems.append(box_problem(p.box, hw))
         first = next((x for x in problems if x), None)
         if first:
-            raise ValueError(f"{where}: {first}.")
+            raise SettingsError(f"{where}: {first}.")
 
 
 def check_xy(point_coords: Any, point_labels: Any, box: Any, hw: Sequence[int]) -> None:
@@ -114,13 +116,13 @@ def check_xy(point_coords: Any, point_labels: Any, box: Any, hw: Sequence[int]) 
         for xy in np.asarray(point_coords, np.float64).reshape(-1, 2):
             problem = point_problem(xy[::-1], hw)
             if problem:
-                raise ValueError(f"Point (x, y) = {fmt(xy)}: {problem} (as (row, column)).")
+                raise SettingsError(f"Point (x, y) = {fmt(xy)}: {problem} (as (row, column)).")
     if point_labels is not None:
         problem = _label_problem(point_labels)
         if problem:
-            raise ValueError(f"{problem[0].upper()}{problem[1:]}.")
+            raise SettingsError(f"{problem[0].upper()}{problem[1:]}.")
     if box is not None:
         b = np.asarray(box, np.float64).reshape(-1)
         problem = box_problem(b[[1, 0, 3, 2]] if b.size == 4 else b, hw)
         if problem:
-            raise ValueError(f"Box (x0, y0, x1, y1) = {fmt(b)}: {problem} (as (row0, col0, row1, col1)).")
+            raise SettingsError(f"Box (x0, y0, x1, y1) = {fmt(b)}: {problem} (as (row0, col0, row1, col1)).")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import SettingsError
 from .predictor import ObjectMask, Predictor, Prompt
 
 __all__ = ["PropagationStep", "iter_propagate", "iter_propagate_labels", "mask_to_logits"]
@@ -119,9 +120,9 @@ def iter_propagate(
     """
     mask = np.asarray(mask, bool)
     if mask.ndim != 2 or not mask.any():
-        raise ValueError("The start mask must be a non-empty 2D (H, W) array; segment the object on this frame first.")
+        raise SettingsError("The start mask must be a non-empty 2D (H, W) array; segment the object on this frame first.")
     if not 0 <= start < n_frames:
-        raise ValueError(f"start={start} is outside the stack of {n_frames} frames.")
+        raise SettingsError(f"start={start} is outside the stack of {n_frames} frames.")
     image_kwargs = image_kwargs or {}
     limit = n_frames if max_frames is None else max_frames
     total = sum(min(limit, n_frames - 1 - start if d > 0 else start) for d in directions)
@@ -180,12 +181,12 @@ def iter_propagate_labels(
     """
     lab = np.asarray(labels)
     if lab.ndim != 2:
-        raise ValueError(f"labels must be one (H, W) frame, got shape {lab.shape}.")
+        raise SettingsError(f"labels must be one (H, W) frame, got shape {lab.shape}.")
     ids = [int(i) for i in np.unique(lab) if i > 0]
     if not ids:
-        raise ValueError(f"Frame {start} has no labels to propagate; segment its objects first.")
+        raise SettingsError(f"Frame {start} has no labels to propagate; segment its objects first.")
     if not 0 <= start < n_frames:
-        raise ValueError(f"start={start} is outside the stack of {n_frames} frames.")
+        raise SettingsError(f"start={start} is outside the stack of {n_frames} frames.")
     image_kwargs = image_kwargs or {}
     limit = n_frames if max_frames is None else max_frames
     result: dict[int, dict[int, np.ndarray]] = {i: {} for i in ids}

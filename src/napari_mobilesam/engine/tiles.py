@@ -20,7 +20,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from .predictor import ObjectMask
+from .errors import SettingsError
+from .objects import ObjectMask
 
 __all__ = ["place_tile_objects", "tile_boxes", "tile_settings"]
 
@@ -34,9 +35,9 @@ def tile_settings(tile: int, overlap: int | None = None) -> tuple[int, int]:
     tile = int(tile)
     overlap = tile // 4 if overlap is None else int(overlap)
     if tile < 64:
-        raise ValueError(f"tile must be at least 64 pixels, got {tile}.")
+        raise SettingsError(f"tile must be at least 64 pixels, got {tile}.")
     if not 0 <= overlap <= tile // 2:
-        raise ValueError(f"tile overlap must be between 0 and half the tile ({tile // 2}), got {overlap}.")
+        raise SettingsError(f"tile overlap must be between 0 and half the tile ({tile // 2}), got {overlap}.")
     return tile, overlap
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import SettingsError
 from .link import Links
 
 __all__ = ["ctc_tracks", "tracks_layer_data", "write_ctc", "write_geff", "write_tracks"]
@@ -78,7 +79,7 @@ def write_ctc(folder: str | Path, frames: Iterable[np.ndarray], links: Links) ->
         tifffile.imwrite(out / f"mask{t:03d}.tif", _uint16(np.asarray(frame)))
     table, remap = ctc_tracks(links)
     if len(table) and table[:, 0].max() > np.iinfo(np.uint16).max:
-        raise ValueError(f"{len(table)} tracks (largest id {table[:, 0].max()}) do not fit CTC's 16-bit masks.")
+        raise SettingsError(f"{len(table)} tracks (largest id {table[:, 0].max()}) do not fit CTC's 16-bit masks.")
     for t, change in remap.items():  # tracks continued after a gap: their new ids
         lab = tifffile.imread(out / f"mask{t:03d}.tif")
         new = lab.copy()
@@ -91,7 +92,7 @@ def write_ctc(folder: str | Path, frames: Iterable[np.ndarray], links: Links) ->
 
 def _uint16(lab: np.ndarray) -> np.ndarray:
     if lab.size and int(lab.max()) > np.iinfo(np.uint16).max:
-        raise ValueError(f"Label id {int(lab.max())} does not fit CTC's 16-bit masks.")
+        raise SettingsError(f"Label id {int(lab.max())} does not fit CTC's 16-bit masks.")
     return lab.astype(np.uint16)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,29 +17,57 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from ..engine.errors import SettingsError
 from ..engine.tiles import tile_settings
 from . import layers as L
 from .feedback import cancelled, ids_note
 from .jobs import Progress, built, worker_predictor
 from .layout import Section
+from .sections import Action
 from .writer import write_frames
 
 if TYPE_CHECKING:
-    from .widget import MobileSAMWidget
+    from .sections import Context
 
 __all__ = ["EverythingSection"]
 
-SAMPLERS = [
-    ("blobs (no extra weights)", "blobs"),
-    ("object-aware (YOLO detector)", "object-aware"),
-    ("grid (SAM 32×32 points)", "grid"),
-]
-HELP = (
-    "Finds all objects without prompts. 'blobs': scale-space blob detection proposes one box per roundish "
-    "object (no extra weights); 'object-aware': MobileSAMv2's YOLO detector proposes boxes (needs a detector "
-    ".pt or .onnx file); 'grid': SAM's 32×32 point grid (slow, generic). Each finished frame is written at once "
-    "(one Ctrl+Z per frame); Cancel keeps the frames already done. Key: Shift+E."
-)
+
+
+def sampler_choices() -> list[tuple[str, str]]:
+    """(label, name) of every registered sampler (engine/samplers/), for the sampler control."""
+    from ..engine.samplers import get_sampler, sampler_names
+
+    return [(get_sampler(n).label, n) for n in sampler_names()]
+
+
+def sampler_help() -> str:
+    from ..engine.samplers import get_sampler, sampler_names
+
+    return ("Finds all objects without prompts. " + "; ".join(f"'{n}': {get_sampler(n).help}" for n in sampler_names())
+            + ". Each finished frame is written at once (one Ctrl+Z per frame); Cancel stops within a batch of "
+            "prompts and keeps what is done (a partial frame says so). Key: Shift+E.")
+
+
+def option_controls() -> dict[str, object]:
+    """One control per sampler option with ``gui`` metadata (engine/samplers/; an option that defaults
+    to None, i.e. automatic, shows 0 for it), by option name."""
+    from ..engine.samplers import default_sampler, option_specs
+
+    out: dict[str, object] = {}
+    first = default_sampler()
+    for name, spec in option_specs().items():
+        g = spec.gui
+        if not g:
+            continue
+        default = spec.defaults.get(first, next(iter(spec.defaults.values())))
+        kw = {"label": g.get("label", name), "tooltip": g.get("tooltip", spec.help)}
+        if spec.choices:
+            out[name] = ComboBox(choices=list(spec.choices), value=default, **kw)
+        else:
+            cls = SpinBox if spec.type is int or (spec.type is float and float(g.get("step", 1)) == int(g.get("step", 1))) else FloatSpinBox
+            out[name] = cls(value=default or 0, min=g.get("min", 0), max=g.get("max", 10000), step=g.get("step", 1), **kw)
+    return out
+
 LINKS = [("auto (from the axis name: z -> 3d, t -> time)", "auto"), ("none", "none"), ("3d (one id per object through z)", "3d"),
          ("time (tracks, divisions)", "time")]
 LINK_HELP = (
@@ -83,53 +112,83 @@ def detector_input_size(det, chosen: int = 0) -> tuple[int, str]:
 
 
 class EverythingSection:
-    def __init__(self, widget: MobileSAMWidget) -> None:
-        self.w = widget
-        self.sampler = ComboBox(label="sampler", choices=SAMPLERS, value="blobs", tooltip=HELP)
+    def __init__(self, ctx: Context) -> None:
+        self.w = ctx
+        from ..engine.samplers import default_sampler
+
+        help_text = sampler_help()
+        self.sampler = ComboBox(label="sampler", choices=sampler_choices(), value=default_sampler(), tooltip=help_text)
         self.detector = FileEdit(label="detector", mode="r", filter="*.pt *.onnx",
                                  tooltip="YOLO detect/segment checkpoint (e.g. ObjectAwareModel.pt) or its .onnx export")
         self.trust = CheckBox(text=TRUST, value=False, tooltip=TRUST_HELP)
-        self.imgsz = SpinBox(label="input px", value=0, min=0, max=8192, step=32,
-                             tooltip="Detector inference size in pixels; 0 = the size the detector was trained at "
-                             "(read from the file; 1024 when it records none)")
         self.hint = Label(value="")
         self.hint.native.setWordWrap(True)
-        self.diameter = SpinBox(label="diameter", value=0, min=0, max=10000, tooltip="Expected object diameter in pixels; 0 = automatic")
-        self.polarity = ComboBox(label="objects", choices=["bright", "dark"], value="bright", tooltip="blobs: brighter (fluorescence) or darker (brightfield) than background")
-        self.min_score = FloatSpinBox(label="min IoU", value=0.0, min=0.0, max=1.0, step=0.05,
-                                      tooltip="Drop masks whose predicted IoU (the model's own quality score) is lower")
-        self.tile = SpinBox(label="tile", value=0, min=0, max=100000, step=256,
-                            tooltip="Tile size in pixels. Frames larger than this are segmented tile by tile at the model's resolution "
-                            "(tiles overlap by a quarter; objects cut by a tile come from its neighbour); 0 = off")
+        self.controls = option_controls()  # the samplers' options with a control (engine/samplers/), e.g. diameter, tile
         self.all_frames = CheckBox(text="all frames", value=False)
         self.link = ComboBox(label="link frames", choices=LINKS, value="auto", tooltip=LINK_HELP)
         self.button = PushButton(text="Run (Shift+E)")
         self.section = Section(
-            "Segment everything", self.sampler, self.detector, self.trust, self.imgsz, self.hint, self.diameter,
-            self.polarity, self.min_score, self.tile, self.all_frames, self.link, self.button,
+            "Segment everything", self.sampler, self.detector, self.trust, self.hint, *self._sampler_controls(),
+            *self._common_controls(), self.all_frames, self.link, self.button,
         )
         self.box, self.inner = self.section.box, self.section.inner
-        self.box.setToolTip(HELP)
-        self.button.tooltip = HELP
+        self.box.setToolTip(help_text)
+        self.button.tooltip = help_text
         self.sampler.changed.connect(self._update)
         self.sampler.changed.connect(self._default_score)
         self.detector.changed.connect(self._update)
         self.button.changed.connect(self.run)
+        self.actions: tuple[Action, ...] = (Action("Shift-E", "Segment everything", self.button, self.run),)
         self._update()
 
+    def on_image(self, image) -> None:  # (nothing follows the image)
+        pass
+
+    def __getattr__(self, name: str):  # the generated controls by option name: self.diameter, self.tile, ...
+        controls = self.__dict__.get("controls") or {}
+        if name in controls:
+            return controls[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def _common_names(self) -> list[str]:
+        from ..engine.samplers import CommonOptions
+
+        return [f.name for f in fields(CommonOptions) if f.name in self.controls]
+
+    def _common_controls(self) -> list:
+        return [self.controls[n] for n in self._common_names()]
+
+    def _sampler_controls(self) -> list:
+        common = set(self._common_names())
+        return [c for n, c in self.controls.items() if n not in common]
+
+    def _own_names(self, sampler: str) -> set[str]:
+        """The sampler's options that have a control."""
+        from ..engine.samplers import get_sampler
+
+        return {f.name for f in fields(get_sampler(sampler).options)} & set(self.controls)
+
     def _default_score(self, sampler: str) -> None:
-        # the grid keeps SAM's own quality filter; proposed boxes are objects already
-        self.min_score.value = 0.88 if sampler == "grid" else 0.0
+        # the sampler's own default (the grid keeps SAM's quality filter; proposed boxes are objects already)
+        from ..engine.samplers import get_sampler
+
+        self.controls["min_score"].value = get_sampler(sampler).score_defaults[0]
 
     def _detector_path(self) -> Path | None:
         p = Path(str(self.detector.value))
         return p if str(self.detector.value) not in ("", ".") and p.is_file() else None
 
     def _update(self, _=None) -> None:
+        from ..engine.samplers import get_sampler
+
         s = self.sampler.value
-        self.detector.visible = self.trust.visible = self.imgsz.visible = s == "object-aware"
-        self.diameter.visible = self.polarity.visible = s == "blobs"
-        if s == "object-aware" and self._detector_path() is None:
+        needs = get_sampler(s).needs_detector
+        self.detector.visible = self.trust.visible = needs
+        own, common = self._own_names(s), set(self._common_names())
+        for name, control in self.controls.items():
+            if name not in common:
+                control.visible = name in own
+        if needs and self._detector_path() is None:
             self.hint.value = "Pick a detector file."  # short: the dock is narrow; the control's tooltip says which
             self.hint.tooltip = "A .pt or .onnx file: MobileSAMv2's ObjectAwareModel.pt or any YOLO detect/segment model."
             self.button.enabled = False
@@ -140,16 +199,21 @@ class EverythingSection:
 
     def options(self) -> dict:
         """Engine options (``iter_segment_everything`` keywords) from the controls."""
-        opts = {"min_score": float(self.min_score.value)}
-        if self.tile.value:
+        from ..engine.samplers import option_specs
+
+        specs = option_specs()
+        opts: dict = {}
+        for name in [*self._common_names(), *sorted(self._own_names(self.sampler.value))]:
+            value = self.controls[name].value
+            auto = (specs[name].gui or {}).get("auto", True)
+            if specs[name].choices is None and not value and None in specs[name].defaults.values() and auto:
+                continue  # 0: automatic (the option's None)
+            opts[name] = specs[name].type(value)
+        if opts.get("tile"):
             try:
-                opts["tile"], _ = tile_settings(self.tile.value)
+                opts["tile"], _ = tile_settings(opts["tile"])
             except ValueError as err:
-                raise ValueError(f"{err} Use 0 (off) or a tile such as 1024.") from None
-        if self.sampler.value == "blobs":
-            opts["polarity"] = self.polarity.value
-            if self.diameter.value > 0:
-                opts["diameter"] = float(self.diameter.value)
+                raise SettingsError(f"{err} Use 0 (off) or a tile such as 1024.") from None
         return opts
 
     def link_mode(self, image, geo) -> str:
@@ -162,7 +226,7 @@ class EverythingSection:
             letters = "".join(n[:1].upper() if n and not n.lstrip("-").isdigit() else "?" for n in names)
             return axes_link(letters + "YX", geo.n_lead)
         if mode != "none" and geo.n_lead != 1:
-            raise ValueError(f"link frames '{mode}' needs an image with one stack axis (this one has {geo.n_lead}); choose none.")
+            raise SettingsError(f"link frames '{mode}' needs an image with one stack axis (this one has {geo.n_lead}); choose none.")
         return mode
 
     def show_tracks(self, labels, links, shift: int) -> None:
@@ -195,15 +259,16 @@ class EverythingSection:
         trust = bool(self.trust.value)
         read, key, kw = w.frame_reader(image)
         opts = {**self.options(), **kw, "key": key}
-        if opts.get("tile"):  # Cancel keeps the tiles (and boxes) done: a partial frame, said in the status line
-            opts["stop"] = lambda: w.job_cancelled
+        imgsz = int(opts.pop("imgsz", 0) or 0)
+        # Cancel stops within one batch of prompts and keeps what is done: a partial frame, said in the status line
+        opts["stop"] = lambda: w.state.job_cancelled
         existing = None if labels is None else labels.data
 
         def gen():
-            pred = worker_predictor((yield from built(w.model_step())), w.cache)
+            pred = worker_predictor((yield from built(w.model_step())), w.state.cache)
             det = None if detector is None else (yield from load_detector(detector, trust))
             if det is not None:
-                opts["imgsz"], why = detector_input_size(det, int(self.imgsz.value))
+                opts["imgsz"], why = detector_input_size(det, imgsz)
                 notes.append(f"detector input {opts['imgsz']} px ({why})")
             return (yield from iter_segment_everything(
                 data, pred, sampler=sampler, detector=det, rgb=geo.rgb, frames=None if every else [cur],
@@ -244,11 +309,11 @@ class EverythingSection:
 
         def on_finish() -> None:
             n = geo.n_frames if every else 1
-            if w.job_cancelled:
+            if w.state.job_cancelled:
                 text = f"Segment everything {cancelled(len(done), n)}" + (f" ({last[0]})" if "partial" in last[0] else "")
             else:
                 text = f"Segment everything: {len(done)} of {n} frame(s) written" + (f" ({last[0]})" if done else "")
             w.end_status(text + "".join(f"; {t}" for t in notes if t) + (". Ctrl+Z undoes each frame." if done else "."))
 
         if w.run_job(gen(), on_msg, on_finish, title="Everything") is not None:
-            w.soft_cancel = "stop" in opts
+            w.state.soft_cancel = "stop" in opts

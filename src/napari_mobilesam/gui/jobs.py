@@ -15,8 +15,8 @@ import numpy as np
 from segment_anything.modeling import Sam
 
 from .._progress import relay
+from ..engine.decode import decode_objects
 from ..engine.embeddings import EmbeddingCache
-from ..engine.jobs import decode_objects
 from ..engine.objects import ObjectMask
 from ..engine.predictor import Predictor
 from ..engine.prompts import ObjectPrompt

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from napari.layers import Image, Labels, Points, Shapes
 
+from ..engine.errors import SettingsError
 from ..engine.image import channels_last
 from ..engine.prompts import PromptTable
 
@@ -77,7 +78,7 @@ class FrameGeometry:
         if rgb:
             shape = shape[:-1]
         if len(shape) < 2:
-            raise ValueError(f"Image layer {image.name!r} has shape {data.shape}; it needs at least two spatial dimensions.")
+            raise SettingsError(f"Image layer {image.name!r} has shape {data.shape}; it needs at least two spatial dimensions.")
         return cls(shape[:-2], shape[-2:], rgb)
 
 
@@ -241,6 +242,7 @@ def new_points_layer(image: Image) -> Points:
             face_color_cycle={1: POSITIVE_COLOR, 0: NEGATIVE_COLOR},
             border_color="white",
             size=size,
+            canvas_size_limits=(6, 10000),  # zoomed out on a large frame, a 12 px click still shows as 6 screen px
             metadata={MARK: "points", "image": image.name},
             **_same_transform(image),
         )

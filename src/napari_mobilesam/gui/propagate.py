@@ -8,15 +8,17 @@ import numpy as np
 from magicgui.widgets import ComboBox, FloatSpinBox, PushButton
 
 from .._progress import relay
+from ..engine.errors import SettingsError
 from ..engine.propagate import PropagationStep, iter_propagate
 from . import layers as L
 from .feedback import cancelled
 from .jobs import Progress, built, worker_predictor
 from .layout import Section
+from .sections import Action
 from .writer import frame_view, write_frames
 
 if TYPE_CHECKING:
-    from .widget import MobileSAMWidget
+    from .sections import Context
 
 __all__ = ["PropagateSection"]
 
@@ -43,8 +45,8 @@ def axis_names(image) -> list[str]:
 
 
 class PropagateSection:
-    def __init__(self, widget: MobileSAMWidget) -> None:
-        self.w = widget
+    def __init__(self, ctx: Context) -> None:
+        self.w = ctx
         self.axis = ComboBox(label="axis", choices=self._axes, tooltip="Stack axis to propagate along")
         self.min_score = FloatSpinBox(label="min IoU", value=0.5, min=0.0, max=1.0, step=0.05,
                                       tooltip="Stop where the predicted IoU (the model's own quality score) drops below this")
@@ -56,6 +58,7 @@ class PropagateSection:
         self.box.setToolTip(HELP)
         self.button.tooltip = HELP
         self.button.changed.connect(self.run)
+        self.actions: tuple[Action, ...] = (Action("Shift-F", "Propagate", self.button, self.run),)
 
     def _axes(self, _widget=None) -> list:
         image = self.w.image_box_value()
@@ -69,8 +72,9 @@ class PropagateSection:
         self.section.header.setToolTip("" if self.axis.choices else "The image is a single frame: nothing to propagate through.")
 
     def on_image(self, image) -> None:
-        """Open the section for a stack, fold it away for a single frame."""
-        self.section.set_expanded(L.FrameGeometry.of(image).n_lead > 0)
+        """Open the section for a stack, fold it away for a single frame (None: no image, as it was)."""
+        if image is not None:
+            self.section.set_expanded(L.FrameGeometry.of(image).n_lead > 0)
 
     def selected_ids(self, frame) -> list[int]:
         """Label ids of the selected prompts on ``frame``, else the Labels layer's selected label."""
@@ -91,14 +95,14 @@ class PropagateSection:
         w = self.w
         image, geo, cur = w.context()
         if not geo.n_lead:
-            raise ValueError(f"Image {image.name!r} is a single frame: propagation needs a stack.")
+            raise SettingsError(f"Image {image.name!r} is a single frame: propagation needs a stack.")
         labels = w.labels_box.value
         here = frame_view(labels, cur) if labels is not None else None
         starts = {lid: here == lid for lid in self.selected_ids(cur) if lid > 0 and here is not None}
         missing = [lid for lid, m in starts.items() if not m.any()]
         if not starts or missing:
             which = f"Label {missing[0]} is" if missing else "No selected label is"
-            raise ValueError(
+            raise SettingsError(
                 f"{which} not on this frame: segment the object here first, then select its point/box "
                 "(or pick the label in the Labels layer) and press Propagate."
             )
@@ -115,7 +119,7 @@ class PropagateSection:
         where = f"from frame {cur[ax]} along {axis}"
 
         def gen():
-            pred = worker_predictor((yield from built(w.model_step())), w.cache)  # embeddings cached: computed once for all objects
+            pred = worker_predictor((yield from built(w.model_step())), w.state.cache)  # embeddings cached: computed once for all objects
             for lid, mask in starts.items():
                 yield Progress(0, 0, f"label {lid} {where}: embedding the next frame")
                 yield from relay(iter_propagate(
@@ -152,7 +156,7 @@ class PropagateSection:
             if items:
                 write_frames(labels, items, overwrite=w.overwrite.value, replace_ids="new")  # each object's own previous mask
             done = sorted({lid for masks in results.values() for lid in masks})
-            if w.job_cancelled:
+            if w.state.job_cancelled:
                 w.end_status(f"Propagate {cancelled(len(results), n_ax - 1)} (label(s) {', '.join(map(str, done)) or '-'}); Ctrl+Z undoes.")
                 return
             w.end_status(f"Propagated label(s) {', '.join(map(str, done)) or '-'} {where} to {len(results)} frame(s)"

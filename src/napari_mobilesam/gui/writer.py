@@ -13,6 +13,7 @@ from dataclasses import replace
 import numpy as np
 from napari.layers import Labels
 
+from ..engine.errors import SettingsError
 from ..engine.labels import label_changes, render_labels
 
 __all__ = ["check_ids_fit", "frame_view", "object_pixels", "write_frames", "write_masks"]
@@ -29,7 +30,7 @@ def check_ids_fit(labels: Labels, max_id: int) -> None:
     """Raise a clear error when the layer's dtype cannot hold ``max_id``."""
     dtype = np.dtype(labels.data.dtype)
     if np.iinfo(dtype).max < max_id:
-        raise ValueError(
+        raise SettingsError(
             f"Labels layer {labels.name!r} has dtype {dtype} and cannot hold label {max_id}; "
             "choose 'new' as output layer (uint32) or convert this layer to a larger integer type."
         )
@@ -53,7 +54,7 @@ def write_frames(
         Number of pixels changed.
     """
     if isinstance(replace_ids, str) and replace_ids != "new":
-        raise ValueError(f"replace_ids must be label ids or 'new', not {replace_ids!r}.")
+        raise SettingsError(f"replace_ids must be label ids or 'new', not {replace_ids!r}.")
     n = 0
     with labels.block_history():
         for frame, new in items:

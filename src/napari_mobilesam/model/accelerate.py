@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from ..engine.errors import SettingsError
 from . import tiny_vit
 from .tiny_vit import TinyViT
 
@@ -199,10 +200,10 @@ def optimize_encoder(sam: torch.nn.Module, backend: str = "auto", cache: str | o
         ValueError: unknown backend, or an encoder that is not a TinyViT.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"Unknown encoder backend {backend!r}; use one of {', '.join(BACKENDS)}.")
+        raise SettingsError(f"Unknown encoder backend {backend!r}; use one of {', '.join(BACKENDS)}.")
     encoder = sam.image_encoder
     if not isinstance(encoder, TinyViT):
-        raise ValueError(f"optimize_encoder needs a TinyViT image encoder, got {type(encoder).__name__}.")
+        raise SettingsError(f"optimize_encoder needs a TinyViT image encoder, got {type(encoder).__name__}.")
     encoder.set_runner(None)
     device = next(encoder.parameters()).device
     if backend == "auto":

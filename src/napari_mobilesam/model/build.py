@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from ..engine.errors import DeviceUnavailable, UserError
+from ..engine.errors import DeviceUnavailable, SettingsError, UserError
 from .efficient_vit import EfficientViTL2Encoder, is_efficientvit_state
 from .tiny_vit import TinyViT
 from .weights import resolve_weights
@@ -234,7 +234,7 @@ def register_encoder(kind: str, spec: EncoderSpec) -> None:
     It is asked before the built-in encoders, so a specific matcher can claim files MobileSAM would take.
     """
     if kind == FALLBACK_ENCODER:
-        raise ValueError(f"{kind!r} is the fallback encoder and cannot be replaced.")
+        raise SettingsError(f"{kind!r} is the fallback encoder and cannot be replaced.")
     ENCODER_REGISTRY.pop(kind, None)
     items = list(ENCODER_REGISTRY.items())
     ENCODER_REGISTRY.clear()

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.errors import SettingsError
+
 __all__ = ["Detector", "DetectorError", "load_detector"]
 
 _TASKS = ("detect", "segment")
@@ -354,7 +356,7 @@ class Detector:
         """
         rgb = np.asarray(rgb)
         if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
-            raise ValueError(f"Detector input must be an (H, W, 3) uint8 RGB frame, got {rgb.shape} {rgb.dtype}.")
+            raise SettingsError(f"Detector input must be an (H, W, 3) uint8 RGB frame, got {rgb.shape} {rgb.dtype}.")
         if max_det < 1:
             return np.zeros((0, 4)), np.zeros(0)
         kwargs = dict(conf=float(conf), iou=float(iou), imgsz=int(self.imgsz if self._fixed or imgsz is None else imgsz), max_det=int(max_det), verbose=False)

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from ..engine.errors import SettingsError
+
 __all__ = ["DamagedFileError", "Record", "load_inert", "module_tensors", "plain"]
 
 
@@ -122,7 +124,7 @@ def module_tensors(rec: Any, prefix: str = "") -> dict[str, torch.Tensor]:
         ValueError: ``rec`` or one of its children is not a pickled module (no module state).
     """
     if not isinstance(rec, Record) or not isinstance(rec.state, dict) or not isinstance(rec.state.get("_modules"), dict):
-        raise ValueError(f"{prefix.rstrip('.') or 'the model'} is not a pickled torch module")
+        raise SettingsError(f"{prefix.rstrip('.') or 'the model'} is not a pickled torch module")
     st = rec.state
     skip = st.get("_non_persistent_buffers_set") or set()
     out: dict[str, torch.Tensor] = {}
@@ -131,7 +133,7 @@ def module_tensors(rec: Any, prefix: str = "") -> dict[str, torch.Tensor]:
             if value is None or (group == "_buffers" and key in skip):
                 continue
             if type(value) not in (torch.Tensor, torch.nn.Parameter) or not isinstance(key, str):
-                raise ValueError(f"{prefix}{key} is not a tensor")
+                raise SettingsError(f"{prefix}{key} is not a tensor")
             out[prefix + key] = value.detach()
     for key, child in st["_modules"].items():
         if child is not None:

@@ -28,6 +28,7 @@ from pathlib import Path
 import pooch
 
 from .._progress import drive
+from ..engine.errors import SettingsError
 
 __all__ = [
     "REGISTRY",
@@ -149,7 +150,7 @@ def _spec(name: str) -> WeightsSpec:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise ValueError(
+        raise SettingsError(
             f"Unknown weights name {name!r}. Known names: {', '.join(sorted(REGISTRY))}; "
             "or pass the path of a checkpoint file."
         ) from None
@@ -207,7 +208,7 @@ def iter_fetch(name: str, progress: bool = False) -> Generator[tuple[int, int], 
                 got = pooch.retrieve(url, known_hash=pooch_hash, fname=spec.filename, path=folder, downloader=downloader)
                 if git_blob and (found := git_blob_id(got)) != spec.known_hash[8:]:
                     Path(got).unlink()
-                    raise ValueError(f"the download's git blob id is {found}, expected {spec.known_hash[8:]}")
+                    raise SettingsError(f"the download's git blob id is {found}, expected {spec.known_hash[8:]}")
                 result["path"] = got
             except Exception as exc:  # noqa: BLE001 - network/HTTP errors, hash mismatch: reported, next mirror tried
                 result["error"] = exc

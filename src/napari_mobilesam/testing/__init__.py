@@ -50,6 +50,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..engine.errors import SettingsError
 from .synthetic import render_cells, sample_cells, synthetic_cells, synthetic_stack
 
 __all__ = [
@@ -87,7 +88,7 @@ def _verified(name: str, sha256: str) -> Path:
         )
     digest = _sha256(path)
     if digest != sha256:
-        raise ValueError(f"{path} has SHA-256 {digest}, expected {sha256}: the file is damaged or was replaced; restore it.")
+        raise SettingsError(f"{path} has SHA-256 {digest}, expected {sha256}: the file is damaged or was replaced; restore it.")
     return path
 
 

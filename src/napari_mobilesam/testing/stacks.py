@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.errors import SettingsError
 from .synthetic import render_cells, sample_cells
 
 __all__ = ["synthetic_timelapse", "synthetic_volume", "write_ctc_gt"]
@@ -90,7 +91,7 @@ def synthetic_timelapse(
     rng = np.random.default_rng(place)
     td = n_frames // 2 if divide_at is None else int(divide_at)
     if not 0 < td < n_frames:
-        raise ValueError(f"divide_at={td} must be within 1..{n_frames - 1}.")
+        raise SettingsError(f"divide_at={td} must be within 1..{n_frames - 1}.")
     ang = rng.uniform(0, 2 * np.pi)
     drift = speed * np.array([np.sin(ang), np.cos(ang)])
     span = np.abs(drift) * n_frames + 4

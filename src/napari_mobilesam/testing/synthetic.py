@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..engine.errors import SettingsError
+
 __all__ = ["render_cells", "sample_cells", "synthetic_cells", "synthetic_stack"]
 
 # cell parameter columns: centre row, centre col, semi-axis along theta, across, theta, brightness,
@@ -105,7 +107,7 @@ def render_cells(
         (default ``i + 1``) where cell ``i`` is visible.
     """
     if polarity not in ("bright", "dark"):
-        raise ValueError(f"polarity must be 'bright' or 'dark', got {polarity!r}.")
+        raise SettingsError(f"polarity must be 'bright' or 'dark', got {polarity!r}.")
     h, w = int(shape[0]), int(shape[1])
     rng = np.random.default_rng(seed)
     ids = np.arange(1, len(cells) + 1) if ids is None else np.asarray(ids)
@@ -155,7 +157,7 @@ def render_cells(
     elif dt.kind == "f":
         out = img.astype(dt)
     else:
-        raise ValueError(f"dtype must be uint8, uint16 or a float type, got {dt}.")
+        raise SettingsError(f"dtype must be uint8, uint16 or a float type, got {dt}.")
     return out, labels
 
 

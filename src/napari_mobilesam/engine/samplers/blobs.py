@@ -1,14 +1,10 @@
-"""Prompt samplers for segment-everything: detector-free blobs (microscopy) and SAM's point grid.
+"""The detector-free ``blobs`` sampler: boxes from scale-space blob detection (microscopy).
 
-- :func:`blob_boxes`: scikit-image LoG/DoG blob detection on the normalised frame proposes one
-  box per roundish object, sized from the blob's scale; the boxes are then decoded in batches
-  like MobileSAMv2's detector boxes. No weights besides MobileSAM's. Without a diameter,
-  :func:`estimate_diameter` measures one from the image (the scale of its strongest blobs), and
-  proposals must stand out of the noise (:func:`blob_contrast`), so that noise gives few boxes.
-- :func:`iter_grid_objects`: segment-anything's ``SamAutomaticMaskGenerator`` (32 x 32 point
-  grid, three masks per point, IoU/stability filtering, box NMS) run on our
-  :class:`~napari_mobilesam.engine.predictor.Predictor`'s fast decoder, batch by batch so that it
-  reports progress and can be cancelled between batches.
+:func:`blob_boxes`: scikit-image LoG/DoG blob detection on the normalised frame proposes one box per
+roundish object, sized from the blob's scale; the boxes are then decoded in batches like MobileSAMv2's
+detector boxes (:func:`~.base.decode_boxes`). No weights besides MobileSAM's. Without a diameter,
+:func:`estimate_diameter` measures one from the image (the scale of its strongest blobs), and
+proposals must stand out of the noise (:func:`blob_contrast`), so that noise gives few boxes.
 
 Coordinates are napari's: ``(row, col)``; boxes are ``(row0, col0, row1, col1)``.
 """
@@ -17,20 +13,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Generator, Hashable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from .._compat import mask_data_len, process_batch
-from .predictor import ObjectMask, Predictor
+from ..errors import SettingsError
+from .base import SamplerContext, check_choice, decode_boxes, opt, register_sampler
 
-__all__ = ["blob_boxes", "blob_contrast", "estimate_diameter", "grid_batch_size", "iter_grid_objects", "noise_level"]
+if TYPE_CHECKING:
+    from ..predictor import ObjectMask
+
+__all__ = ["BlobsOptions", "BlobsSampler", "blob_boxes", "blob_contrast", "estimate_diameter", "noise_level"]
 
 
 def _grey(rgb: np.ndarray, polarity: str) -> np.ndarray:
     """``(H, W)`` float32 in 0..1, objects bright (``polarity="dark"`` inverts)."""
     if polarity not in ("bright", "dark"):
-        raise ValueError(f"polarity must be 'bright' (objects brighter than background) or 'dark', got {polarity!r}.")
+        raise SettingsError(f"polarity must be 'bright' (objects brighter than background) or 'dark', got {polarity!r}.")
     g = np.asarray(rgb, np.float32)
     if g.ndim == 3:
         g = g.mean(-1)
@@ -191,13 +191,13 @@ def blob_boxes(
     from skimage.transform import downscale_local_mean
 
     if method not in ("log", "dog"):
-        raise ValueError(f"method must be 'log' or 'dog', got {method!r}.")
+        raise SettingsError(f"method must be 'log' or 'dog', got {method!r}.")
     img = _grey(np.asarray(rgb), polarity)
     h, w = img.shape
     if diameter is None:
         diameter = estimate_diameter(img)
     if not diameter > 0 or not 0 < diameter_range[0] <= diameter_range[1]:
-        raise ValueError(f"diameter={diameter} and diameter_range={diameter_range} must be positive, low <= high.")
+        raise SettingsError(f"diameter={diameter} and diameter_range={diameter_range} must be positive, low <= high.")
     # sigma of a disk of radius r for the LoG is r / sqrt(2)
     smin = diameter * diameter_range[0] / 2 / math.sqrt(2)
     smax = diameter * diameter_range[1] / 2 / math.sqrt(2)
@@ -231,180 +231,49 @@ def blob_boxes(
     return boxes, scores.astype(np.float64)
 
 
-def _iter_grid_fast(
-    predictor: Predictor,
-    rgb: np.ndarray,
-    key: Hashable | None,
-    points_per_side: int,
-    points_per_batch: int | None,
-    min_score: float,
-    min_stability: float,
-    box_nms_thresh: float,
-    stability_offset: float = 1.0,
-) -> Generator[tuple[int, int], None, list[ObjectMask]]:
-    """The generator's whole-frame pass (``crop_n_layers=0``) with each mask computed only around itself.
+@dataclass
+class BlobsOptions:
+    """Options of the ``blobs`` sampler (see :func:`blob_boxes`) and how its boxes are decoded."""
 
-    Same steps as ``SamAutomaticMaskGenerator._process_batch`` + ``_process_crop``: the point
-    grid, three masks per point, predicted IoU ``> min_score``, stability ``>= min_stability``
-    (of the full-resolution logits, thresholded at ±``stability_offset``; each filter only when
-    its threshold is > 0), box NMS; empty masks are left out. The full-size
-    logit maps (4 MB per mask for a 1024² frame) never exist: each mask's full-resolution logits
-    are computed in the window where they can exceed ``threshold - offset`` (:class:`MaskUpsampler`).
-    """
-    from segment_anything.utils.amg import build_point_grid
-    from torchvision.ops.boxes import batched_nms
+    diameter: float | None = opt(None, "typical object diameter in pixels (default: measured on the image)", metavar="PX",
+                                 gui={"label": "diameter", "min": 0, "max": 10000, "step": 1,
+                                      "tooltip": "Expected object diameter in pixels; 0 = automatic"})
+    diameter_range: tuple[float, float] = (0.5, 2.0)
+    method: str = "log"
+    threshold: float = opt(0.05, "detection threshold (lower finds fainter objects)", metavar="T")
+    polarity: str = opt("bright", "objects brighter (fluorescence) or darker (brightfield) than background",
+                        choices=("bright", "dark"),
+                        gui={"label": "objects", "tooltip": "blobs: brighter (fluorescence) or darker (brightfield) than background"})
+    overlap: float = 0.5
+    num_sigma: int = 6
+    box_scale: float = 1.2
+    max_det: int | None = opt(1000, "at most N boxes per frame", metavar="N")
+    min_snr: float | None = opt(5.0, "keep blobs whose contrast is at least R times the image's noise (0 keeps every blob, "
+                                "e.g. for faint objects)", metavar="R")
+    prompt: str = "box"  # or "box+point": the box's centre as a click too
 
-    size = tuple(rgb.shape[:2])
-    predictor.set_image(rgb, key=key)
-    up = predictor._upsampler()
-    thr = predictor.model.mask_threshold
-    points = build_point_grid(points_per_side) * np.array(size)[None, ::-1]  # (x, y)
-    step = int(points_per_batch or 64)
-    total = math.ceil(len(points) / step)
-    objects: list[ObjectMask] = []
-    boxes: list[tuple[int, int, int, int]] = []
-    for k in range(total):
-        xy = predictor.transform.apply_coords(points[k * step : (k + 1) * step], size)
-        coords = torch.as_tensor(xy, dtype=torch.float32, device=predictor.device)[:, None]
-        labels = torch.ones(len(xy), 1, dtype=torch.int, device=predictor.device)
-        with torch.inference_mode():
-            sparse, _ = predictor.model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-        low, iou = predictor._decode_batches(sparse, None, True)
-        low, iou = low.flatten(0, 1).cpu().numpy(), iou.flatten(0, 1).cpu().numpy()
-        for j in np.flatnonzero(iou > min_score) if min_score > 0 else range(len(iou)):  # the generator's rules
-            logits, (r0, c0) = up.crop_logits(low[j], thr - stability_offset)
-            n_loose = int((logits > thr - stability_offset).sum())
-            stability = float((logits > thr + stability_offset).sum()) / n_loose if n_loose else 0.0
-            if min_stability > 0 and stability < min_stability:
-                continue
-            mask = logits > thr
-            rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-            if rows.size == 0:
-                continue
-            crop = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-            top, left = r0 + int(rows[0]), c0 + int(cols[0])
-            objects.append(ObjectMask(crop, (top, left), size, float(iou[j]), stability, int(j % 3), None))
-            boxes.append((left, top, left + crop.shape[1] - 1, top + crop.shape[0] - 1))  # x0, y0, x1, y1 inclusive
-        yield k + 1, total
-    if not objects:
-        return []
-    scores = torch.tensor([o.score for o in objects])
-    keep = batched_nms(torch.tensor(boxes, dtype=torch.float32), scores, torch.zeros(len(objects)), box_nms_thresh)
-    kept = [objects[i] for i in keep.tolist()]
-    kept.sort(key=lambda o: -o.score)
-    return kept
+    def __post_init__(self) -> None:
+        check_choice("prompt", self.prompt, ("box", "box+point"))
 
 
-def grid_batch_size(shape: tuple[int, int], budget_bytes: int) -> int:
-    """Points per batch of the stock generator within ``budget_bytes``.
+@register_sampler
+class BlobsSampler:
+    """Boxes from scale-space blob detection, decoded like detector boxes: roundish objects (nuclei,
+    cells, particles), no weights besides MobileSAM's. The default sampler without a detector."""
 
-    Per point the stock decoder holds a copy of the image embedding and three full-size float
-    logit maps (plus their boolean masks).
-    """
-    per_point = 3 * 256 * 64 * 64 * 4 + 3 * int(shape[0]) * int(shape[1]) * 9
-    return int(min(64, max(1, budget_bytes // per_point)))
+    name = "blobs"
+    label = "blobs (no extra weights)"
+    help = "scale-space blob detection proposes one box per roundish object (nuclei, cells; no extra weights)"
+    empty_hint = ("give --diameter PX (typical object diameter), --polarity dark for dark objects, a lower --threshold, "
+                  "or --min-snr 0 for faint objects")
+    options = BlobsOptions
+    score_defaults = (0.0, 0.0)  # proposed boxes are objects already
+    needs_detector = False
 
-
-def iter_grid_objects(
-    predictor: Predictor,
-    rgb: np.ndarray,
-    key: Hashable | None = None,
-    points_per_side: int = 32,
-    points_per_batch: int | None = None,
-    min_score: float = 0.88,
-    min_stability: float = 0.95,
-    box_nms_thresh: float = 0.7,
-    crop_n_layers: int = 0,
-    crop_nms_thresh: float = 0.7,
-) -> Generator[tuple[int, int], None, list[ObjectMask]]:
-    """SAM's automatic mask generation on one frame, batch by batch.
-
-    With ``crop_n_layers=0`` (the default) the generator's steps run on the fast decoder with
-    per-mask windows (:func:`_iter_grid_fast`; the same masks as ``generate()`` up to float32
-    rounding, empty masks left out). With crop layers, ``SamAutomaticMaskGenerator`` runs with
-    ``predictor`` as its predictor (embeddings come from the predictor's cache) and its own
-    per-batch step, so results equal ``generate()``'s.
-
-    Args:
-        rgb: ``(H, W, 3)`` uint8 RGB frame.
-        key: embedding-cache key of the whole frame (crops get ``(key, crop_box)``).
-        points_per_batch: points per progress step; default 64 for the whole frame (the fast path,
-            decoded ``predictor.batch_size`` at a time), from ``predictor.batch_bytes`` with crop
-            layers (the stock generator, see :func:`grid_batch_size`).
-        min_score, min_stability: the generator's ``pred_iou_thresh``, ``stability_score_thresh``.
-
-    Yields:
-        ``(batches done, batches total)``.
-
-    Returns:
-        the masks as :class:`ObjectMask` crops, by decreasing predicted IoU. Their
-        ``low_res_logits`` is None (the generator does not keep them).
-    """
-    from segment_anything import SamAutomaticMaskGenerator
-    from segment_anything.utils.amg import (
-        MaskData,
-        batch_iterator,
-        generate_crop_boxes,
-        rle_to_mask,
-        uncrop_boxes_xyxy,
-    )
-    from torchvision.ops.boxes import batched_nms, box_area
-
-    if int(points_per_side) < 1:
-        raise ValueError(f"points_per_side must be >= 1, got {points_per_side}.")
-    size = tuple(rgb.shape[:2])
-    if int(crop_n_layers) == 0:
-        return (yield from _iter_grid_fast(predictor, rgb, key, int(points_per_side), points_per_batch, min_score, min_stability, box_nms_thresh))
-    if points_per_batch is None:
-        points_per_batch = grid_batch_size(size, predictor.batch_bytes)
-    gen = SamAutomaticMaskGenerator(
-        predictor.model,
-        points_per_side=int(points_per_side),
-        points_per_batch=int(points_per_batch),
-        pred_iou_thresh=float(min_score),
-        stability_score_thresh=float(min_stability),
-        box_nms_thresh=float(box_nms_thresh),
-        crop_n_layers=int(crop_n_layers),
-        crop_nms_thresh=float(crop_nms_thresh),
-        output_mode="binary_mask",
-    )
-    gen.predictor = predictor  # share the embedding cache
-    crop_boxes, layers = generate_crop_boxes(size, gen.crop_n_layers, gen.crop_overlap_ratio)
-    total = sum(math.ceil(len(gen.point_grids[k]) / gen.points_per_batch) for k in layers)
-    done = 0
-    data = MaskData()
-    for crop_box, layer in zip(crop_boxes, layers):
-        x0, y0, x1, y1 = crop_box
-        crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
-        whole = (x0, y0, x1, y1) == (0, 0, size[1], size[0])
-        predictor.set_image(crop, key=(key if whole or key is None else (key, tuple(crop_box))))
-        points = gen.point_grids[layer] * np.array(crop.shape[:2])[None, ::-1]
-        crop_data = MaskData()
-        for (batch,) in batch_iterator(gen.points_per_batch, points):
-            with torch.inference_mode():
-                crop_data.cat(process_batch(gen, batch, crop.shape[:2], crop_box, size))
-            done += 1
-            yield done, total
-        if mask_data_len(crop_data) == 0:
-            continue
-        keep = batched_nms(crop_data["boxes"].float(), crop_data["iou_preds"], torch.zeros(len(crop_data["boxes"])), gen.box_nms_thresh)
-        crop_data.filter(keep)
-        crop_data["boxes"] = uncrop_boxes_xyxy(crop_data["boxes"], crop_box)
-        crop_data["crop_boxes"] = torch.tensor([crop_box] * len(crop_data["rles"]))
-        data.cat(crop_data)
-    if len(crop_boxes) > 1 and mask_data_len(data):
-        # duplicates between crops: prefer masks from smaller crops, as the generator does
-        keep = batched_nms(data["boxes"].float(), 1 / box_area(data["crop_boxes"]), torch.zeros(len(data["boxes"])), gen.crop_nms_thresh)
-        data.filter(keep)
-    if not mask_data_len(data):
-        return []
-    objects = []
-    for rle, iou, stab in zip(data["rles"], data["iou_preds"].tolist(), data["stability_score"].tolist()):
-        full = rle_to_mask(rle)
-        rows, cols = np.flatnonzero(full.any(1)), np.flatnonzero(full.any(0))
-        if rows.size == 0:
-            continue
-        crop = full[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-        objects.append(ObjectMask(crop, (int(rows[0]), int(cols[0])), size, float(iou), float(stab), -1, None))
-    objects.sort(key=lambda o: -o.score)
-    return objects
+    def propose(self, ctx: SamplerContext, rgb: np.ndarray, key: Hashable | None,
+                options: BlobsOptions) -> Generator[tuple[float, str], None, list[ObjectMask]]:
+        o = options
+        lo, hi = o.diameter_range
+        boxes, _ = blob_boxes(rgb, o.diameter, (lo, hi), o.method, o.threshold, o.polarity, o.overlap,
+                              o.num_sigma, o.box_scale, o.max_det, o.min_snr)
+        return (yield from decode_boxes(ctx, boxes, o.prompt == "box+point"))
