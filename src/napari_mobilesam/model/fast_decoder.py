@@ -31,7 +31,8 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention
 
-from .folded_decoder import FoldedFrame, _convt_matrix, upscale_blocks
+from .folded_decoder import FoldedFrame
+from .mask_upscaling import convt_matrix, upscale_blocks
 from .scratch import Scratch
 
 __all__ = ["FrameDecoder", "Scratch"]
@@ -396,5 +397,5 @@ class FrameDecoder:
     def _upscale_masks(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """``output_upscaling`` and the hypernetwork dot product (:func:`upscale_blocks`) from
         the image tokens ``keys`` (B x N x C); hyper: B x M x 32. Returns B x M x 4h x 4w logits."""
-        w1, b1 = _convt_matrix(self.md.output_upscaling[0])
+        w1, b1 = convt_matrix(self.md.output_upscaling[0])
         return upscale_blocks(self.md.output_upscaling, lambda i, s, e: torch.addmm(b1, keys[i, s:e], w1), hyper, tuple(self.size))

@@ -19,8 +19,11 @@ The rank argument (segment-anything's ``TwoWayTransformer`` with two layers; sha
    ``F = [a P1 | P2]`` (N x 2r) is the per-prompt factor, ``Ec = [E1c; VW2c]`` (2r x C) with
    ``E1 = VW1c ⊙ g1``, and ``c = 1/s2`` (N); ``s2`` again from Gram forms (per-frame matrices
    ``Sgc Wo2ᵀ`` and ``centre(g1 ⊙ Sgc) Wo1ᵀ``, per-prompt ``Ec Ecᵀ``: 2r x 2r).
-   (Each head's T probabilities sum to one, so ``F`` spans only ``2(h(T-1) + 1)`` directions;
-   this module keeps all 2r columns plus ``c``: 113 for a box prompt, T = 7.)
+   Each head's T probabilities sum to one, so ``Σ_t P_ht E_ht = Σ_t<T-1 P_ht (E_ht - E_h,T-1) +
+   E_h,T-1``: in that basis (:func:`_reduce`) each layer's factor has ``h(T-1) + 1`` rows, the
+   last one constant (``a`` for layer 0, merged with ``c`` for layer 1), so the final factor
+   ``[c a P1'; c a; c P2'; c]`` has ``r' = 2(h(T-1) + 1)`` rows: 98 for a box (T = 7), not
+   ``2hT + 1 = 113``. (The statistics' linear terms use the full P; both are exact.)
 4. Every image-side product is then a per-frame product plus a product with the factor:
    - the k/q/v projections of layer 1 and of the final attention:
      ``Y Wᵀ = coef ⊙ (S Wᵀ) + F (E Wᵀ) + β Wᵀ`` with ``S Wᵀ`` (N x 128) once per frame;
@@ -33,6 +36,10 @@ The rank argument (segment-anything's ``TwoWayTransformer`` with two layers; sha
    Nothing of size N x C is formed per prompt before the upscaler.
 5. What stays: LayerNorm2d and GELU after the first transposed convolution, the second one
    (N x 4 x 64 x 128) and GELU, and the hypernetwork dot product, fused per block of tokens.
+6. Streaming: the image side runs in two passes over blocks of image tokens (one per
+   image-to-token attention); each block computes its probabilities, LayerNorm statistics and
+   factor columns while in cache, and feeds the next token-to-image attention through an online
+   softmax. Per prompt only the factor (r' x N) and two N-vectors outlive a block.
 
 All in float32 (the Gram forms' rounding stays at the stock path's own float32 level; tested
 against ``segment_anything``'s ``MaskDecoder``).
@@ -41,22 +48,21 @@ against ``segment_anything``'s ``MaskDecoder``).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention
 
-__all__ = ["FoldedFrame", "upscale_blocks"]
+from .mask_upscaling import convt_matrix, upscale_blocks
+
+__all__ = ["FoldedFrame"]
 
 # The streamed transformer covers STREAM_ROWS // B image tokens of all B prompts per block (at
 # least MIN_BLOCK), so that a block's B x hT x block arrays stay in cache (L2) between the dozen
 # elementwise passes over them.
 STREAM_ROWS = 2048
 MIN_BLOCK = 256
-# Image tokens per block in the upscaler (each becomes 16 output pixels).
-UPSCALE_BLOCK = 512
 
 
 def _heads_t(x: torch.Tensor, h: int) -> torch.Tensor:
@@ -76,13 +82,15 @@ def _centre(x: torch.Tensor) -> torch.Tensor:
     return x - x.mean(-1, keepdim=True)
 
 
-def _per_head(q: torch.Tensor, kt: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-    """``q`` B x h x T x d against per-frame ``kt`` h x d x n (+ ``q`` against ``add``, same
-    shape): B x h x T x n, one bmm per prompt written in place (no layout copies)."""
+def _per_head(q: torch.Tensor, kt: torch.Tensor, coef: torch.Tensor | None = None, add: torch.Tensor | None = None) -> torch.Tensor:
+    """``q`` B x h x T x d against per-frame ``kt`` h x d x n, times ``coef`` (B x n), plus ``q``
+    against ``add`` (h x d x n): B x h x T x n, one bmm per prompt written in place."""
     b, h, t, _ = q.shape
     out = torch.empty(b, h, t, kt.shape[-1], dtype=q.dtype, device=q.device)
     for i in range(b):
         torch.bmm(q[i], kt, out=out[i])
+        if coef is not None:
+            out[i].mul_(coef[i])
         if add is not None:
             out[i].baddbmm_(q[i], add)
     return out
@@ -102,7 +110,7 @@ class _Softmax:
     (h x n x d per block) and ``Σ_i p_i fac_i`` against a per-prompt factor (B x r x n)."""
 
     def __init__(self, b: int, h: int, t: int, d: int, r: int, like: torch.Tensor):
-        kw = {"dtype": like.dtype, "device": like.device}
+        kw: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
         self.shape = (b, h, t)
         self.m = torch.full((b, h * t, 1), -math.inf, **kw)
         self.sum = torch.zeros(b, h * t, 1, **kw)
@@ -161,9 +169,7 @@ class _ImageSide:
     def scores(self, qh: torch.Tensor, gq: torch.Tensor, coef: torch.Tensor, fac: torch.Tensor, s: int, e: int) -> torch.Tensor:
         """Attention scores against image tokens ``s:e`` (``coef`` B x n, ``fac`` B x r x n): B x hT x n."""
         b, h, t, _ = qh.shape
-        sc = _per_head(qh, self.ks[:, :, s:e]).mul_(coef[:, None, None])
-        for i in range(b):
-            sc[i].baddbmm_(qh[i], self.kp[:, :, s:e])
+        sc = _per_head(qh, self.ks[:, :, s:e], coef, self.kp[:, :, s:e])
         return sc.view(b, h * t, -1).baddbmm_(gq, fac)
 
     def finish(self, acc: _Softmax, gv: torch.Tensor) -> torch.Tensor:
@@ -189,6 +195,15 @@ def _softmax_tokens(scores: torch.Tensor) -> torch.Tensor:
     image axis stays contiguous, much faster than softmaxes over 7 values): B x hT x n."""
     b, h, t, n = scores.shape
     return torch.softmax(scores, dim=2).view(b, h * t, n)
+
+
+def _reduce(x: torch.Tensor, h: int) -> torch.Tensor:
+    """Rows per (head, token), B x hT x C, to the basis of probabilities that sum to one per head:
+    ``Σ_ht P_ht x_ht = Σ_h Σ_t<T-1 P_ht (x_ht - x_h,T-1) + Σ_h x_h,T-1``, i.e. B x (h(T-1) + 1) x C
+    (the differences, then the constant row)."""
+    b, _, c = x.shape
+    x4 = x.view(b, h, -1, c)
+    return torch.cat([(x4[:, :, :-1] - x4[:, :, -1:]).reshape(b, -1, c), x4[:, :, -1].sum(1, keepdim=True)], 1)
 
 
 def _gram_dot(vh: torch.Tensor, rt: torch.Tensor, rb: torch.Tensor) -> torch.Tensor:
@@ -254,7 +269,7 @@ class FoldedFrame:
         s2 = sgc * g2
         y = _frame_rows(s2, fin.k_proj, fin.v_proj)
         self.side2 = _ImageSide(fin, y[:k], yp[2 * k :], y[k:], fin.v_proj(b2))
-        self.w1, bc1 = _convt_matrix(md.output_upscaling[0])
+        self.w1, bc1 = convt_matrix(md.output_upscaling[0])
         self.us = s2 @ self.w1  # N x 4·C1
         self.ub = b2 @ self.w1 + bc1
         self.g2 = g2
@@ -293,40 +308,45 @@ class FoldedFrame:
         g11 = vw1c @ vw1c.transpose(1, 2)
         e1 = vw1c * l0.norm4.weight
         ec1 = _centre(e1)
-        e11, ec1b = ec1 @ ec1.transpose(1, 2), (ec1 @ self.b1c)[..., None]
+        e1, ec1r = _reduce(e1, h), _reduce(ec1, h)  # the 49-row basis: factor rows [a P1'; a]
+        r1 = e1.shape[1]
+        e11, ec1b = ec1r @ ec1r.transpose(1, 2), (ec1 @ self.b1c)[..., None]
         q1 = l1.norm1(q0 + l1.self_attn(q=q0 + pe_t, k=q0 + pe_t, v=q0))
         qh1, gq1, gv1 = self.side1.prompts(q1 + pe_t, e1)
-        fac = torch.empty(b, 2 * r + 1, n, dtype=tokens.dtype, device=tokens.device)  # the factor, filled in place
+        fac = torch.empty(b, 2 * r1, n, dtype=tokens.dtype, device=tokens.device)  # the factor, filled in place
         a_all, sq2 = torch.empty(2, b, n, dtype=tokens.dtype, device=tokens.device)
-        att = _Softmax(b, h, t, d, r, tokens)
+        att = _Softmax(b, h, t, d, r1, tokens)
         for s, e in blocks:
             p1 = _softmax_tokens(_per_head(kh1, self.q0[:, :, s:e]))  # B x hT x n
             # LayerNorm 1: |x_i|² = |S0c_i|² + P1_i·(2 VW1·S0c_i + G P1_i)
             x = _gram_dot(v1h, self.r1[:, :, s:e], self.r1b[s:e]).mul_(2).baddbmm_(g11, p1)
             a = torch.rsqrt(x.mul_(p1).sum(1).add_(self.n0[s:e]).div_(c).add_(l0.norm4.eps))
             a_all[:, s:e] = a
-            ap1 = torch.mul(p1, a[:, None], out=fac[:, :r, s:e])
+            ap1 = fac[:, :r1, s:e]
+            torch.mul(p1.view(b, h, t, -1)[:, :, :-1], a[:, None, None], out=ap1[:, :-1].view(b, h, t - 1, -1))
+            ap1[:, -1] = a
             # LayerNorm 2's statistics, the terms without P2
-            x = _gram_dot(v1h, self.rz1[:, :, s:e], self.rz1b[s:e]).mul_(a[:, None]).add_(ec1b).mul_(2).baddbmm_(e11, ap1)
-            sq2[:, s:e] = x.mul_(ap1).sum(1).add_(a * a * self.nsg[s:e]).add_(2 * a * self.sb[s:e]).add_(self.nb)
+            x = _gram_dot(v1h, self.rz1[:, :, s:e], self.rz1b[s:e]).mul_(a[:, None]).add_(ec1b)
+            sq = x.mul_(p1).sum(1).mul_(2 * a).add_(a * a * self.nsg[s:e]).add_(2 * a * self.sb[s:e]).add_(self.nb)
+            sq2[:, s:e] = torch.bmm(e11, ap1).mul_(ap1).sum(1).add_(sq)
             att.add(self.side1.scores(qh1, gq1, a, ap1, s, e), self.side1.vs[:, s:e], a, ap1)
         queries = l1.norm2(q1 + self.side1.finish(att, gv1))
         q2 = l1.norm3(queries + l1.mlp(queries))
         # layer 1, image to tokens (P2), and the final attention
         kh2 = _heads(i2t1.k_proj, q2 + pe_t, h, 1.0 / math.sqrt(d))
-        gq2 = torch.einsum("bhtd,brhd->bhtr", kh2, (e1 @ i2t1.q_proj.weight.T).view(b, r, h, d)).reshape(b, r, r)
+        gq2 = torch.einsum("bhtd,brhd->bhtr", kh2, (e1 @ i2t1.q_proj.weight.T).view(b, r1, h, d)).reshape(b, r, r1)
         vw2, v2h = _values_out(i2t1, q2)
         ec2 = _centre(vw2)
-        e21, e22, ec2b = ec2 @ ec1.transpose(1, 2), ec2 @ ec2.transpose(1, 2), (ec2 @ self.b1c)[..., None]
-        e2 = torch.cat([ec1, ec2, self.b1c.expand(b, 1, -1)], 1) * self.g2  # B x (2hT + 1) x C
+        e21, e22, ec2b = ec2 @ ec1r.transpose(1, 2), ec2 @ ec2.transpose(1, 2), (ec2 @ self.b1c)[..., None]
+        e2 = _reduce(ec2, h)
+        e2[:, -1] += self.b1c  # the constant row: the last tokens' values and LayerNorm 1's centred bias
+        e2 = torch.cat([ec1r, e2], 1) * self.g2  # B x 2(h(T-1) + 1) x C
         qhf, gqf, gvf = self.side2.prompts(q2 + pe_t, e2)
         coef = torch.empty_like(a_all)
-        att = _Softmax(b, h, t, d, 2 * r + 1, tokens)
+        att = _Softmax(b, h, t, d, 2 * r1, tokens)
         for s, e in blocks:
-            a, ap1 = a_all[:, s:e], fac[:, :r, s:e]
-            sc = _per_head(kh2, self.qs1[:, :, s:e]).mul_(a[:, None, None])
-            for i in range(b):
-                sc[i].baddbmm_(kh2[i], self.qp1[:, :, s:e])
+            a, ap1 = a_all[:, s:e], fac[:, :r1, s:e]
+            sc = _per_head(kh2, self.qs1[:, :, s:e], a, self.qp1[:, :, s:e])
             sc.view(b, r, -1).baddbmm_(gq2, ap1)
             p2 = _softmax_tokens(sc)
             # LayerNorm 2: the terms with P2
@@ -334,9 +354,9 @@ class FoldedFrame:
             x.baddbmm_(e21, ap1, alpha=2).baddbmm_(e22, p2)
             cc = torch.rsqrt(x.mul_(p2).sum(1).add_(sq2[:, s:e]).div_(c).add_(l1.norm4.eps))
             fb = fac[:, :, s:e]
-            fb[:, :r].mul_(cc[:, None])
-            torch.mul(p2, cc[:, None], out=fb[:, r : 2 * r])
-            fb[:, 2 * r] = cc
+            ap1.mul_(cc[:, None])
+            torch.mul(p2.view(b, h, t, -1)[:, :, :-1], cc[:, None, None], out=fb[:, r1:-1].view(b, h, t - 1, -1))
+            fb[:, -1] = cc
             cf = torch.mul(cc, a, out=coef[:, s:e])
             att.add(self.side2.scores(qhf, gqf, cf, fb, s, e), self.side2.vs[:, s:e], cf, fb)
         hs = tr.norm_final_attn(q2 + self.side2.finish(att, gvf))
@@ -363,47 +383,3 @@ class FoldedFrame:
             return x.addcmul_(coef[i, s:e, None], self.us[s:e])
 
         return upscale_blocks(md.output_upscaling, convt1, hyper, size), iou
-
-
-def upscale_blocks(upscaling: torch.nn.Sequential, convt1: Callable[[int, int, int], torch.Tensor], hyper: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """SAM's ``output_upscaling`` (ConvT 2x2/2, LayerNorm2d, GELU, ConvT 2x2/2, GELU) and the
-    hypernetwork dot product, fused per block of image tokens.
-
-    A 2x2/stride-2 transposed convolution maps each input pixel to its own 2x2 output patch, so a
-    block of tokens runs the whole chain on its own while it stays in cache; the 64- and
-    32-channel maps never exist for the whole batch (12 MB per prompt in the stock path).
-
-    Args:
-        upscaling: the mask decoder's ``output_upscaling``.
-        convt1: ``(prompt i, first token s, end e) ->`` the first transposed convolution's output
-            for those tokens, (e - s) x 4·C1 ordered (ky, kx, channel), bias included.
-        hyper: B x M x 32 hypernetwork outputs.
-        size: the token grid (h, w), h·w = N.
-
-    Returns:
-        B x M x 4h x 4w logits.
-    """
-    _, ln, act1, ct2, act2 = upscaling
-    b, m = hyper.shape[:2]
-    h, w = size
-    c1, c2 = ct2.weight.shape[0], ct2.weight.shape[1]
-    w2, bb2 = _convt_matrix(ct2)
-    n = h * w
-    out = torch.empty(b, n, 16, m, dtype=hyper.dtype, device=hyper.device)
-    for i in range(b):
-        hyp = hyper[i].T  # 32 x M
-        for s in range(0, n, UPSCALE_BLOCK):
-            e = min(s + UPSCALE_BLOCK, n)
-            x = act1(F.layer_norm(convt1(i, s, e).view(-1, c1), (c1,), ln.weight, ln.bias, ln.eps))  # (token, ky1, kx1) x C1
-            y = act2(torch.addmm(bb2, x, w2)).view(-1, c2)  # (token, ky1, kx1, ky2, kx2) x C2
-            torch.matmul(y, hyp, out=out[i, s:e].view(-1, m))
-    # (B, i, j, ky1, kx1, ky2, kx2, M) -> (B, M, 4i + 2ky1 + ky2, 4j + 2kx1 + kx2)
-    out = out.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
-    return out.reshape(b, m, 4 * h, 4 * w)
-
-
-def _convt_matrix(conv: torch.nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """A 2x2/stride-2 transposed conv as ``x @ W + b`` with outputs ordered (ky, kx, channel)."""
-    cin, cout = conv.weight.shape[:2]
-    assert conv.bias is not None  # segment-anything's upscaling convolutions have biases
-    return conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout), conv.bias.repeat(4)
