@@ -58,3 +58,44 @@ def test_widget_link_time_equals_cli(qtbot, make_napari_viewer, sam, checkpoint,
             ev.link_mode(viewer.layers["movie"], type("G", (), {"n_lead": 2})())
     finally:
         w.shutdown()
+
+
+def test_widget_propagate_all_equals_cli(qtbot, make_napari_viewer, fsam, fcheckpoint, tmp_path):
+    """*Propagate* with 'all labels of this frame' in a 1280x720 window: the labels of `mobilesam
+    propagate` on the same input, a label of another frame kept, one Ctrl+Z undoes the run."""
+    mov, gt, _ = synthetic_timelapse(4, (256, 256), 6, seed=11, divide_at=3)
+    given = np.zeros(gt.shape, np.uint32)
+    given[1] = gt[1]
+    given[3, :12, :12] = 99  # the user's label on another frame: never painted over (no --overwrite)
+    tifffile.imwrite(tmp_path / "m.tif", mov, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "l.tif", given, photometric="minisblack")
+    assert main(["propagate", str(tmp_path / "m.tif"), "--labels", str(tmp_path / "l.tif"), "--from-frame", "1",
+                 "-o", str(tmp_path / "out.tif"), "--weights", str(fcheckpoint), "--device", "cpu", "-q"]) == 0
+    want = tifffile.imread(tmp_path / "out.tif")
+    assert len(np.unique(want[0])) > 2 and len(np.unique(want[3])) > 2  # it went both ways
+    assert (want[3, :12, :12] == 99).all()
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1280, 720)
+    viewer.add_image(mov, name="movie", axis_labels=("t", "y", "x"), contrast_limits=(0, 255))
+    layer = viewer.add_labels(given.copy(), name="cells")
+    w = MobileSAMWidget(viewer)
+    try:
+        w.model_box.value = CHOOSE_FILE
+        w.model_file.value = str(fcheckpoint)
+        w.device_box.value = "cpu"
+        w.set_model(fsam, (str(fcheckpoint), "cpu"))
+        w.labels_box.value = layer
+        viewer.dims.set_current_step(0, 1)
+        w.propagate.all_labels.value = True
+        w.propagate.run()
+        qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
+        assert w.status.value.startswith(f"Propagated {len(np.unique(gt[1])) - 1} of {len(np.unique(gt[1])) - 1} label(s) from frame 1 along t")
+        np.testing.assert_array_equal(layer.data, want)
+        layer.undo()
+        np.testing.assert_array_equal(layer.data, given)
+        viewer.dims.set_current_step(0, 2)
+        with pytest.raises(ValueError, match="no labels to propagate"):
+            w.propagate._run()
+    finally:
+        w.shutdown()
