@@ -154,3 +154,100 @@ def test_cli_link_errors(tmp_path, movie, model_args, capsys, extra, message, mo
     args = ["everything", "m.tif", *(["-o", "l.tif"] if "-o" not in extra else []), *extra, *CLI_OPTIONS, *model_args]
     assert main(args) == 2
     assert message in capsys.readouterr().err
+
+
+
+# the functional test model on a movie where it finds the cells and the division (richer tracks than random weights)
+F_OPTIONS = ["--sampler", "blobs", "--diameter", "30", "--min-score", "0"]
+
+
+@pytest.fixture(scope="module")
+def cells():
+    return synthetic_timelapse(4, (256, 256), 8, seed=5, divide_at=2)[0]
+
+
+@pytest.fixture
+def fmodel_args(fcheckpoint):
+    return ["--weights", str(fcheckpoint), "--device", "cpu", "-q"]
+
+
+@pytest.fixture(scope="module")
+def reference(cells, fpredictor):
+    """``reference(link)`` -> (labels, links) of the engine in one process (computed once per mode)."""
+    done: dict = {}
+
+    def get(link: str):
+        if link not in done:
+            gen = iter_segment_everything(cells, fpredictor, "blobs", rgb=False, link=link, diameter=30.0, min_score=0.0)
+            done[link] = linked_run_gen(gen)
+        return done[link]
+
+    return get
+
+
+def linked_run_gen(gen):
+    links = None
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as stop:
+            return stop.value, links
+        if p.links is not None:
+            links = p.links
+
+@pytest.mark.slow
+@pytest.mark.parametrize("link", ["time", "3d"])
+def test_cli_workers_equal_one_process(tmp_path, cells, reference, fmodel_args, link):
+    """`--workers 2` (a local dask cluster): frames segmented in parallel, linked after in frame
+    order: the labels and tracks of one process."""
+    mov = cells
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, mov, photometric="minisblack")
+    out, res = tmp_path / "labels.tif", tmp_path / "res"
+    tracks = ["--tracks", str(res)] if link == "time" else []
+    assert main(["everything", str(path), "-o", str(out), "--link", link, "--workers", "2", *tracks, *F_OPTIONS, *fmodel_args]) == 0
+    lab, links = reference(link)
+    np.testing.assert_array_equal(tifffile.imread(out), lab)
+    if link == "time":
+        np.testing.assert_array_equal(np.loadtxt(res / "res_track.txt", dtype=np.int64).reshape(-1, 4), ctc_tracks(links)[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["frames", "link pass"])
+def test_cli_link_time_resumes_to_the_same_tracks(tmp_path, cells, reference, fmodel_args, monkeypatch, where):
+    """Ctrl+C while the frames are segmented, or during the link pass: the same command again gives
+    the ids and tracks of an uninterrupted run."""
+    from napari_mobilesam.engine import linkpass
+
+    mov = cells
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, mov, imagej=True, metadata={"axes": "TYX"})
+    out, res = tmp_path / "labels.tif", tmp_path / "res"
+    args = ["everything", str(path), "-o", str(out), "--tracks", str(res), *F_OPTIONS, *fmodel_args]
+    if where == "frames":
+        original = EverythingJob.__call__
+
+        def interrupted(self, models, source, t, extra):
+            if t == 3:
+                raise KeyboardInterrupt
+            return original(self, models, source, t, extra)
+
+        monkeypatch.setattr(EverythingJob, "__call__", interrupted)
+    else:
+        real = linkpass.iter_link_stack
+
+        def interrupted_pass(*a, **kw):
+            gen = real(*a, **kw)
+            yield next(gen)
+            yield next(gen)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(linkpass, "iter_link_stack", interrupted_pass)
+    assert main(args) == 130
+    assert not out.exists() and not res.exists()
+    monkeypatch.undo()
+    assert main(args) == 0
+    lab, links = reference("time")
+    np.testing.assert_array_equal(tifffile.imread(out), lab)
+    np.testing.assert_array_equal(np.loadtxt(res / "res_track.txt", dtype=np.int64).reshape(-1, 4), ctc_tracks(links)[0])
+    assert links.parents  # the division is in the tracks

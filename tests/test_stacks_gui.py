@@ -99,3 +99,43 @@ def test_widget_propagate_all_equals_cli(qtbot, make_napari_viewer, fsam, fcheck
             w.propagate._run()
     finally:
         w.shutdown()
+
+
+def test_session_records_link_and_replays(qtbot, make_napari_viewer, fsam, fcheckpoint, tmp_path):
+    """A saved session records a linked *Segment everything* run; replaying it (engine) gives the
+    widget's labels and tracks."""
+    from napari_mobilesam import Predictor
+    from napari_mobilesam.engine.session import everything_runs, load_session, replay_everything
+
+    mov, _, _ = synthetic_timelapse(4, (256, 256), 8, seed=5, divide_at=2)
+    viewer = make_napari_viewer()
+    viewer.add_image(mov, name="movie", axis_labels=("t", "y", "x"), contrast_limits=(0, 255))
+    w = MobileSAMWidget(viewer)
+    try:
+        w.model_box.value = CHOOSE_FILE
+        w.model_file.value = str(fcheckpoint)
+        w.device_box.value = "cpu"
+        w.set_model(fsam, (str(fcheckpoint), "cpu"))
+        ev = w.everything
+        ev.sampler.value = "blobs"
+        ev.diameter.value = 30
+        ev.all_frames.value = True
+        ev.link.value = "time"
+        ev.run()
+        qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
+        labels = w.labels_layer()
+        tracks = viewer.layers[f"{labels.name} tracks"]
+        viewer.layers.selection = {labels}
+        folder = tmp_path / "movie.mobilesam"
+        assert viewer.layers.save(str(folder), selected=True, plugin="napari-mobilesam") == [str(folder)]
+    finally:
+        w.shutdown()
+    session = load_session(folder)
+    (run,) = everything_runs(session)
+    assert (run["link"], run["sampler"], run["frames"]) == ("time", "blobs", "all")
+    assert {int(k): v for k, v in run["parents"].items()} == {int(k): int(v[0]) for k, v in tracks.graph.items()}
+    got, links = replay_everything(session, mov, Predictor(fsam))
+    np.testing.assert_array_equal(got, labels.data)
+    np.testing.assert_array_equal(links.centroids, tracks.data)
+    assert links.parents == {int(k): int(v[0]) for k, v in tracks.graph.items()}
+    assert links.parents and len(links.tracks) >= 8 and labels.data.max() == links.tracks[:, 0].max()
