@@ -144,7 +144,6 @@ def test_cli_link_3d_resumes_to_the_same_result(tmp_path, predictor, model_args,
     ("extra", "message"),
     [
         (["--link", "3d", "--tracks", "res"], "--tracks needs --link time"),
-        (["--link", "time", "-o", "x.zarr"], "use -o NAME.tif"),
     ],
 )
 def test_cli_link_errors(tmp_path, movie, model_args, capsys, extra, message, monkeypatch):
@@ -155,6 +154,29 @@ def test_cli_link_errors(tmp_path, movie, model_args, capsys, extra, message, mo
     assert main(args) == 2
     assert message in capsys.readouterr().err
 
+
+
+@pytest.mark.slow
+def test_cli_link_time_to_zarr(tmp_path, movie, predictor, model_args):
+    """`-o OUT.zarr --link time`: built in OUT.partial.zarr, then the linked OUT.zarr (the labels of
+    the engine, every frame marked done); --tracks from it; a second run finds it finished."""
+    import zarr
+
+    mov, _, _ = movie
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, mov, imagej=True, metadata={"axes": "TYX"})
+    out, res = tmp_path / "labels.zarr", tmp_path / "res"
+    args = ["everything", str(path), "-o", str(out), "--tracks", str(res), *CLI_OPTIONS, *model_args]
+    assert main(args) == 0
+    lab, links = linked_run(mov, predictor, "time")
+    group = zarr.open_group(out, mode="r")
+    np.testing.assert_array_equal(group["labels"][:], lab)
+    assert (np.asarray(group["max_id"][:]) == lab.reshape(len(lab), -1).max(1)).all()
+    assert not (tmp_path / "labels.zarr.partial.zarr").exists()
+    np.testing.assert_array_equal(np.loadtxt(res / "res_track.txt", dtype=np.int64).reshape(-1, 4), ctc_tracks(links)[0])
+    np.testing.assert_array_equal(tifffile.imread(res / "mask001.tif"), lab[1])
+    assert main(args) == 0  # finished: nothing to do, the output kept
+    np.testing.assert_array_equal(zarr.open_group(out, mode="r")["labels"][:], lab)
 
 
 # the functional test model on a movie where it finds the cells and the division (richer tracks than random weights)

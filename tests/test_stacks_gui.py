@@ -139,3 +139,35 @@ def test_session_records_link_and_replays(qtbot, make_napari_viewer, fsam, fchec
     np.testing.assert_array_equal(links.centroids, tracks.data)
     assert links.parents == {int(k): int(v[0]) for k, v in tracks.graph.items()}
     assert links.parents and len(links.tracks) >= 8 and labels.data.max() == links.tracks[:, 0].max()
+
+
+def test_cancel_during_linking_keeps_the_frames_unlinked(qtbot, make_napari_viewer, sam, checkpoint):
+    """Cancel while the linked frames come in: every frame done keeps its per-frame labels (no mix
+    of linked and per-frame ids), and no Tracks layer is made."""
+    from napari_mobilesam import segment_everything
+
+    mov, _, _ = synthetic_timelapse(5, (96, 96), 5, seed=7, divide_at=2)
+    want = segment_everything(mov, sam, "blobs", rgb=False, diameter=24.0, min_score=0.0)
+    viewer = make_napari_viewer()
+    viewer.add_image(mov, name="movie", axis_labels=("t", "y", "x"), contrast_limits=(0, 255))
+    w = MobileSAMWidget(viewer)
+    try:
+        w.model_box.value = CHOOSE_FILE
+        w.model_file.value = str(checkpoint)
+        w.device_box.value = "cpu"
+        w.set_model(sam, (str(checkpoint), "cpu"))
+        ev = w.everything
+        ev.sampler.value = "blobs"
+        ev.diameter.value = 24
+        ev.all_frames.value = True
+        ev.link.value = "time"
+        ev.run()
+        seen: list = []
+        w._worker.yielded.connect(lambda m: getattr(m, "linked", False) and not seen and (seen.append(m.index), w.cancel()))
+        qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
+        assert seen and w.status.value.startswith("Segment everything cancelled: 5 of 5 frames written")
+        labels = w.labels_layer()
+        np.testing.assert_array_equal(labels.data, want)
+        assert f"{labels.name} tracks" not in viewer.layers
+    finally:
+        w.shutdown()

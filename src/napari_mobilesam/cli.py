@@ -349,7 +349,7 @@ def cmd_everything(args: argparse.Namespace) -> int:
                          **({"link": link, "fill": not args.no_fill} if link != "none" else {})}
             lock = stack.enter_context(OutputLock(out, _command_line()))
             writers[source.path] = LabelWriter(out, source.leading_shape, source.hw, signature, overwrite=args.overwrite,
-                                               inputs=[path], lock=lock)
+                                               inputs=[path], lock=lock, staged=link != "none")  # linked: built in OUT.partial.zarr
             _say_repaired(args, writers[source.path])
             sources.append(source)
         done_before = sum(w.done_count for w in writers.values() if not w.complete) + sum(w.n_frames for w in writers.values() if w.complete)
@@ -396,15 +396,11 @@ def _link_mode(args: argparse.Namespace, pairs: list, source) -> str:
     if len(source.leading_shape) != 1:
         raise InputError(f"--link {link} needs a stack with one leading axis (Z or T); {source.path} has frames "
                          f"{source.leading_shape}. Use --link none.")
-    if Path(args.output).suffix.lower() == ".zarr":
-        raise InputError(f"--link writes a .tif (the frames stay unlinked in OUT.partial.zarr until linked): use -o NAME.tif, "
-                         f"not {args.output}.")
     return link
 
 
 def _finish_linked(args: argparse.Namespace, writer, source, spec, prep: dict, link: str, store: str | None):
     """The link pass over the finished frames (SAM fill-ins, laptrack), then the linked TIFF and --tracks."""
-    import tifffile
 
     from ._progress import drive
     from .engine.distributed import ModelHolder
@@ -439,7 +435,7 @@ def _finish_linked(args: argparse.Namespace, writer, source, spec, prep: dict, l
     what = "tracks" if link == "time" else "objects"
     _say(args, f"{len(links.tracks)} {what} over {writer.n_frames} frames" + (f", {len(links.parents)} with a parent" if link == "time" else ""))
     if args.tracks:
-        write_tracks(args.tracks, (tifffile.imread(path, key=t) for t in range(writer.n_frames)), links, overwrite=args.overwrite)
+        write_tracks(args.tracks, (writer.read_output(t) for t in range(writer.n_frames)), links, overwrite=args.overwrite)
         _say(args, f"wrote tracks to {args.tracks}")
     return path
 

@@ -218,6 +218,7 @@ class EverythingSection:
         link_shift = max(0, w.next_id() - (top + 1))  # linked ids start after ``top``: keep clear of issued ids
         out = [labels]
         got_links: list = [None]
+        linked: list = []  # (frame, linked labels) until the link pass ends
 
         def on_msg(msg) -> None:
             if isinstance(msg, EverythingProgress):
@@ -227,12 +228,13 @@ class EverythingSection:
                 if msg.labels is not None and out[0] is None:
                     out[0] = w.labels_layer()
                 layer = out[0]
-                if msg.links is not None and link == "time" and layer is not None:
-                    self.show_tracks(layer, msg.links, link_shift)
-                got_links[0] = msg.links if msg.links is not None else got_links[0]
+                if msg.links is not None and layer is not None:  # the link pass is over: all linked frames in one write,
+                    write_frames(layer, linked, overwrite=True)  # so a Cancel before leaves the per-frame ids, never a mix
+                    got_links[0] = msg.links
+                    if link == "time":
+                        self.show_tracks(layer, msg.links, link_shift)
                 if msg.linked:  # the frame's linked ids replace its per-frame ones (same pixels, plus fill-ins)
-                    new = np.where(msg.labels > 0, msg.labels + link_shift, 0).astype(msg.labels.dtype)
-                    write_frames(layer, [(tuple(msg.index), new)], overwrite=True)
+                    linked.append((tuple(msg.index), np.where(msg.labels > 0, msg.labels + link_shift, 0).astype(msg.labels.dtype)))
                 elif msg.labels is not None:  # a finished frame: one undoable write
                     new = msg.labels
                     if new.any():  # keep clear of ids already given to prompts (not yet in the layer)
