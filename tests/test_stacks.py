@@ -273,3 +273,22 @@ def test_cli_link_time_resumes_to_the_same_tracks(tmp_path, cells, reference, fm
     np.testing.assert_array_equal(tifffile.imread(out), lab)
     np.testing.assert_array_equal(np.loadtxt(res / "res_track.txt", dtype=np.int64).reshape(-1, 4), ctc_tracks(links)[0])
     assert links.parents  # the division is in the tracks
+
+
+def test_replay_everything_runs_of_a_session(tmp_path, movie, predictor):
+    """engine.session.replay_everything: the recorded runs in order (one frame, then the stack linked)."""
+    from napari_mobilesam.engine.session import SessionError, load_session, replay_everything, save_session
+
+    mov, _, _ = movie
+    one = {"sampler": "blobs", "options": {"diameter": 24.0, "min_score": 0.0, "max_det": 12}, "link": "none", "frames": [1]}
+    runs = [{"overwrite": False}, {"everything": one}, {"everything": {**one, "link": "time", "frames": "all", "id_shift": 3}}]
+    save_session(tmp_path / "s.mobilesam", image={"name": "movie", "shape": list(mov.shape)}, model={}, preprocess={}, runs=runs,
+                 labels=np.zeros(mov.shape, np.uint32))
+    got, links = replay_everything(load_session(tmp_path / "s.mobilesam"), mov, predictor)
+    first = segment_everything(mov, predictor, "blobs", rgb=False, frames=[1], **OPTIONS)
+    want, want_links = linked_run(mov, predictor, "time", labels=first)
+    np.testing.assert_array_equal(got, np.where(want != first, want + 3, want))  # the widget's id shift
+    np.testing.assert_array_equal(links.tracks[:, 0], want_links.tracks[:, 0] + 3)
+    save_session(tmp_path / "e.mobilesam", image={}, model={}, preprocess={}, runs=runs[:1])
+    with pytest.raises(SessionError, match="records no Segment everything run"):
+        replay_everything(load_session(tmp_path / "e.mobilesam"), mov, predictor)

@@ -301,10 +301,9 @@ def replay_everything(session: Session, image: Any, predictor: Any, detector: An
     prep = {k: v for k, v in session.preprocess.items() if k in ("contrast_limits", "channels", "channel_axis") and v is not None}
     shape = tuple(session.labels.shape) if session.labels is not None else tuple(np.shape(image))[: len(session.image.get("shape", [])) or None]
     labels = np.zeros(shape, np.uint32)
-    lead = shape[:-2]
     links = None
     for run in runs:
-        frames = None if run.get("frames", "all") == "all" else [np.unravel_index(int(t), lead) if lead else () for t in run["frames"]]
+        frames = None if run.get("frames", "all") == "all" else [int(t) for t in run["frames"]]  # flat frame numbers
         rgb = None if prep.get("channel_axis") is not None else np.ndim(image) > len(shape)
         gen = iter_segment_everything(image, predictor, run["sampler"], detector or run.get("detector"), rgb=rgb, frames=frames,
                                       labels=labels, overwrite=bool(run.get("overwrite")), link=run.get("link", "none"),
