@@ -25,7 +25,8 @@ HELP = (
     "selected label) on the next and previous frames, each prompted by the previous frame's mask (its "
     "box + mask input). Each object stops in a direction when its predicted IoU or its overlap with the "
     "previous frame drops below the thresholds, or it vanishes. Frame embeddings are computed once for "
-    "all objects. With 'all labels of this frame', every label of this frame is propagated at once (one "
+    "all objects, and several objects are decoded in one batch per frame (where they overlap, the smaller "
+    "keeps the pixel). With 'all labels of this frame', every label of this frame is propagated at once (one "
     "decode batch per frame; same as `mobilesam propagate`). One Ctrl+Z undoes a whole run (also a cancelled "
     "one: the frames done are written). Key: Shift+F."
 )
@@ -109,6 +110,9 @@ class PropagateSection:
                 f"{which} not on this frame: segment the object here first, then select its point/box "
                 "(or pick the label in the Labels layer) and press Propagate."
             )
+        if len(starts) > 1:  # several objects: one decode batch per frame, as 'all labels of this frame'
+            self._run_all(image, geo, cur, labels, np.where(np.isin(here, list(starts)), here, 0), ids=list(starts))
+            return
         ax = int(self.axis.value)
         read, key, kw = w.frame_reader(image)
 
@@ -167,8 +171,9 @@ class PropagateSection:
 
         w.run_job(gen(), on_msg, on_finish, title="Propagate")
 
-    def _run_all(self, image, geo, cur: tuple[int, ...], labels, here: np.ndarray | None) -> None:
-        """Every label of frame ``cur`` at once (engine.propagate.iter_propagate_labels, as `mobilesam propagate`)."""
+    def _run_all(self, image, geo, cur: tuple[int, ...], labels, here: np.ndarray | None, ids: list[int] | None = None) -> None:
+        """Every label of ``here`` (frame ``cur``'s labels; with ``ids``: the selected ones only) at once
+        (engine.propagate.iter_propagate_labels, as `mobilesam propagate`)."""
         w = self.w
         if here is None or not (here > 0).any():
             raise ValueError("This frame has no labels to propagate: segment its objects first (or choose the Labels layer "
@@ -210,7 +215,8 @@ class PropagateSection:
             if frames:
                 write_frames(labels, [(frame_at(i), new) for i, new in frames.items()], overwrite=w.overwrite.value,
                              replace_ids="new")
-            what = f"{len(found)} of {n_ids} label(s) {where} to {len(frames)} frame(s)"
+            names = f"label(s) {', '.join(map(str, sorted(found))) or '-'}" if ids else f"{len(found)} of {n_ids} label(s)"
+            what = f"{names} {where} to {len(frames)} frame(s)"
             if w.job_cancelled:
                 w.end_status(f"Propagate all {cancelled(len(frames), n_ax - 1)}: {what}; Ctrl+Z undoes.")
                 return
