@@ -68,7 +68,7 @@ def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     w.model_file.value = args.checkpoint
     w.device_box.value = "cpu"
     w.set_model(sam, (args.checkpoint, "cpu"))
-    w.live_threaded = args.mode == "worker"
+    w.state.live_threaded = args.mode == "worker"
     app = QApplication.instance()
     w.live.value = True  # embedding on the model thread
     t0 = time.perf_counter()
@@ -98,7 +98,8 @@ def measure(args: argparse.Namespace) -> dict[str, list[float]]:
 
     out: dict[str, list[float]] = {k: [] for k in KEYS}
     handler = {"t": 0.0, "end": 0.0}
-    decoded = w._decoded
+    live = w.prompts.live_mode
+    decoded = live._decoded
     waiting = QEventLoop()
 
     def timed_decoded(*a, **kw):  # our GUI-thread result handler
@@ -113,7 +114,7 @@ def measure(args: argparse.Namespace) -> dict[str, list[float]]:
         if w.live_pending:
             waiting.exec_()
 
-    w._decoded = timed_decoded
+    live._decoded = timed_decoded
     ticks: list[float] = []
     timer = QTimer()
     timer.setInterval(1)

@@ -113,7 +113,7 @@ def test_negative_point_refines_nearest_object(qtbot, make_widget, predictor, sm
     viewer, w, img = make_widget(small_cell)
     pts = w.points_box.value
     pts.add([[60.0, 60.0]])
-    w._toggle_mode()  # key T: new points are negative
+    w.prompts.toggle_mode()  # key T: new points are negative
     assert w.mode.value == "negative"
     pts.add([[70.0, 75.0]])
     pts.add([[150.0, 20.0]])  # nearer to no positive point than the first; still attached (only one object)
@@ -179,7 +179,7 @@ def test_cancel_keeps_finished_frames(qtbot, make_widget, small_cell):
     w.all_frames.value = True
     frames_written = []
     w.segment()
-    worker = w._worker
+    worker = w.state.worker
     worker.yielded.connect(lambda msg: type(msg).__name__ == "FrameDone" and (frames_written.append(msg.frame), w.cancel()))
     qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
     labels = w.labels_box.value
@@ -404,7 +404,7 @@ def test_shift_t_flips_selected_points(qtbot, make_widget, predictor, small_cell
     viewer, w, img = make_widget(small_cell)
     pts = w.points_box.value
     assert any(str(k).replace("-", "+").lower() == "shift+t" for k in pts.keymap)
-    w._flip_selected()  # nothing selected: a hint, no change
+    w.prompts.flip_selected()  # nothing selected: a hint, no change
     assert "Select points" in w.status.value
     go_live(qtbot, w)
     live_clicks(qtbot, w, (50, 50), (60, 90))
@@ -412,14 +412,14 @@ def test_shift_t_flips_selected_points(qtbot, make_widget, predictor, small_cell
     assert list(pts.features["label_id"]) == [1, 2]
     # the second point turns negative: its own mask goes, it refines the first object
     pts.selected_data = {1}
-    w._flip_selected()
+    w.prompts.flip_selected()
     settle(qtbot, w)
     assert list(pts.features["label"]) == [1, 0]
     ref = expected(predictor, small_cell, [(Prompt(points=[[50, 50], [60, 90]], labels=[1, 0]), False, "best", 1)], small_cell.shape)
     assert not (labels.data == 2).any()
     assert agree(labels.data, ref) > 0.999
     # and back: a positive point of its own again, with a fresh id (2 stays retired for undo)
-    w._flip_selected()
+    w.prompts.flip_selected()
     settle(qtbot, w)
     assert list(pts.features["label"]) == [1, 1] and list(pts.features["label_id"]) == [1, 3]
     ref = expected(predictor, small_cell, [(Prompt(points=[[50, 50]]), True, "best", 1), (Prompt(points=[[60, 90]]), True, "best", 3)], small_cell.shape)
@@ -594,7 +594,7 @@ def test_errors_are_notifications(qtbot, make_widget, small_cell, monkeypatch, t
     viewer, w, img = make_widget(small_cell)
     w.model_file.value = str(tmp_path / "missing.pt")
     w.points_box.value.add([[40.0, 40.0]])
-    w.sam = None
+    w.state.sam = None
     w.segment()
     assert not w.busy and errors and "missing.pt" in errors[-1].message and "pick a .pt file" in errors[-1].message
     # an empty checkpoint field says so (not "Checkpoint '.' is not a file")
@@ -656,7 +656,7 @@ def test_everything_section_blobs_matches_engine_and_cancel_keeps_frames(qtbot, 
     ev.all_frames.value = True
     finished = []
     ev.run()
-    w._worker.yielded.connect(lambda m: getattr(m, "labels", None) is not None and (finished.append(m.index), w.cancel()))
+    w.state.worker.yielded.connect(lambda m: getattr(m, "labels", None) is not None and (finished.append(m.index), w.cancel()))
     qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
     assert finished[:1] == [(0,)] and len(finished) < 3
     assert w.status.value.startswith(f"Segment everything cancelled: {len(finished)} of 3 frames written")
@@ -794,7 +794,7 @@ def test_objects_stay_as_written(qtbot, make_widget, predictor, small_cell, monk
 
 def test_status_lines(qtbot, make_widget, predictor, small_cell, monkeypatch):
     """Live results, ids after the user's labels, prompts outside the image, overwrite."""
-    from napari_mobilesam.gui import widget as widget_module
+    from napari_mobilesam.gui import promptui as widget_module
 
     warnings = []
     monkeypatch.setattr(widget_module, "show_warning", warnings.append)

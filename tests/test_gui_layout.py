@@ -109,10 +109,10 @@ def test_fits_while_a_job_runs_and_keys(qtbot, laptop, sam, checkpoint):
     """Shift+S starts Segment, the layout holds while the progress bar shows, Esc cancels."""
     from qtpy.QtCore import Qt
 
-    from napari_mobilesam.gui.widget import CHOOSE_FILE, KEYS
+    from napari_mobilesam.gui.widget import CHOOSE_FILE
 
     viewer, w = laptop
-    assert {str(k) for k in viewer.keymap} >= {k.replace("-", "+") for k, _ in KEYS}
+    assert {str(k) for k in viewer.keymap} >= {k.replace("-", "+") for k, _ in w.keys}
     from qtpy.QtWidgets import QLabel
 
     assert any("Shift+S Segment" in label.text() and "Esc Cancel" in label.text() for label in w.findChildren(QLabel))

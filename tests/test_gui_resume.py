@@ -74,8 +74,13 @@ viewer.close()
 """
 
 SECOND = PRELUDE + r"""
-opened = viewer.open(args["session"], plugin="napari-mobilesam")  # File > Open Folder, "MobileSAM" in "Choose reader"
+# File > Open Folder: napari's own path (no plugin named); a "Choose reader" dialog would be a failure
+import napari._qt.qt_viewer as _qv
+dialogs = []
+_qv.handle_gui_reading = lambda *a, **k: dialogs.append(a)
+viewer.window._qt_viewer._qt_open([args["session"]], stack=False)
 QApplication.processEvents()
+assert not dialogs, "napari asked 'Choose reader' for the session folder"
 if args.get("weights_again"):
     w.model_box.value = "choose file…"
     w.model_file.value = args["weights"]
@@ -88,7 +93,7 @@ print(json.dumps({
     "picked": [getattr(b.value, "name", None) for b in (w.labels_box, w.points_box, w.shapes_box)],
     "layers": [la.name for la in viewer.layers],
     "model": w.model_box.value, "model_file": str(w.model_file.line_edit.value),
-    "embedded": len(w.cache) if hasattr(w.cache, "__len__") else None,
+    "embedded": len(w.state.cache) if hasattr(w.state.cache, "__len__") else None,
     "same_as_opened": before is not None and bool(np.array_equal(before, np.asarray(labels.data))),
 }))
 viewer.close()

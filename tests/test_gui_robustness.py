@@ -162,14 +162,14 @@ def test_damaged_store_embedding_is_computed_again_or_refused(qtbot, make_widget
     shutil.rmtree(chunks / "2")  # frame 2's features are gone: zarr would read zeros
     errors = capture_errors(monkeypatch)
     w, got, encoded = _segment_box(qtbot, make_widget, sam, stack, store, 2)
-    assert not errors and encoded == 1 and w._store.repaired == [2]
+    assert not errors and encoded == 1 and w.state.store.repaired == [2]
     assert agree(got, expected(predictor, stack[2], BOX, stack.shape[1:])) > 0.999  # what `mobilesam embed` computes
     fixed = EmbeddingStore.open(store, "", "", mode="r", check=False).load(2, frame=stack[2])  # checksum and frame hash pass
     ref = EmbeddingStore.open(original, "", "", mode="r", check=False).load(2, frame=stack[2])
     assert torch.allclose(fixed.features, ref.features, atol=1e-4)  # written back as `mobilesam embed` wrote it
     # a store the widget cannot write: refused, not used
     w, _, _ = _segment_box(qtbot, make_widget, sam, stack, store, 1)  # links the store (frame 1 is intact)
-    w._store.writable = False  # as for a store on a read-only share (root could write through chmod)
+    w.state.store.writable = False  # as for a store on a read-only share (root could write through chmod)
     shutil.rmtree(chunks / "0")
     w.shapes_box.value.add_rectangles(np.array([[0, 8, 10], [0, 8, 40], [0, 32, 40], [0, 32, 10]], float))
     w.viewer.dims.set_current_step(0, 0)

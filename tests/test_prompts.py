@@ -140,3 +140,25 @@ def test_a_negative_point_stays_with_the_object_it_refined():
     # its object's prompt deleted (no object holds id 3): the nearest object takes it, as a never-assigned one
     found = collect_objects(table(pts[1:], [0, 1], ids=[3, 0]), 0, (), ())
     assert [o.point_rows for o in found] == [[1, 0]]
+
+
+def test_segment_objects_leaves_the_points_of_a_label_being_refined_to_refine():
+    """The refine split (engine.prompts.segment_objects): Segment's objects without the point rows
+    that name a label being refined; without a label being refined, collect_objects' objects."""
+    from napari_mobilesam.engine.prompts import segment_objects
+
+    labels = np.zeros((40, 40), np.uint16)
+    labels[5:15, 5:15] = 7
+    # rows 0 and 2 name label 7 (on it); row 1 is a new click; row 3 names id 3, which is no label here
+    table = PromptTable.of(points=[[8, 8], [30, 30], [10, 12], [35, 5]], labels=[1, 1, 0, 0], ids=[7, 0, 7, 3])
+    refined = segment_objects(table, 0, (), spatial=(40, 40), labels=lambda f: labels, refining={7})
+    assert [(o.point_rows, o.label_id) for o in refined.objects] == [([1, 3], 3)]
+    # nothing being refined (or no output layer yet): every point is Segment's, as collect_objects groups them
+    for kw in ({"labels": lambda f: labels, "refining": set()}, {"labels": None, "refining": {7}}):
+        plain = segment_objects(table, 0, (), spatial=(40, 40), **kw)
+        assert [o.point_rows for o in plain.objects] == [o.point_rows for o in collect(table, 0, (), spatial=(40, 40)).objects]
+        assert sorted(r for o in plain.objects for r in o.point_rows) == [0, 1, 2, 3]
+    # a refinement point off the frame is still named as a problem
+    off = PromptTable.of(points=[[12, 12], [50, 5]], labels=[0, 0], ids=[7, 7])
+    found = segment_objects(off, 0, (), spatial=(40, 40), labels=lambda f: labels, refining={7})
+    assert found.objects == [] and [p.row for p in found.problems] == [1]

@@ -160,3 +160,48 @@ def test_truncated_labels_tif_in_a_session_is_reported(tmp_path):
     tif.write_bytes(tif.read_bytes()[: tif.stat().st_size // 2])
     with pytest.raises(SessionError, match=r"labels.tif holds labels of shape \(64, 64\), but the session's image is \(3, 64, 64\): the file is damaged"):
         load_session(s)
+
+
+def test_session_folders_open_with_this_reader_without_asking(tmp_path, monkeypatch):
+    """Issue 24 item 5: napari offers its builtins reader for every folder, so *File > Open Folder*
+    on a session asked "Choose reader". The plugin's activation makes it the preferred reader for
+    ``*.mobilesam`` folders (napari's own lookup says so), and keeps a choice the user made."""
+    import napari.plugins.utils as nu
+    from napari.settings import NapariSettings
+
+    from napari_mobilesam.engine.session import save_session
+    from napari_mobilesam.gui.session import prefer_session_reader
+
+    settings = NapariSettings(config_path=None)
+    monkeypatch.setattr(nu, "get_settings", lambda: settings)
+    folder = save_session(tmp_path / "work.mobilesam", image={"name": "x"}, model={}, preprocess={}, labels=np.ones((4, 4), np.uint32))
+    other = tmp_path / "plain"
+    other.mkdir()
+    assert nu.get_preferred_reader(str(folder)) is None  # what napari had: ask
+    assert prefer_session_reader(settings) is True
+    assert nu.get_preferred_reader(str(folder)) == "napari-mobilesam"
+    assert nu.get_preferred_reader(str(other)) is None  # other folders are not ours
+    assert prefer_session_reader(settings) is False  # once
+    settings.plugins.extension2reader = {"*.mobilesam/": "napari"}  # the user's choice stays
+    assert prefer_session_reader(settings) is False
+    assert nu.get_preferred_reader(str(folder)) == "napari"
+
+
+def test_save_dialog_without_the_suffix_adds_it(make_napari_viewer, tmp_path):
+    """Issue 24 item 5: a session saved from File > Save Selected Layers... to a name without
+    ``.mobilesam`` (the dialog passes our writer) is written to ``NAME.mobilesam``."""
+    from napari.plugins import _npe2
+
+    from napari_mobilesam.engine.session import load_session
+
+    viewer = make_napari_viewer()
+    labels = viewer.add_labels(np.eye(8, dtype=np.uint32), name="img labels")
+    points = viewer.add_points(np.array([[2.0, 3.0]]), name="img points")
+    viewer.layers.selection = {labels, points}
+    _, writers = _npe2.file_extensions_string_for_layers([labels, points])
+    ours = next(w for w in writers if w.plugin_name == "napari-mobilesam")
+    saved = viewer.layers.save(str(tmp_path / "work"), selected=True, _writer=ours)  # as napari's save dialog calls it
+    assert saved == [str(tmp_path / "work.mobilesam")]
+    s = load_session(tmp_path / "work.mobilesam")
+    np.testing.assert_array_equal(s.labels, np.eye(8))
+    assert s.points.tolist() == [[2.0, 3.0]]

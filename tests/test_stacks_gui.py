@@ -163,7 +163,7 @@ def test_cancel_during_linking_keeps_the_frames_unlinked(qtbot, make_napari_view
         ev.link.value = "time"
         ev.run()
         seen: list = []
-        w._worker.yielded.connect(lambda m: getattr(m, "linked", False) and not seen and (seen.append(m.index), w.cancel()))
+        w.state.worker.yielded.connect(lambda m: getattr(m, "linked", False) and not seen and (seen.append(m.index), w.cancel()))
         qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
         assert seen and w.status.value.startswith("Segment everything cancelled: 5 of 5 frames written")
         labels = w.labels_layer()

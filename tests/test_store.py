@@ -94,3 +94,19 @@ def test_cache_backed_by_a_store(tmp_path, sam, predictor, frames):
     cache.back_with(None, None)
     cache.clear()
     assert ("s", 0) not in cache
+
+
+def test_a_store_mismatch_in_the_widget_names_the_widgets_fixes(fsam, tmp_path):
+    """Issue 24: the widget's store check said "(or pass --overwrite)", a flag of the command line."""
+    from napari.layers import Image
+
+    from napari_mobilesam.gui.stores import StoreLink
+
+    img = Image(np.zeros((32, 32), np.uint8), name="cells")
+    made = EmbeddingStore.open(tmp_path / "e.zarr", "another-model", image_fingerprint(np.zeros((32, 32), np.uint8)), n_frames=1, original_size=(32, 32))
+    assert made.n_frames == 1
+    with pytest.raises(EmbeddingStoreMismatch) as err:
+        StoreLink(tmp_path / "e.zarr", fsam, img)
+    text = str(err.value)
+    assert "--" not in text and "-o path" not in text, text
+    assert "pick the weights it was made with as 'model'" in text and "choose another 'embeddings' path" in text

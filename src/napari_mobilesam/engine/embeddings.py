@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .errors import SettingsError
@@ -28,15 +29,19 @@ class Embedding:
         features: ``1 x 256 x 64 x 64`` tensor (float32, or float16 when stored compactly).
         original_size: ``(H, W)`` of the frame given to the predictor.
         input_size: ``(h, w)`` after resizing the longest side to 1024 (before padding).
+        pixels: ``(H, W, 3)`` uint8, the frame as the encoder saw it, kept only for frames large
+            enough that prompts are decoded in full-resolution windows (:mod:`.windows`); else None.
     """
 
     features: torch.Tensor
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    pixels: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
-        return self.features.numel() * self.features.element_size()
+        extra = 0 if self.pixels is None else int(self.pixels.nbytes)
+        return self.features.numel() * self.features.element_size() + extra
 
 
 class EmbeddingCache:
@@ -107,7 +112,7 @@ class EmbeddingCache:
         if self.max_bytes == 0:
             return
         if self.fp16 and emb.features.dtype != torch.float16:
-            emb = Embedding(emb.features.half(), emb.original_size, emb.input_size)
+            emb = Embedding(emb.features.half(), emb.original_size, emb.input_size, emb.pixels)
         with self._lock:
             self._items[key] = emb
             self._items.move_to_end(key)

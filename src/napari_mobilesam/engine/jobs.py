@@ -39,7 +39,9 @@ def _frame_options(source: ImageSource, preprocess: dict) -> dict:
 def decode_objects(pred, objects, multimask_all: bool = False, progress: Callable[[int], None] | None = None) -> list:
     """Masks (``ObjectMask``) of :class:`~.prompts.ObjectPrompt` objects on the predictor's current frame,
     in input order, each decoded as its rule says (single clicks: best of three; ``mask`` 1-3: that one),
-    batched by mask mode. The widget and ``mobilesam segment`` both decode through here.
+    batched by mask mode. The widget and ``mobilesam segment`` both decode through here. On a frame
+    more than twice the encoder's input (e.g. 4096²), clicks and boxes are decoded in full-resolution
+    windows around them (:mod:`.windows`).
 
     ``multimask_all``: every object takes the best of three masks (``mobilesam segment --multimask``).
     ``progress``: called with the number of objects decoded after each batch of ``pred.batch_size``."""
@@ -52,7 +54,7 @@ def decode_objects(pred, objects, multimask_all: bool = False, progress: Callabl
         step = len(idx) if progress is None else pred.batch_size  # predict_objects batches the same way
         for start in range(0, len(idx), step):
             part = idx[start : start + step]
-            masks = pred.predict_objects([objects[i].prompt for i in part], multimask_output=multimask, select=select)
+            masks = pred.predict_objects([objects[i].prompt for i in part], multimask_output=multimask, select=select, windows=True)
             for i, m in zip(part, masks, strict=True):
                 out[i] = m
             if progress is not None:
@@ -128,6 +130,8 @@ class SegmentJob:
         key = use_stored_embedding(models, self.store, source, t)
         if key is not None:
             pred.set_embedding(pred.cache.get(key), key)
+            if pred.needs_pixels:  # a large frame: its prompts are decoded in windows of its pixels
+                pred.set_pixels(source.read(t), **_frame_options(source, self.preprocess))
         else:
             pred.set_image(source.read(t), key=("segment", source.path, t), **_frame_options(source, self.preprocess))
         existing = None

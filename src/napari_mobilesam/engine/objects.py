@@ -66,7 +66,9 @@ class ObjectMask:
         stability: stability score (IoU of the masks thresholded at ±1 around the threshold,
             on the low-resolution logits).
         mask_index: which decoder output was chosen (0 in single-mask mode; 0-2 in multimask).
-        low_res_logits: ``(256, 256)`` float32, usable as a later ``Prompt.mask_input``.
+        low_res_logits: ``(256, 256)`` float32, usable as a later ``Prompt.mask_input`` on the frame.
+        window: ``(row0, col0, row1, col1)`` of the full-resolution window the prompt was decoded
+            in, on a large frame (:mod:`.windows`); None when decoded on the whole frame.
     """
 
     mask: np.ndarray
@@ -76,6 +78,7 @@ class ObjectMask:
     stability: float
     mask_index: int
     low_res_logits: np.ndarray = field(repr=False)
+    window: tuple[int, int, int, int] | None = None
 
     @property
     def area(self) -> int:

@@ -29,6 +29,7 @@ from .image import to_rgb_uint8
 from .objects import ObjectMask, Prompt
 from .prompt_checks import check_prompts, check_xy
 from .upsample import MaskUpsampler
+from .windows import is_large, predict_in_windows
 
 __all__ = ["ObjectMask", "Predictor", "Prompt"]
 
@@ -54,6 +55,8 @@ class Predictor(SamPredictor):
         self._frame_decoder: FrameDecoder | None = None
         self._upsamplers: dict[tuple, MaskUpsampler] = {}
         self.scratch = Scratch()  # decode buffers, shared by the decoders of its frames
+        self.pixels: np.ndarray | None = None  # (H, W, 3) uint8 of a large frame, for prompt windows
+        self._window_pred: Predictor | None = None
 
     # ------------------------------------------------------------------ images
     def set_image(
@@ -85,13 +88,19 @@ class Predictor(SamPredictor):
             rgb = rgb[..., ::-1]
         if key is None:
             key = ("pixels", rgb.shape, hashlib.blake2b(rgb.tobytes(), digest_size=16).hexdigest())
+        large = is_large(rgb.shape[:2], self.model.image_encoder.img_size)
         emb = self.cache.get(key)
         if emb is None:
             with torch.inference_mode():
                 super().set_image(np.ascontiguousarray(rgb), self.model.image_format)
-            emb = Embedding(self.features, self.original_size, self.input_size)
+            emb = Embedding(self.features, self.original_size, self.input_size, rgb if large else None)
+            self.cache.put(key, emb)
+        elif large and emb.pixels is None:  # e.g. read from an embeddings store: keep the pixels for windows
+            emb = Embedding(emb.features, emb.original_size, emb.input_size, rgb)
             self.cache.put(key, emb)
         self.set_embedding(emb, key)
+        if large and self.pixels is None:  # no cache (budget 0)
+            self.pixels = rgb
 
     def set_embedding(self, emb: Embedding, key: Hashable | None = None, frame_decoder: FrameDecoder | None = None) -> None:
         """Make ``emb`` the current frame (e.g. an embedding loaded from disk).
@@ -105,15 +114,45 @@ class Predictor(SamPredictor):
         self.is_image_set = True
         self.key = key
         self._frame_decoder = frame_decoder
+        self.pixels = emb.pixels
+
+    def set_pixels(
+        self,
+        image: np.ndarray,
+        *,
+        channel_axis: int | None = None,
+        channels: Sequence[int] | None = None,
+        contrast_limits: tuple[float, float] | None = None,
+    ) -> None:
+        """Give the current frame's pixels after :meth:`set_embedding` (e.g. from a store), so that
+        prompts on a large frame are decoded in windows (:mod:`.windows`); a no-op for other frames.
+        ``image`` and the options are those ``set_image`` takes for the same frame."""
+        self._require_image()
+        if is_large(self.original_size, self.model.image_encoder.img_size):
+            self.pixels = to_rgb_uint8(image, channel_axis=channel_axis, channels=channels, contrast_limits=contrast_limits)
+
+    @property
+    def needs_pixels(self) -> bool:
+        """The current frame is large (:func:`.windows.is_large`) and its pixels are not here: see :meth:`set_pixels`."""
+        return self.is_image_set and self.pixels is None and is_large(self.original_size, self.model.image_encoder.img_size)
+
+    def window_predictor(self) -> Predictor:
+        """A predictor for windows of this one's frames (:mod:`.windows`), sharing its model, cache and buffers."""
+        if self._window_pred is None:
+            sub = Predictor(self.model, cache_bytes=0, batch_bytes=self.batch_bytes)
+            sub.cache, sub.scratch = self.cache, self.scratch
+            self._window_pred = sub
+        return self._window_pred
 
     def get_embedding(self) -> Embedding:
         self._require_image()
-        return Embedding(self.features, self.original_size, self.input_size)
+        return Embedding(self.features, self.original_size, self.input_size, self.pixels)
 
     def reset_image(self) -> None:
         super().reset_image()
         self.key = None
         self._frame_decoder = None
+        self.pixels = None
 
     def _require_image(self) -> None:
         if not self.is_image_set:
@@ -179,6 +218,7 @@ class Predictor(SamPredictor):
         multimask_output: bool = False,
         select: str | int = "best",
         mask_threshold: float | None = None,
+        windows: bool = False,
     ) -> list[ObjectMask]:
         """Segment one object per prompt on the current frame, in batches.
 
@@ -187,6 +227,9 @@ class Predictor(SamPredictor):
             multimask_output: decode SAM's three candidate masks (for ambiguous single clicks)
                 and pick one per object by ``select``: "best" (highest predicted IoU) or 0-2.
             mask_threshold: logit threshold (default: the model's, 0.0).
+            windows: on a frame whose long side exceeds twice the encoder's input (4096² say),
+                decode prompts without ``mask_input`` in full-resolution windows around them
+                (:mod:`.windows`; used for the user's clicks and boxes). Other frames: no effect.
 
         Returns:
             One :class:`ObjectMask` per prompt, in order.
@@ -205,6 +248,13 @@ class Predictor(SamPredictor):
         thr = self.model.mask_threshold if mask_threshold is None else mask_threshold
         if select != "best" and select not in (0, 1, 2):
             raise ValueError(f"select must be 'best' or 0, 1, 2; got {select!r}.")
+        if windows and self.pixels is not None:
+            win = [i for i, p in enumerate(prompts) if p.mask_input is None]
+            rest = [i for i, p in enumerate(prompts) if p.mask_input is not None]
+            got = dict(zip(win, predict_in_windows(self, [prompts[i] for i in win], multimask_output, select, mask_threshold), strict=True))
+            if rest:
+                got.update(zip(rest, self.predict_objects([prompts[i] for i in rest], multimask_output, select, mask_threshold), strict=True))
+            return [got[i] for i in range(len(prompts))]
         out: list[ObjectMask] = []
         up = self._upsampler()
         dec = self.frame_decoder

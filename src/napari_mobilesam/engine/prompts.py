@@ -33,7 +33,8 @@ Coordinates are (row, col) in the image's data coordinates, leading (stack) indi
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,7 +42,7 @@ import numpy as np
 from .objects import Prompt
 from .prompt_checks import clip_box, fmt, point_problem
 
-__all__ = ["RULES", "RULE_LINES", "Collection", "ObjectPrompt", "Problem", "PromptTable", "assign_ids", "collect_objects", "select_of"]
+__all__ = ["RULES", "RULE_LINES", "Collection", "ObjectPrompt", "Problem", "PromptTable", "assign_ids", "collect_objects", "segment_objects", "select_of"]
 
 Frame = tuple[int, ...]
 
@@ -318,6 +319,35 @@ def collect_objects(
         if ob.label_id <= 0 and int(table.point_ids[i]) > 0:  # the id stored on the negative's row is its object's
             ob.label_id = int(table.point_ids[i])
     return Collection(objects, problems)
+
+
+
+def segment_objects(
+    table: PromptTable,
+    n_lead: int,
+    lead_shape: Sequence[int],
+    current: Frame = (),
+    frames: Sequence[Frame] | None = None,
+    spatial: Sequence[int] | None = None,
+    labels: Callable[[Frame], np.ndarray] | None = None,
+    refining: AbstractSet[int] = frozenset(),
+) -> Collection:
+    """The objects *Segment* decodes: :func:`collect_objects` of ``table``, less the point rows that
+    belong to a label being refined (the refine split, :func:`.refine.split_refinements`: a row whose
+    ``label_id`` is in ``refining`` and is a label of ``labels(frame)`` in the point's frame). Those
+    rows are Refine's: Segment does not decode them (one off the frame is still named in ``problems``).
+
+    Args:
+        labels: ``labels(frame)`` -> the ``(H, W)`` output labels of that frame (None: no output yet,
+            nothing is being refined).
+        refining: ids of the labels being refined (the widget's *refine label* and those refined before).
+        others: as :func:`collect_objects`.
+    """
+    if labels is None or not refining:
+        return collect_objects(table, n_lead, lead_shape, current, frames, spatial=spatial)
+    from .refine import split_refinements  # (refine builds on this module)
+
+    return split_refinements(table, labels, n_lead, lead_shape, current, frames, spatial, ids=refining)[1]
 
 
 def assign_ids(objects: Sequence[ObjectPrompt], first_free: int, taken: Sequence[int] = ()) -> int:

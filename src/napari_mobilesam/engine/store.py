@@ -124,6 +124,7 @@ class EmbeddingStore:
         dtype: str = "float32",
         mode: str = "a",
         check: bool = True,
+        widget: bool = False,
     ) -> EmbeddingStore:
         """Open (mode "r": existing only; "a": create if missing) and check it matches.
 
@@ -134,6 +135,7 @@ class EmbeddingStore:
             n_frames, original_size: needed to create a store: frame count, ``(H, W)``.
             dtype: "float32" (exact) or "float16" (half the disk).
             check: compare model and image (False: only make sure it is an embedding store).
+            widget: a mismatch names the widget's fixes (its *model* and *embeddings* fields), not the CLI's.
 
         Raises:
             EmbeddingStoreMismatch: the store belongs to another model or image.
@@ -157,7 +159,7 @@ class EmbeddingStore:
                                      f"recompute it with `mobilesam embed IMAGE -o {p} --overwrite`.") from None
                 raise InputError(f"{p} is not a mobilesam embedding store ({type(err).__name__}); choose another path.") from err
             if check:
-                cls._check(p, meta, model_hash, image_fingerprint, image_size, reading=mode == "r")
+                cls._check(p, meta, model_hash, image_fingerprint, image_size, reading=mode == "r", widget=widget)
             return cls(p, group)
         if n_frames is None or original_size is None:
             raise SettingsError("n_frames and original_size are needed to create an embedding store.")
@@ -182,24 +184,28 @@ class EmbeddingStore:
         return cls(p, group)
 
     @staticmethod
-    def _check(p: Path, meta: dict, model_hash: str, fingerprint: str, image_size: int, reading: bool = False) -> None:
+    def _check(p: Path, meta: dict, model_hash: str, fingerprint: str, image_size: int, reading: bool = False, widget: bool = False) -> None:
         if meta.get("format") != FORMAT:
             raise EmbeddingStoreMismatch(f"{p} has store format {meta.get('format')}, this version reads {FORMAT}; recompute it with `mobilesam embed`.")
         if reading:  # --embeddings of segment/everything/...: only `mobilesam embed` rewrites a store
             fix = (f"recompute it with `mobilesam embed IMAGE -o {p} --overwrite` and the same --weights, --contrast and "
                    "--channels as this command, or give --embeddings a store made with them.")
+        elif widget:
+            fix = f"choose another 'embeddings' path, or delete {p} to compute it again."
         else:
             fix = f"delete {p} (or pass --overwrite) to recompute, or use a new -o path."
+        same = "pick the weights it was made with as 'model'" if widget else "use the same --weights"
         if meta.get("model_hash") != model_hash:
             raise EmbeddingStoreMismatch(f"{p} was computed with other model weights (encoder hash {meta.get('model_hash', '?')[:12]} "
-                                         f"!= {model_hash[:12]}); use the same --weights, or {fix}")
+                                         f"!= {model_hash[:12]}); {same}, or {fix}")
         if meta.get("image_size") != image_size:
             raise EmbeddingStoreMismatch(f"{p} was computed at input size {meta.get('image_size')}, not {image_size}; {fix}")
         if meta.get("image_fingerprint") != fingerprint:
             old, new = json.loads(meta.get("image_fingerprint", "{}")), json.loads(fingerprint)
             what = [k for k in ("shape", "dtype", "preprocess", "pixels") if old.get(k) != new.get(k)]
             detail = ", ".join(f"{k} {old.get(k)} != {new.get(k)}" if k != "pixels" else "pixel values differ" for k in what)
-            subject = "with other pre-processing (--contrast, --channels)" if what == ["preprocess"] else "for another image"
+            prep = "(the image layer's contrast limits, channels)" if widget else "(--contrast, --channels)"
+            subject = f"with other pre-processing {prep}" if what == ["preprocess"] else "for another image"
             raise EmbeddingStoreMismatch(f"{p} was computed {subject} ({detail}); {fix}")
 
     # ------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .predictor import ObjectMask
+from .objects import ObjectMask
 
 __all__ = ["place_tile_objects", "tile_boxes", "tile_settings"]
 

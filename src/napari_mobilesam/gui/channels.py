@@ -19,7 +19,7 @@ from napari.layers import Image
 from . import layers as L
 
 if TYPE_CHECKING:
-    from .widget import MobileSAMWidget
+    from .sections import Context
 
 __all__ = ["ChannelAxis", "axis_choices", "check_frames"]
 
@@ -65,14 +65,14 @@ def check_frames(image: Image) -> None:
 class ChannelAxis:
     """The control, bound to the widget's current image."""
 
-    def __init__(self, widget: MobileSAMWidget) -> None:
-        self.w = widget
+    def __init__(self, ctx: Context, image_box: ComboBox) -> None:
+        self.w, self.image_box = ctx, image_box
         self._syncing = False
         self.box = ComboBox(label="channel axis", choices=self._choices, tooltip=HELP)
         self.box.changed.connect(self._changed)
 
     def _choices(self, _widget=None) -> list:
-        return axis_choices(self.w.image_box_value())
+        return axis_choices(self.image_box.value)
 
     def on_image(self, image: Image | None) -> None:
         """Show ``image``'s choice (kept in its metadata)."""
@@ -86,7 +86,7 @@ class ChannelAxis:
         self.box.enabled = len(self.box.choices) > 1
 
     def _changed(self, value) -> None:
-        image = self.w.image_box_value()
+        image = self.image_box.value
         if self._syncing or image is None:
             return
         if value is None:
@@ -94,5 +94,5 @@ class ChannelAxis:
         else:
             image.metadata[L.CHANNELS] = value
         # frames changed: another embedding-store check, and labels layers of the new frame shape
-        self.w._unlink_store()
-        self.w._reset_choices()
+        self.w.unlink_store()
+        self.w.reset_choices()

@@ -21,11 +21,12 @@ from . import layers as L
 from .feedback import cancelled, ids_note
 from .jobs import Progress, built, worker_predictor
 from .layout import Section
+from .sections import Action
 from .session import record_everything
 from .writer import write_frames
 
 if TYPE_CHECKING:
-    from .widget import MobileSAMWidget
+    from .sections import Context
 
 __all__ = ["EverythingSection"]
 
@@ -84,8 +85,8 @@ def detector_input_size(det, chosen: int = 0) -> tuple[int, str]:
 
 
 class EverythingSection:
-    def __init__(self, widget: MobileSAMWidget) -> None:
-        self.w = widget
+    def __init__(self, ctx: Context) -> None:
+        self.w = ctx
         self.sampler = ComboBox(label="sampler", choices=SAMPLERS, value="blobs", tooltip=HELP)
         self.detector = FileEdit(label="detector", mode="r", filter="*.pt *.onnx",
                                  tooltip="YOLO detect/segment checkpoint (e.g. ObjectAwareModel.pt) or its .onnx export")
@@ -116,7 +117,11 @@ class EverythingSection:
         self.sampler.changed.connect(self._default_score)
         self.detector.changed.connect(self._update)
         self.button.changed.connect(self.run)
+        self.actions: tuple[Action, ...] = (Action("Shift-E", "Segment everything", self.button, self.run),)
         self._update()
+
+    def on_image(self, image) -> None:  # (nothing follows the image)
+        pass
 
     def _default_score(self, sampler: str) -> None:
         # the grid keeps SAM's own quality filter; proposed boxes are objects already
@@ -197,11 +202,11 @@ class EverythingSection:
         read, key, kw = w.frame_reader(image)
         opts = {**self.options(), **kw, "key": key}
         if opts.get("tile"):  # Cancel keeps the tiles (and boxes) done: a partial frame, said in the status line
-            opts["stop"] = lambda: w.job_cancelled
+            opts["stop"] = lambda: w.state.job_cancelled
         existing = None if labels is None else labels.data
 
         def gen():
-            pred = worker_predictor((yield from built(w.model_step())), w.cache)
+            pred = worker_predictor((yield from built(w.model_step())), w.state.cache)
             det = None if detector is None else (yield from load_detector(detector, trust))
             if det is not None:
                 opts["imgsz"], why = detector_input_size(det, int(self.imgsz.value))
@@ -249,7 +254,7 @@ class EverythingSection:
 
         def on_finish() -> None:
             n = geo.n_frames if every else 1
-            if w.job_cancelled:
+            if w.state.job_cancelled:
                 text = f"Segment everything {cancelled(len(done), n)}" + (f" ({last[0]})" if "partial" in last[0] else "")
             else:
                 text = f"Segment everything: {len(done)} of {n} frame(s) written" + (f" ({last[0]})" if done else "")
@@ -261,4 +266,4 @@ class EverythingSection:
             w.end_status(text + "".join(f"; {t}" for t in notes if t) + (". Ctrl+Z undoes each frame." if done else "."))
 
         if w.run_job(gen(), on_msg, on_finish, title="Everything") is not None:
-            w.soft_cancel = "stop" in opts
+            w.state.soft_cancel = "stop" in opts

@@ -241,6 +241,7 @@ def new_points_layer(image: Image) -> Points:
             face_color_cycle={1: POSITIVE_COLOR, 0: NEGATIVE_COLOR},
             border_color="white",
             size=size,
+            canvas_size_limits=(6, 10000),  # zoomed out on a large frame, a 12 px click still shows as 6 screen px
             metadata={MARK: "points", "image": image.name},
             **_same_transform(image),
         )

@@ -24,12 +24,13 @@ from napari.layers import Labels
 from ..engine.prompts import ObjectPrompt, assign_ids
 from . import layers as L
 from .feedback import ids_note
+from .sections import Context
 from .session import INFO, check_session_model, stamp
 from .writer import check_ids_fit, frame_view, object_pixels, write_masks
 
-__all__ = ["OutputState", "mask_hash"]
+__all__ = ["OutputRecords", "mask_hash"]
 
-# what Segment does with an object (OutputState.ownership)
+# what Segment does with an object (OutputRecords.ownership)
 NEW, WRITTEN, CHANGED, USERS = "new", "written", "changed", "user's"
 
 
@@ -59,42 +60,44 @@ def _sig_of_json(v) -> tuple | None:
         return None  # a damaged record: the object is treated as not written by this widget
 
 
-class OutputState:
-    """Mixin for :class:`~napari_mobilesam.gui.widget.MobileSAMWidget` (uses ``labels_box``,
-    ``image_box``, ``overwrite``, the prompt layers and ``labels_layer()``)."""
+class OutputRecords:
+    """What was written into the output layer (``state.written`` / ``state.issued_by``) and the
+    rule that follows from it; works through the widget's public :class:`~.sections.Context`."""
 
-    _written: dict  # output key -> {label id: (prompt signature, hash of the mask written)}
-    _issued_by: dict  # output key -> highest label id given out
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.state = ctx.state
 
     def _out_key(self) -> tuple:
-        layer = self.labels_box.value if hasattr(self, "labels_box") else None
+        layer = self.ctx.labels_box.value
         if layer is not None:
             return ("layer", layer.unique_id)
-        image = self.image_box_value()
+        image = self.ctx.image_box_value()
         return ("new", None if image is None else image.name)
 
     @property
-    def _records(self) -> dict[int, tuple]:
+    def records(self) -> dict[int, tuple]:
         """Label id -> (prompt signature, mask hash) of its written mask, for the current output layer
         (for a layer opened from a session: what the session recorded)."""
         key = self._out_key()
-        if key not in self._written:
-            layer = self.labels_box.value if key[0] == "layer" else None
+        written = self.state.written
+        if key not in written:
+            layer = self.ctx.labels_box.value if key[0] == "layer" else None
             saved = ((layer.metadata.get(INFO) or {}).get("objects") or {}) if layer is not None else {}
             recs = {}
             for lid, rec in saved.items() if isinstance(saved, dict) else ():
                 sig = _sig_of_json(rec.get("signature")) if isinstance(rec, dict) else None
                 if sig is not None and str(lid).isdigit():
                     recs[int(lid)] = (sig, str(rec.get("mask", "")))
-            self._written[key] = recs
-        return self._written[key]
+            written[key] = recs
+        return written[key]
 
     def _save_records(self, layer: Labels) -> None:
         """Mirror the records into the layer's session metadata (a saved session carries them)."""
         info = layer.metadata.get(INFO)
         if info is None:
             info = layer.metadata[INFO] = {}
-        info["objects"] = {str(lid): {"signature": _sig_json(sig), "mask": h} for lid, (sig, h) in self._records.items()}
+        info["objects"] = {str(lid): {"signature": _sig_json(sig), "mask": h} for lid, (sig, h) in self.records.items()}
 
     def ownership(self, o: ObjectPrompt) -> str:
         """What Segment does with ``o``: ``NEW`` (decode: no id yet, or its label is not in the layer,
@@ -102,13 +105,13 @@ class OutputState:
         ``CHANGED`` (its prompt changed and its pixels are as written: decode, replacing its own
         pixels) or ``USERS`` (its label was edited by hand, or was not written by this widget from
         a prompt: keep unless its prompt changed and 'overwrite' is ticked)."""
-        layer = self.labels_box.value
+        layer = self.ctx.labels_box.value
         if o.label_id <= 0 or layer is None:
             return NEW
         view = frame_view(layer, o.frame)
         if not (view == o.label_id).any():
             return NEW
-        rec = self._records.get(o.label_id)
+        rec = self.records.get(o.label_id)
         if rec is None:
             return USERS
         if rec[0] == o.signature:
@@ -117,13 +120,13 @@ class OutputState:
 
     def hand_edited(self, label_ids, frame) -> list[int]:
         """Those of ``label_ids`` whose pixels in ``frame`` differ from the mask this widget wrote."""
-        layer = self.labels_box.value
+        layer = self.ctx.labels_box.value
         if layer is None:
             return []
         view = frame_view(layer, frame)
         out = []
         for lid in label_ids:
-            rec = self._records.get(int(lid))
+            rec = self.records.get(int(lid))
             if rec is not None and rec[0][0] == tuple(frame) and rec[1] != mask_hash(view, int(lid)):
                 out.append(int(lid))
         return out
@@ -135,33 +138,35 @@ class OutputState:
 
     @property
     def _issued(self) -> int:
-        return self._issued_by.get(self._out_key(), 0)
+        return self.state.issued_by.get(self._out_key(), 0)
 
     @_issued.setter
     def _issued(self, value: int) -> None:
-        self._issued_by[self._out_key()] = int(value)
+        self.state.issued_by[self._out_key()] = int(value)
 
-    def _adopt_new_layer(self, image, layer: Labels) -> None:
+    def adopt_new_layer(self, image, layer: Labels) -> None:
         """The layer created for ``image`` takes over what was recorded before it existed."""
         key = ("new", image.name)
-        self._written[("layer", layer.unique_id)] = self._written.pop(key, {})
-        self._issued_by[("layer", layer.unique_id)] = self._issued_by.pop(key, 0)
+        st = self.state
+        st.written[("layer", layer.unique_id)] = st.written.pop(key, {})
+        st.issued_by[("layer", layer.unique_id)] = st.issued_by.pop(key, 0)
 
-    def _forget_output(self) -> None:
-        self._written[self._out_key()] = {}  # (not re-read from the layer's metadata: the prompts' ids were reset)
-        self._issued_by.pop(self._out_key(), None)
+    def forget(self) -> None:
+        """The prompts' ids were reset (another output layer): nothing of this output is known."""
+        self.state.written[self._out_key()] = {}  # (not re-read from the layer's metadata: the prompts' ids were reset)
+        self.state.issued_by.pop(self._out_key(), None)
 
     def next_id(self) -> int:
         """One more than any label in the output layer, any id on a prompt, and any id issued before
         (an id whose prompt was deleted is not reused: Ctrl+Z may bring its mask back)."""
-        return max(L.next_free_label(self.labels_box.value, (self._points, self._shapes)), self._issued + 1)
+        return max(L.next_free_label(self.ctx.labels_box.value, (self.state.points, self.state.shapes)), self._issued + 1)
 
     def release(self, label_id: int) -> None:
         """Forget that this widget wrote ``label_id`` (it is being refined: its prompts no longer make
         it), so that neither Segment nor live mode redoes or clears it."""
-        self._records.pop(int(label_id), None)
-        if self.labels_box.value is not None:
-            self._save_records(self.labels_box.value)
+        self.records.pop(int(label_id), None)
+        if self.ctx.labels_box.value is not None:
+            self._save_records(self.ctx.labels_box.value)
 
     def is_written(self, o: ObjectPrompt) -> bool:
         """``o``'s mask is in the layer as its prompt now asks (nothing to decode)."""
@@ -172,17 +177,17 @@ class OutputState:
 
         Returns a note for the status line when the ids continue after labels the user made.
         """
-        layer = self.labels_box.value
+        layer = self.ctx.labels_box.value
         top = L.next_free_label(layer, ()) - 1
         first = self.next_id()
         issued = self._issued
         nxt = assign_ids(objects, first)  # the engine's rule, as in mobilesam segment
         for o in objects:
             self._issued = max(self._issued, o.label_id)
-            if self._points is not None and o.point_rows:
-                self._points.features.loc[o.point_rows, "label_id"] = o.label_id
-            if self._shapes is not None and o.shape_rows:
-                self._shapes.features.loc[o.shape_rows, "label_id"] = o.label_id
+            if self.state.points is not None and o.point_rows:
+                self.state.points.features.loc[o.point_rows, "label_id"] = o.label_id
+            if self.state.shapes is not None and o.shape_rows:
+                self.state.shapes.features.loc[o.shape_rows, "label_id"] = o.label_id
         if objects and layer is not None:  # a new layer (uint32) is made with the first result, not before the model loads
             check_ids_fit(layer, max(o.label_id for o in objects))
         return ids_note(first, top, layer.name) if nxt > first and layer is not None and top > issued else ""
@@ -195,26 +200,26 @@ class OutputState:
         in the layer whose mask came out empty (e.g. an empty "mask 1" chosen), which is kept as it
         was, ``(label id, pixels it holds, 0, "mask 1")``.
         """
-        layer = self.labels_layer()
-        image = self.image_box_value()
+        layer = self.ctx.labels_layer()
+        image = self.ctx.image_box_value()
         view = frame_view(layer, tuple(frame))
         empty = [i for i, (o, m) in enumerate(zip(objects, masks, strict=True)) if m.area == 0 and o.label_id > 0 and (view == o.label_id).any()]
         kept = [(objects[i].label_id, int((view == objects[i].label_id).sum()), 0, _choice(objects[i])) for i in empty]
         objects = [o for i, o in enumerate(objects) if i not in empty]
         masks = [m for i, m in enumerate(masks) if i not in empty]
         if objects:
-            check_session_model(self, layer)  # labels of a session made with other weights are not mixed
+            check_session_model(self.ctx, layer)  # labels of a session made with other weights are not mixed
         ids = [o.label_id for o in objects]
         mine = set(ids)
-        keep = [lid for lid in self._records if lid not in mine]
-        keep = self.hand_edited(keep, frame) if self.overwrite.value else []  # (without overwrite only background is filled)
-        write_masks(layer, tuple(frame), masks, ids, self.overwrite.value, ids + list(also_clear), keep_ids=keep)
+        keep = [lid for lid in self.records if lid not in mine]
+        keep = self.hand_edited(keep, frame) if self.ctx.overwrite.value else []  # (without overwrite only background is filled)
+        write_masks(layer, tuple(frame), masks, ids, self.ctx.overwrite.value, ids + list(also_clear), keep_ids=keep)
         if image is not None:
-            stamp(self, layer, image, self.frame_reader(image)[2], tuple(frame))  # what a saved session needs (gui/session.py)
+            stamp(self.ctx, layer, image, self.ctx.frame_reader(image)[2], tuple(frame))  # what a saved session needs (gui/session.py)
         view = frame_view(layer, tuple(frame)) if objects else None
         for o in objects:
-            self._records[o.label_id] = (o.signature, mask_hash(view, o.label_id))
+            self.records[o.label_id] = (o.signature, mask_hash(view, o.label_id))
         for lid in also_clear:
-            self._records.pop(lid, None)
+            self.records.pop(lid, None)
         self._save_records(layer)
         return list(zip(ids, object_pixels(layer, tuple(frame), masks, ids), [m.area for m in masks], strict=True)) + kept

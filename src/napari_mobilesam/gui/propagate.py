@@ -13,10 +13,11 @@ from . import layers as L
 from .feedback import cancelled
 from .jobs import Progress, built, worker_predictor
 from .layout import Section
+from .sections import Action
 from .writer import frame_view, write_frames
 
 if TYPE_CHECKING:
-    from .widget import MobileSAMWidget
+    from .sections import Context
 
 __all__ = ["PropagateSection"]
 
@@ -46,8 +47,8 @@ def axis_names(image) -> list[str]:
 
 
 class PropagateSection:
-    def __init__(self, widget: MobileSAMWidget) -> None:
-        self.w = widget
+    def __init__(self, ctx: Context) -> None:
+        self.w = ctx
         self.axis = ComboBox(label="axis", choices=self._axes, tooltip="Stack axis to propagate along")
         self.min_score = FloatSpinBox(label="min IoU", value=0.5, min=0.0, max=1.0, step=0.05,
                                       tooltip="Stop where the predicted IoU (the model's own quality score) drops below this")
@@ -61,6 +62,7 @@ class PropagateSection:
         self.box.setToolTip(HELP)
         self.button.tooltip = HELP
         self.button.changed.connect(self.run)
+        self.actions: tuple[Action, ...] = (Action("Shift-F", "Propagate", self.button, self.run),)
 
     def _axes(self, _widget=None) -> list:
         image = self.w.image_box_value()
@@ -74,8 +76,9 @@ class PropagateSection:
         self.section.header.setToolTip("" if self.axis.choices else "The image is a single frame: nothing to propagate through.")
 
     def on_image(self, image) -> None:
-        """Open the section for a stack, fold it away for a single frame."""
-        self.section.set_expanded(L.FrameGeometry.of(image).n_lead > 0)
+        """Open the section for a stack, fold it away for a single frame (None: no image, as it was)."""
+        if image is not None:
+            self.section.set_expanded(L.FrameGeometry.of(image).n_lead > 0)
 
     def selected_ids(self, frame) -> list[int]:
         """Label ids of the selected prompts on ``frame``, else the Labels layer's selected label."""
@@ -126,7 +129,7 @@ class PropagateSection:
         where = f"from frame {cur[ax]} along {axis}"
 
         def gen():
-            pred = worker_predictor((yield from built(w.model_step())), w.cache)  # embeddings cached: computed once for all objects
+            pred = worker_predictor((yield from built(w.model_step())), w.state.cache)  # embeddings cached: computed once for all objects
             for lid, mask in starts.items():
                 yield Progress(0, 0, f"label {lid} {where}: embedding the next frame")
                 yield from relay(iter_propagate(
@@ -163,7 +166,7 @@ class PropagateSection:
             if items:
                 write_frames(labels, items, overwrite=w.overwrite.value, replace_ids="new")  # each object's own previous mask
             done = sorted({lid for masks in results.values() for lid in masks})
-            if w.job_cancelled:
+            if w.state.job_cancelled:
                 w.end_status(f"Propagate {cancelled(len(results), n_ax - 1)} (label(s) {', '.join(map(str, done)) or '-'}); Ctrl+Z undoes.")
                 return
             w.end_status(f"Propagated label(s) {', '.join(map(str, done)) or '-'} {where} to {len(results)} frame(s)"
@@ -192,7 +195,7 @@ class PropagateSection:
         start = np.array(here)
 
         def gen():
-            pred = worker_predictor((yield from built(w.model_step())), w.cache)
+            pred = worker_predictor((yield from built(w.model_step())), w.state.cache)
             yield Progress(0, 0, f"{n_ids} labels {where}: embedding the next frame")
             yield from relay(iter_propagate_labels(
                 pred, lambda i: read(frame_at(i)), n_ax, cur[ax], start, key=lambda i: key(frame_at(i)),
@@ -217,7 +220,7 @@ class PropagateSection:
                              replace_ids="new")
             names = f"label(s) {', '.join(map(str, sorted(found))) or '-'}" if ids else f"{len(found)} of {n_ids} label(s)"
             what = f"{names} {where} to {len(frames)} frame(s)"
-            if w.job_cancelled:
+            if w.state.job_cancelled:
                 w.end_status(f"Propagate all {cancelled(len(frames), n_ax - 1)}: {what}; Ctrl+Z undoes.")
                 return
             w.end_status(f"Propagated {what}" + (". Ctrl+Z undoes." if frames else "."))

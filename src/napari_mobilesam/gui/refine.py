@@ -4,7 +4,7 @@ The user picks the label (the *refine label* field, or Ctrl+click on it in the l
 placed while it is picked name it (their ``label_id`` is its id). *Refine* then prompts SAM with the
 label's own mask (as mask input), its box and those points (:mod:`napari_mobilesam.engine.refine`),
 and writes the result over that label only, with its id, as one Ctrl+Z step. Segment leaves the
-points of a label being refined (or refined before) to Refine.
+points of a label being refined (or refined before) to Refine (``state.refining``).
 """
 
 from __future__ import annotations
@@ -13,19 +13,20 @@ from collections.abc import Callable, Generator, Hashable
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import PushButton, SpinBox
+from magicgui.widgets import ComboBox, PushButton, SpinBox
 from napari.layers import Labels, Points
 
 from ..engine.jobs import decode_objects
-from ..engine.prompts import Collection, ObjectPrompt, PromptTable, collect_objects
+from ..engine.prompts import ObjectPrompt
 from ..engine.refine import REFINE_RULE, refine_objects, refinement, split_refinements
 from . import layers as L
 from .jobs import FrameDone, Progress, built, worker_predictor
 from .layout import Section
+from .sections import Action
 from .writer import frame_view, object_pixels, write_masks
 
 if TYPE_CHECKING:
-    from .widget import MobileSAMWidget
+    from .sections import Context
 
 __all__ = ["RefineSection", "refine_frame"]
 
@@ -53,10 +54,12 @@ def refine_frame(
 
 
 class RefineSection:
-    """The section's controls; ``split`` serves the widget's ``objects()`` (Segment leaves refine points alone)."""
+    """The section's controls. The labels whose points are Refine's (the picked one and those refined
+    before) are kept in ``state.refining``, where the widget's ``objects()`` leaves them to Refine
+    (:func:`~napari_mobilesam.engine.prompts.segment_objects`)."""
 
-    def __init__(self, widget: MobileSAMWidget) -> None:
-        self.w = widget
+    def __init__(self, ctx: Context, points_box: ComboBox) -> None:
+        self.w = ctx
         self.label = SpinBox(label="refine label", value=0, min=0, max=2**31 - 1,
                              tooltip="Id of the label to refine (0: off); Ctrl+click a label in the labels layer picks it. " + HELP)
         self.label.native.setButtonSymbols(self.label.native.ButtonSymbols.NoButtons)  # 10 digits fit the narrow dock
@@ -65,15 +68,22 @@ class RefineSection:
         self.section = Section("Refine a label", self.label, self.button)
         self.box, self.inner = self.section.box, self.section.inner
         self.box.setToolTip(HELP)
+        self.actions: tuple[Action, ...] = (Action("", "Refine", self.button, self.run),)
         self.refined: set[int] = set()  # ids refined before: Segment keeps leaving their points to Refine
         self._watched: Labels | None = None
         self._points: Points | None = None
         self.label.changed.connect(self._on_label)
         self.button.changed.connect(self.run)
-        widget.labels_box.changed.connect(self._watch)
-        self._watch(widget.labels_box.value)
-        widget.points_box.changed.connect(self._watch_points)
-        self._watch_points(widget.points_box.value)
+        ctx.labels_box.changed.connect(self._watch)
+        self._watch(ctx.labels_box.value)
+        points_box.changed.connect(self._watch_points)
+        self._watch_points(points_box.value)
+
+    def on_image(self, image) -> None:  # (the labels layer it watches follows 'labels out')
+        pass
+
+    def _publish(self) -> None:
+        self.w.state.refining = self.ids()
 
     # ------------------------------------------------------------------ picking
     def ids(self) -> set[int]:
@@ -86,6 +96,7 @@ class RefineSection:
             self._watched.mouse_drag_callbacks.remove(self._pick)
         self._watched = layer
         self.refined = set()  # ids of another layer
+        self._publish()
         if layer is not None:
             layer.mouse_drag_callbacks.append(self._pick)
 
@@ -99,6 +110,7 @@ class RefineSection:
             self.label.value = int(value)
 
     def _on_label(self, value: int) -> None:
+        self._publish()
         self._watch_points(self._points)  # after every handler connected meanwhile (the widget's resets new rows' ids)
         if value > 0:
             self.w.release(value)  # live mode must not clear it now that its prompts are Refine's
@@ -122,14 +134,6 @@ class RefineSection:
         if rows:
             layer.features.loc[rows, ["label_id", "object"]] = k
 
-    # ------------------------------------------------------------------ prompts
-    def split(self, table: PromptTable, geo: L.FrameGeometry, cur: tuple, frames=None) -> tuple[list[ObjectPrompt], Collection]:
-        """``(refinements, the other objects)`` of ``table``; without a label being refined, no refinements."""
-        layer, ids = self.w.labels_box.value, self.ids()
-        if layer is None or not ids:
-            return [], collect_objects(table, geo.n_lead, geo.lead_shape, cur, frames, spatial=geo.spatial)
-        return split_refinements(table, lambda f: frame_view(layer, f), geo.n_lead, geo.lead_shape, cur, frames, geo.spatial, ids=ids)
-
     # ------------------------------------------------------------------ run
     def run(self, _=None) -> None:
         self.w.guard(self._run)
@@ -151,6 +155,7 @@ class RefineSection:
         found, _ = split_refinements(table, lambda f: existing, geo.n_lead, geo.lead_shape, cur, [cur], geo.spatial, ids={k})
         objects = found or [refinement(cur, k)]
         self.refined.add(k)
+        self._publish()
         frame, key, kw = w.frame_reader(image)
         result: list = []
         empty: list = []
@@ -173,6 +178,6 @@ class RefineSection:
             elif empty:
                 w.end_status(f"Refine: the model found no object for label {k}; the label is kept as it was. Add or move points.")
             else:
-                w.end_status("Refine: cancelled, label unchanged." if w.job_cancelled else "Refine: nothing written.")
+                w.end_status("Refine: cancelled, label unchanged." if w.state.job_cancelled else "Refine: nothing written.")
 
-        w.run_job(refine_frame(w.model_step(), w.cache, frame, key, kw, cur, objects, existing), on_msg, on_finish, title="Refine")
+        w.run_job(refine_frame(w.model_step(), w.state.cache, frame, key, kw, cur, objects, existing), on_msg, on_finish, title="Refine")

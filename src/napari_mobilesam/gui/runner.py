@@ -7,66 +7,45 @@ from collections.abc import Callable, Generator
 from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_warning
-from qtpy.QtCore import QEvent
-from qtpy.QtWidgets import QWidget
 
 from .._errors import log_unexpected
 from . import feedback
 from .jobs import ModelReady, Progress
+from .state import WidgetState
 from .threads import ModelThread
 
-__all__ = ["JobHost"]
+__all__ = ["JobRunner"]
 
 
-class JobHost(QWidget):
-    """Runs one generator job at a time in a worker thread.
+class JobRunner:
+    """Runs one generator job at a time in a worker thread, for the dock widget.
 
-    Subclasses provide ``progress`` (magicgui ProgressBar), ``status`` (Label), ``cancel_btn``,
-    ``job_buttons`` (disabled while a job runs) and ``set_model(sam, key)``.
+    It shows the job on the widget's ``progress`` (magicgui ProgressBar), ``status`` (StatusLine) and
+    ``cancel_btn``, disables ``buttons()`` (every section's job buttons) while the job runs, and
+    hands a built model (:class:`~.jobs.ModelReady`) to ``on_model(sam, key)``. What it remembers
+    (the worker, cancelled / failed) lives in the widget's :class:`~.state.WidgetState`.
 
     ``model_thread`` (:class:`~napari_mobilesam.gui.threads.ModelThread`) runs every job and live
-    decode; it is closed (the running job stops after its step, the thread ends) when the widget is
-    destroyed, or by :meth:`shutdown`.
+    decode; it is closed (the running job stops after its step, the thread ends) with the widget.
     """
 
-    _worker = None
-    _activity = None
-    _docked = False  # has had a parent (a napari dock)
-    job_cancelled = False  # the running (or last) job was cancelled: its on_finish says so
-    job_failed = False  # the running (or last) job ended with an error (already reported)
-    soft_cancel = False  # the running job stops itself on job_cancelled (e.g. tiled Segment everything)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._worker = None
-        self._after_job: list[Callable[[], None]] = []
+    def __init__(self, state: WidgetState, progress, status, cancel_btn, buttons: Callable[[], list],
+                 on_model: Callable[[object, tuple], None]) -> None:
+        self.state = state
+        self.progress, self.status, self.cancel_btn = progress, status, cancel_btn
+        self.buttons, self.on_model = buttons, on_model
         self.model_thread = ModelThread()
-        self.destroyed.connect(lambda *_, thread=self.model_thread: thread.close())  # not self: it is gone then
-
-    def shutdown(self) -> None:
-        """Stop the running job after its current step and end the model thread (the widget is
-        unusable afterwards). Done when the widget is taken out of its dock (napari's 'x' button:
-        ``remove_dock_widget``) or destroyed (the viewer closes). Its keys go with it, and a job that
-        was running says that it stopped."""
-        if self.busy:
-            show_warning("MobileSAM: the dock was closed, so the running job stops after its current step "
-                         "(what it finished is kept). Open Plugins > MobileSAM to go on.")
-        unbind = getattr(self, "_unbind_keys", None)
-        if unbind is not None:
-            unbind()
-        self.model_thread.close()
-
-    def event(self, ev: QEvent) -> bool:  # noqa: D102 (Qt)
-        if ev.type() == QEvent.Type.ParentChange:
-            if self.parent() is not None:
-                self._docked = True
-            elif self._docked:  # un-docked: napari never docks the same widget again
-                self.shutdown()
-        return super().event(ev)
 
     @property
     def busy(self) -> bool:
-        return self._worker is not None
+        return self.state.busy
+
+    def close(self) -> None:
+        """Stop the running job after its current step (saying so) and end the model thread."""
+        if self.busy:
+            show_warning("MobileSAM: the dock was closed, so the running job stops after its current step "
+                         "(what it finished is kept). Open Plugins > MobileSAM to go on.")
+        self.model_thread.close()
 
     def run_job(self, gen: Generator, on_msg: Callable | None = None, on_finish: Callable | None = None, title: str = ""):
         """Run ``gen`` in a thread worker; messages go to ``on_msg`` on the GUI thread."""
@@ -110,46 +89,48 @@ class JobHost(QWidget):
                 on_error(msg)
                 return
             if isinstance(msg, ModelReady):
-                self.set_model(msg.sam, msg.key)
+                self.on_model(msg.sam, msg.key)
             elif isinstance(msg, Progress):
                 self.show_progress(msg.done, msg.total, f"{title}: {msg.message}" if title else msg.message)
             if on_msg is not None:
                 on_msg(msg)
 
         def on_error(err: Exception) -> None:
-            self.job_failed = True
+            self.state.job_failed = True
             self.report_error(err)
 
         def on_finished() -> None:
             if state["in_msg"]:
                 state["finish_pending"] = True
                 return
-            self._worker = None
-            self.soft_cancel = False
-            if self._activity is not None:
-                self._activity.close()
-                self._activity = None
+            st = self.state
+            st.worker = None
+            st.soft_cancel = False
+            if st.activity is not None:
+                st.activity.close()
+                st.activity = None
             self.progress.visible = False
             self.cancel_btn.enabled = False
-            for b in self.job_buttons:
+            for b in self.buttons():
                 b.enabled = True
             if on_finish is not None:
                 on_finish()
             self.model_thread.drain()  # live decodes queued after the job's last step
-            pending, self._after_job = self._after_job, []
+            pending, st.after_job = st.after_job, []
             for fn in pending:
                 fn()
 
         worker.yielded.connect(on_yield)
         worker.errored.connect(on_error)
         worker.finished.connect(on_finished)
-        self.job_cancelled = self.job_failed = False
-        self._worker = worker
-        self._activity = napari_progress(total=0, desc=f"MobileSAM {title}".strip())  # napari's activity dock
+        st = self.state
+        st.job_cancelled = st.job_failed = False
+        st.worker = worker
+        st.activity = napari_progress(total=0, desc=f"MobileSAM {title}".strip())  # napari's activity dock
         self.progress.visible = True
         self.progress.max = 0
         self.cancel_btn.enabled = True
-        for b in self.job_buttons:
+        for b in self.buttons():
             b.enabled = False
         self.model_thread.start(worker)  # the model thread: see threads.py
         return worker
@@ -159,7 +140,7 @@ class JobHost(QWidget):
         self.progress.max = max(total, 0)
         self.progress.value = min(done, total) if total > 0 else 0
         self.status.value = message
-        act = self._activity  # napari's bar may process events (and end the job) while updating
+        act = self.state.activity  # napari's bar may process events (and end the job) while updating
         if act is not None:
             if act.total != total:
                 act.total = total
@@ -168,18 +149,19 @@ class JobHost(QWidget):
 
     def end_status(self, text: str) -> None:
         """A job's last status line, unless the job failed (its error message stays)."""
-        if not self.job_failed:
+        if not self.state.job_failed:
             self.status.value = text
 
     def cancel(self, _=None) -> None:
         """Stop the running job after its current step (what it finished is kept)."""
-        if self._worker is not None:
-            self.job_cancelled = True
-            if self.soft_cancel:  # the job polls job_cancelled and ends itself, keeping what it finished
+        st = self.state
+        if st.worker is not None:
+            st.job_cancelled = True
+            if st.soft_cancel:  # the job polls job_cancelled and ends itself, keeping what it finished
                 self.status.value = "cancelling… (what is done is written as a partial frame)"
                 return
             self.status.value = "cancelling… (the current step finishes first)"
-            self._worker.quit()
+            st.worker.quit()
 
     def guard(self, fn: Callable) -> object:
         """Run ``fn`` (a button's or a key's action); an error becomes a notification (see

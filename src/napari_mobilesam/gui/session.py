@@ -9,6 +9,8 @@ picks up for that image, with every prompt's id and mask choice, so *Segment* fi
 
 from __future__ import annotations
 
+import os
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +19,27 @@ import numpy as np
 from ..engine.session import is_session, load_session, save_session
 from . import layers as L
 
-__all__ = ["INFO", "check_session_model", "read_session", "record_everything", "restore_model", "session_reader", "stamp", "write_session"]
+__all__ = [
+    "INFO", "SESSION_PATTERN", "check_session_model", "on_activate", "prefer_session_reader", "read_session",
+    "record_everything", "restore_model", "session_reader", "stamp", "write_session",
+]
 
 INFO = "napari-mobilesam-session"  # Labels metadata key
+PLUGIN = "napari-mobilesam"
+# napari matches reader preferences against a folder's real path with a trailing separator
+SESSION_PATTERN = "*.mobilesam" + os.sep
 
 
 def _model_hash(widget) -> str | None:
     """The widget's model hash (as embedding stores and sessions record it), computed once per model."""
     from ..engine.store import model_fingerprint
 
-    sam = widget.sam
+    sam = widget.state.sam
     if sam is None:
         return None
-    known = getattr(widget, "_session_model_hash", None)
+    known = widget.state.model_hash
     if known is None or known[0] is not sam:
-        widget._session_model_hash = known = (sam, model_fingerprint(sam))
+        widget.state.model_hash = known = (sam, model_fingerprint(sam))
     return known[1]
 
 
@@ -52,7 +60,7 @@ def stamp(widget, labels, image, kw: dict, frame: tuple) -> None:
     written: one frame's hash per write, never the whole stack), the model and the pre-processing."""
     from ..engine.store import frame_hash
 
-    key = widget._sam_key or ("", "")
+    key = widget.state.sam_key or ("", "")
     geo = L.FrameGeometry.of(image)
     data = L.frame_data(image)
     info = labels.metadata.get(INFO) or {}
@@ -152,6 +160,39 @@ def write_session(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[st
 
 
 # ---------------------------------------------------------------------------------------- reader
+def prefer_session_reader(settings=None) -> bool:
+    """Make this plugin napari's preferred reader for ``*.mobilesam`` folders; True if it was set now.
+
+    Why: npe2 offers every reader that accepts directories for any folder (napari's builtins one
+    reads any folder), so *File > Open Folder* on a session asked "Choose reader" every time, and its
+    *Remember* box only remembers that one folder. A preference (``settings.plugins.extension2reader``,
+    as napari's Preferences > Plugins shows it) lets napari open session folders with this reader.
+    A preference the user already has for such folders (any pattern matching one) is kept.
+    """
+    if settings is None:
+        from napari.settings import get_settings
+
+        settings = get_settings()
+    prefs = dict(settings.plugins.extension2reader)
+    probe = os.path.join(os.path.abspath(os.sep), "data", "work.mobilesam") + os.sep
+    if any(fnmatch(probe, pattern) for pattern in prefs):
+        return False
+    prefs[SESSION_PATTERN] = PLUGIN
+    settings.plugins.extension2reader = prefs
+    return True
+
+
+def on_activate(ctx=None) -> None:
+    """npe2 activation (the first time napari runs any of this plugin's commands: the widget, a sample,
+    the session writer or reader): :func:`prefer_session_reader`."""
+    try:
+        prefer_session_reader()
+    except Exception as exc:  # noqa: BLE001 - a settings problem must not stop the plugin from loading
+        import logging
+
+        logging.getLogger(__name__).warning("could not make MobileSAM the reader for *.mobilesam folders: %s", exc)
+
+
 def session_reader(path: str | list[str]):
     """npe2 reader: a session folder -> :func:`read_session`; anything else -> None."""
     p = path[0] if isinstance(path, list) else path

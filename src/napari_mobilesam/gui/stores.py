@@ -21,12 +21,14 @@ from collections.abc import Hashable
 from pathlib import Path
 
 import numpy as np
+from magicgui.widgets import ComboBox, FileEdit
 from napari.layers import Image
 
 from ..engine.embeddings import Embedding, EmbeddingCache
 from ..engine.store import EmbeddingStore, EmbeddingStoreDamaged, frame_hash, image_fingerprint, model_fingerprint
 from . import layers as L
 from .jobs import Progress, built
+from .state import WidgetState
 
 __all__ = ["StoreLink", "StoreUse", "store_path", "store_preprocess", "tag_of"]
 
@@ -65,7 +67,8 @@ class StoreLink:
             p.rmdir()  # an empty folder (e.g. made in the file dialog) becomes the new store
         self.created = not p.exists()
         fingerprint = image_fingerprint(data if hasattr(data, "reshape") else np.asarray(data), preprocess, frame_ndim=3 if geo.rgb else 2)
-        self.store = EmbeddingStore.open(path, model_fingerprint(sam), fingerprint, n_frames=geo.n_frames, original_size=geo.spatial, mode="a")
+        self.store = EmbeddingStore.open(path, model_fingerprint(sam), fingerprint, n_frames=geo.n_frames, original_size=geo.spatial, mode="a",
+                                         widget=True)
         self.tag = tag_of(path)
         self.layer = L.image_key(image, ())[1]
         self.lead_shape = geo.lead_shape
@@ -129,17 +132,17 @@ class StoreLink:
 
 
 class StoreUse:
-    """Mixin for :class:`~napari_mobilesam.gui.widget.MobileSAMWidget`: its *embeddings* field
-    (uses ``embeddings``, ``image_box`` and ``cache``)."""
+    """The *embeddings* field of the Model group: links the store it names to the widget's
+    embedding cache (``state.store``) once the model is built and the image chosen."""
 
-    _store: StoreLink | None = None  # the checked store backing the cache
-    _prep_of: tuple | None = None  # (path, its pre-processing)
+    def __init__(self, state: WidgetState, embeddings: FileEdit, image_box: ComboBox) -> None:
+        self.state, self.embeddings, self.image_box = state, embeddings, image_box
 
     def with_store(self, model):
         """``model`` (built, or a generator that builds it), followed by checking and attaching the
         store when one is set and not attached for this model and image."""
         path, image = store_path(self.embeddings.value), self.image_box.value
-        link = self._store
+        link = self.state.store
         if path is None or image is None or (link is not None and link.sam is model and link.image is image and link.tag == tag_of(path)
                                               and link.layer == L.image_key(image, ())[1]):
             return model
@@ -149,22 +152,23 @@ class StoreUse:
         sam = yield from built(model)
         yield Progress(0, 0, f"checking embeddings {path.name}")
         link = StoreLink(path, sam, image, self._store_prep(path))  # raises with the fix for another model or image
-        link.attach(self.cache)
-        self._store = link
+        link.attach(self.state.cache)
+        self.state.store = link
         what = "new store" if link.created else f"{link.store.done_count}/{link.store.n_frames} frames stored"
         yield Progress(0, 0, f"embeddings {path.name}: {what}")
         return sam
 
-    def _unlink_store(self, _=None) -> None:
-        self._store = None
-        self._prep_of = None
-        StoreLink.detach(self.cache)
+    def unlink(self, _=None) -> None:
+        """Stop using the store (another path, image, model or channel axis: checked again when next used)."""
+        self.state.store = None
+        self.state.store_prep = None
+        StoreLink.detach(self.state.cache)
 
     def _store_prep(self, path: Path) -> dict:
         """Pre-processing of the store at ``path`` (read once per path)."""
-        if self._prep_of is None or self._prep_of[0] != path:
-            self._prep_of = (path, store_preprocess(path))
-        return dict(self._prep_of[1])
+        if self.state.store_prep is None or self.state.store_prep[0] != path:
+            self.state.store_prep = (path, store_preprocess(path))
+        return dict(self.state.store_prep[1])
 
     def store_view(self, kw: dict, ident: tuple) -> tuple[dict, tuple]:
         """Image options and frame-key prefix: with a store set, the model sees the image as the
