@@ -1,7 +1,7 @@
 """Click and N boxes (ours vs the official SamPredictor) with OpenMP's passive vs default wait policy,
 with and without another process burning one core.
 
-    python benchmarks/bench_contention.py [--threads 2] [--repeats 5] [--boxes 64] [--checkpoint PATH]
+    python benchmarks/bench_contention.py [--threads 2] [--repeats 5] [--boxes 64] [--checkpoint PATH] [--policies PASSIVE default]
 
 Runs ``bench_predictor.py --skip-encoder`` in fresh processes (the wait policy is read when torch
 loads): OMP_WAIT_POLICY=PASSIVE (what the mobilesam command and the napari plugin set, see
@@ -46,10 +46,13 @@ def main() -> None:
     ap.add_argument("--boxes", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--policies", nargs="+", default=["PASSIVE", "default"], choices=["PASSIVE", "default"],
+                    help="wait policies to compare (the default spin can take very long on a loaded machine)")
     args = ap.parse_args()
     for _ in range(args.rounds):
         for burn in (False, True):
-            for policy in ("PASSIVE", None):
+            for name in args.policies:
+                policy = None if name == "default" else name
                 res = run(policy, burn, args)
                 load = os.getloadavg()[0]
                 print(f"--- OMP_WAIT_POLICY={policy or 'default'}, {'one core busy' if burn else 'no extra load'}, "

@@ -10,7 +10,7 @@ the folded decoder's stages: transformer (token side + factored image side) and 
 
 The floor: the folded decoder's unavoidable pieces timed alone on random tensors of the same shapes,
 batched as the decoder runs them: the per-head products against per-frame projections (14 of
-h x (T x d) x (d x N)), the products with the per-prompt factor (r = hT = 56, r' = 2r + 1), the
+h x (T x d) x (d x N)), the products with the per-prompt factor (hT = 56, r' = 2(h(T-1) + 1) = 98), the
 rank-r' first transposed convolution, the second one, the hypernetwork dot product, the two GELUs,
 LayerNorm2d and the softmaxes. "decoder / floor" is how far the whole decode is from them.
 """
@@ -18,12 +18,14 @@ LayerNorm2d and the softmaxes. "decoder / floor" is how far the whole decode is 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import warnings
 from pathlib import Path
 
 import torch
+from torch.utils import flop_counter as fcounter
 from torch.utils.flop_counter import FlopCounterMode
 
 warnings.filterwarnings("ignore")
@@ -46,6 +48,13 @@ B, MM = args.batch, args.multimask
 stage: dict[str, float] = {}
 
 
+def _inplace_bmm_flop(self_shape, a_shape, b_shape, *args, out_shape=None, **kw):
+    return fcounter.bmm_flop(a_shape, b_shape)
+
+
+INPLACE = {torch.ops.aten.baddbmm_: _inplace_bmm_flop}  # FlopCounterMode counts baddbmm, not in-place baddbmm_
+
+
 def wrap(cls, name):
     f = getattr(cls, name)
 
@@ -58,15 +67,12 @@ def wrap(cls, name):
     setattr(cls, name, g)
 
 
-for n in ("transformer", "upscale"):
+for n in ("transformer", "decode"):
     wrap(fo.FoldedFrame, n)
+print(f"load average at start: {os.getloadavg()[0]:.2f}")
 
 with torch.inference_mode():
-    setup = {}
-    for name, kw in (("folded", {}), ("streamed", {"folded": False})):
-        t = time.process_time()
-        FrameDecoder(sam, feat, **kw)
-        setup[name] = (time.process_time() - t) * 1000
+    setup: dict[str, list[float]] = {"folded": [], "streamed": []}
     folded, streamed = FrameDecoder(sam, feat), FrameDecoder(sam, feat, folded=False)
     boxes = torch.rand(B, 4) * 800
     boxes[:, 2:] = boxes[:, :2] + 150
@@ -80,13 +86,17 @@ with torch.inference_mode():
     outs = {k: f() for k, f in fns.items()}
     gflop = {}
     for k, f in fns.items():
-        with FlopCounterMode(display=False) as fc:
+        with FlopCounterMode(display=False, custom_mapping=INPLACE) as fc:
             f()
         gflop[k] = fc.get_total_flops() / B / 1e9
     cpu: dict[str, list[float]] = {k: [] for k in fns}
     wall: dict[str, list[float]] = {k: [] for k in fns}
     stage.clear()
     for _ in range(args.repeats):
+        for name, fold in (("folded", True), ("streamed", False)):  # per-frame set-up, interleaved too
+            t = time.process_time()
+            FrameDecoder(sam, feat, folded=fold)
+            setup[name].append((time.process_time() - t) * 1000)
         for k, f in fns.items():
             t, w = time.process_time(), time.perf_counter()
             f()
@@ -104,16 +114,19 @@ def floor(b: int, m: int, repeats: int = 3) -> dict[str, tuple[float, float]]:
 
     n, h, t, d = 4096, 8, 7, 16
     ht = h * t
-    rr = 2 * ht + 1
+    r1 = h * (t - 1) + 1  # one layer's factor rows (each head's probabilities sum to one)
+    rr = 2 * r1
     q, kt, v, p = r(h, t, d), r(h, d, n), r(h, n, d), r(h, t, n)
-    a1, f1, a2, f2, a3, f3 = r(b, ht, ht), r(b, ht, n), r(b, rr - 1, rr - 1), r(b, rr - 1, n), r(b, ht, rr), r(b, rr, n)
+    a1, f1, a2, f2, a3, f3 = r(b, ht, ht), r(b, ht, n), r(b, ht, r1), r(b, r1, n), r(b, ht, rr), r(b, rr, n)
+    a4 = r(b, r1, r1)
     fc, ec, x2, w2, y, hy = r(n, rr), r(rr, 256), r(4 * n, 64), r(64, 128), r(16 * n, 32), r(32, m)
     s4, s3 = r(b, h, t, n), r(b, ht, n)
     F_ = torch.nn.functional
     groups = {  # name: [(fn, divisor, GFLOP per prompt)]
         "per-head products vs the frame (14)": [(lambda: torch.bmm(q, kt), 1, 2 * ht * d * n)] * 11 + [(lambda: torch.bmm(p, v), 1, 2 * ht * d * n)] * 3,
-        "products with the factor (7)": [(lambda: torch.bmm(a1, f1), b, 2 * ht * ht * n)] * 4
-        + [(lambda: torch.bmm(a2, f2), b, 2 * (rr - 1) ** 2 * n)] + [(lambda: torch.bmm(a3, f3), b, 2 * ht * rr * n)] * 2,
+        "products with the factor (9)": [(lambda: torch.bmm(a1, f1), b, 2 * ht * ht * n)] * 2
+        + [(lambda: torch.bmm(a4, f2), b, 2 * r1 * r1 * n)] + [(lambda: torch.bmm(a2, f2), b, 2 * ht * r1 * n)] * 4
+        + [(lambda: torch.bmm(a3, f3), b, 2 * ht * rr * n)] * 2,
         "ConvT1 (rank r')": [(lambda: torch.mm(fc, ec), 1, 2 * n * rr * 256)],
         "ConvT2": [(lambda: torch.mm(x2, w2), 1, 2 * 4 * n * 64 * 128)],
         "hypernetwork dot": [(lambda: torch.mm(y, hy), 1, 2 * 16 * n * 32 * m)],
@@ -146,7 +159,9 @@ for k in fns:
 print(f"  folded / streamed: CPU {med['folded'] / med['streamed (previous FrameDecoder)']:.2f}, wall {medw['folded'] / medw['streamed (previous FrameDecoder)']:.2f}; "
       f"folded / stock: CPU {med['folded'] / med['stock MaskDecoder']:.2f}")
 s = {k: v / args.repeats / B * 1000 for k, v in stage.items()}
-print(f"folded stages (CPU ms per prompt): transformer {s['transformer']:.1f}, upscaler {s['upscale']:.1f}; per-frame set-up: folded {setup['folded']:.0f} ms, streamed {setup['streamed']:.0f} ms")
+print(f"folded stages (CPU ms per prompt): transformer {s['transformer']:.1f}, heads + upscaler {s['decode'] - s['transformer']:.1f}; "
+      f"per-frame set-up (median): folded {statistics.median(setup['folded']):.0f} ms, streamed {statistics.median(setup['streamed']):.0f} ms")
 tot = sum(v[0] for v in fl.values())
 print("folded floor, CPU ms per prompt (GFLOP): " + ", ".join(f"{k} {v[0]:.2f} ({v[1]:.3f})" for k, v in fl.items()))
 print(f"floor total {tot:.1f} ms for {sum(v[1] for v in fl.values()):.3f} GFLOP; folded decoder / floor = {med['folded'] / tot:.2f} (CPU)")
+print(f"load average at end: {os.getloadavg()[0]:.2f}")

@@ -121,6 +121,7 @@ def run(ref, kind: str, ckpt: Path, dec: Path, parts: dict, rgb: np.ndarray, box
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--boxes", type=int, default=100)
+    ap.add_argument("--checkpoint", type=Path, default=CKPT, help="the TinyViT reference checkpoint (default: ../shared/reference/)")
     ap.add_argument("--encoders", nargs="+", default=["tiny_vit", "efficientvit_l2"], choices=["tiny_vit", "efficientvit_l2"])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=2, help="rounds; each stage's minimum is reported")
@@ -135,7 +136,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         dec, l2, parts = files(ref, Path(tmp))
         for kind in args.encoders:
-            r = run(ref, kind, CKPT if kind == "tiny_vit" else l2, dec, parts, rgb, boxes, args.repeat)
+            r = run(ref, kind, args.checkpoint if kind == "tiny_vit" else l2, dec, parts, rgb, boxes, args.repeat)
             print(f"\n{kind}:  {'stage':<8} {'ours s':>8} {'official s':>11} {'ratio':>6}")
             for stage in ("encoder", "decode", "labels"):
                 a, b = r[f"ours {stage}"], r[f"official {stage}"]

@@ -144,7 +144,6 @@ def test_cli_link_3d_resumes_to_the_same_result(tmp_path, predictor, model_args,
     ("extra", "message"),
     [
         (["--link", "3d", "--tracks", "res"], "--tracks needs --link time"),
-        (["--link", "time", "-o", "x.zarr"], "use -o NAME.tif"),
     ],
 )
 def test_cli_link_errors(tmp_path, movie, model_args, capsys, extra, message, monkeypatch):
@@ -154,3 +153,142 @@ def test_cli_link_errors(tmp_path, movie, model_args, capsys, extra, message, mo
     args = ["everything", "m.tif", *(["-o", "l.tif"] if "-o" not in extra else []), *extra, *CLI_OPTIONS, *model_args]
     assert main(args) == 2
     assert message in capsys.readouterr().err
+
+
+
+@pytest.mark.slow
+def test_cli_link_time_to_zarr(tmp_path, movie, predictor, model_args):
+    """`-o OUT.zarr --link time`: built in OUT.partial.zarr, then the linked OUT.zarr (the labels of
+    the engine, every frame marked done); --tracks from it; a second run finds it finished."""
+    import zarr
+
+    mov, _, _ = movie
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, mov, imagej=True, metadata={"axes": "TYX"})
+    out, res = tmp_path / "labels.zarr", tmp_path / "res"
+    args = ["everything", str(path), "-o", str(out), "--tracks", str(res), *CLI_OPTIONS, *model_args]
+    assert main(args) == 0
+    lab, links = linked_run(mov, predictor, "time")
+    group = zarr.open_group(out, mode="r")
+    np.testing.assert_array_equal(group["labels"][:], lab)
+    assert (np.asarray(group["max_id"][:]) == lab.reshape(len(lab), -1).max(1)).all()
+    assert not (tmp_path / "labels.zarr.partial.zarr").exists()
+    np.testing.assert_array_equal(np.loadtxt(res / "res_track.txt", dtype=np.int64).reshape(-1, 4), ctc_tracks(links)[0])
+    np.testing.assert_array_equal(tifffile.imread(res / "mask001.tif"), lab[1])
+    assert main(args) == 0  # finished: nothing to do, the output kept
+    np.testing.assert_array_equal(zarr.open_group(out, mode="r")["labels"][:], lab)
+
+
+# the functional test model on a movie where it finds the cells and the division (richer tracks than random weights)
+F_OPTIONS = ["--sampler", "blobs", "--diameter", "30", "--min-score", "0"]
+
+
+@pytest.fixture(scope="module")
+def cells():
+    return synthetic_timelapse(4, (256, 256), 8, seed=5, divide_at=2)[0]
+
+
+@pytest.fixture
+def fmodel_args(fcheckpoint):
+    return ["--weights", str(fcheckpoint), "--device", "cpu", "-q"]
+
+
+@pytest.fixture(scope="module")
+def reference(cells, fpredictor):
+    """``reference(link)`` -> (labels, links) of the engine in one process (computed once per mode)."""
+    done: dict = {}
+
+    def get(link: str):
+        if link not in done:
+            gen = iter_segment_everything(cells, fpredictor, "blobs", rgb=False, link=link, diameter=30.0, min_score=0.0)
+            done[link] = linked_run_gen(gen)
+        return done[link]
+
+    return get
+
+
+def linked_run_gen(gen):
+    links = None
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as stop:
+            return stop.value, links
+        if p.links is not None:
+            links = p.links
+
+@pytest.mark.slow
+@pytest.mark.parametrize("link", ["time", "3d"])
+def test_cli_workers_equal_one_process(tmp_path, cells, reference, fmodel_args, link):
+    """`--workers 2` (a local dask cluster): frames segmented in parallel, linked after in frame
+    order: the labels and tracks of one process."""
+    mov = cells
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, mov, photometric="minisblack")
+    out, res = tmp_path / "labels.tif", tmp_path / "res"
+    tracks = ["--tracks", str(res)] if link == "time" else []
+    assert main(["everything", str(path), "-o", str(out), "--link", link, "--workers", "2", *tracks, *F_OPTIONS, *fmodel_args]) == 0
+    lab, links = reference(link)
+    np.testing.assert_array_equal(tifffile.imread(out), lab)
+    if link == "time":
+        np.testing.assert_array_equal(np.loadtxt(res / "res_track.txt", dtype=np.int64).reshape(-1, 4), ctc_tracks(links)[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["frames", "link pass"])
+def test_cli_link_time_resumes_to_the_same_tracks(tmp_path, cells, reference, fmodel_args, monkeypatch, where):
+    """Ctrl+C while the frames are segmented, or during the link pass: the same command again gives
+    the ids and tracks of an uninterrupted run."""
+    from napari_mobilesam.engine import linkpass
+
+    mov = cells
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, mov, imagej=True, metadata={"axes": "TYX"})
+    out, res = tmp_path / "labels.tif", tmp_path / "res"
+    args = ["everything", str(path), "-o", str(out), "--tracks", str(res), *F_OPTIONS, *fmodel_args]
+    if where == "frames":
+        original = EverythingJob.__call__
+
+        def interrupted(self, models, source, t, extra):
+            if t == 3:
+                raise KeyboardInterrupt
+            return original(self, models, source, t, extra)
+
+        monkeypatch.setattr(EverythingJob, "__call__", interrupted)
+    else:
+        real = linkpass.iter_link_stack
+
+        def interrupted_pass(*a, **kw):
+            gen = real(*a, **kw)
+            yield next(gen)
+            yield next(gen)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(linkpass, "iter_link_stack", interrupted_pass)
+    assert main(args) == 130
+    assert not out.exists() and not res.exists()
+    monkeypatch.undo()
+    assert main(args) == 0
+    lab, links = reference("time")
+    np.testing.assert_array_equal(tifffile.imread(out), lab)
+    np.testing.assert_array_equal(np.loadtxt(res / "res_track.txt", dtype=np.int64).reshape(-1, 4), ctc_tracks(links)[0])
+    assert links.parents  # the division is in the tracks
+
+
+def test_replay_everything_runs_of_a_session(tmp_path, movie, predictor):
+    """engine.session.replay_everything: the recorded runs in order (one frame, then the stack linked)."""
+    from napari_mobilesam.engine.session import SessionError, load_session, replay_everything, save_session
+
+    mov, _, _ = movie
+    one = {"sampler": "blobs", "options": {"diameter": 24.0, "min_score": 0.0, "max_det": 12}, "link": "none", "frames": [1]}
+    runs = [{"overwrite": False}, {"everything": one}, {"everything": {**one, "link": "time", "frames": "all", "id_shift": 3}}]
+    save_session(tmp_path / "s.mobilesam", image={"name": "movie", "shape": list(mov.shape)}, model={}, preprocess={}, runs=runs,
+                 labels=np.zeros(mov.shape, np.uint32))
+    got, links = replay_everything(load_session(tmp_path / "s.mobilesam"), mov, predictor)
+    first = segment_everything(mov, predictor, "blobs", rgb=False, frames=[1], **OPTIONS)
+    want, want_links = linked_run(mov, predictor, "time", labels=first)
+    np.testing.assert_array_equal(got, np.where(want != first, want + 3, want))  # the widget's id shift
+    np.testing.assert_array_equal(links.tracks[:, 0], want_links.tracks[:, 0] + 3)
+    save_session(tmp_path / "e.mobilesam", image={}, model={}, preprocess={}, runs=runs[:1])
+    with pytest.raises(SessionError, match="records no Segment everything run"):
+        replay_everything(load_session(tmp_path / "e.mobilesam"), mov, predictor)

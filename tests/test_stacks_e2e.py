@@ -59,11 +59,36 @@ def measures(lab: np.ndarray, gt: np.ndarray) -> dict:
             "per_frame_recall": np.mean(per)}
 
 
+def oracle_link(plain: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """The best any linker can do with these per-slice masks: each nucleus gets, on every slice, the
+    per-slice mask that matches it best (IoU); -> 3D IoU per nucleus."""
+    out = []
+    for i in np.unique(gt)[1:]:
+        m = gt == i
+        o = np.zeros_like(m)
+        for z in range(len(gt)):
+            ks = [k for k in np.unique(plain[z][m[z]]) if k]
+            if ks:
+                o[z] = plain[z] == max(ks, key=lambda k: (m[z] & (plain[z] == k)).sum() / (m[z] | (plain[z] == k)).sum())  # noqa: B023
+        out.append((o & m).sum() / (o | m).sum())
+    return np.array(out)
+
+
 def test_3d_nuclei_end_to_end(fpredictor):
     vol, gt = synthetic_volume(8, (256, 256), 10, seed=5, radius=(10, 22))
-    plain = measures(segment_everything(vol, fpredictor, "blobs", rgb=False, **BLOBS), gt)
-    linked = measures(segment_everything(vol, fpredictor, "blobs", rgb=False, link="3d", **BLOBS), gt)
-    print("3d: per-slice labels", plain, "\n3d: linked", linked)
+    plain_labels = segment_everything(vol, fpredictor, "blobs", rgb=False, **BLOBS)
+    plain = measures(plain_labels, gt)
+    lab = segment_everything(vol, fpredictor, "blobs", rgb=False, link="3d", **BLOBS)
+    linked = measures(lab, gt)
+    best = oracle_link(plain_labels, gt)
+    linked_iou = np.array([iou_best(lab, gt == i) for i in np.unique(gt)[1:]])
+    print("3d: per-slice labels", plain, "\n3d: linked", linked, "\n3d: oracle linking of the per-slice masks: 3D recall",
+          (best >= 0.5).mean(), "mean IoU3D", best.mean().round(3), "; linked mean IoU3D", linked_iou.mean().round(3))
+    # 3D recall is bounded by the per-slice masks, not by the linker: the linked objects reach what an
+    # oracle linking the same masks reaches (measured: 3D recall 0.2 both, mean IoU3D 0.386 vs 0.388);
+    # no slice of a nucleus is missed, so SAM fill-ins have nothing to add; the masks are too large
+    # (median area 1.19x the nucleus' on its slice)
+    assert linked["recall"] >= (best >= 0.5).mean() and linked_iou.mean() >= best.mean() - 0.02
     # measured (2026-12-05): per-slice 3D recall 0.0, whole 0.1 (nuclei found on one slice only), 63 ids,
     # per-slice 2D recall 0.43; linked: 3D recall 0.2, whole 1.0, merged 0, 11 ids for 10 nuclei
     assert plain["recall"] == 0.0 and plain["whole"] <= 0.2  # per-slice ids: a nucleus is many objects

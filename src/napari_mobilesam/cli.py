@@ -113,7 +113,7 @@ def cmd_propagate(args: argparse.Namespace) -> int:
     from ._progress import drive
     from .engine.io import open_image, with_channel_axis
     from .engine.labels import write_labels
-    from .engine.propagate import iter_propagate_labels
+    from .engine.propagate import iter_propagate_labels, render_propagated
 
     source = with_channel_axis(open_image(args.image), args.channel_axis)
     if len(source.leading_shape) != 1:
@@ -152,11 +152,7 @@ def cmd_propagate(args: argparse.Namespace) -> int:
         found = drive(iter_propagate_labels(pred, source.read, n, args.from_frame, start, min_score=args.min_score,
                                             min_overlap=args.min_overlap, image_kwargs=prep), show)
     stack[args.from_frame][stack[args.from_frame] == 0] = start[stack[args.from_frame] == 0]
-    for t in range(n):
-        new = np.zeros(source.hw, np.uint32)
-        for i in sorted(found, key=lambda i: -sum(int(m.sum()) for m in found[i].values())):  # larger first, smaller on top
-            if t in found[i]:
-                new[found[i][t]] = i
+    for t, new in render_propagated(found, tuple(source.hw)).items():
         write_labels(stack[t], new, overwrite=args.overwrite)
     tifffile.imwrite(out, stack, compression="zlib", photometric="minisblack")
     frames = {t for masks in found.values() for t in masks}

@@ -117,7 +117,8 @@ class LabelWriter:
     ``OUT.zarr`` is written in place: array ``labels`` (``leading + (H, W)``, uint32), ``max_id``
     (one entry per frame; -1 until the frame is finished) and ``checksum`` (uint64 per frame). Any
     other ``OUT`` (``.tif``) is built in ``OUT.partial.zarr`` and assembled into the TIFF when every
-    frame is done, then the partial store is removed. ``signature`` (input and settings) is stored;
+    frame is done, then the partial store is removed; so is a ``staged`` ``OUT.zarr`` (e.g. linked
+    output: the frames are renumbered when all are done). ``signature`` (input and settings) is stored;
     resuming with another signature is refused, so results of different runs are never mixed. The
     store is created on the first :meth:`write` (a run that fails before it leaves nothing behind).
 
@@ -128,16 +129,19 @@ class LabelWriter:
         overwrite: discard earlier output (ours only) instead of resuming.
         inputs: the run's input files; an output that is one of them is refused.
         lock: an :class:`OutputLock` already held for ``path`` (default: take one now; :meth:`close` releases it).
+        staged: build a ``.zarr`` output in ``OUT.partial.zarr`` too, and write it by :meth:`finish`.
 
     Attributes:
         repaired: frames that failed their checksum on opening and will be computed again.
     """
 
     def __init__(self, path: str | os.PathLike, leading_shape: tuple[int, ...], hw: tuple[int, int], signature: dict,
-                 overwrite: bool = False, inputs: Sequence[str | os.PathLike] = (), lock: OutputLock | None = None):
+                 overwrite: bool = False, inputs: Sequence[str | os.PathLike] = (), lock: OutputLock | None = None,
+                 staged: bool = False):
         self.path = Path(path)
-        self.is_zarr = self.path.suffix.lower() == ".zarr"
-        if not self.is_zarr and self.path.suffix.lower() not in (".tif", ".tiff"):
+        self.zarr_out = self.path.suffix.lower() == ".zarr"
+        self.is_zarr = self.zarr_out and not staged  # written in place
+        if not self.zarr_out and self.path.suffix.lower() not in (".tif", ".tiff"):
             raise InputError(f"Output {self.path}: use a .tif, .tiff or .zarr name.")
         self.store_path = self.path if self.is_zarr else self.path.with_name(self.path.name + ".partial.zarr")
         for src in inputs:
@@ -164,7 +168,7 @@ class LabelWriter:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
         self._max = np.full(self.n_frames, -1, np.int64)
         self._slot = np.full(self.n_frames, -1, np.int64)  # a damaged frame's largest id: its ids are given again
-        self.complete = not self.is_zarr and self.path.exists()
+        self.complete = not self.is_zarr and self.path.exists()  # an assembled output (TIFF, staged zarr)
         if self.complete:
             if self._signature_of(self.path) != self.signature:
                 raise InputError(f"{self.path} exists and holds results of a different run (other input or settings); "
@@ -308,8 +312,6 @@ class LabelWriter:
             return self.path
         if self.done_count < self.n_frames:
             raise RuntimeError(f"{self.n_frames - self.done_count} frames of {self.path} are not finished.")
-        import tifffile
-
         bad: list[int] = []
 
         def frames() -> Iterable[np.ndarray]:
@@ -323,19 +325,54 @@ class LabelWriter:
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             data = (transform or iter)(frames()) if len(self.shape) > 2 else next(iter(frames()))  # 2D: one array (tifffile reads a one-page iterator as (1, H, W))
-            with tifffile.TiffWriter(tmp, bigtiff=4 * int(np.prod(self.shape)) > 2**31) as tw:
-                tw.write(data, shape=self.shape, dtype=np.uint32, compression="zlib", photometric="minisblack",
-                         metadata={"mobilesam": json.dumps(self.signature, sort_keys=True)})
+            if self.zarr_out:
+                self._write_zarr(tmp, [data] if len(self.shape) == 2 else data)
+            else:
+                import tifffile
+
+                with tifffile.TiffWriter(tmp, bigtiff=4 * int(np.prod(self.shape)) > 2**31) as tw:
+                    tw.write(data, shape=self.shape, dtype=np.uint32, compression="zlib", photometric="minisblack",
+                             metadata={"mobilesam": json.dumps(self.signature, sort_keys=True)})
         except InputError:
-            tmp.unlink(missing_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
             for t in bad:
                 self._mark_unfinished(t)
             raise InputError(f"Frame {bad[0]} of {self.store_path} failed its checksum (the file was damaged); it was marked "
                              "unfinished: run the same command again to recompute it.") from None
+        if self.zarr_out and self.path.exists():  # ours (checked on opening): an earlier output being replaced
+            shutil.rmtree(self.path)
         os.replace(tmp, self.path)
         shutil.rmtree(self.store_path)
         self.complete = True
         return self.path
+
+    def _write_zarr(self, path: Path, frames: Iterable[np.ndarray]) -> None:
+        """A finished ``OUT.zarr`` (the in-place layout, every frame marked done) from ``frames`` in order."""
+        import zarr
+
+        shutil.rmtree(path, ignore_errors=True)
+        group = zarr.open_group(path, mode="w")
+        tile = (1,) * (len(self.shape) - 2) + tuple(min(s, 2048) for s in self.shape[-2:])
+        labels = group.create_array("labels", shape=self.shape, chunks=tile, dtype="uint32", fill_value=0)
+        marks = group.create_array("max_id", shape=(self.n_frames,), chunks=(self.n_frames,), dtype="int64", fill_value=-1)
+        sums = group.create_array("checksum", shape=(self.n_frames,), chunks=(self.n_frames,), dtype="uint64", fill_value=0)
+        top, check = np.zeros(self.n_frames, np.int64), np.zeros(self.n_frames, np.uint64)
+        for t, frame in enumerate(frames):
+            frame = np.asarray(frame, np.uint32)
+            labels[self._index(t)] = frame
+            top[t], check[t] = int(frame.max(initial=0)), frame_checksum(frame)
+        marks[:], sums[:] = top, check
+        group.attrs[ATTR] = {"signature": self.signature, "shape": list(self.shape)}  # last: ours once complete
+
+    def read_output(self, t: int) -> np.ndarray:
+        """Frame ``t`` of the finished output (after :meth:`finish`: the TIFF's page or the zarr's frame)."""
+        if self.zarr_out:
+            import zarr
+
+            return np.asarray(zarr.open_group(self.path, mode="r")["labels"][self._index(t)], np.uint32)
+        import tifffile
+
+        return np.asarray(tifffile.imread(self.path, key=t), np.uint32)
 
     def close(self) -> None:
         """Release the output lock (the writer's files stay as they are)."""

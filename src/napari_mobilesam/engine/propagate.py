@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .errors import SettingsError
 from .predictor import ObjectMask, Predictor, Prompt
 
-__all__ = ["PropagationStep", "iter_propagate", "iter_propagate_labels", "mask_to_logits"]
+__all__ = ["PropagationStep", "iter_propagate", "iter_propagate_labels", "mask_to_logits", "render_propagated"]
 
 LOGIT = 8.0  # magnitude of the logits standing for a binary mask (sigmoid(8) ~ 0.9997)
 
@@ -166,7 +166,7 @@ def iter_propagate_labels(
     min_area: int = 4,
     max_frames: int | None = None,
     image_kwargs: dict | None = None,
-) -> Generator[tuple[int, int, int, str], None, dict[int, dict[int, np.ndarray]]]:
+) -> Generator[tuple[int, int, int, str, dict[int, np.ndarray]], None, dict[int, dict[int, np.ndarray]]]:
     """Propagate every object of frame ``start``'s ``(H, W)`` ``labels`` at once.
 
     As :func:`iter_propagate` for each object (same prompts, same stop criteria, each object stops
@@ -174,7 +174,8 @@ def iter_propagate_labels(
     decoded in one batch per frame.
 
     Yields:
-        ``(frame index, objects still going, frames visited, message)`` per visited frame.
+        ``(frame index, objects still going, frames visited, message, {label id: (H, W) bool mask})``
+        per visited frame (the masks kept on that frame: a cancelled run keeps the frames done).
 
     Returns:
         ``{label id: {frame index: (H, W) bool mask}}`` (the start frame excluded).
@@ -203,15 +204,38 @@ def iter_propagate_labels(
                 for o in order
             ]
             objs = predictor.predict_objects(prompts)
+            kept: dict[int, np.ndarray] = {}
             for o, obj in zip(order, objs):
                 new, _, reason = step_check(obj, going[o][0], min_score, min_overlap, min_area)
                 if reason:
                     del going[o]
                     continue
-                result[o][i] = new
+                result[o][i] = kept[o] = new
                 going[o] = (new, obj.low_res_logits)
             done += 1
             steps += 1
-            yield i, len(going), done, f"frame {i}: {len(going)} of {len(ids)} objects going"
+            yield i, len(going), done, f"frame {i}: {len(going)} of {len(ids)} objects going", kept
             i += d
     return result
+
+
+def render_propagated(found: dict[int, dict[int, np.ndarray]], shape: tuple[int, int], dtype=np.uint32) -> dict[int, np.ndarray]:
+    """The label image each frame gets from :func:`iter_propagate_labels`' result (the one rule of
+    the widget's *Propagate all* and ``mobilesam propagate``).
+
+    Args:
+        found: ``{label id: {frame index: (H, W) bool mask}}``.
+        shape: ``(H, W)``; dtype: of the label images.
+
+    Returns:
+        ``{frame index: (H, W) label image}`` (0 = nothing new). Where propagated objects overlap,
+        the smaller object (fewer pixels over all its frames) is on top.
+    """
+    out: dict[int, np.ndarray] = {}
+    for lid in sorted(found, key=lambda i: (-sum(int(m.sum()) for m in found[i].values()), i)):  # larger first, smaller on top
+        for t, mask in found[lid].items():
+            frame = out.get(t)
+            if frame is None:
+                frame = out[t] = np.zeros(shape, dtype)
+            frame[mask] = lid
+    return dict(sorted(out.items()))

@@ -85,16 +85,11 @@ def link_mode(cfg: RunConfig, pairs: list, source) -> tuple[str, str | None]:
     if len(source.leading_shape) != 1:
         raise InputError(f"--link {link} needs a stack with one leading axis (Z or T); {source.path} has frames "
                          f"{source.leading_shape}. Use --link none.")
-    if Path(cfg.output).suffix.lower() == ".zarr":
-        raise InputError(f"--link writes a .tif (the frames stay unlinked in OUT.partial.zarr until linked): use -o NAME.tif, "
-                         f"not {cfg.output}.")
     return link, said
 
 
 def finish_linked(cfg: RunConfig, writer, source, spec, prep: dict, link: str, store: str | None) -> Generator[RunEvent, None, Path]:
     """The link pass over the finished frames (SAM fill-ins, laptrack), then the linked TIFF and --tracks."""
-    import tifffile
-
     from .distributed import ModelHolder
     from .image import to_rgb_uint8
     from .jobs import use_stored_embedding
@@ -130,7 +125,7 @@ def finish_linked(cfg: RunConfig, writer, source, spec, prep: dict, link: str, s
     what = "tracks" if link == "time" else "objects"
     yield RunEvent("say", f"{len(links.tracks)} {what} over {writer.n_frames} frames" + (f", {len(links.parents)} with a parent" if link == "time" else ""))
     if cfg.tracks:
-        write_tracks(cfg.tracks, (tifffile.imread(path, key=t) for t in range(writer.n_frames)), links, overwrite=cfg.overwrite)
+        write_tracks(cfg.tracks, (writer.read_output(t) for t in range(writer.n_frames)), links, overwrite=cfg.overwrite)
         yield RunEvent("say", f"wrote tracks to {cfg.tracks}")
     return path
 
@@ -185,7 +180,7 @@ def iter_everything(cfg: RunConfig, sampler: str, options: dict) -> Generator[Ru
                          **({"link": link, "fill": not cfg.no_fill} if link != "none" else {})}
             lock = stack.enter_context(OutputLock(out, cfg.command_line))
             writers[source.path] = LabelWriter(out, source.leading_shape, source.hw, signature, overwrite=cfg.overwrite,
-                                               inputs=[path], lock=lock)
+                                               inputs=[path], lock=lock, staged=link != "none")  # linked: built in OUT.partial.zarr
             yield from repaired(writers[source.path])
             sources.append(source)
         done_before = sum(w.done_count for w in writers.values() if not w.complete) + sum(w.n_frames for w in writers.values() if w.complete)

@@ -12,6 +12,9 @@ A session folder (``NAME.mobilesam``) holds:
   (napari's shapes CSV holds no features), the settings of each run, and per label id what the widget
   wrote (``objects``: the prompt signature and a hash of the mask written), so that *Segment* after a
   resume knows which objects are as written and which labels were edited by hand.
+  A *Segment everything* run is recorded as ``{"everything": {...}}`` in ``runs``: sampler,
+  options, link mode, frames, the id shift the widget applied and, for a time-linked run, the
+  lineage (``parents``); :func:`replay_everything` redoes those runs (same labels, same tracks).
 
 Nothing in a session runs code: JSON, CSV and TIFF only. Saving is atomic (a new folder is written
 beside the old one and swapped in), so an interrupted save leaves the previous session as it was.
@@ -31,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FORMAT", "VERSION", "Session", "check_model", "load_session", "save_session"]
+__all__ = ["FORMAT", "VERSION", "Session", "check_model", "everything_runs", "load_session", "replay_everything", "save_session"]
 
 FORMAT = "napari-mobilesam session"
 VERSION = 1
@@ -264,3 +267,69 @@ def check_image(session: Session, shape: Sequence[int], read: Callable[[int], np
     bad = sorted(int(t) for t, h in saved.items() if frame_hash(read(int(t))) != int(h))
     if bad:
         raise SessionError(f"{session.folder} was made on another image: frame(s) {', '.join(map(str, bad[:5]))} differ; open the image it was made on.")
+
+
+def everything_runs(session: Session) -> list[dict]:
+    """The *Segment everything* runs recorded in ``session`` (oldest first): dicts with ``sampler``,
+    ``detector`` (path or None), ``options``, ``link`` ("none", "3d", "time"), ``frames`` ("all" or
+    flat frame numbers), ``overwrite``, ``id_shift`` and, for ``link="time"``, ``parents``
+    (``{track id (str): parent id}``)."""
+    return [dict(r["everything"]) for r in session.runs if isinstance(r, dict) and isinstance(r.get("everything"), dict)]
+
+
+def replay_everything(session: Session, image: Any, predictor: Any, detector: Any = None) -> tuple[np.ndarray, Any]:
+    """Redo the session's *Segment everything* runs on ``image`` (the image it was made on).
+
+    Args:
+        image: the ``leading + (H, W[, C])`` stack (numpy, dask, zarr).
+        predictor: a :class:`~.predictor.Predictor` (or ``Sam``) with the session's weights.
+        detector: for an ``object-aware`` run, a loaded detector (default: the recorded path).
+
+    Returns:
+        ``(labels, links)``: the ``leading + (H, W)`` uint32 labels the runs wrote, and the
+        :class:`~.link.Links` of the last linked run (None without one), its ids shifted as the
+        widget shifted them.
+
+    Raises:
+        SessionError: the session records no *Segment everything* run.
+    """
+    from .everything import EverythingProgress, iter_segment_everything
+
+    runs = everything_runs(session)
+    if not runs:
+        raise SessionError(f"{session.folder} records no Segment everything run to replay.")
+    prep = {k: v for k, v in session.preprocess.items() if k in ("contrast_limits", "channels", "channel_axis") and v is not None}
+    shape = tuple(session.labels.shape) if session.labels is not None else tuple(np.shape(image))[: len(session.image.get("shape", [])) or None]
+    labels = np.zeros(shape, np.uint32)
+    links = None
+    for run in runs:
+        frames = None if run.get("frames", "all") == "all" else [int(t) for t in run["frames"]]  # flat frame numbers
+        rgb = None if prep.get("channel_axis") is not None else np.ndim(image) > len(shape)
+        gen = iter_segment_everything(image, predictor, run["sampler"], detector or run.get("detector"), rgb=rgb, frames=frames,
+                                      labels=labels, overwrite=bool(run.get("overwrite")), link=run.get("link", "none"),
+                                      **dict(run.get("options") or {}), **prep)
+        before = labels
+        while True:
+            try:
+                item = next(gen)
+            except StopIteration as stop:
+                labels = np.asarray(stop.value, np.uint32)
+                break
+            if isinstance(item, EverythingProgress) and item.links is not None:
+                links = item.links
+        shift = int(run.get("id_shift") or 0)
+        if shift:
+            new = labels != before
+            labels = np.where(new & (labels > 0), labels + np.uint32(shift), labels).astype(np.uint32)
+            if links is not None and run.get("link") != "none":
+                _shift_links(links, shift)
+    return labels, links
+
+
+def _shift_links(links: Any, shift: int) -> None:
+    """Add ``shift`` to every id of ``links`` (tracks, parents, centroids), as the widget does."""
+    links.tracks = links.tracks.copy()
+    links.tracks[:, 0] += shift
+    links.tracks[links.tracks[:, 3] > 0, 3] += shift
+    links.centroids = links.centroids.copy()
+    links.centroids[:, 0] += shift

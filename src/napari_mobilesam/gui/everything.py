@@ -24,6 +24,7 @@ from .feedback import cancelled, ids_note
 from .jobs import Progress, built, worker_predictor
 from .layout import Section
 from .sections import Action
+from .session import record_everything
 from .writer import write_frames
 
 if TYPE_CHECKING:
@@ -281,6 +282,8 @@ class EverythingSection:
         top, issued = int(np.max(labels.data)) if labels is not None and labels.data.size else 0, w.issued
         link_shift = max(0, w.next_id() - (top + 1))  # linked ids start after ``top``: keep clear of issued ids
         out = [labels]
+        got_links: list = [None]
+        linked: list = []  # (frame, linked labels) until the link pass ends
 
         def on_msg(msg) -> None:
             if isinstance(msg, EverythingProgress):
@@ -290,11 +293,13 @@ class EverythingSection:
                 if msg.labels is not None and out[0] is None:
                     out[0] = w.labels_layer()
                 layer = out[0]
-                if msg.links is not None and link == "time" and layer is not None:
-                    self.show_tracks(layer, msg.links, link_shift)
+                if msg.links is not None and layer is not None:  # the link pass is over: all linked frames in one write,
+                    write_frames(layer, linked, overwrite=True)  # so a Cancel before leaves the per-frame ids, never a mix
+                    got_links[0] = msg.links
+                    if link == "time":
+                        self.show_tracks(layer, msg.links, link_shift)
                 if msg.linked:  # the frame's linked ids replace its per-frame ones (same pixels, plus fill-ins)
-                    new = np.where(msg.labels > 0, msg.labels + link_shift, 0).astype(msg.labels.dtype)
-                    write_frames(layer, [(tuple(msg.index), new)], overwrite=True)
+                    linked.append((tuple(msg.index), np.where(msg.labels > 0, msg.labels + link_shift, 0).astype(msg.labels.dtype)))
                 elif msg.labels is not None:  # a finished frame: one undoable write
                     new = msg.labels
                     if new.any():  # keep clear of ids already given to prompts (not yet in the layer)
@@ -313,6 +318,11 @@ class EverythingSection:
                 text = f"Segment everything {cancelled(len(done), n)}" + (f" ({last[0]})" if "partial" in last[0] else "")
             else:
                 text = f"Segment everything: {len(done)} of {n} frame(s) written" + (f" ({last[0]})" if done else "")
+                if done and out[0] is not None:  # what a saved session needs to replay this run (gui/session.py)
+                    record_everything(w, out[0], image, kw, tuple(done[0]), {
+                        "sampler": sampler, "detector": str(detector) if detector else None, "options": self.options(), "link": link,
+                        "frames": "all" if every else [int(np.ravel_multi_index(cur, geo.lead_shape)) if geo.n_lead else 0],
+                        "overwrite": bool(w.overwrite.value), "id_shift": link_shift if link != "none" else 0}, got_links[0])
             w.end_status(text + "".join(f"; {t}" for t in notes if t) + (". Ctrl+Z undoes each frame." if done else "."))
 
         if w.run_job(gen(), on_msg, on_finish, title="Everything") is not None:

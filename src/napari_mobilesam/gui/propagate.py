@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, FloatSpinBox, PushButton
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton
 
 from .._progress import relay
 from ..engine.errors import SettingsError
-from ..engine.propagate import PropagationStep, iter_propagate
+from ..engine.propagate import PropagationStep, iter_propagate, iter_propagate_labels, render_propagated
 from . import layers as L
 from .feedback import cancelled
 from .jobs import Progress, built, worker_predictor
@@ -27,7 +27,10 @@ HELP = (
     "selected label) on the next and previous frames, each prompted by the previous frame's mask (its "
     "box + mask input). Each object stops in a direction when its predicted IoU or its overlap with the "
     "previous frame drops below the thresholds, or it vanishes. Frame embeddings are computed once for "
-    "all objects. One Ctrl+Z undoes a whole run (also a cancelled one: the frames done are written). Key: Shift+F."
+    "all objects, and several objects are decoded in one batch per frame (where they overlap, the smaller "
+    "keeps the pixel). With 'all labels of this frame', every label of this frame is propagated at once (one "
+    "decode batch per frame; same as `mobilesam propagate`). One Ctrl+Z undoes a whole run (also a cancelled "
+    "one: the frames done are written). Key: Shift+F."
 )
 
 
@@ -52,8 +55,10 @@ class PropagateSection:
                                       tooltip="Stop where the predicted IoU (the model's own quality score) drops below this")
         self.min_overlap = FloatSpinBox(label="overlap", value=0.3, min=0.0, max=1.0, step=0.05,
                                         tooltip="Stop where the IoU with the previous frame's mask drops below this")
+        self.all_labels = CheckBox(text="all labels of this frame", value=False,
+                                   tooltip="Propagate every label of this frame at once, not only the selected objects")
         self.button = PushButton(text="Propagate (Shift+F)")
-        self.section = Section("Propagate", self.axis, self.min_score, self.min_overlap, self.button)
+        self.section = Section("Propagate", self.axis, self.min_score, self.min_overlap, self.all_labels, self.button)
         self.box, self.inner = self.section.box, self.section.inner
         self.box.setToolTip(HELP)
         self.button.tooltip = HELP
@@ -98,6 +103,9 @@ class PropagateSection:
             raise SettingsError(f"Image {image.name!r} is a single frame: propagation needs a stack.")
         labels = w.labels_box.value
         here = frame_view(labels, cur) if labels is not None else None
+        if self.all_labels.value:
+            self._run_all(image, geo, cur, labels, here)
+            return
         starts = {lid: here == lid for lid in self.selected_ids(cur) if lid > 0 and here is not None}
         missing = [lid for lid, m in starts.items() if not m.any()]
         if not starts or missing:
@@ -106,6 +114,9 @@ class PropagateSection:
                 f"{which} not on this frame: segment the object here first, then select its point/box "
                 "(or pick the label in the Labels layer) and press Propagate."
             )
+        if len(starts) > 1:  # several objects: one decode batch per frame, as 'all labels of this frame'
+            self._run_all(image, geo, cur, labels, np.where(np.isin(here, list(starts)), here, 0), ids=list(starts))
+            return
         ax = int(self.axis.value)
         read, key, kw = w.frame_reader(image)
 
@@ -161,5 +172,58 @@ class PropagateSection:
                 return
             w.end_status(f"Propagated label(s) {', '.join(map(str, done)) or '-'} {where} to {len(results)} frame(s)"
                          + (f"; stopped: {'; '.join(stops)}" if stops else "") + (". Ctrl+Z undoes." if results else "."))
+
+        w.run_job(gen(), on_msg, on_finish, title="Propagate")
+
+    def _run_all(self, image, geo, cur: tuple[int, ...], labels, here: np.ndarray | None, ids: list[int] | None = None) -> None:
+        """Every label of ``here`` (frame ``cur``'s labels; with ``ids``: the selected ones only) at once
+        (engine.propagate.iter_propagate_labels, as `mobilesam propagate`)."""
+        w = self.w
+        if here is None or not (here > 0).any():
+            raise SettingsError("This frame has no labels to propagate: segment its objects first (or choose the Labels layer "
+                             "that holds them), then press Propagate.")
+        ax = int(self.axis.value)
+        read, key, kw = w.frame_reader(image)
+
+        def frame_at(i: int) -> tuple[int, ...]:
+            f = list(cur)
+            f[ax] = i
+            return tuple(f)
+
+        n_ax = geo.lead_shape[ax]
+        n_ids = len(np.unique(here[here > 0]))
+        where = f"from frame {cur[ax]} along {axis_names(image)[ax].split(' (')[0]}"
+        start = np.array(here)
+
+        def gen():
+            pred = worker_predictor((yield from built(w.model_step())), w.state.cache)
+            yield Progress(0, 0, f"{n_ids} labels {where}: embedding the next frame")
+            yield from relay(iter_propagate_labels(
+                pred, lambda i: read(frame_at(i)), n_ax, cur[ax], start, key=lambda i: key(frame_at(i)),
+                min_score=self.min_score.value, min_overlap=self.min_overlap.value, image_kwargs=kw,
+            ), lambda step: ("all", step))
+
+        found: dict[int, dict[int, np.ndarray]] = {}  # label id -> {frame index: mask}, from the frames done
+
+        def on_msg(msg) -> None:
+            if isinstance(msg, tuple) and msg[0] == "all":
+                i, going, done, text, kept = msg[1]
+                for lid, m in kept.items():
+                    found.setdefault(lid, {})[i] = m
+                w.show_progress(done, max(n_ax - 1, 1), f"Propagate all: {text}")
+
+        def on_finish() -> None:
+            # one undoable write (also after Cancel: the frames done are kept); each object's own
+            # previous mask on a frame is replaced; other labels stay unless overwrite
+            frames = render_propagated(found, start.shape, labels.data.dtype)
+            if frames:
+                write_frames(labels, [(frame_at(i), new) for i, new in frames.items()], overwrite=w.overwrite.value,
+                             replace_ids="new")
+            names = f"label(s) {', '.join(map(str, sorted(found))) or '-'}" if ids else f"{len(found)} of {n_ids} label(s)"
+            what = f"{names} {where} to {len(frames)} frame(s)"
+            if w.state.job_cancelled:
+                w.end_status(f"Propagate all {cancelled(len(frames), n_ax - 1)}: {what}; Ctrl+Z undoes.")
+                return
+            w.end_status(f"Propagated {what}" + (". Ctrl+Z undoes." if frames else "."))
 
         w.run_job(gen(), on_msg, on_finish, title="Propagate")

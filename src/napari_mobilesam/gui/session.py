@@ -22,7 +22,7 @@ from . import layers as L
 
 __all__ = [
     "INFO", "SESSION_PATTERN", "check_session_model", "on_activate", "prefer_session_reader", "read_session",
-    "restore_model", "session_reader", "stamp", "write_session",
+    "record_everything", "restore_model", "session_reader", "stamp", "write_session",
 ]
 
 INFO = "napari-mobilesam-session"  # Labels metadata key
@@ -81,6 +81,18 @@ def stamp(widget, labels, image, kw: dict, frame: tuple) -> None:
     if not runs or runs[-1] != run:
         runs.append(run)
     labels.metadata[INFO] = info
+
+
+def record_everything(widget, labels, image, kw: dict, frame: tuple, run: dict, links=None) -> None:
+    """Record a finished *Segment everything* run on ``labels`` (:func:`stamp`, then ``run``: sampler,
+    detector, options, link mode, frames, overwrite, id_shift; with ``links`` of a time-linked run, its
+    lineage as ``parents``), so that ``engine.session.replay_everything`` redoes it."""
+    stamp(widget, labels, image, kw, frame)
+    run = dict(run)
+    if links is not None and run.get("link") == "time":
+        shift = int(run.get("id_shift") or 0)
+        run["parents"] = {str(d + shift): p + shift for d, p in links.parents.items()}
+    labels.metadata[INFO].setdefault("runs", []).append({"everything": run})
 
 
 def restore_model(widget, labels) -> str:

@@ -28,11 +28,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention
 
-from .folded_decoder import FoldedFrame, _convt_matrix
+from .folded_decoder import FoldedFrame
+from .mask_upscaling import convt_matrix, upscale_blocks
 from .scratch import Scratch
 
 __all__ = ["FrameDecoder", "Scratch"]
@@ -43,8 +43,6 @@ __all__ = ["FrameDecoder", "Scratch"]
 # when torch also runs in another thread, e.g. napari's workers) pay a wake-up per op.
 STREAM_BLOCK = 512
 STREAM_ROWS = 4096
-# Image tokens per block in the upscaler (each becomes 16 output pixels).
-UPSCALE_BLOCK = 512
 
 
 def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
@@ -397,31 +395,7 @@ class FrameDecoder:
         return out, scores
 
     def _upscale_masks(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
-        """``output_upscaling`` (ConvT 2x2/2, LayerNorm2d, GELU, ConvT 2x2/2, GELU), then the
-        hypernetwork dot product, fused per block of image tokens.
-
-        A 2x2/stride-2 transposed conv maps each input pixel to its own 2x2 output patch, so a
-        block of tokens can run the whole chain on its own while it stays in cache; the 64- and
-        32-channel maps never exist for the whole batch (12 MB per prompt in the stock path).
-        keys: B x N x C; hyper: B x M x 32. Returns B x M x 4h x 4w logits.
-        """
-        ct1, ln, act1, ct2, act2 = self.md.output_upscaling
-        b, m = hyper.shape[:2]
-        h, w = self.size
-        c1, c2 = ct1.weight.shape[1], ct2.weight.shape[1]
-        w1, b1 = _convt_matrix(ct1)
-        w2, b2 = _convt_matrix(ct2)
-        n = keys.shape[1]
-        out = torch.empty(b, n, 16, m, dtype=keys.dtype, device=keys.device)
-        block = UPSCALE_BLOCK
-        for i in range(b):
-            hyp = hyper[i].T  # 32 x M
-            for s in range(0, n, block):
-                x = torch.addmm(b1, keys[i, s : s + block], w1).view(-1, c1)  # (token, ky1, kx1) x C1
-                x = act1(F.layer_norm(x, (c1,), ln.weight, ln.bias, ln.eps))
-                y = act2(torch.addmm(b2, x, w2)).view(-1, c2)  # (token, ky1, kx1, ky2, kx2) x C2
-                torch.matmul(y, hyp, out=out[i, s : s + block].view(-1, m))
-        # (B, i, j, ky1, kx1, ky2, kx2, M) -> (B, M, 4i + 2ky1 + ky2, 4j + 2kx1 + kx2)
-        out = out.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
-        return out.reshape(b, m, 4 * h, 4 * w)
-
+        """``output_upscaling`` and the hypernetwork dot product (:func:`upscale_blocks`) from
+        the image tokens ``keys`` (B x N x C); hyper: B x M x 32. Returns B x M x 4h x 4w logits."""
+        w1, b1 = convt_matrix(self.md.output_upscaling[0])
+        return upscale_blocks(self.md.output_upscaling, lambda i, s, e: torch.addmm(b1, keys[i, s:e], w1), hyper, tuple(self.size))

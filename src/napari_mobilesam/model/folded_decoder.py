@@ -19,8 +19,11 @@ The rank argument (segment-anything's ``TwoWayTransformer`` with two layers; sha
    ``F = [a P1 | P2]`` (N x 2r) is the per-prompt factor, ``Ec = [E1c; VW2c]`` (2r x C) with
    ``E1 = VW1c ⊙ g1``, and ``c = 1/s2`` (N); ``s2`` again from Gram forms (per-frame matrices
    ``Sgc Wo2ᵀ`` and ``centre(g1 ⊙ Sgc) Wo1ᵀ``, per-prompt ``Ec Ecᵀ``: 2r x 2r).
-   (Each head's T probabilities sum to one, so ``F`` spans only ``2(h(T-1) + 1)`` directions;
-   this module keeps all 2r columns plus ``c``: 113 for a box prompt, T = 7.)
+   Each head's T probabilities sum to one, so ``Σ_t P_ht E_ht = Σ_t<T-1 P_ht (E_ht - E_h,T-1) +
+   E_h,T-1``: in that basis (:func:`_reduce`) each layer's factor has ``h(T-1) + 1`` rows, the
+   last one constant (``a`` for layer 0, merged with ``c`` for layer 1), so the final factor
+   ``[c a P1'; c a; c P2'; c]`` has ``r' = 2(h(T-1) + 1)`` rows: 98 for a box (T = 7), not
+   ``2hT + 1 = 113``. (The statistics' linear terms use the full P; both are exact.)
 4. Every image-side product is then a per-frame product plus a product with the factor:
    - the k/q/v projections of layer 1 and of the final attention:
      ``Y Wᵀ = coef ⊙ (S Wᵀ) + F (E Wᵀ) + β Wᵀ`` with ``S Wᵀ`` (N x 128) once per frame;
@@ -33,6 +36,10 @@ The rank argument (segment-anything's ``TwoWayTransformer`` with two layers; sha
    Nothing of size N x C is formed per prompt before the upscaler.
 5. What stays: LayerNorm2d and GELU after the first transposed convolution, the second one
    (N x 4 x 64 x 128) and GELU, and the hypernetwork dot product, fused per block of tokens.
+6. Streaming: the image side runs in two passes over blocks of image tokens (one per
+   image-to-token attention); each block computes its probabilities, LayerNorm statistics and
+   factor columns while in cache, and feeds the next token-to-image attention through an online
+   softmax. Per prompt only the factor (r' x N) and two N-vectors outlive a block.
 
 All in float32 (the Gram forms' rounding stays at the stock path's own float32 level; tested
 against ``segment_anything``'s ``MaskDecoder``).
@@ -41,45 +48,54 @@ against ``segment_anything``'s ``MaskDecoder``).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention
 
+from .mask_upscaling import convt_matrix, upscale_blocks
+
 __all__ = ["FoldedFrame"]
 
-# Image tokens per block in the upscaler (each becomes 16 output pixels).
-UPSCALE_BLOCK = 512
+# The streamed transformer covers STREAM_ROWS // B image tokens of all B prompts per block (at
+# least MIN_BLOCK), so that a block's B x hT x block arrays stay in cache between the dozen
+# elementwise passes over them. Not smaller: every block costs ~6 small ops per prompt, and when
+# the CPU is shared each op can wait for a descheduled OpenMP thread (1024-token blocks measured
+# 0.92x the CPU time of 256-token ones at 8 prompts, and a click runs as one block).
+STREAM_ROWS = 8192
+MIN_BLOCK = 1024
 
 
-def _split(x: torch.Tensor, h: int) -> torch.Tensor:
-    """N x (h d) -> h x N x d (contiguous)."""
-    return x.view(x.shape[0], h, -1).transpose(0, 1).contiguous()
+def _heads_t(x: torch.Tensor, h: int) -> torch.Tensor:
+    """(h d) x N -> h x d x N (a view)."""
+    return x.view(h, -1, x.shape[-1])
 
 
-def _split_t(x: torch.Tensor, h: int) -> torch.Tensor:
-    """N x (h d) -> h x d x N (contiguous)."""
-    return x.T.reshape(h, -1, x.shape[0]).contiguous()
+def _frame_rows(x: torch.Tensor, *parts: torch.Tensor | torch.nn.Linear) -> torch.Tensor:
+    """Per-frame products laid out channels-first, ``[W_1; W_2; ...] @ xᵀ`` (k x N): one GEMM,
+    and every per-head layout (h x d x N, or h x N x d transposed) is a view of it. ``parts``:
+    weight matrices (k_j x C) or Linear layers (their weight; biases are the caller's)."""
+    w = torch.cat([p.weight if isinstance(p, torch.nn.Linear) else p for p in parts], 0)
+    return w @ x.T
 
 
 def _centre(x: torch.Tensor) -> torch.Tensor:
     return x - x.mean(-1, keepdim=True)
 
 
-def _per_head(q: torch.Tensor, kt: torch.Tensor) -> torch.Tensor:
-    """``q`` B x h x T x d against per-frame ``kt`` h x d x N: B x h x T x N (one bmm per prompt,
-    written in place: no layout copies)."""
+def _per_head(q: torch.Tensor, kt: torch.Tensor, coef: torch.Tensor | None = None, add: torch.Tensor | None = None) -> torch.Tensor:
+    """``q`` B x h x T x d against per-frame ``kt`` h x d x n, times ``coef`` (B x n), plus ``q``
+    against ``add`` (h x d x n): B x h x T x n, one bmm per prompt written in place."""
     b, h, t, _ = q.shape
     out = torch.empty(b, h, t, kt.shape[-1], dtype=q.dtype, device=q.device)
     for i in range(b):
         torch.bmm(q[i], kt, out=out[i])
+        if coef is not None:
+            out[i].mul_(coef[i])
+        if add is not None:
+            out[i].baddbmm_(q[i], add)
     return out
-
-
-def _per_head_mix(p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Probabilities ``p`` B x h x T x N mixing per-frame values ``v`` h x N x d: B x h x T x d."""
-    return torch.stack([torch.bmm(p[i], v) for i in range(p.shape[0])])
 
 
 def _heads(lin: torch.nn.Linear, x: torch.Tensor, h: int, scale: float = 1.0) -> torch.Tensor:
@@ -89,38 +105,81 @@ def _heads(lin: torch.nn.Linear, x: torch.Tensor, h: int, scale: float = 1.0) ->
     return y * scale if scale != 1.0 else y
 
 
+class _Softmax:
+    """Prompt tokens attending to the image tokens block by block: the softmax over the N image
+    tokens accumulates online (running maximum and sum, as in flash attention), so no B x hT x N
+    scores exist at once. Accumulates ``Σ_i p_i coef_i V_i`` per head against per-frame values
+    (h x n x d per block) and ``Σ_i p_i fac_i`` against a per-prompt factor (B x r x n)."""
+
+    def __init__(self, b: int, h: int, t: int, d: int, r: int, like: torch.Tensor):
+        kw: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
+        self.shape = (b, h, t)
+        self.m = torch.full((b, h * t, 1), -math.inf, **kw)
+        self.sum = torch.zeros(b, h * t, 1, **kw)
+        self.pv = torch.zeros(b, h, t, d, **kw)
+        self.pf = torch.zeros(b, h * t, r, **kw)
+
+    def add(self, scores: torch.Tensor, vs: torch.Tensor, coef: torch.Tensor | None = None, fac: torch.Tensor | None = None) -> None:
+        """One block: ``scores`` B x hT x n (overwritten), ``vs`` h x n x d, ``coef`` B x n, ``fac`` B x r x n."""
+        b, h, t = self.shape
+        m = torch.maximum(self.m, scores.amax(-1, keepdim=True))
+        alpha = torch.exp(self.m - m)
+        p = scores.sub_(m).exp_()
+        self.m = m
+        self.sum.mul_(alpha).add_(p.sum(-1, keepdim=True))
+        if fac is not None:
+            self.pf.mul_(alpha).baddbmm_(p, fac.transpose(1, 2))
+        if coef is not None:
+            p.mul_(coef[:, None])
+        p4 = p.view(b, h, t, -1)
+        self.pv.mul_(alpha.view(b, h, t, 1))
+        for i in range(b):
+            self.pv[i].baddbmm_(p4[i], vs)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalised sums: ``(Σ p V, B x h x T x d; Σ p fac, B x hT x r)``."""
+        b, h, t = self.shape
+        inv = 1.0 / self.sum
+        return self.pv * inv.view(b, h, t, 1), self.pf * inv
+
+
 class _ImageSide:
     """Per-frame projections of an image state ``Y = coef ⊙ S + facᵀ E + β`` for one attention
     whose keys are ``Y + PE`` and values ``Y``: ``S Wkᵀ``, ``(β + PE) Wkᵀ + bk`` (h x d x N),
     ``S Wvᵀ`` (h x N x d) and ``β Wvᵀ + bv`` (h x 1 x d)."""
 
-    def __init__(self, attn: Attention, s: torch.Tensor, beta: torch.Tensor, pe: torch.Tensor):
+    def __init__(self, attn: Attention, ks: torch.Tensor, kp: torch.Tensor, vs: torch.Tensor, vp: torch.Tensor):
+        """``ks``, ``kp``, ``vs``: (h d) x N; ``vp``: (h d)."""
         h = attn.num_heads
         self.attn = attn
-        self.ks = _split_t(s @ attn.k_proj.weight.T, h)
-        self.kp = _split_t(attn.k_proj(beta + pe), h)
-        self.vs = _split(s @ attn.v_proj.weight.T, h)
-        self.vp = attn.v_proj(beta).view(h, 1, -1)
+        self.ks, self.kp, self.vs, self.vp = _heads_t(ks, h), _heads_t(kp, h), _heads_t(vs, h).transpose(1, 2), vp.view(h, 1, -1)
 
-    def tokens_to_image(self, q: torch.Tensor, coef: torch.Tensor, fac: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """Prompt tokens ``q`` (B x T x C) attend to ``Y + PE``, mixing ``Y``; ``coef`` B x N,
-        ``fac`` B x r x N, ``e`` B x r x C. Returns the attention output, B x T x C."""
+    def prompts(self, q: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The prompt side for queries ``q`` (B x T x C) and factor rows ``e`` (B x r x C): the
+        scaled query heads (B x h x T x d), queries against the factor's keys (B x hT x r) and the
+        factor's values (B x r x h x d)."""
         attn = self.attn
         h = attn.num_heads
         b, t, _ = q.shape
         d = attn.internal_dim // h
         r = e.shape[1]
-        qh = _heads(attn.q_proj, q, h, 1.0 / math.sqrt(d))  # B x h x T x d
+        qh = _heads(attn.q_proj, q, h, 1.0 / math.sqrt(d))
         gk = (e @ attn.k_proj.weight.T).view(b, r, h, d)
         gq = torch.einsum("bhtd,brhd->bhtr", qh, gk).reshape(b, h * t, r)
-        scores = _per_head(qh, self.ks).mul_(coef[:, None, None]).add_(_per_head(qh, self.kp))
-        scores = scores.view(b, h * t, -1).baddbmm_(gq, fac)
-        probs = torch.softmax(scores, dim=-1)  # B x hT x N
-        pf = torch.bmm(probs, fac.transpose(1, 2)).view(b, h, t, r)
-        gv = (e @ attn.v_proj.weight.T).view(b, r, h, d)
-        out = _per_head_mix(probs.mul_(coef[:, None]).view(b, h, t, -1), self.vs)
-        out = out + torch.einsum("bhtr,brhd->bhtd", pf, gv) + self.vp[None]
-        return attn.out_proj(out.transpose(1, 2).reshape(b, t, h * d))
+        return qh, gq, (e @ attn.v_proj.weight.T).view(b, r, h, d)
+
+    def scores(self, qh: torch.Tensor, gq: torch.Tensor, coef: torch.Tensor, fac: torch.Tensor, s: int, e: int) -> torch.Tensor:
+        """Attention scores against image tokens ``s:e`` (``coef`` B x n, ``fac`` B x r x n): B x hT x n."""
+        b, h, t, _ = qh.shape
+        sc = _per_head(qh, self.ks[:, :, s:e], coef, self.kp[:, :, s:e])
+        return sc.view(b, h * t, -1).baddbmm_(gq, fac)
+
+    def finish(self, acc: _Softmax, gv: torch.Tensor) -> torch.Tensor:
+        """The attention output (B x T x C) from the accumulated softmax."""
+        pv, pf = acc.result()
+        b, h, t, d = pv.shape
+        out = pv + torch.einsum("bhtr,brhd->bhtd", pf.view(b, h, t, -1), gv) + self.vp[None]
+        return self.attn.out_proj(out.transpose(1, 2).reshape(b, t, h * d))
 
 
 def _values_out(attn: Attention, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,15 +193,24 @@ def _values_out(attn: Attention, v: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 
 def _softmax_tokens(scores: torch.Tensor) -> torch.Tensor:
-    """Softmax over each head's T tokens of B x h x T x N scores (along a strided axis: the long
-    image axis stays contiguous, much faster than softmaxes over 7 values): B x hT x N."""
+    """Softmax over each head's T tokens of B x h x T x n scores (along a strided axis: the long
+    image axis stays contiguous, much faster than softmaxes over 7 values): B x hT x n."""
     b, h, t, n = scores.shape
     return torch.softmax(scores, dim=2).view(b, h * t, n)
 
 
+def _reduce(x: torch.Tensor, h: int) -> torch.Tensor:
+    """Rows per (head, token), B x hT x C, to the basis of probabilities that sum to one per head:
+    ``Σ_ht P_ht x_ht = Σ_h Σ_t<T-1 P_ht (x_ht - x_h,T-1) + Σ_h x_h,T-1``, i.e. B x (h(T-1) + 1) x C
+    (the differences, then the constant row)."""
+    b, _, c = x.shape
+    x4 = x.view(b, h, -1, c)
+    return torch.cat([(x4[:, :, :-1] - x4[:, :, -1:]).reshape(b, -1, c), x4[:, :, -1].sum(1, keepdim=True)], 1)
+
+
 def _gram_dot(vh: torch.Tensor, rt: torch.Tensor, rb: torch.Tensor) -> torch.Tensor:
-    """``VW · X_i`` for values ``vh`` (B x h x T x d) given ``X Wo`` per head (h x d x N) and
-    ``X · bo / h`` (N): B x hT x N."""
+    """``VW · X_i`` for values ``vh`` (B x h x T x d) given ``X Wo`` per head (h x d x n) and
+    ``X · bo / h`` (n): B x hT x n."""
     b, h, t, _ = vh.shape
     return _per_head(vh, rt).view(b, h * t, -1).add_(rb)
 
@@ -154,6 +222,9 @@ class FoldedFrame:
         sam: a segment-anything ``Sam`` whose transformer has two layers.
         keys: the frame's image tokens ``embedding + no_mask_embed``, N x C.
         pe: the dense positional encoding, N x C.
+
+    Per-frame cost: products of five N x C frame matrices (and of PE) with 2048 weight rows in
+    all, ~4.3 GFLOP, computed as a few GEMMs laid out channels-first (no layout copies).
     """
 
     def __init__(self, sam: Sam, keys: torch.Tensor, pe: torch.Tensor):
@@ -162,40 +233,53 @@ class FoldedFrame:
         tr = md.transformer
         self.tr = tr
         l0, l1 = tr.layers
-        t2i0, i2t0, i2t1 = l0.cross_attn_token_to_image, l0.cross_attn_image_to_token, l1.cross_attn_image_to_token
-        kpe = keys + pe
-        # layer 0: the image side is the frame's
-        self.k0, self.v0 = _split_t(t2i0.k_proj(kpe), t2i0.num_heads), _split(t2i0.v_proj(keys), t2i0.num_heads)
-        self.q0 = _split_t(i2t0.q_proj(kpe), i2t0.num_heads)
-        s0c = _centre(keys)
-        self.n0 = (s0c * s0c).sum(-1)
+        t2i0, i2t0 = l0.cross_attn_token_to_image, l0.cross_attn_image_to_token
+        t2i1, i2t1, fin = l1.cross_attn_token_to_image, l1.cross_attn_image_to_token, tr.final_attn_token_to_image
+        h = i2t0.num_heads
         n1, n2 = l0.norm4, l1.norm4
         g1, b1, g2, b2 = n1.weight, n1.bias, n2.weight, n2.bias
         wo1, wo2 = i2t0.out_proj, i2t1.out_proj
-        h1, h2 = i2t0.num_heads, i2t1.num_heads
-        self.r1, self.r1b = _split_t(s0c @ wo1.weight, h1), s0c @ wo1.bias / h1
+        # layer 0: the image side is the frame's (keys k0 and queries q0 against keys + PE)
+        k = i2t0.internal_dim  # every cross-attention projects to (h d) = k channels
+        y = _frame_rows(keys + pe, t2i0.k_proj, i2t0.q_proj)
+        y[:k].add_(t2i0.k_proj.bias[:, None])
+        y[k:].add_(i2t0.q_proj.bias[:, None])
+        self.k0, self.q0 = _heads_t(y[:k], t2i0.num_heads), _heads_t(y[k:], h)
+        self.v0 = _heads_t(_frame_rows(keys, t2i0.v_proj).add_(t2i0.v_proj.bias[:, None]), t2i0.num_heads).transpose(1, 2)
+        s0c = _centre(keys)
+        self.n0 = (s0c * s0c).sum(-1)
+        y = _frame_rows(s0c, wo1.weight.T, wo1.bias[None] / h)
+        self.r1, self.r1b = _heads_t(y[:-1], h), y[-1]
+        # layer 1: keys1 = a ⊙ Sg + (a P1)ᵀ E1 + b1, Sg = S0c ⊙ g1
         sg = s0c * g1
-        # layer 1: keys1 = a ⊙ Sg + (a P1)ᵀ E1 + b1
-        self.side1 = _ImageSide(l1.cross_attn_token_to_image, sg, b1, pe)
-        self.qs1 = _split_t(sg @ i2t1.q_proj.weight.T, h2)
-        self.qp1 = _split_t(i2t1.q_proj(b1 + pe), h2)
+        y = _frame_rows(sg, t2i1.k_proj, t2i1.v_proj, i2t1.q_proj)
+        yp = _frame_rows(pe, t2i1.k_proj, i2t1.q_proj, fin.k_proj)  # the PE parts of three key/query projections
+        yp[:k].add_((t2i1.k_proj(b1))[:, None])
+        yp[k : 2 * k].add_((i2t1.q_proj(b1))[:, None])
+        yp[2 * k :].add_((fin.k_proj(b2))[:, None])
+        self.side1 = _ImageSide(t2i1, y[:k], yp[:k], y[k : 2 * k], t2i1.v_proj(b1))
+        self.qs1, self.qp1 = _heads_t(y[2 * k :], h), _heads_t(yp[k : 2 * k], h)
         # LayerNorm 2's statistics
         sgc = _centre(sg)
         b1c = b1 - b1.mean()
-        self.nsg, self.sb, self.nb, self.b1c = (sgc * sgc).sum(-1), sgc @ b1c, (b1c * b1c).sum(), b1c
-        z1 = _centre(sgc * g1)
-        self.rz1, self.rz1b = _split_t(z1 @ wo1.weight, h1), z1 @ wo1.bias / h1
-        self.r2, self.r2b = _split_t(sgc @ wo2.weight, h2), sgc @ wo2.bias / h2
+        self.nsg, self.nb, self.b1c = (sgc * sgc).sum(-1), (b1c * b1c).sum(), b1c
+        y = _frame_rows(sgc, wo2.weight.T, wo2.bias[None] / h, b1c[None])
+        self.r2, self.r2b, self.sb = _heads_t(y[:-2], h), y[-2], y[-1]
+        y = _frame_rows(_centre(sgc * g1), wo1.weight.T, wo1.bias[None] / h)
+        self.rz1, self.rz1b = _heads_t(y[:-1], h), y[-1]
         # final attention and the first transposed convolution: keys2 = (c a) ⊙ S2 + fac2ᵀ E2 + b2
         s2 = sgc * g2
-        self.side2 = _ImageSide(tr.final_attn_token_to_image, s2, b2, pe)
-        self.w1, bc1 = _convt_matrix(md.output_upscaling[0])
+        y = _frame_rows(s2, fin.k_proj, fin.v_proj)
+        self.side2 = _ImageSide(fin, y[:k], yp[2 * k :], y[k:], fin.v_proj(b2))
+        self.w1, bc1 = convt_matrix(md.output_upscaling[0])
         self.us = s2 @ self.w1  # N x 4·C1
         self.ub = b2 @ self.w1 + bc1
         self.g2 = g2
 
     def transformer(self, tokens: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """The two-way transformer for ``tokens`` (B x T x C, output + sparse prompt tokens).
+        """The two-way transformer for ``tokens`` (B x T x C, output + sparse prompt tokens),
+        streamed over blocks of image tokens: two passes, one per image-to-token attention, each
+        also accumulating the next token-to-image attention (its queries are known by then).
 
         Returns ``(hs B x T x C, (coef B x N, fac B x r' x N, e B x r' x C))``: the final tokens and
         the image tokens in factored form, ``keys2 = coef ⊙ S2 + facᵀ @ e + b2``.
@@ -204,46 +288,81 @@ class FoldedFrame:
         l0, l1 = tr.layers
         t2i0, i2t0, i2t1 = l0.cross_attn_token_to_image, l0.cross_attn_image_to_token, l1.cross_attn_image_to_token
         b, t, c = tokens.shape
-        query_pe = tokens
-        queries = l0.norm1(l0.self_attn(q=tokens, k=tokens, v=tokens))
-        queries = l0.norm2(queries + _tokens_to_frame(t2i0, queries + query_pe, self.k0, self.v0))
-        queries = l0.norm3(queries + l0.mlp(queries))
-        # layer 0, image to tokens: P1 (B x hT x N)
         h, d = i2t0.num_heads, i2t0.internal_dim // i2t0.num_heads
-        p1 = _softmax_tokens(_per_head(_heads(i2t0.k_proj, queries + query_pe, h, 1.0 / math.sqrt(d)), self.q0))
-        vw1, v1h = _values_out(i2t0, queries)
+        n = self.n0.shape[0]
+        r = h * t
+        block = max(MIN_BLOCK, STREAM_ROWS // b)
+        blocks = [(s, min(s + block, n)) for s in range(0, n, block)]
+        pe_t = tokens
+        queries = l0.norm1(l0.self_attn(q=tokens, k=tokens, v=tokens))
+        qh = _heads(t2i0.q_proj, queries + pe_t, h, 1.0 / math.sqrt(d))
+        att = _Softmax(b, h, t, d, 0, tokens)
+        for s, e in blocks:
+            att.add(_per_head(qh, self.k0[:, :, s:e]).view(b, r, -1), self.v0[:, s:e])
+        out = att.result()[0].transpose(1, 2).reshape(b, t, h * d)
+        queries = l0.norm2(queries + t2i0.out_proj(out))
+        q0 = l0.norm3(queries + l0.mlp(queries))
+        # layer 0, image to tokens (P1), and layer 1's token-to-image attention, whose queries
+        # (after layer 1's token self-attention) do not depend on the image tokens
+        kh1 = _heads(i2t0.k_proj, q0 + pe_t, h, 1.0 / math.sqrt(d))
+        vw1, v1h = _values_out(i2t0, q0)
         vw1c = _centre(vw1)
-        dot1 = _gram_dot(v1h, self.r1, self.r1b)  # B x hT x N: VW1 · S0c_i
-        sq = self.n0 + 2 * (p1 * dot1).sum(1) + (torch.bmm(vw1c @ vw1c.transpose(1, 2), p1) * p1).sum(1)
-        a = torch.rsqrt(sq / c + l0.norm4.eps)  # B x N
-        ap1 = p1 * a[:, None]
+        g11 = vw1c @ vw1c.transpose(1, 2)
         e1 = vw1c * l0.norm4.weight
-        # layer 1
-        queries = l1.norm1(queries + l1.self_attn(q=queries + query_pe, k=queries + query_pe, v=queries))
-        queries = l1.norm2(queries + self.side1.tokens_to_image(queries + query_pe, a, ap1, e1))
-        queries = l1.norm3(queries + l1.mlp(queries))
-        h, d = i2t1.num_heads, i2t1.internal_dim // i2t1.num_heads
-        kh = _heads(i2t1.k_proj, queries + query_pe, h, 1.0 / math.sqrt(d))  # B x h x T x d
-        r = e1.shape[1]
-        gq = (e1 @ i2t1.q_proj.weight.T).view(b, r, h, d)
-        sc = _per_head(kh, self.qs1).mul_(a[:, None, None]).add_(_per_head(kh, self.qp1))  # B x h x T x N
-        sc.view(b, h * t, -1).baddbmm_(torch.einsum("bhtd,brhd->bhtr", kh, gq).reshape(b, h * t, r), ap1)
-        p2 = _softmax_tokens(sc)
-        vw2, v2h = _values_out(i2t1, queries)
-        # LayerNorm 2: X2c = a ⊙ Sgc + b1c + facᵀ ec
-        fac = torch.cat([ap1, p2], 1)  # B x 2hT x N
-        ec = torch.cat([_centre(e1), _centre(vw2)], 1)  # B x 2hT x C
-        dotf = torch.cat([_gram_dot(v1h, self.rz1, self.rz1b), _gram_dot(v2h, self.r2, self.r2b)], 1)
-        sq = (a * a) * self.nsg + 2 * a * self.sb + self.nb
-        sq += 2 * (fac * dotf.mul_(a[:, None]).add_((ec @ self.b1c)[..., None])).sum(1)
-        sq += (torch.bmm(ec @ ec.transpose(1, 2), fac) * fac).sum(1)
-        cc = torch.rsqrt(sq / c + l1.norm4.eps)
-        fac2 = torch.cat([fac * cc[:, None], cc[:, None]], 1)  # B x (2hT + 1) x N
-        e2 = torch.cat([ec, self.b1c.expand(b, 1, -1)], 1) * self.g2
-        coef = cc * a
-        final = self.side2.tokens_to_image(queries + query_pe, coef, fac2, e2)
-        hs = tr.norm_final_attn(queries + final)
-        return hs, (coef, fac2, e2)
+        ec1 = _centre(e1)
+        e1, ec1r = _reduce(e1, h), _reduce(ec1, h)  # the 49-row basis: factor rows [a P1'; a]
+        r1 = e1.shape[1]
+        e11, ec1b = ec1r @ ec1r.transpose(1, 2), (ec1 @ self.b1c)[..., None]
+        q1 = l1.norm1(q0 + l1.self_attn(q=q0 + pe_t, k=q0 + pe_t, v=q0))
+        qh1, gq1, gv1 = self.side1.prompts(q1 + pe_t, e1)
+        fac = torch.empty(b, 2 * r1, n, dtype=tokens.dtype, device=tokens.device)  # the factor, filled in place
+        a_all, sq2 = torch.empty(2, b, n, dtype=tokens.dtype, device=tokens.device)
+        att = _Softmax(b, h, t, d, r1, tokens)
+        for s, e in blocks:
+            p1 = _softmax_tokens(_per_head(kh1, self.q0[:, :, s:e]))  # B x hT x n
+            # LayerNorm 1: |x_i|² = |S0c_i|² + P1_i·(2 VW1·S0c_i + G P1_i)
+            x = _gram_dot(v1h, self.r1[:, :, s:e], self.r1b[s:e]).mul_(2).baddbmm_(g11, p1)
+            a = torch.rsqrt(x.mul_(p1).sum(1).add_(self.n0[s:e]).div_(c).add_(l0.norm4.eps))
+            a_all[:, s:e] = a
+            ap1 = fac[:, :r1, s:e]
+            torch.mul(p1.view(b, h, t, -1)[:, :, :-1], a[:, None, None], out=ap1[:, :-1].view(b, h, t - 1, -1))
+            ap1[:, -1] = a
+            # LayerNorm 2's statistics, the terms without P2
+            x = _gram_dot(v1h, self.rz1[:, :, s:e], self.rz1b[s:e]).mul_(a[:, None]).add_(ec1b)
+            sq = x.mul_(p1).sum(1).mul_(2 * a).add_(a * a * self.nsg[s:e]).add_(2 * a * self.sb[s:e]).add_(self.nb)
+            sq2[:, s:e] = torch.bmm(e11, ap1).mul_(ap1).sum(1).add_(sq)
+            att.add(self.side1.scores(qh1, gq1, a, ap1, s, e), self.side1.vs[:, s:e], a, ap1)
+        queries = l1.norm2(q1 + self.side1.finish(att, gv1))
+        q2 = l1.norm3(queries + l1.mlp(queries))
+        # layer 1, image to tokens (P2), and the final attention
+        kh2 = _heads(i2t1.k_proj, q2 + pe_t, h, 1.0 / math.sqrt(d))
+        gq2 = torch.einsum("bhtd,brhd->bhtr", kh2, (e1 @ i2t1.q_proj.weight.T).view(b, r1, h, d)).reshape(b, r, r1)
+        vw2, v2h = _values_out(i2t1, q2)
+        ec2 = _centre(vw2)
+        e21, e22, ec2b = ec2 @ ec1r.transpose(1, 2), ec2 @ ec2.transpose(1, 2), (ec2 @ self.b1c)[..., None]
+        e2 = _reduce(ec2, h)
+        e2[:, -1] += self.b1c  # the constant row: the last tokens' values and LayerNorm 1's centred bias
+        e2 = torch.cat([ec1r, e2], 1) * self.g2  # B x 2(h(T-1) + 1) x C
+        qhf, gqf, gvf = self.side2.prompts(q2 + pe_t, e2)
+        coef = torch.empty_like(a_all)
+        att = _Softmax(b, h, t, d, 2 * r1, tokens)
+        for s, e in blocks:
+            a, ap1 = a_all[:, s:e], fac[:, :r1, s:e]
+            sc = _per_head(kh2, self.qs1[:, :, s:e], a, self.qp1[:, :, s:e])
+            sc.view(b, r, -1).baddbmm_(gq2, ap1)
+            p2 = _softmax_tokens(sc)
+            # LayerNorm 2: the terms with P2
+            x = _gram_dot(v2h, self.r2[:, :, s:e], self.r2b[s:e]).mul_(a[:, None]).add_(ec2b).mul_(2)
+            x.baddbmm_(e21, ap1, alpha=2).baddbmm_(e22, p2)
+            cc = torch.rsqrt(x.mul_(p2).sum(1).add_(sq2[:, s:e]).div_(c).add_(l1.norm4.eps))
+            fb = fac[:, :, s:e]
+            ap1.mul_(cc[:, None])
+            torch.mul(p2.view(b, h, t, -1)[:, :, :-1], cc[:, None, None], out=fb[:, r1:-1].view(b, h, t - 1, -1))
+            fb[:, -1] = cc
+            cf = torch.mul(cc, a, out=coef[:, s:e])
+            att.add(self.side2.scores(qhf, gqf, cf, fb, s, e), self.side2.vs[:, s:e], cf, fb)
+        hs = tr.norm_final_attn(q2 + self.side2.finish(att, gvf))
+        return hs, (coef, fac, e2)
 
     def decode(self, sparse: torch.Tensor, multimask_output: bool, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks and IoU predictions for ``B`` prompts (``sparse`` B x P x C), as
@@ -258,46 +377,11 @@ class FoldedFrame:
         mask_tokens = hs[:, 1 : 1 + md.num_mask_tokens][:, sel]
         mlps = list(md.output_hypernetworks_mlps)[sel]
         hyper = torch.stack([mlp(mask_tokens[:, j]) for j, mlp in enumerate(mlps)], 1)  # B x M x 32
-        return self.upscale(image, hyper, size), iou
-
-    def upscale(self, image: tuple[torch.Tensor, torch.Tensor, torch.Tensor], hyper: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """``output_upscaling`` and the hypernetwork dot product from the factored image tokens,
-        fused per block of tokens; the first transposed convolution is the rank-r' product.
-        hyper: B x M x 32. Returns B x M x 4h x 4w logits."""
         coef, fac, e = image
-        _, ln, act1, ct2, act2 = self.md.output_upscaling
-        b, m = hyper.shape[:2]
-        h, w = size
-        c1, c2 = ct2.weight.shape[0], ct2.weight.shape[1]
-        w2, bb2 = _convt_matrix(ct2)
-        ew = e @ self.w1  # B x r' x 4·C1
-        n = coef.shape[1]
-        out = torch.empty(b, n, 16, m, dtype=fac.dtype, device=fac.device)
-        block = UPSCALE_BLOCK
-        for i in range(b):
-            hyp = hyper[i].T  # 32 x M
-            for s in range(0, n, block):
-                x = torch.addmm(self.ub, fac[i, :, s : s + block].T, ew[i])
-                x = x.addcmul_(coef[i, s : s + block, None], self.us[s : s + block]).view(-1, c1)
-                x = act1(F.layer_norm(x, (c1,), ln.weight, ln.bias, ln.eps))
-                y = act2(torch.addmm(bb2, x, w2)).view(-1, c2)
-                torch.matmul(y, hyp, out=out[i, s : s + block].view(-1, m))
-        out = out.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
-        return out.reshape(b, m, 4 * h, 4 * w)
+        ew = e @ self.w1  # B x r' x 4·C1: the first transposed convolution of the factor's rows
 
+        def convt1(i: int, s: int, e: int) -> torch.Tensor:
+            x = torch.addmm(self.ub, fac[i, :, s:e].T, ew[i])
+            return x.addcmul_(coef[i, s:e, None], self.us[s:e])
 
-def _tokens_to_frame(attn: Attention, q: torch.Tensor, kt: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Prompt tokens attend to the frame's image tokens, keys (h x d x N) and values (h x N x d)
-    already projected."""
-    h = attn.num_heads
-    b, t, _ = q.shape
-    d = attn.internal_dim // h
-    probs = torch.softmax(_per_head(_heads(attn.q_proj, q, h, 1.0 / math.sqrt(d)), kt), dim=-1)  # B x h x T x N
-    return attn.out_proj(_per_head_mix(probs, v).transpose(1, 2).reshape(b, t, h * d))
-
-
-def _convt_matrix(conv: torch.nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """A 2x2/stride-2 transposed conv as ``x @ W + b`` with outputs ordered (ky, kx, channel)."""
-    cin, cout = conv.weight.shape[:2]
-    assert conv.bias is not None  # segment-anything's upscaling convolutions have biases
-    return conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout), conv.bias.repeat(4)
+        return upscale_blocks(md.output_upscaling, convt1, hyper, size), iou
