@@ -23,6 +23,8 @@ LOSS = 112  # masks are compared at half the crop's resolution
 MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
 STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
 PER_KIND = {"point": 6, "box": 4, "box_point": 1, "pos_neg": 2, "box_mask": 2, "bg_point": 1, "bg_box": 1}
+# stage 3 adds the pair prompt and Refine's prompts (a wrong mask + its box + a click)
+PER_KIND_3 = {**PER_KIND, "box_mask": 1, "prop_mask": 2, "box_pair_neg": 2, "mask_click": 2, "mask_click_neg": 1}
 
 # ---------------------------------------------------------------------------------------- data
 def make_crop(rng: np.random.Generator, dark: float = 0.25) -> tuple[torch.Tensor, np.ndarray, tuple[int, int]]:
@@ -78,19 +80,47 @@ def _box_of(mask: np.ndarray, rng: np.random.Generator, jitter: float) -> np.nda
     return np.array([x0 + j[0], y0 + j[1], x1 + j[2], y1 + j[3]], np.float32)
 
 
-def _mask_logits(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A cell's mask as the previous frame's mask input: shifted, grown or shrunk, CROP/4 grid."""
+def _moved(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A cell's mask as the previous frame gave it: shifted, grown or shrunk (bool, CROP²)."""
     shift = rng.normal(0, 0.08 * math.sqrt(mask.sum()), 2)
-    m = ndi.shift(mask.astype(np.float32), shift, order=0)
+    m = ndi.shift(mask.astype(np.float32), shift, order=0) > 0.5
     grow = int(rng.integers(-2, 3)) * 2
     if grow > 0:
-        m = ndi.binary_dilation(m > 0.5, iterations=grow)
+        m = ndi.binary_dilation(m, iterations=grow)
     elif grow < 0:
-        m = ndi.binary_erosion(m > 0.5, iterations=-grow)
+        m = ndi.binary_erosion(m, iterations=-grow)
+    return m if m.any() else mask
+
+
+def _as_logits(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A bool CROP² mask as a binary mask input on the CROP/4 grid, +-m with m uniform in 2..10
+    (the widget and Propagate send +-8: engine.propagate.mask_to_logits)."""
     k = CROP // (CROP // 4)
-    low = np.asarray(m, np.float32).reshape(CROP // 4, k, CROP // 4, k).mean((1, 3))
-    mag = rng.uniform(2.0, 10.0)
-    return ((low > 0.5) * 2 - 1).astype(np.float32) * mag
+    low = np.asarray(mask, np.float32).reshape(CROP // 4, k, CROP // 4, k).mean((1, 3))
+    return ((low > 0.5) * 2 - 1).astype(np.float32) * rng.uniform(2.0, 10.0)
+
+
+def _mask_logits(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A cell's mask as the previous frame's mask input: shifted, grown or shrunk, CROP/4 grid."""
+    return _as_logits(_moved(mask, rng), rng)
+
+
+def _bad_mask(m: np.ndarray, lab: np.ndarray, cid: int, rng: np.random.Generator) -> np.ndarray:
+    """A wrong mask of cell ``m`` as a user corrects it with *Refine*: grown by 2-16 px, merged
+    with a touching neighbour, shrunk, or shifted."""
+    r = rng.random()
+    if r < 0.45:
+        bad = ndi.binary_dilation(m, iterations=int(rng.integers(2, 17)))
+    elif r < 0.7:
+        ring = ndi.binary_dilation(m, iterations=4) & ~m
+        nbrs = [i for i in np.unique(lab[ring]) if i and i != cid]
+        bad = m | (lab == nbrs[int(rng.integers(len(nbrs)))]) if nbrs else ndi.binary_dilation(m, iterations=8)
+    elif r < 0.85:
+        bad = ndi.binary_erosion(m, iterations=int(rng.integers(2, 6)))
+    else:
+        shift = rng.normal(0, 0.25 * math.sqrt(m.sum()), 2)
+        bad = ndi.shift(m.astype(np.float32), shift, order=0) > 0.5
+    return bad if bad.sum() >= 16 else ndi.binary_dilation(m, iterations=4)
 
 
 def sample_prompts(lab: np.ndarray, rng: np.random.Generator, per_kind: dict[str, int]) -> dict[str, dict]:
@@ -133,6 +163,20 @@ def sample_prompts(lab: np.ndarray, rng: np.random.Generator, per_kind: dict[str
                     add(kind, points=pts, labels=np.array([1, 0]), boxes=_box_of(m | other, rng, 0.04), target=_down(m))
                 elif kind == "box_mask":
                     add(kind, boxes=_box_of(m, rng, 0.08), masks=_mask_logits(m, rng), target=_down(m))
+                elif kind == "prop_mask":  # as Propagate prompts: the previous frame's mask and ITS box
+                    prev = _moved(m, rng)
+                    add(kind, boxes=_box_of(prev, rng, 0.03), masks=_as_logits(prev, rng), target=_down(m))
+                elif kind in ("mask_click", "mask_click_neg"):  # Refine: a wrong mask, its box, a click
+                    bad = _bad_mask(m, lab, cid, rng)
+                    pts, labels = [_point_in(m, rng)], [1]
+                    if kind == "mask_click_neg":
+                        spill = bad & ~m
+                        if spill.sum() < 8:
+                            continue
+                        pts.append(_point_in(spill, rng))
+                        labels.append(0)
+                    add(kind, points=np.stack(pts), labels=np.array(labels), boxes=_box_of(bad, rng, 0.0),
+                        masks=_as_logits(bad, rng), target=_down(m))
     empty = np.zeros((LOSS, LOSS), np.float32)
     far = ~ndi.binary_dilation(lab > 0, iterations=8)
     for _ in range(per_kind.get("bg_point", 0)):
@@ -152,14 +196,17 @@ def refine_prompts(groups: dict[str, dict], best_low: torch.Tensor, rng: np.rand
     """SAM's iterative training rounds: the clicks and boxes again, each with its first-round mask
     as mask input; a click also gets a correction click in the middle of the larger error (positive
     on a missed part, negative on a spill), as a user would add. Boxes + mask input are what
-    propagation sends on every frame."""
+    propagation sends on every frame. Works on a crop or on a context grid (:func:`in_context`):
+    the targets' side is half the decoded area's side in pixels."""
     out: dict[str, dict] = {}
     start = 0
     for kind, g in groups.items():
         n = len(g["target"])
         if kind in ("point", "box"):
+            size = g["target"][0].shape[-1]
+            scale = 4 * best_low.shape[-1] // size  # pixels per target cell (2)
             low = best_low[start : start + n]
-            pred = F.interpolate(low[:, None], (LOSS, LOSS), mode="bilinear", align_corners=False)[:, 0].numpy() > 0
+            pred = F.interpolate(low[:, None], (size, size), mode="bilinear", align_corners=False)[:, 0].numpy() > 0
             for i in range(n):
                 tgt = g["target"][i] > 0.5
                 item = {"masks": low[i].numpy(), "target": g["target"][i]}
@@ -171,7 +218,7 @@ def refine_prompts(groups: dict[str, dict], best_low: torch.Tensor, rng: np.rand
                     if err.any():
                         dist = ndi.distance_transform_edt(np.pad(err, 1))[1:-1, 1:-1]
                         r, c = np.unravel_index(int(dist.argmax()), err.shape)
-                        corr = np.array([c, r], np.float32) * (CROP // LOSS) + (CROP // LOSS) / 2
+                        corr = np.array([c, r], np.float32) * scale + scale / 2
                     else:
                         corr, lab = g["points"][i][0], 1
                     item["points"] = np.stack([g["points"][i][0], corr])
@@ -180,4 +227,32 @@ def refine_prompts(groups: dict[str, dict], best_low: torch.Tensor, rng: np.rand
                 for k, v in item.items():
                     grp.setdefault(k, []).append(v)
         start += n
+    return out
+
+
+def in_context(groups: dict[str, dict], quadrant: tuple[int, int]) -> dict[str, dict]:
+    """The crop's prompts on a 2 x 2 grid of crops, the crop at ``quadrant`` (qy, qx): prompts move
+    by a crop, targets and mask inputs grow to the grid (empty / -m outside the crop). At inference
+    the decoder sees 64 x 64 image tokens; trained on one crop's 14 x 14 only, masks leaked onto
+    tokens it never saw. On the grid, every prompt learns that the other crops' cells are not its."""
+    qy, qx = quadrant
+    shift = np.array([qx * CROP, qy * CROP], np.float32)
+    out: dict[str, dict] = {}
+    for kind, g in groups.items():
+        h: dict[str, list] = {}
+        for k, vals in g.items():
+            if k == "points":
+                h[k] = [v + shift for v in vals]
+            elif k == "boxes":
+                h[k] = [v + np.tile(shift, 2) for v in vals]
+            elif k in ("target", "masks"):
+                h[k] = []
+                for v in vals:
+                    n = v.shape[-1]
+                    big = np.full((2 * n, 2 * n), 0.0 if k == "target" else -float(np.abs(v).max()), np.float32)
+                    big[qy * n : (qy + 1) * n, qx * n : (qx + 1) * n] = v
+                    h[k].append(big)
+            else:
+                h[k] = list(vals)
+        out[kind] = h
     return out

@@ -57,10 +57,11 @@ from ..model.tiny_vit import TinyViT
 from .train_data import (
     CANVAS,
     CROP,
-    LOSS,
     MEAN,
     PER_KIND,
+    PER_KIND_3,
     STD,
+    in_context,
     make_crop,
     refine_prompts,
     sample_prompts,
@@ -122,7 +123,7 @@ def crop_loss(
     clicks = torch.cat([torch.full((len(g["target"]),), kind == "point") for kind, g in groups.items()])
     target = torch.from_numpy(np.concatenate([np.stack(g["target"]) for g in groups.values()]))[:, None]
     low, iou_pred = sam.mask_decoder.predict_masks(emb, pe, sparse, dense)  # B x 4 x 4g x 4g, B x 4
-    logits = F.interpolate(low, (LOSS, LOSS), mode="bilinear", align_corners=False)
+    logits = F.interpolate(low, target.shape[-2:], mode="bilinear", align_corners=False)
     target = target.expand_as(logits)
     p = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
@@ -229,12 +230,16 @@ def train(
     out: Path, steps: int, seed: int = 0, lr: float = 8e-4, max_minutes: float | None = None, threads: int = 1,
     log_every: int = 10, init: Path | None = None, calibrate: int = 0, balance_until: float = 0.5,
     per_kind: dict[str, int] | None = None, save_every: int = 200, refine: bool = False, dark: float = 0.25,
+    context: float = 0.0, frozen_bn: bool = False,
 ) -> Path:
     """Train and save an fp32 official-layout state dict to ``out``.
 
     Stage 1 (from scratch): ``init=None``, BatchNorm in training mode, class-balanced CE faded out
     until ``balance_until`` of the run. Stage 2: ``init`` = the stage-1 weights, ``calibrate`` > 0
     crops to set the BatchNorm statistics, which then stay frozen (see :func:`calibrate_batchnorm`).
+    Stage 3 adds ``context``: the share of steps decoded on a 2 x 2 grid of crops (28 x 28 tokens),
+    the crop's embedding next to (detached) embeddings of the three previous crops (see
+    :func:`.train_data.in_context`).
     """
     torch.set_num_threads(threads)
     sam = build_train_model(seed)
@@ -244,6 +249,7 @@ def train(
     sam.train()
     if calibrate:
         calibrate_batchnorm(sam, rng, calibrate, dark)
+    if calibrate or frozen_bn:
         for m in _batchnorms(sam):
             m.eval()  # frozen statistics; the affine weights still train
     per_kind = per_kind or PER_KIND
@@ -264,12 +270,22 @@ def train(
     )
     hist: list[float] = []
     ious: list[float] = []
+    earlier: list[torch.Tensor] = []  # the last crops' embeddings (detached), context for stage 3
     for step in range(steps):
         x, lab, off = make_crop(rng, dark)
         groups = sample_prompts(lab, rng, per_kind)
         if not groups:
             continue
         emb = sam.image_encoder(x[None])
+        fresh = emb.detach()
+        if context > 0 and len(earlier) == 3 and rng.random() < context:
+            qy, qx = (int(v) for v in rng.integers(0, 2, 2))
+            tiles = list(earlier)
+            tiles.insert(2 * qy + qx, emb)
+            emb = torch.cat([torch.cat(tiles[:2], -1), torch.cat(tiles[2:], -1)], -2)
+            groups = in_context(groups, (qy, qx))
+            off = (off[0] - qy * CROP, off[1] - qx * CROP)
+        earlier = [*earlier[-2:], fresh]
         pe = _dense_pe(sam, off, emb.shape[-1])
         balance = max(0.0, 1.0 - progress(step) / balance_until) if balance_until > 0 else 0.0
         total, click_iou, best_low = crop_loss(sam, emb, pe, off, groups, balance)
@@ -321,14 +337,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-minutes", type=float, default=None, help="stop early (and save) after this long")
     ap.add_argument("--init", type=Path, default=None, help="stage 2: start from these weights (official layout)")
     ap.add_argument("--calibrate", type=int, default=0, help="stage 2: crops to calibrate BatchNorm on, then frozen")
+    ap.add_argument("--frozen-bn", action="store_true", help="keep --init's BatchNorm statistics frozen (a stage-2 start)")
     ap.add_argument("--balance-until", type=float, default=0.5, help="fraction of the run with the balanced CE (0: none)")
     ap.add_argument("--refine", action="store_true", help="a second, iterative round per click and box (SAM's)")
     ap.add_argument("--prompts", type=_per_kind, default=None, help="prompts per crop, e.g. point=6,box=4 (default PER_KIND)")
     ap.add_argument("--dark", type=float, default=0.25, help="share of brightfield-like (dark cell) crops")
+    ap.add_argument("--context", type=float, default=0.0, help="stage 3: share of steps decoded on a 2 x 2 grid of crops")
+    ap.add_argument("--stage3-prompts", action="store_true", help="stage 3's prompt mix (PER_KIND_3: + Refine and Propagate prompts)")
+    ap.add_argument("--log-every", type=int, default=10, help="steps between log lines")
     ap.add_argument("--save-every", type=int, default=200, help="steps between checkpoints")
     a = ap.parse_args(argv)
     train(a.out, a.steps, a.seed, a.lr, a.max_minutes, a.threads, init=a.init, calibrate=a.calibrate,
-          balance_until=a.balance_until, save_every=a.save_every, refine=a.refine, per_kind=a.prompts, dark=a.dark)
+          balance_until=a.balance_until, save_every=a.save_every, refine=a.refine, per_kind=a.prompts or (PER_KIND_3 if a.stage3_prompts else None),
+          dark=a.dark, context=a.context, log_every=a.log_every, frozen_bn=a.frozen_bn)
 
 
 if __name__ == "__main__":
