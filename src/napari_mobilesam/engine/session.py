@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UserError
+
 __all__ = ["FORMAT", "VERSION", "Session", "check_model", "everything_runs", "load_session", "replay_everything", "save_session"]
 
 FORMAT = "napari-mobilesam session"
@@ -41,7 +43,7 @@ VERSION = 1
 SUFFIX = ".mobilesam"
 
 
-class SessionError(ValueError):
+class SessionError(UserError):
     """A session folder that cannot be used, with the reason and the fix."""
 
 

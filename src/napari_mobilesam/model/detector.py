@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.errors import SettingsError
+from ..engine.errors import SettingsError, UserError
 
 __all__ = ["Detector", "DetectorError", "load_detector"]
 
@@ -40,7 +40,7 @@ _FAMILIES = ("yolov8{s}.yaml", "yolov8{s}-seg.yaml", "yolo11{s}.yaml", "yolo11{s
 _SCALES = ("n", "s", "m", "l", "x")
 
 
-class DetectorError(ValueError):
+class DetectorError(UserError):
     """A detector file that cannot be used; the message names the file and the fix."""
 
 

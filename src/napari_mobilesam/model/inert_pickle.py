@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from ..engine.errors import SettingsError
+from ..engine.errors import SettingsError, UserError
 
 __all__ = ["DamagedFileError", "Record", "load_inert", "module_tensors", "plain"]
 
 
-class DamagedFileError(ValueError):
+class DamagedFileError(UserError):
     """The file is not a readable torch zip checkpoint: truncated, damaged or another format."""
 
 
