@@ -35,14 +35,19 @@ Measured 2026-12-02 (2 shared CPU cores, load average ~10 from other jobs; secon
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-import torch
+# As the mobilesam command does (napari_mobilesam._threads): OpenMP's idle threads sleep instead of
+# spinning, for both pipelines in this process; set OMP_WAIT_POLICY yourself to compare policies.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
