@@ -293,8 +293,10 @@ class EverythingSection:
                 if msg.labels is not None and out[0] is None:
                     out[0] = w.labels_layer()
                 layer = out[0]
-                if msg.links is not None and layer is not None:  # the link pass is over: all linked frames in one write,
-                    write_frames(layer, linked, overwrite=True)  # so a Cancel before leaves the per-frame ids, never a mix
+                # the link pass is over: all linked frames in one write, so a Cancel before leaves the per-frame ids,
+                # never a mix (a cancelled pass can still end with the links it made: they are not written)
+                if msg.links is not None and layer is not None and not w.state.job_cancelled:
+                    write_frames(layer, linked, overwrite=True)
                     got_links[0] = msg.links
                     if link == "time":
                         self.show_tracks(layer, msg.links, link_shift)
