@@ -22,6 +22,13 @@ if TYPE_CHECKING:
 
 __all__ = ["PropagateSection"]
 
+
+def _frame_at(cur: tuple[int, ...], ax: int, i: int) -> tuple[int, ...]:
+    """Frame ``cur`` with its index along leading axis ``ax`` set to ``i``."""
+    f = list(cur)
+    f[ax] = i
+    return tuple(f)
+
 HELP = (
     "Segments the selected objects (every selected point or box of this frame, else the Labels layer's "
     "selected label) on the next and previous frames, each prompted by the previous frame's mask (its "
@@ -121,9 +128,7 @@ class PropagateSection:
         read, key, kw = w.frame_reader(image)
 
         def frame_at(i: int) -> tuple[int, ...]:
-            f = list(cur)
-            f[ax] = i
-            return tuple(f)
+            return _frame_at(cur, ax, i)
 
         n_ax = geo.lead_shape[ax]
         axis = axis_names(image)[ax].split(" (")[0]
@@ -186,9 +191,7 @@ class PropagateSection:
         read, key, kw = w.frame_reader(image)
 
         def frame_at(i: int) -> tuple[int, ...]:
-            f = list(cur)
-            f[ax] = i
-            return tuple(f)
+            return _frame_at(cur, ax, i)
 
         n_ax = geo.lead_shape[ax]
         n_ids = len(np.unique(here[here > 0]))
