@@ -84,8 +84,10 @@ class SegmentJob:
     """Frame ``t`` + its objects (``extra``: ``[ObjectPrompt, ...]`` with label ids, see :mod:`.prompts`)
     -> ``(H, W)`` uint32 labels.
 
-    Objects are decoded by :func:`decode_objects` and painted largest first (smaller ones stay on top),
-    each with its own label id, as the widget paints them.
+    Objects are decoded by :func:`decode_objects` and painted as the widget paints them
+    (:func:`.labels.paint_writes`): largest first (smaller ones stay on top), each with its own label id;
+    with ``generations`` (a session's replay, label id -> ``(generation, overwrite)``), write by write as
+    the widget wrote them, a later write filling only background (objects not listed: after the others).
 
     ``refine``: a labels file (same frames as the image). Objects whose id is one of its labels refine
     that label (:func:`.refine.refine_objects`); the result is that file's frame with the refined labels
@@ -96,9 +98,10 @@ class SegmentJob:
     multimask: bool = False
     preprocess: dict = field(default_factory=dict)  # as EmbedJob
     refine: str | None = None
+    generations: dict = field(default_factory=dict)
 
     def __call__(self, models: ModelHolder, source: ImageSource, t: int, extra: Any) -> np.ndarray:
-        from .labels import render_labels
+        from .labels import paint_writes
 
         pred = models.predictor
         key = use_stored_embedding(models, self.store, source, t)
@@ -115,7 +118,12 @@ class SegmentJob:
             existing = np.asarray(open_labels(self.refine, source).read(t))
             extra = refine_objects(extra, existing, pred)
         masks = decode_objects(pred, extra, self.multimask, progress=models.progress)
-        new = render_labels(masks, source.hw, ids=[o.label_id for o in extra])
+        ids = [o.label_id for o in extra]
+        gens = over = None
+        if self.generations:
+            after = (1 + max(g for g, _ in self.generations.values()), False)
+            gens, over = zip(*(self.generations.get(i, after) for i in ids), strict=True) if ids else ((), ())
+        new = paint_writes(masks, ids, source.hw, gens, over)
         if existing is None:
             return new
         from .labels import write_labels

@@ -7,6 +7,10 @@ Rules (documented in the README):
 - **Existing labels:** a new label only fills background (0) pixels, unless ``overwrite=True``.
   Pixels of ``replace_ids`` (an object being re-segmented) are released first, so re-running a
   prompt replaces its own previous mask and nothing else.
+- **Writes in order (generations):** each *Segment* (or live write) is one write, painted with the two
+  rules above (:func:`write_changes`); a later write only fills background. A session records which
+  write (generation 0, 1, ...) wrote each object, and its replay paints them write by write
+  (:func:`paint_writes`), so that it gives what the widget wrote.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import numpy as np
 from .errors import SettingsError
 from .predictor import ObjectMask
 
-__all__ = ["check_ids", "filter_objects", "label_changes", "next_free_id", "render_labels", "write_labels"]
+__all__ = ["check_ids", "filter_objects", "label_changes", "next_free_id", "paint_writes", "render_labels", "write_changes",
+           "write_labels"]
 
 
 def next_free_id(labels: np.ndarray) -> int:
@@ -126,3 +131,69 @@ def write_labels(existing: np.ndarray, new: np.ndarray, overwrite: bool = False,
     index, values = label_changes(existing, new, overwrite, replace_ids)
     existing[index] = values
     return len(values)
+
+
+def write_changes(
+    existing: np.ndarray,
+    masks: Sequence[ObjectMask],
+    ids: Sequence[int],
+    overwrite: bool = False,
+    replace_ids: Sequence[int] = (),
+    keep_ids: Sequence[int] = (),
+) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """One write (one *Segment* of one frame): the pixels of ``existing`` that change, and to what.
+
+    The one paint rule of the widget's writes and of a session's replay: the masks are rendered
+    largest first (:func:`render_labels`), then merged as :func:`label_changes` says (background only
+    unless ``overwrite``; ``replace_ids`` released first); pixels of ``keep_ids`` (labels edited by
+    hand) never change, even with ``overwrite``.
+
+    Args:
+        existing: ``(H, W)`` labels (any integer dtype); not modified.
+        masks: :class:`ObjectMask` of frames of ``existing.shape`` (``mask.shape == existing.shape``).
+        ids: the label of each mask.
+
+    Returns:
+        ``(index, values)`` as :func:`label_changes`.
+    """
+    new = render_labels(masks, existing.shape, ids=list(ids), dtype=existing.dtype)
+    index, values = label_changes(existing, new, overwrite=overwrite, replace_ids=replace_ids)
+    if len(keep_ids) and len(values):
+        free = ~np.isin(existing[index], np.asarray(list(keep_ids)))
+        index, values = tuple(i[free] for i in index), values[free]
+    return index, values
+
+
+def paint_writes(
+    masks: Sequence[ObjectMask],
+    ids: Sequence[int],
+    shape: tuple[int, int],
+    generations: Sequence[int] | None = None,
+    overwrite: Sequence[bool] | None = None,
+    base: np.ndarray | None = None,
+) -> np.ndarray:
+    """Redo a frame's writes in order: the masks of generation 0 as one :func:`write_changes`, then those of
+    generation 1, and so on (each write replaces its own ids' pixels; without ``overwrite`` it only
+    fills background, so an earlier write keeps the pixels it holds).
+
+    Args:
+        masks, ids: the objects of one ``(H, W)`` frame and their labels.
+        generations: the write of each object (default: all in one write, i.e. :func:`render_labels`).
+        overwrite: per object, whether its write covered existing labels (default: none did).
+        base: ``(H, W)`` labels to write into (default: zeros, uint32); not modified.
+
+    Returns:
+        ``(H, W)`` labels (``base``'s dtype, or uint32).
+    """
+    n = len(masks)
+    gens = [0] * n if generations is None else [int(g) for g in generations]
+    over = [False] * n if overwrite is None else [bool(v) for v in overwrite]
+    if not len(ids) == len(gens) == len(over) == n:
+        raise SettingsError(f"{n} masks but {len(ids)} ids, {len(gens)} generations and {len(over)} overwrite flags.")
+    out = np.zeros(shape, np.uint32) if base is None else np.array(base, copy=True)
+    for g in sorted(set(gens)):
+        part = [i for i in range(n) if gens[i] == g]
+        mine = [int(ids[i]) for i in part]
+        index, values = write_changes(out, [masks[i] for i in part], mine, overwrite=any(over[i] for i in part), replace_ids=mine)
+        out[index] = values
+    return out

@@ -310,6 +310,13 @@ def iter_segment(cfg: RunConfig) -> Generator[RunEvent, None, int]:
                  "boxes": file_hash(cfg.boxes), "weights": cfg.weights, "multimask": cfg.multimask, **decoder_sig(cfg)}
     if refine is not None:
         signature["refine"] = file_hash(cfg.refine)
+    generations: dict = {}
+    if session is not None:
+        from .session import object_generations
+
+        generations = object_generations(session)  # the widget's writes, replayed in order
+        if generations:  # (absent without: older partial runs still resume)
+            signature["generations"] = sorted([k, *v] for k, v in generations.items())
     inputs = [p for p in (cfg.image, cfg.points, cfg.boxes, cfg.embeddings, cfg.refine) if p]
     with ExitStack() as stack:
         writer = LabelWriter(cfg.output, source.leading_shape, source.hw, signature, overwrite=cfg.overwrite, inputs=inputs,
@@ -317,7 +324,8 @@ def iter_segment(cfg: RunConfig) -> Generator[RunEvent, None, int]:
         yield from repaired(writer)
         run = stack.enter_context(runner(cfg, spec))
         store = yield from checked_store(run, source, cfg.embeddings, prep)
-        job = SegmentJob(store=store, multimask=cfg.multimask, preprocess=prep, refine=None if refine is None else refine.path)
+        job = SegmentJob(store=store, multimask=cfg.multimask, preprocess=prep, refine=None if refine is None else refine.path,
+                         generations=generations)
         if writer.todo():
             model_hash = models_ready(run, source)  # nothing is written before the model has loaded
             if session is not None:

@@ -10,8 +10,11 @@ A session folder (``NAME.mobilesam``) holds:
   every frame segmented in it), the model (weights, decoder, the same model hash embedding stores record), how the
   model saw the image (contrast limits, channels, channel axis), the boxes' ids and mask choices
   (napari's shapes CSV holds no features), the settings of each run, and per label id what the widget
-  wrote (``objects``: the prompt signature and a hash of the mask written), so that *Segment* after a
-  resume knows which objects are as written and which labels were edited by hand.
+  wrote (``objects``: the prompt signature and a hash of the mask written, so that *Segment* after a
+  resume knows which objects are as written and which labels were edited by hand; and the write that
+  wrote it, ``generation`` 0, 1, ... with that write's ``overwrite``, so that a replay paints the objects
+  write by write as the widget did: :func:`object_generations`, ``engine.labels.paint_writes``).
+  Version 1 sessions (before generations) still load; their objects replay as one write.
   A *Segment everything* run is recorded as ``{"everything": {...}}`` in ``runs``: sampler,
   options, link mode, frames, the id shift the widget applied and, for a time-linked run, the
   lineage (``parents``); :func:`replay_everything` redoes those runs (same labels, same tracks).
@@ -36,10 +39,11 @@ import numpy as np
 
 from .errors import UserError
 
-__all__ = ["FORMAT", "VERSION", "Session", "check_model", "everything_runs", "load_session", "replay_everything", "save_session"]
+__all__ = ["FORMAT", "VERSION", "Session", "check_model", "everything_runs", "load_session", "object_generations", "replay_everything",
+           "save_session"]
 
 FORMAT = "napari-mobilesam session"
-VERSION = 1
+VERSION = 2  # 2: objects record their write (generation); 1 still loads (one write)
 SUFFIX = ".mobilesam"
 
 
@@ -61,7 +65,8 @@ class Session:
         shapes: list of ``(V, D)`` vertex arrays, ``shape_types``, ``shape_ids``, ``shape_masks``.
         labels: the labels array (lazy-free numpy), or None.
         runs: the settings of each run, oldest first.
-        objects: label id (str) -> ``{"signature": [...], "mask": hash}`` of the mask the widget wrote.
+        objects: label id (str) -> ``{"signature": [...], "mask": hash, "generation": int, "overwrite": bool}``
+            of the mask the widget wrote (version 1: no ``generation`` / ``overwrite``).
     """
 
     folder: Path
@@ -201,7 +206,8 @@ def load_session(folder: str | os.PathLike) -> Session:
         raise SessionError(f"{meta_path} is not a MobileSAM session file.")
     _check_types(meta, meta_path)
     if int(meta.get("version", 0)) > VERSION:
-        raise SessionError(f"{folder} was saved by a newer napari-mobilesam (session version {meta.get('version')}); update the plugin.")
+        raise SessionError(f"{folder} was saved by a newer napari-mobilesam (session version {meta.get('version')}; this one reads "
+                           f"up to {VERSION}); update the plugin (pip install -U napari-mobilesam).")
     s = Session(folder, meta.get("image", {}), meta.get("model", {}), meta.get("preprocess", {}),
                 shape_ids=meta.get("shape_ids", []), shape_masks=meta.get("shape_masks", []), runs=meta.get("runs", []),
                 objects=meta.get("objects", {}))
@@ -241,6 +247,10 @@ def _check_types(meta: dict, path: Path) -> None:
         bad.append("'image.shape' is not a list of whole numbers")
     if "frame_hashes" in image and not isinstance(image["frame_hashes"], dict):
         bad.append("'image.frame_hashes' is not a mapping")
+    objects = meta["objects"] if isinstance(meta.get("objects"), dict) else {}
+    if any(isinstance(r, dict) and "generation" in r and not (isinstance(r["generation"], int) and not isinstance(r["generation"], bool)
+                                                               and r["generation"] >= 0) for r in objects.values()):
+        bad.append("'objects' holds a 'generation' that is not a whole number >= 0")
     if "version" in meta and not isinstance(meta["version"], int):
         bad.append("'version' is not a whole number")
     if bad:
@@ -269,6 +279,19 @@ def check_image(session: Session, shape: Sequence[int], read: Callable[[int], np
     bad = sorted(int(t) for t, h in saved.items() if frame_hash(read(int(t))) != int(h))
     if bad:
         raise SessionError(f"{session.folder} was made on another image: frame(s) {', '.join(map(str, bad[:5]))} differ; open the image it was made on.")
+
+
+def object_generations(session: Session) -> dict[int, tuple[int, bool]]:
+    """Label id -> ``(generation, overwrite)``: which write of the widget wrote each object (0 first) and
+    whether that write covered existing labels. Empty for a session that records no generation (version
+    1): its objects replay as one write, as they always did. A replay paints the objects of each frame
+    write by write with ``engine.labels.paint_writes``; objects the session does not record as written
+    (prompts added after the last *Segment*, labels refined by hand) come after every recorded write."""
+    out = {}
+    for lid, rec in session.objects.items():
+        if isinstance(rec, dict) and isinstance(rec.get("generation"), int) and str(lid).isdigit():
+            out[int(lid)] = (int(rec["generation"]), rec.get("overwrite") is True)
+    return out
 
 
 def everything_runs(session: Session) -> list[dict]:

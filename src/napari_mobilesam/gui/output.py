@@ -8,10 +8,12 @@ A label edited by hand (its pixels differ from the mask written) is the user's: 
 not, rewrites it unless its prompt changed **and** *overwrite* is ticked; nor do other objects' masks
 cover it, nor does deleting its prompt clear it.
 
-What was written (per label id: the prompt signature and a hash of the mask written) is remembered per
+What was written (per label id: the prompt signature, a hash of the mask written, and which write wrote
+it: its *generation*, 0, 1, ... per write, with that write's *overwrite*) is remembered per
 output layer (and, before the layer exists, per image), so switching images and back keeps every
 object as it was; it is also stored in the layer's session metadata (``objects``), so a saved session
-resumed in a new napari knows the same (Segment then has nothing to do).
+resumed in a new napari knows the same (Segment then has nothing to do), and its replay paints the
+objects write by write (``engine.labels.paint_writes``), as they were written here.
 """
 
 from __future__ import annotations
@@ -77,8 +79,9 @@ class OutputRecords:
 
     @property
     def records(self) -> dict[int, tuple]:
-        """Label id -> (prompt signature, mask hash) of its written mask, for the current output layer
-        (for a layer opened from a session: what the session recorded)."""
+        """Label id -> (prompt signature, mask hash, generation, overwrite) of its written mask, for the current
+        output layer (for a layer opened from a session: what the session recorded; a session saved before
+        generations were recorded: all generation 0, one write, as its replay paints them)."""
         key = self._out_key()
         written = self.state.written
         if key not in written:
@@ -88,7 +91,8 @@ class OutputRecords:
             for lid, rec in saved.items() if isinstance(saved, dict) else ():
                 sig = _sig_of_json(rec.get("signature")) if isinstance(rec, dict) else None
                 if sig is not None and str(lid).isdigit():
-                    recs[int(lid)] = (sig, str(rec.get("mask", "")))
+                    gen = rec.get("generation", 0)
+                    recs[int(lid)] = (sig, str(rec.get("mask", "")), gen if isinstance(gen, int) else 0, rec.get("overwrite") is True)
             written[key] = recs
         return written[key]
 
@@ -97,7 +101,8 @@ class OutputRecords:
         info = layer.metadata.get(INFO)
         if info is None:
             info = layer.metadata[INFO] = {}
-        info["objects"] = {str(lid): {"signature": _sig_json(sig), "mask": h} for lid, (sig, h) in self.records.items()}
+        info["objects"] = {str(lid): {"signature": _sig_json(sig), "mask": h, "generation": int(gen), "overwrite": bool(over)}
+                           for lid, (sig, h, gen, over) in self.records.items()}
 
     def ownership(self, o: ObjectPrompt) -> str:
         """What Segment does with ``o``: ``NEW`` (decode: no id yet, or its label is not in the layer,
@@ -217,8 +222,9 @@ class OutputRecords:
         if image is not None:
             stamp(self.ctx, layer, image, self.ctx.frame_reader(image)[2], tuple(frame))  # what a saved session needs (gui/session.py)
         view = frame_view(layer, tuple(frame)) if objects else None
+        gen = 1 + max((rec[2] for rec in self.records.values()), default=-1)  # this write's generation (a session replays in order)
         for o in objects:
-            self.records[o.label_id] = (o.signature, mask_hash(view, o.label_id))
+            self.records[o.label_id] = (o.signature, mask_hash(view, o.label_id), gen, bool(self.ctx.overwrite.value))
         for lid in also_clear:
             self.records.pop(lid, None)
         self._save_records(layer)

@@ -41,7 +41,7 @@ class WidgetState:
     refining: set[int] = field(default_factory=set)  # labels whose points are Refine's, not Segment's (refine.py)
 
     # -- output (output.py): per output key ("layer", id) / ("new", image name)
-    written: dict = field(default_factory=dict)  # -> {label id: (prompt signature, hash of the mask written)}
+    written: dict = field(default_factory=dict)  # -> {label id: (prompt signature, hash of the mask written, generation, overwrite)}
     issued_by: dict = field(default_factory=dict)  # -> highest label id given out
     labels_prev: Any = None  # the output layer before the last change of 'labels out'
 

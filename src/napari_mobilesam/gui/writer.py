@@ -14,7 +14,7 @@ import numpy as np
 from napari.layers import Labels
 
 from ..engine.errors import SettingsError
-from ..engine.labels import label_changes, render_labels
+from ..engine.labels import label_changes, write_changes
 
 __all__ = ["check_ids_fit", "frame_view", "object_pixels", "write_frames", "write_masks"]
 
@@ -100,11 +100,8 @@ def write_masks(
     r0, c0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
     r1, c1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
     shifted = [replace(m, offset=(m.offset[0] - r0, m.offset[1] - c0), shape=(r1 - r0, c1 - c0)) for m in masks]
-    new = render_labels(shifted, (r1 - r0, c1 - c0), ids=list(ids), dtype=existing.dtype)
-    index, values = label_changes(existing[r0:r1, c0:c1], new, overwrite=overwrite, replace_ids=replace_ids)
-    if len(keep_ids) and len(values):
-        free = ~np.isin(existing[r0:r1, c0:c1][index], np.asarray(keep_ids))
-        index, values = tuple(i[free] for i in index), values[free]
+    # the engine's one paint rule for a write (a session's replay paints with it too)
+    index, values = write_changes(existing[r0:r1, c0:c1], shifted, ids, overwrite, replace_ids, keep_ids)
     if not len(values):
         return 0
     full = tuple(np.full(len(values), f, dtype=np.intp) for f in frame) + (index[0] + r0, index[1] + c0)
