@@ -147,6 +147,7 @@ def test_session_files_are_checked_and_saved_atomically(tmp_path):
     ({"version": "one"}, "'version' is not a whole number"),
     ({"image": {"shape": "4x4"}}, "'image.shape' is not a list"),
     ({"objects": []}, "'objects' is list, not dict"),
+    ({"objects": {"1": {"generation": "first"}}}, "'objects' holds a 'generation' that is not a whole number >= 0"),
 ])
 def test_session_json_with_wrong_types_is_named(tmp_path, change, named):
     """Issue 24: a hand-edited session.json gave an AttributeError traceback."""
