@@ -97,6 +97,25 @@ def test_cli_replay_keeps_the_older_write(two_writes, fcheckpoint, tmp_path):
     np.testing.assert_array_equal(tifffile.imread(out), want)
 
 
+def test_replay_says_where_it_differs_from_the_saved_labels(two_writes, fcheckpoint, tmp_path, capsys):
+    """A hand edit lives only in labels.tif (the prompts do not redo it): the replay says so, naming the label."""
+    tif, folder, click, boxed = two_writes
+    written = np.zeros((128, 128), np.uint32)  # what the widget wrote (see above)
+    written[boxed] = 1
+    written[click & ~boxed] = 2
+    model = ["--weights", str(fcheckpoint), "--device", "cpu", "-q"]
+    tifffile.imwrite(folder / "labels.tif", written, photometric="minisblack")
+    assert main(["segment", str(tif), "--session", str(folder), "-o", str(tmp_path / "a.tif"), *model]) == 0
+    assert "differs" not in capsys.readouterr().err
+    edited = written.copy()
+    r, c = np.nonzero(written == 1)
+    edited[r[:25], c[:25]] = 0  # 25 px of label 1 erased by hand
+    tifffile.imwrite(folder / "labels.tif", edited, photometric="minisblack")
+    assert main(["segment", str(tif), "--session", str(folder), "-o", str(tmp_path / "b.tif"), *model]) == 0
+    assert "the replay differs from the session's labels.tif (25 px, label 1): what the prompts do not redo (hand edits" in capsys.readouterr().err
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "b.tif"), written)  # the replay itself is the prompts' labels
+
+
 def test_version_1_session_without_generations_loads_and_replays_as_one_write(two_writes, fcheckpoint, tmp_path):
     tif, folder, click, boxed = two_writes
     meta = json.loads((folder / "session.json").read_text())

@@ -333,10 +333,19 @@ def iter_segment(cfg: RunConfig) -> Generator[RunEvent, None, int]:
 
                 check_model(session, model_hash)
 
+        differ: dict[int, tuple[int, list[int]]] = {}  # frame -> how the replay differs from the session's labels
+
+        def write(t: int, labels: np.ndarray) -> None:
+            writer.write(t, labels)
+            if session is not None and refine is None:
+                from .session import saved_difference
+
+                differ[t] = saved_difference(session, t, labels)
+
         def one_pass() -> Generator[RunEvent, None, None]:
             for t in writer.todo():
                 if t not in prompts:
-                    writer.write(t, np.zeros(source.hw, np.uint32) if refine is None else np.asarray(refine.read(t), np.uint32))
+                    write(t, np.zeros(source.hw, np.uint32) if refine is None else np.asarray(refine.read(t), np.uint32))
             todo = writer.todo()
             models = getattr(run, "models", None)  # in this process: the bar moves per batch of objects
             bar = RunEvent("bar", "segment", total=sum(len(prompts[t]) for t in todo), unit="object")
@@ -345,7 +354,7 @@ def iter_segment(cfg: RunConfig) -> Generator[RunEvent, None, int]:
                 models.progress = bar.update
             try:
                 for (_, t, _), labels in run(job, [(source, t, prompts[t]) for t in todo]):
-                    writer.write(t, labels)
+                    write(t, labels)
                     if models is None:
                         yield RunEvent("step", n=len(prompts[t]))
                     ids = np.array([ob.label_id for ob in prompts[t]], np.int64)
@@ -360,5 +369,16 @@ def iter_segment(cfg: RunConfig) -> Generator[RunEvent, None, int]:
             yield RunEvent("end")
 
         yield from verified_passes([writer], one_pass)
+        if any(n for n, _ in differ.values()):
+            yield RunEvent("warn", _differs_note(differ, source.n_frames > 1))
         yield RunEvent("say", f"wrote {writer.finish()}")
     return 0
+
+
+def _differs_note(differ: dict[int, tuple[int, list[int]]], stack: bool) -> str:
+    """The warning of a session replay that differs from the session's labels.tif (see ``session.saved_difference``)."""
+    bad = [(t, n, ids) for t, (n, ids) in sorted(differ.items()) if n]
+    parts = [(f"frame {t}: " if stack else "") + f"{n} px, label{'s' * (len(ids) > 1)} {', '.join(map(str, ids[:6]))}" for t, n, ids in bad[:5]]
+    more = f" and {len(bad) - 5} more frames" if len(bad) > 5 else ""
+    return (f"warning: the replay differs from the session's labels.tif ({'; '.join(parts)}{more}): what the prompts do not redo "
+            "(hand edits, Refine, Propagate, Segment everything) is only in labels.tif; open the session in napari to keep it.")

@@ -40,7 +40,7 @@ import numpy as np
 from .errors import UserError
 
 __all__ = ["FORMAT", "VERSION", "Session", "check_model", "everything_runs", "load_session", "object_generations", "replay_everything",
-           "save_session"]
+           "save_session", "saved_difference"]
 
 FORMAT = "napari-mobilesam session"
 VERSION = 2  # 2: objects record their write (generation); 1 still loads (one write)
@@ -292,6 +292,20 @@ def object_generations(session: Session) -> dict[int, tuple[int, bool]]:
         if isinstance(rec, dict) and isinstance(rec.get("generation"), int) and str(lid).isdigit():
             out[int(lid)] = (int(rec["generation"]), rec.get("overwrite") is True)
     return out
+
+
+def saved_difference(session: Session, t: int, labels: np.ndarray) -> tuple[int, list[int]]:
+    """How flat frame ``t``'s replayed ``(H, W)`` ``labels`` differ from the session's ``labels.tif``: the
+    number of pixels, and the labels at those pixels (either side, sorted). ``(0, [])`` without saved labels.
+    What a prompt replay does not redo (hand edits, Refine, Propagate, *Segment everything*) shows here."""
+    saved = session.labels
+    labels = np.asarray(labels)
+    if saved is None or saved.size % max(labels.size, 1) or not 0 <= t < saved.size // max(labels.size, 1):
+        return 0, []
+    frame = saved.reshape((-1, *labels.shape))[t]
+    diff = frame != labels
+    n = int(diff.sum())
+    return n, (sorted((set(np.unique(frame[diff]).tolist()) | set(np.unique(labels[diff]).tolist())) - {0}) if n else [])
 
 
 def everything_runs(session: Session) -> list[dict]:
