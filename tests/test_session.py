@@ -220,3 +220,40 @@ def test_save_dialog_without_the_suffix_adds_it(make_napari_viewer, tmp_path):
     s = load_session(tmp_path / "work.mobilesam")
     np.testing.assert_array_equal(s.labels, np.eye(8))
     assert s.points.tolist() == [[2.0, 3.0]]
+
+
+def test_version_1_session_resumed_replays_its_objects_as_one_write(qtbot, make_napari_viewer, fsam, fcheckpoint, tmp_path):
+    """A session saved before writes were recorded (version 1): resumed, its objects count as one first
+    write (generation 0), a new Segment is the next, and the session saved again replays as the widget wrote."""
+    stack, gt = synthetic_stack(n_frames=1, shape=(128, 128), n=10, seed=41)
+    image, cells = stack[0], gt[0]
+    tif = tmp_path / "cells.tif"
+    tifffile.imwrite(tif, image, photometric="minisblack")
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="cells")
+    w = widget_with_model(viewer, fsam, fcheckpoint)
+    a, b, c = _cells(cells, 3)
+    w.points_box.value.add(np.array([interior_point(cells == a), interior_point(cells == b)]))
+    _segment(qtbot, w)
+    folder = tmp_path / "old.mobilesam"
+    assert _save(viewer, w, folder) == [str(folder)]
+    meta = json.loads((folder / "session.json").read_text())
+    meta["version"] = 1  # as version 1 wrote it
+    for rec in meta["objects"].values():
+        del rec["generation"], rec["overwrite"]
+    (folder / "session.json").write_text(json.dumps(meta))
+
+    viewer2 = make_napari_viewer()
+    viewer2.add_image(image, name="cells")
+    w2 = widget_with_model(viewer2, fsam, fcheckpoint)
+    viewer2.open(str(folder), plugin="napari-mobilesam")
+    w2.points_box.value.add(np.array([interior_point(cells == c)]))
+    _segment(qtbot, w2)
+    resumed = np.asarray(w2.labels_box.value.data).copy()
+    assert set(np.unique(resumed)) == {0, 1, 2, 3}
+    assert _save(viewer2, w2, folder) == [str(folder)]
+    meta = json.loads((folder / "session.json").read_text())
+    assert meta["version"] == 2 and {k: v["generation"] for k, v in meta["objects"].items()} == {"1": 0, "2": 0, "3": 1}
+    out = tmp_path / "replay.tif"
+    assert main(["segment", str(tif), "--session", str(folder), "-o", str(out), "--weights", str(fcheckpoint), "--device", "cpu", "-q"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(out), resumed)
