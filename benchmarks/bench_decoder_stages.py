@@ -52,7 +52,12 @@ def _inplace_bmm_flop(self_shape, a_shape, b_shape, *args, out_shape=None, **kw)
     return fcounter.bmm_flop(a_shape, b_shape)
 
 
-INPLACE = {torch.ops.aten.baddbmm_: _inplace_bmm_flop}  # FlopCounterMode counts baddbmm, not in-place baddbmm_
+def _onednn_linear_flop(x_shape, w_shape, *args, out_shape=None, **kw):
+    return 2 * (x_shape.numel() // x_shape[-1]) * w_shape[0] * w_shape[1]
+
+
+# FlopCounterMode counts baddbmm, not in-place baddbmm_, nor oneDNN's fused linear + GELU
+INPLACE = {torch.ops.aten.baddbmm_: _inplace_bmm_flop, torch.ops.mkldnn._linear_pointwise: _onednn_linear_flop}
 
 
 def wrap(cls, name):

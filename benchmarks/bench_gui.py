@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -48,6 +49,9 @@ def stats(ms: list[float]) -> str:
 
 
 def measure(args: argparse.Namespace) -> dict[str, list[float]]:
+    from napari_mobilesam._threads import configure_openmp
+
+    configure_openmp()  # as napari loading the plugin does (napari_mobilesam.gui), before torch loads
     import napari
     import torch
     from qtpy.QtCore import QEventLoop, QTimer
@@ -75,7 +79,7 @@ def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     while w.busy:
         app.processEvents()
         time.sleep(0.01)
-    print(f"[{args.mode}] image {img.shape}, torch threads {torch.get_num_threads()}; embedding {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+    print(f"[{args.mode}] image {img.shape}, torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'default')}; embedding {time.perf_counter() - t0:.2f} s", file=sys.stderr)
 
     def setup():
         pred = Predictor(sam)
@@ -173,6 +177,7 @@ def main() -> None:
     ap.add_argument("--clicks", type=int, default=20)
     ap.add_argument("--checkpoint", default=None, help="default: the seeded random test checkpoint")
     ap.add_argument("--mode", choices=["both", "worker", "gui-thread"], default="both")
+    ap.add_argument("--busy", action="store_true", help='another process keeps one core busy (python -c "while True: pass") throughout')
     args = ap.parse_args()
     if args.checkpoint is None:
         from napari_mobilesam.testing.reference import random_checkpoint
@@ -182,10 +187,17 @@ def main() -> None:
         print(json.dumps(measure(args)))
         return
     results = {}
-    for mode in ("gui-thread", "worker"):
-        cmd = [sys.executable, __file__, "--mode", mode, "--size", str(args.size), "--clicks", str(args.clicks), "--checkpoint", args.checkpoint]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
+    try:
+        for mode in ("gui-thread", "worker"):
+            cmd = [sys.executable, __file__, "--mode", mode, "--size", str(args.size), "--clicks", str(args.clicks), "--checkpoint", args.checkpoint]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    finally:
+        if burner is not None:
+            burner.kill()
+            burner.wait()
+    print(f"{'one core busy' if args.busy else 'no extra load'}; load average {os.getloadavg()[0]:.1f}")
     for mode, title in (("worker", "decoder on the model thread (the widget)"), ("gui-thread", "baseline: decoder on the GUI thread")):
         print(f"-- {title}")
         for k in KEYS:

@@ -209,7 +209,9 @@ class FrameDecoder:
         scratch: the buffers to decode in (e.g. one predictor's, shared by its frames' decoders);
             by default the decoder's own.
         folded: decode prompts without mask input with the folded decoder (default); False: the
-            previous streamed path (same results to float32 rounding; the benchmarks' baseline).
+            decoder as it was before (2026-12-04: the streamed path for every prompt, the mask
+            upscaler without oneDNN's fused GELU): the benchmarks' baseline, same results to
+            float32 rounding.
     """
 
     def __init__(self, sam: Sam, features: torch.Tensor, scratch: Scratch | None = None, folded: bool = True):
@@ -227,6 +229,7 @@ class FrameDecoder:
         self._shared = self._prepare_keys(self.features + no_mask)
         keys, keys_pe = self._shared
         self._folded = None
+        self._fused_upscaler = folded
         if folded and len(self.transformer.layers) == 2:
             self._folded = FoldedFrame(sam, keys[0], self.pe[0])
             return
@@ -398,4 +401,5 @@ class FrameDecoder:
         """``output_upscaling`` and the hypernetwork dot product (:func:`upscale_blocks`) from
         the image tokens ``keys`` (B x N x C); hyper: B x M x 32. Returns B x M x 4h x 4w logits."""
         w1, b1 = convt_matrix(self.md.output_upscaling[0])
-        return upscale_blocks(self.md.output_upscaling, lambda i, s, e: torch.addmm(b1, keys[i, s:e], w1), hyper, tuple(self.size))
+        return upscale_blocks(self.md.output_upscaling, lambda i, s, e: torch.addmm(b1, keys[i, s:e], w1), hyper, tuple(self.size),
+                              fused=self._fused_upscaler)

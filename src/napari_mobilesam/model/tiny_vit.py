@@ -32,27 +32,16 @@ import torch.nn.functional as F
 from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
 
+from . import onednn
+from .onednn import onednn_ok
+
 __all__ = ["TinyViT", "tiny_vit_5m"]
 
 
-def _onednn(x: torch.Tensor) -> bool:
-    """Whether oneDNN's fused conv/linear + activation kernels may run: CPU float32 inference
-    only (they have no autograd), and not while tracing for ONNX or compiling (those fuse themselves)."""
-    return (
-        not torch.is_grad_enabled()
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-        and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
-    )
-
-
 def _linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False, fuse: bool = True) -> torch.Tensor:
-    """``layer(x)``, then GELU (exact, erf) if asked; fused by oneDNN if ``fuse`` and :func:`_onednn` allow."""
-    if fuse and _onednn(x):
-        attr, algorithm = ("gelu", "none") if gelu else ("none", "")  # "none" algorithm = exact (erf) GELU
-        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, attr, [], algorithm)
+    """``layer(x)``, then GELU (exact, erf) if asked; fused by oneDNN if ``fuse`` and :func:`~napari_mobilesam.model.onednn.onednn_ok` allow."""
+    if fuse and onednn_ok(x):
+        return onednn.linear(x, layer.weight, layer.bias, gelu)
     if gelu:  # ONNX Runtime fuses 3-D MatMul + bias + GELU (BiasGelu)
         return F.gelu(layer(x))
     # 2-D in the fast path: an ONNX export then gets Gemm with the bias fused in, not MatMul + Add.
@@ -98,7 +87,7 @@ class Conv2dBN(nn.Sequential):
         else:
             weight, bias = self.fused_weight_bias()
             conv = self.c
-            if _onednn(x):
+            if onednn_ok(x):
                 args = (weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups)
                 if add is not None:  # oneDNN fuses the sum only; GELU after it stays separate
                     y = torch.ops.mkldnn._convolution_pointwise(x, add, *args, "add", 1.0, None, [], None)
