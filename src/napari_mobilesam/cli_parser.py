@@ -145,7 +145,8 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     s.add_argument("--refine", metavar="LABELS.tif", help="existing labels (any tool): a point whose label_id is one of its labels refines "
                    "that label (its mask + box + those points); the other labels are copied unchanged, new objects fill background")
     s.add_argument("--session", metavar="DIR", help="replay a session saved from napari (File > Save Layers... > MobileSAM session): "
-                   "its prompts, ids, mask choices and contrast; refused if made with other weights or on another image")
+                   "its prompts, ids, mask choices and contrast, painted Segment by Segment as the widget wrote them; refused if made "
+                   "with other weights or on another image; warns where the result differs from the session's labels.tif (hand edits)")
     s.add_argument("--overwrite", action="store_true", help="redo every frame instead of resuming")
     s.set_defaults(func=commands["segment"])
 
