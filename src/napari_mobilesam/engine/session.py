@@ -286,7 +286,7 @@ def object_generations(session: Session) -> dict[int, tuple[int, bool]]:
     whether that write covered existing labels. Empty for a session that records no generation (version
     1): its objects replay as one write, as they always did. A replay paints the objects of each frame
     write by write with ``engine.labels.paint_writes``; objects the session does not record as written
-    (prompts added after the last *Segment*, labels refined by hand) come after every recorded write."""
+    (prompts added after the last *Segment*, labels refined with *Refine label*) come after every recorded write."""
     out = {}
     for lid, rec in session.objects.items():
         if isinstance(rec, dict) and isinstance(rec.get("generation"), int) and str(lid).isdigit():
