@@ -15,6 +15,7 @@ import torch
 
 from napari_mobilesam import Predictor
 from napari_mobilesam.model.fast_decoder import FrameDecoder
+from napari_mobilesam.model.scratch import DecodeThreads, Scratch
 from napari_mobilesam.testing.synthetic import synthetic_cells
 
 
@@ -42,13 +43,23 @@ def _prompts(model, pred, b: int, kind: str, seed: int):
         return model.prompt_encoder(points=(pts, lbl), boxes=None, masks=None)
 
 
+@pytest.fixture(scope="module")
+def workers():
+    """Two decode workers (what the command and the plugin use with OpenMP's passive wait policy)."""
+    threads = DecodeThreads(2)
+    yield threads
+    threads.close()
+
+
+@pytest.mark.parametrize("on_workers", [False, True], ids=["calling-thread", "workers"])
 @pytest.mark.parametrize("batch,multimask,kind", [(1, True, "points"), (1, False, "box"), (7, True, "box"), (24, False, "box"), (5, False, "points")])
-def test_folded_decoder_matches_stock_mask_decoder(frame, batch, multimask, kind):
+def test_folded_decoder_matches_stock_mask_decoder(frame, batch, multimask, kind, on_workers, workers):
     model, pred = frame
     sparse, dense = _prompts(model, pred, batch, kind, batch)
     pe = model.prompt_encoder.get_dense_pe()
     with torch.inference_mode():
-        dec = FrameDecoder(model, pred.features)
+        dec = FrameDecoder(model, pred.features, scratch=Scratch(workers if on_workers else None))
+        assert dec._threads() is (workers if on_workers else None)
         assert dec._folded is not None  # the folded path is the one under test
         low, iou = dec.decode(sparse, None, multimask)
         ref_low, ref_iou = model.mask_decoder(pred.features, pe, sparse, dense, multimask)
@@ -75,6 +86,22 @@ def test_folded_decoder_320_boxes_in_predictor_batches(frame):
         ref_low, ref_iou = model.mask_decoder(pred.features, model.prompt_encoder.get_dense_pe(), sparse[pick], dense[pick], False)
     assert (low[pick] - ref_low).abs().max() <= 1e-4
     assert (iou[pick] - ref_iou).abs().max() <= 1e-4
+
+
+def test_mask_input_on_workers_matches_stock_mask_decoder(frame, workers):
+    """Prompts with mask input (Refine, Propagate) split over the decode workers: the stock results."""
+    model, pred = frame
+    rng = np.random.default_rng(5)
+    masks = torch.as_tensor(rng.normal(0, 4, (5, 1, 256, 256)), dtype=torch.float32)
+    xy = rng.uniform(0, 200, (5, 2))
+    boxes = torch.as_tensor(pred.transform.apply_boxes(np.concatenate([xy, xy + 40], 1), pred.original_size), dtype=torch.float32)
+    with torch.inference_mode():
+        sparse, dense = model.prompt_encoder(points=None, boxes=boxes, masks=masks)
+        ref_low, ref_iou = model.mask_decoder(pred.features, model.prompt_encoder.get_dense_pe(), sparse, dense, True)
+        for b in (1, 5):
+            low, iou = FrameDecoder(model, pred.features, scratch=Scratch(workers)).decode(sparse[:b], dense[:b], True)
+            assert (low - ref_low[:b]).abs().max() <= 1e-4
+            assert (iou - ref_iou[:b]).abs().max() <= 1e-4
 
 
 def test_unfolded_path_is_kept_for_mask_input_and_as_baseline(frame):

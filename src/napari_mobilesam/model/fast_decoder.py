@@ -33,7 +33,7 @@ from segment_anything.modeling.transformer import Attention
 
 from .folded_decoder import FoldedFrame
 from .mask_upscaling import convt_matrix, upscale_blocks
-from .scratch import Scratch
+from .scratch import DecodeThreads, Scratch
 
 __all__ = ["FrameDecoder", "Scratch"]
 
@@ -263,9 +263,32 @@ class FrameDecoder:
         Returns:
             ``(low_res_logits B x M x 256 x 256, iou_predictions B x M)`` with M = 3 or 1.
         """
+        b = sparse.shape[0]
+        threads = self._threads()
+        if threads is None:
+            return self._decode(sparse, dense, multimask_output, None)
+        if b == 1:  # on a worker; its blocks of image tokens on all of them
+            return threads.call(lambda: self._decode(sparse, dense, multimask_output, threads))
+
+        def part(sl: slice) -> tuple[torch.Tensor, torch.Tensor]:  # whole prompts per worker (see DecodeThreads)
+            return self._decode(sparse[sl], None if dense is None or dense.shape[0] == 1 else dense[sl], multimask_output, None)
+
+        parts = threads.map(part, threads.chunks(b))
+        return torch.cat([m for m, _ in parts]), torch.cat([q for _, q in parts])
+
+    def _threads(self) -> DecodeThreads | None:
+        """The predictor's decode workers (CPU only; not for the benchmarks' 2026-12-04 baseline)."""
+        if not self._fused_upscaler or self.features.device.type != "cpu":
+            return None
+        return self.scratch.threads()
+
+    def _decode(
+        self, sparse: torch.Tensor, dense: torch.Tensor | None, multimask_output: bool, threads: DecodeThreads | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`decode` on the calling thread; ``threads``: workers for one prompt's blocks."""
         md, tr = self.md, self.transformer
         if dense is None and self._folded is not None:
-            return self._folded.decode(sparse, multimask_output, self.size)
+            return self._folded.decode(sparse, multimask_output, self.size, threads)
         b = sparse.shape[0]
         out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], 0)
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse], 1)
@@ -273,7 +296,7 @@ class FrameDecoder:
             keys0 = self._shared[0]
             with self.scratch.borrow((b, *keys0.shape[1:]), keys0) as buf:  # the image tokens, updated in place
                 hs, keys = self._decode_streamed(tokens, buf)
-                return self._heads_out(hs, keys, multimask_output)
+                return self._heads_out(hs, keys, multimask_output, threads)
         if dense is None:
             keys, keys_pe = self._shared
         else:
@@ -306,9 +329,9 @@ class FrameDecoder:
         keys_pe = keys + self.pe
         final = _tokens_to_image(tr.final_attn_token_to_image, queries + query_pe, keys_pe, keys)
         hs = tr.norm_final_attn(queries + final)
-        return self._heads_out(hs, keys, multimask_output)
+        return self._heads_out(hs, keys, multimask_output, threads)
 
-    def _heads_out(self, hs: torch.Tensor, keys: torch.Tensor, multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _heads_out(self, hs: torch.Tensor, keys: torch.Tensor, multimask_output: bool, threads: DecodeThreads | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """IoU head, hypernetworks and upscaling from the final tokens and image tokens."""
         md = self.md
         masks_sel = slice(1, None) if multimask_output else slice(0, 1)
@@ -316,7 +339,7 @@ class FrameDecoder:
         mask_tokens = hs[:, 1 : 1 + md.num_mask_tokens][:, masks_sel]
         mlps = list(md.output_hypernetworks_mlps)[masks_sel]
         hyper = torch.stack([mlp(mask_tokens[:, j]) for j, mlp in enumerate(mlps)], 1)  # B x M x 32
-        return self._upscale_masks(keys, hyper), iou
+        return self._upscale_masks(keys, hyper, threads), iou
 
     def _decode_streamed(self, tokens: torch.Tensor, buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The two-layer transformer without mask input, streaming over blocks of image tokens.
@@ -397,9 +420,9 @@ class FrameDecoder:
             scores[:, :, s:e] = torch.baddbmm(q_bias, q_back, (new + pe[s:e]).transpose(1, 2))
         return out, scores
 
-    def _upscale_masks(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+    def _upscale_masks(self, keys: torch.Tensor, hyper: torch.Tensor, threads: DecodeThreads | None = None) -> torch.Tensor:
         """``output_upscaling`` and the hypernetwork dot product (:func:`upscale_blocks`) from
         the image tokens ``keys`` (B x N x C); hyper: B x M x 32. Returns B x M x 4h x 4w logits."""
         w1, b1 = convt_matrix(self.md.output_upscaling[0])
         return upscale_blocks(self.md.output_upscaling, lambda i, s, e: torch.addmm(b1, keys[i, s:e], w1), hyper, tuple(self.size),
-                              fused=self._fused_upscaler)
+                              fused=self._fused_upscaler, threads=threads)

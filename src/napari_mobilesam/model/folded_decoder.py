@@ -55,6 +55,7 @@ from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention
 
 from .mask_upscaling import convt_matrix, upscale_blocks
+from .scratch import DecodeThreads
 
 __all__ = ["FoldedFrame"]
 
@@ -381,9 +382,10 @@ class FoldedFrame:
         hs = tr.norm_final_attn(q2 + self.side2.finish(att, gvf))
         return hs, (coef, fac, e2)
 
-    def decode(self, sparse: torch.Tensor, multimask_output: bool, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(self, sparse: torch.Tensor, multimask_output: bool, size: tuple[int, int], threads: DecodeThreads | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks and IoU predictions for ``B`` prompts (``sparse`` B x P x C), as
-        ``MaskDecoder.forward`` without mask input: ``(B x M x 4h x 4w logits, B x M)``."""
+        ``MaskDecoder.forward`` without mask input: ``(B x M x 4h x 4w logits, B x M)``.
+        ``threads``: decode workers for the upscaler's blocks."""
         md = self.md
         b = sparse.shape[0]
         out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], 0)
@@ -401,4 +403,4 @@ class FoldedFrame:
             x = torch.addmm(self.ub, fac[i, :, s:e].T, ew[i])
             return x.addcmul_(coef[i, s:e, None], self.us[s:e])
 
-        return upscale_blocks(md.output_upscaling, convt1, hyper, size), iou
+        return upscale_blocks(md.output_upscaling, convt1, hyper, size, threads=threads), iou

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from . import onednn
+from .scratch import DecodeThreads
 
 __all__ = ["convt_matrix", "upscale_blocks"]
 
@@ -19,7 +20,7 @@ UPSCALE_BLOCK = 512
 
 
 def upscale_blocks(upscaling: torch.nn.Sequential, convt1: Callable[[int, int, int], torch.Tensor], hyper: torch.Tensor, size: tuple[int, int],
-                   fused: bool = True) -> torch.Tensor:
+                   fused: bool = True, threads: DecodeThreads | None = None) -> torch.Tensor:
     """SAM's ``output_upscaling`` (ConvT 2x2/2, LayerNorm2d, GELU, ConvT 2x2/2, GELU) and the
     hypernetwork dot product, fused per block of image tokens.
 
@@ -40,6 +41,7 @@ def upscale_blocks(upscaling: torch.nn.Sequential, convt1: Callable[[int, int, i
         size: the token grid (h, w), h·w = N.
         fused: False runs the second convolution, its GELU and the dot products as separate
             ATen ops, as the decoder did before (2026-12-04): the benchmarks' baseline.
+        threads: decode workers to share the blocks (they write disjoint rows of the output).
 
     Returns:
         B x M x 4h x 4w logits.
@@ -53,10 +55,11 @@ def upscale_blocks(upscaling: torch.nn.Sequential, convt1: Callable[[int, int, i
     w2t = w2.T.contiguous()  # (4·C2) x C1, as a Linear's weight
     n = h * w
     out = torch.empty((b, m, n * 16) if fused else (b, n, 16, m), dtype=hyper.dtype, device=hyper.device)
-    for i in range(b):
-        hyp = hyper[i].T  # 32 x M
-        for s in range(0, n, UPSCALE_BLOCK):
-            e = min(s + UPSCALE_BLOCK, n)
+    blocks = [(i, s, min(s + UPSCALE_BLOCK, n)) for i in range(b) for s in range(0, n, UPSCALE_BLOCK)]
+
+    def run(part: slice) -> None:
+        for i, s, e in blocks[part]:
+            hyp = hyper[i].T  # 32 x M
             x = act1(F.layer_norm(convt1(i, s, e).view(-1, c1), (c1,), ln.weight, ln.bias, ln.eps))  # (token, ky1, kx1) x C1
             if not fused:
                 y = act2(torch.addmm(bb2, x, w2)).view(-1, c2)
@@ -65,6 +68,11 @@ def upscale_blocks(upscaling: torch.nn.Sequential, convt1: Callable[[int, int, i
             y = onednn.linear(x, w2t, bb2, gelu=True).view(-1, c2)  # (token, ky1, kx1, ky2, kx2) x C2
             for j in range(m):
                 torch.mv(y, hyp[:, j], out=out[i, j, s * 16 : e * 16])
+
+    if threads is None:
+        run(slice(None))
+    else:
+        threads.map(run, threads.chunks(len(blocks)))
     if not fused:  # (B, i, j, ky1, kx1, ky2, kx2, M) -> (B, M, 4i + 2ky1 + ky2, 4j + 2kx1 + kx2)
         return out.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, m, 4 * h, 4 * w)
     # (B, M, i, j, ky1, kx1, ky2, kx2) -> (B, M, 4i + 2ky1 + ky2, 4j + 2kx1 + kx2)
