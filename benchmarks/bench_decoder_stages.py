@@ -2,9 +2,11 @@
 and segment-anything's MaskDecoder, interleaved in one process, against the folded decoder's floor.
 
     python benchmarks/bench_decoder_stages.py [--checkpoint PATH] [--batch 8] [--threads 1] [--repeats 5] [--multimask]
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_decoder_stages.py --threads 2   # as the command and the plugin run
 
 Single-mask (or --multimask) box prompts on a random 1024² embedding, one batch of ``--batch`` prompts,
-the three decoders run in turn, ``--repeats`` rounds (the CPU may be shared: medians, min-max).
+the decoders run in turn (with ``--threads`` > 1 also the folded decoder on decode workers,
+``model.scratch.DecodeThreads``: whole prompts per worker, one intra-op thread each), ``--repeats`` rounds (the CPU may be shared: medians, min-max).
 CPU (process) time and wall time per prompt; GFLOP per prompt counted by torch's FlopCounterMode;
 the folded decoder's stages: transformer (token side + factored image side) and upscaler.
 
@@ -40,6 +42,7 @@ torch.set_num_threads(args.threads)
 from napari_mobilesam import build_mobilesam
 from napari_mobilesam.model import folded_decoder as fo
 from napari_mobilesam.model.fast_decoder import FrameDecoder
+from napari_mobilesam.model.scratch import DecodeThreads, Scratch
 
 sam = build_mobilesam(args.checkpoint).requires_grad_(False)  # (FlopCounterMode hooks tensors that need grad)
 torch.manual_seed(0)
@@ -78,13 +81,18 @@ print(f"load average at start: {os.getloadavg()[0]:.2f}")
 
 with torch.inference_mode():
     setup: dict[str, list[float]] = {"folded": [], "streamed": []}
-    folded, streamed = FrameDecoder(sam, feat), FrameDecoder(sam, feat, folded=False)
+    # the folded decoder splitting each operation over torch's threads (the calling thread), and with
+    # --threads > 1 also on decode workers (what the command and the plugin do with OpenMP's passive wait)
+    folded, streamed = FrameDecoder(sam, feat, scratch=Scratch()), FrameDecoder(sam, feat, folded=False)
+    folded.scratch._threads_made = True  # no workers for this one
+    workers = FrameDecoder(sam, feat, scratch=Scratch(DecodeThreads(args.threads))) if args.threads > 1 else None
     boxes = torch.rand(B, 4) * 800
     boxes[:, 2:] = boxes[:, :2] + 150
     sp, de = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
     pe = sam.prompt_encoder.get_dense_pe()
     fns = {
         "folded": lambda: folded.decode(sp, None, MM),
+        **({"folded, decode workers": lambda: workers.decode(sp, None, MM)} if workers is not None else {}),
         "streamed (previous FrameDecoder)": lambda: streamed.decode(sp, None, MM),
         "stock MaskDecoder": lambda: sam.mask_decoder(feat, pe, sp, de, MM),
     }
@@ -157,13 +165,19 @@ with torch.inference_mode():
 med = {k: statistics.median(v) for k, v in cpu.items()}
 medw = {k: statistics.median(v) for k, v in wall.items()}
 ref = outs["stock MaskDecoder"][0]
-print(f"batch {B}, {'3 masks' if MM else '1 mask'}, {args.threads} thread(s), {args.repeats} interleaved rounds; per prompt:")
+print(f"batch {B}, {'3 masks' if MM else '1 mask'}, {args.threads} thread(s), OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'default')}, "
+      f"{args.repeats} interleaved rounds; per prompt:")
 for k in fns:
     err = (outs[k][0] - ref).abs().max().item()
-    print(f"  {k:34s} CPU {med[k]:6.1f} ms [{min(cpu[k]):.1f}-{max(cpu[k]):.1f}]  wall {medw[k]:6.1f} ms  {gflop[k]:.3f} GFLOP  max|Δlogit| vs stock {err:.1e}")
-print(f"  folded / streamed: CPU {med['folded'] / med['streamed (previous FrameDecoder)']:.2f}, wall {medw['folded'] / medw['streamed (previous FrameDecoder)']:.2f}; "
-      f"folded / stock: CPU {med['folded'] / med['stock MaskDecoder']:.2f}")
+    fl_ = f"{gflop[k]:.3f} GFLOP" if gflop[k] else "  (as above)"  # FlopCounterMode sees the calling thread only
+    print(f"  {k:34s} CPU {med[k]:6.1f} ms [{min(cpu[k]):.1f}-{max(cpu[k]):.1f}]  wall {medw[k]:6.1f} ms  {fl_}  max|Δlogit| vs stock {err:.1e}")
+base, basew = med["streamed (previous FrameDecoder)"], medw["streamed (previous FrameDecoder)"]
+print(f"  folded / streamed: CPU {med['folded'] / base:.2f}, wall {medw['folded'] / basew:.2f}; folded / stock: CPU {med['folded'] / med['stock MaskDecoder']:.2f}")
+if workers is not None:
+    print(f"  folded on decode workers / streamed: wall {medw['folded, decode workers'] / basew:.2f}")
 s = {k: v / args.repeats / B * 1000 for k, v in stage.items()}
+if workers is not None:  # process CPU time counts every thread: stages are per decoder at one thread only
+    s = {k: float("nan") for k in s}
 print(f"folded stages (CPU ms per prompt): transformer {s['transformer']:.1f}, heads + upscaler {s['decode'] - s['transformer']:.1f}; "
       f"per-frame set-up (median): folded {statistics.median(setup['folded']):.0f} ms, streamed {statistics.median(setup['streamed']):.0f} ms")
 tot = sum(v[0] for v in fl.values())
