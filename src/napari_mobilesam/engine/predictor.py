@@ -294,9 +294,11 @@ class Predictor(SamPredictor):
             rows = torch.arange(len(chunk))
             chosen = low[rows, idx]  # B x 256 x 256
             stab = calculate_stability_score(up.valid(chosen), thr, 1.0)
-            for j in range(len(chunk)):
+            threads = self.scratch.threads()
+            crops = [up.crop_mask(chosen[j].numpy(), thr) for j in range(len(chunk))] if threads is None or len(chunk) == 1 else \
+                threads.map(lambda j: up.crop_mask(chosen[j].numpy(), thr), range(len(chunk)))  # noqa: B023 (used at once)
+            for j, (mask, offset) in enumerate(crops):
                 logits = chosen[j].numpy()
-                mask, offset = up.crop_mask(logits, thr)
                 out.append(
                     ObjectMask(mask, offset, tuple(self.original_size), float(iou[j, idx[j]]), float(stab[j]), int(idx[j]), logits.copy())
                 )
@@ -410,7 +412,15 @@ class Predictor(SamPredictor):
         b, m = low.shape[:2]
         out = torch.zeros(b, m, *self.original_size, dtype=torch.bool)
         flat, lows = out.view(b * m, *self.original_size).numpy(), low.reshape(b * m, *low.shape[2:]).numpy()
-        for k in range(b * m):
+
+        def fill(k: int) -> None:
             mask, (r0, c0) = up.crop_mask(lows[k], thr)
             flat[k, r0 : r0 + mask.shape[0], c0 : c0 + mask.shape[1]] = mask
+
+        threads = self.scratch.threads()
+        if threads is None or b * m == 1:
+            for k in range(b * m):
+                fill(k)
+        else:  # each mask on a decode worker (numpy and torch release the GIL in the resizes)
+            threads.map(fill, range(b * m))
         return out

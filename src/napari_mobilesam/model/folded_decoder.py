@@ -48,6 +48,7 @@ against ``segment_anything``'s ``MaskDecoder``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -149,6 +150,25 @@ class _Softmax:
             ph = p.view(b, h, t, -1).transpose(0, 1).reshape(h, b * t, -1)
             self.pv.add_(torch.bmm(ph, vs).view(h, b, t, -1).transpose(0, 1))
 
+    def merge(self, others: list[_Softmax]) -> _Softmax:
+        """This accumulator with those of other blocks added (each rescaled to the common maximum)."""
+        b, h, t = self.shape
+        m = self.m
+        for o in others:
+            m = torch.maximum(m, o.m)
+        for acc in (self, *others):
+            alpha = torch.exp2(acc.m - m)
+            if acc is self:
+                self.sum.mul_(alpha)
+                self.pv.mul_(alpha.view(b, h, t, 1))
+                self.pf.mul_(alpha)
+            else:
+                self.sum.add_(acc.sum * alpha)
+                self.pv.add_(acc.pv * alpha.view(b, h, t, 1))
+                self.pf.add_(acc.pf * alpha)
+        self.m = m
+        return self
+
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The normalised sums: ``(Σ p V, B x h x T x d; Σ p fac, B x hT x r)``."""
         b, h, t = self.shape
@@ -235,6 +255,28 @@ def _gram_dot(vh: torch.Tensor, rt: torch.Tensor, rb: torch.Tensor) -> torch.Ten
     return _per_head(vh, rt).view(b, h * t, -1).add_(rb)
 
 
+def _stream(step: Callable[[_Softmax, int, int], None], blocks: list[tuple[int, int]], new: Callable[[], _Softmax],
+            threads: DecodeThreads | None) -> _Softmax:
+    """One pass over the blocks of image tokens: ``step(acc, s, e)`` for each, accumulating into
+    ``new()``; with ``threads``, groups of blocks on the workers, each with its own accumulator,
+    merged at the end (the blocks write disjoint columns of the per-token outputs)."""
+    if threads is None or len(blocks) < 2:
+        acc = new()
+        for s, e in blocks:
+            step(acc, s, e)
+        return acc
+    size = math.ceil(len(blocks) / threads.n)
+
+    def group(k: int) -> _Softmax:
+        acc = new()
+        for s, e in blocks[k * size : (k + 1) * size]:
+            step(acc, s, e)
+        return acc
+
+    accs = threads.map(group, range(math.ceil(len(blocks) / size)))
+    return accs[0].merge(accs[1:])
+
+
 class FoldedFrame:
     """The per-frame part of the folded decoder for one image embedding (no mask input).
 
@@ -296,10 +338,11 @@ class FoldedFrame:
         self.ub = b2 @ self.w1 + bc1
         self.g2 = g2
 
-    def transformer(self, tokens: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def transformer(self, tokens: torch.Tensor, threads: DecodeThreads | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """The two-way transformer for ``tokens`` (B x T x C, output + sparse prompt tokens),
         streamed over blocks of image tokens: two passes, one per image-to-token attention, each
         also accumulating the next token-to-image attention (its queries are known by then).
+        ``threads``: decode workers that share each pass's blocks (for one prompt).
 
         Returns ``(hs B x T x C, (coef B x N, fac B x r' x N, e B x r' x C))``: the final tokens and
         the image tokens in factored form, ``keys2 = coef ⊙ S2 + facᵀ @ e + b2``.
@@ -312,13 +355,14 @@ class FoldedFrame:
         n = self.n0.shape[0]
         r = h * t
         block = max(MIN_BLOCK, STREAM_ROWS // b)
+        if threads is not None:
+            block = min(block, math.ceil(n / threads.n))
         blocks = [(s, min(s + block, n)) for s in range(0, n, block)]
         pe_t = tokens
         queries = l0.norm1(l0.self_attn(q=tokens, k=tokens, v=tokens))
         qh = _heads(t2i0.q_proj, queries + pe_t, h, _score_scale(d))
-        att = _Softmax(b, h, t, d, 0, tokens)
-        for s, e in blocks:
-            att.add(_per_head(qh, self.k0[:, :, s:e]).view(b, r, -1), self.v0[:, s:e])
+        att = _stream(lambda acc, s, e: acc.add(_per_head(qh, self.k0[:, :, s:e]).view(b, r, -1), self.v0[:, s:e]),
+                      blocks, lambda: _Softmax(b, h, t, d, 0, tokens), threads)
         out = att.result()[0].transpose(1, 2).reshape(b, t, h * d)
         queries = l0.norm2(queries + t2i0.out_proj(out))
         q0 = l0.norm3(queries + l0.mlp(queries))
@@ -337,8 +381,8 @@ class FoldedFrame:
         qh1, gq1, gv1 = self.side1.prompts(q1 + pe_t, e1)
         fac = torch.empty(b, 2 * r1, n, dtype=tokens.dtype, device=tokens.device)  # the factor, filled in place
         a_all, sq2 = torch.empty(2, b, n, dtype=tokens.dtype, device=tokens.device)
-        att = _Softmax(b, h, t, d, r1, tokens)
-        for s, e in blocks:
+
+        def pass1(att: _Softmax, s: int, e: int) -> None:
             p1 = _softmax_tokens(_per_head(kh1, self.q0[:, :, s:e]))  # B x hT x n
             # LayerNorm 1: |x_i|² = |S0c_i|² + P1_i·(2 VW1·S0c_i + G P1_i)
             x = _gram_dot(v1h, self.r1[:, :, s:e], self.r1b[s:e]).mul_(2).baddbmm_(g11, p1)
@@ -352,6 +396,8 @@ class FoldedFrame:
             sq = x.mul_(p1).sum(1).mul_(2 * a).add_(a * a * self.nsg[s:e]).add_(2 * a * self.sb[s:e]).add_(self.nb)
             sq2[:, s:e] = torch.bmm(e11, ap1).mul_(ap1).sum(1).add_(sq)
             att.add(self.side1.scores(qh1, gq1, a, ap1, s, e), self.side1.vs[:, s:e], a, ap1)
+
+        att = _stream(pass1, blocks, lambda: _Softmax(b, h, t, d, r1, tokens), threads)
         queries = l1.norm2(q1 + self.side1.finish(att, gv1))
         q2 = l1.norm3(queries + l1.mlp(queries))
         # layer 1, image to tokens (P2), and the final attention
@@ -365,8 +411,8 @@ class FoldedFrame:
         e2 = torch.cat([ec1r, e2], 1) * self.g2  # B x 2(h(T-1) + 1) x C
         qhf, gqf, gvf = self.side2.prompts(q2 + pe_t, e2)
         coef = torch.empty_like(a_all)
-        att = _Softmax(b, h, t, d, 2 * r1, tokens)
-        for s, e in blocks:
+
+        def pass2(att: _Softmax, s: int, e: int) -> None:
             a, ap1 = a_all[:, s:e], fac[:, :r1, s:e]
             p2 = _softmax_tokens(_per_head(kh2, self.qs1[:, :, s:e], a, self.qp1[:, :, s:e], base=torch.bmm(gq2, ap1)))
             # LayerNorm 2: the terms with P2
@@ -379,18 +425,20 @@ class FoldedFrame:
             fb[:, -1] = cc
             cf = torch.mul(cc, a, out=coef[:, s:e])
             att.add(self.side2.scores(qhf, gqf, cf, fb, s, e), self.side2.vs[:, s:e], cf, fb)
+
+        att = _stream(pass2, blocks, lambda: _Softmax(b, h, t, d, 2 * r1, tokens), threads)
         hs = tr.norm_final_attn(q2 + self.side2.finish(att, gvf))
         return hs, (coef, fac, e2)
 
     def decode(self, sparse: torch.Tensor, multimask_output: bool, size: tuple[int, int], threads: DecodeThreads | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks and IoU predictions for ``B`` prompts (``sparse`` B x P x C), as
         ``MaskDecoder.forward`` without mask input: ``(B x M x 4h x 4w logits, B x M)``.
-        ``threads``: decode workers for the upscaler's blocks."""
+        ``threads``: decode workers to share the blocks of image tokens (for one prompt)."""
         md = self.md
         b = sparse.shape[0]
         out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], 0)
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse], 1)
-        hs, image = self.transformer(tokens)
+        hs, image = self.transformer(tokens, threads)
         sel = slice(1, None) if multimask_output else slice(0, 1)
         iou = md.iou_prediction_head(hs[:, 0])[:, sel]
         mask_tokens = hs[:, 1 : 1 + md.num_mask_tokens][:, sel]
