@@ -83,8 +83,7 @@ with torch.inference_mode():
     setup: dict[str, list[float]] = {"folded": [], "streamed": []}
     # the folded decoder splitting each operation over torch's threads (the calling thread), and with
     # --threads > 1 also on decode workers (what the command and the plugin do with OpenMP's passive wait)
-    folded, streamed = FrameDecoder(sam, feat, scratch=Scratch()), FrameDecoder(sam, feat, folded=False)
-    folded.scratch._threads_made = True  # no workers for this one
+    folded, streamed = FrameDecoder(sam, feat, scratch=Scratch(start_threads=False)), FrameDecoder(sam, feat, folded=False)
     workers = FrameDecoder(sam, feat, scratch=Scratch(DecodeThreads(args.threads))) if args.threads > 1 else None
     boxes = torch.rand(B, 4) * 800
     boxes[:, 2:] = boxes[:, :2] + 150

@@ -58,7 +58,7 @@ def test_folded_decoder_matches_stock_mask_decoder(frame, batch, multimask, kind
     sparse, dense = _prompts(model, pred, batch, kind, batch)
     pe = model.prompt_encoder.get_dense_pe()
     with torch.inference_mode():
-        dec = FrameDecoder(model, pred.features, scratch=Scratch(workers if on_workers else None))
+        dec = FrameDecoder(model, pred.features, scratch=Scratch(workers) if on_workers else Scratch(start_threads=False))
         assert dec._threads() is (workers if on_workers else None)
         assert dec._folded is not None  # the folded path is the one under test
         low, iou = dec.decode(sparse, None, multimask)

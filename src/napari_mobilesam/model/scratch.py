@@ -137,13 +137,13 @@ class Scratch:
     predictor that hands one ``Scratch`` to all its frames' decoders).
     """
 
-    def __init__(self, threads: DecodeThreads | None = None) -> None:
+    def __init__(self, threads: DecodeThreads | None = None, start_threads: bool = True) -> None:
         """``threads``: decode workers to use; by default started on first use when wanted
-        (:func:`decode_threads_wanted`)."""
+        (:func:`decode_threads_wanted`), never with ``start_threads=False``."""
         self._lock = threading.Lock()
         self._free: list[torch.Tensor] = []
         self._threads = threads
-        self._threads_made = threads is not None
+        self._threads_made = threads is not None or not start_threads
 
     def threads(self) -> DecodeThreads | None:
         """The decode workers of this scratch's owner, started on first use; None with one thread."""
