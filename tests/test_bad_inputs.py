@@ -226,8 +226,8 @@ def test_micro_sam_checkpoint_warning_is_one_line(tmp_path, checkpoint, workers)
 
 
 def test_many_clicks_on_one_frame_show_progress_per_batch_of_objects(tmp_path, checkpoint, predictor, capsys):
-    """``mobilesam segment`` with 40 clicks on one frame: the bar counts objects, batch by batch (8 per decoder pass
-    on a CPU), not one frame at the end; the labels are those of decoding all objects at once."""
+    """``mobilesam segment`` with 72 clicks on one frame: the bar counts objects, batch by batch (32 per decoder pass
+    on a CPU, Predictor.batch_size), not one frame at the end; the labels are those of decoding all objects at once."""
     import re
 
     from napari_mobilesam.engine.decode import decode_objects
@@ -237,17 +237,17 @@ def test_many_clicks_on_one_frame_show_progress_per_batch_of_objects(tmp_path, c
 
     img = synthetic_stack(n_frames=1, shape=(64, 64))[0][0]
     tifffile.imwrite(tmp_path / "img.tif", img)
-    clicks = [(3 + 7 * (i // 8), 3 + 7 * (i % 8)) for i in range(40)]
+    clicks = [(3 + 7 * (i // 8), 3 + 7 * (i % 8)) for i in range(72)]
     (tmp_path / "p.csv").write_text("index,axis-0,axis-1\n" + "".join(f"{i},{r},{c}\n" for i, (r, c) in enumerate(clicks)))
     out = tmp_path / "out.tif"
     assert main(["segment", str(tmp_path / "img.tif"), "--points", str(tmp_path / "p.csv"), "-o", str(out),
                  "--weights", str(checkpoint), "--device", "cpu"]) == 0
     err = capsys.readouterr().err
-    counts = [int(n) for n in re.findall(r"\b(\d+)/40 \[", err)]
-    assert {8, 16, 24, 32, 40} <= set(counts) and "object" in err, err
-    # per-batch decoding changes no pixel: the same labels as one decode_objects call for all 40 objects
+    counts = [int(n) for n in re.findall(r"\b(\d+)/72 \[", err)]
+    assert {32, 64, 72} <= set(counts) and "object" in err, err
+    # per-batch decoding changes no pixel: the same labels as one decode_objects call for all 72 objects
     predictor.set_image(img)
     objects = [ObjectPrompt((), Prompt(points=[rc], labels=[1]), i + 1, [], []) for i, rc in enumerate(clicks)]
-    want = render_labels(decode_objects(predictor, objects), (64, 64), ids=list(range(1, 41)))
+    want = render_labels(decode_objects(predictor, objects), (64, 64), ids=list(range(1, 73)))
     assert len(np.unique(want)) > 10
     np.testing.assert_array_equal(tifffile.imread(out), want)
