@@ -84,3 +84,35 @@ def test_when_workers_start(monkeypatch, env, policy, expected):
     finally:
         if made is not None:
             made.close()
+
+
+def test_over_chunks_covers_every_item_in_order():
+    from napari_mobilesam.model.scratch import over_chunks
+
+    threads = DecodeThreads(2)
+    try:
+        for n in (0, 1, 2, 7, 40):
+            parts = over_chunks(threads, lambda sl, n=n: list(range(n))[sl], n)
+            assert [x for p in parts for x in p] == list(range(n))
+            assert len(parts) == (1 if n < 2 else len(threads.chunks(n)))
+        assert over_chunks(None, lambda sl: (sl.start, sl.stop), 9) == [(0, 9)]  # no workers: one call on the caller
+    finally:
+        threads.close()
+
+
+def test_full_resolution_masks_cut_on_workers_are_the_callers(sam, cell_image):
+    """The predictor's full-resolution masks (cut out on the decode workers) are pixel for pixel
+    those cut out on the calling thread, from the same logits."""
+    from napari_mobilesam import Predictor
+
+    pred = Predictor(sam)
+    pred.scratch = Scratch(start_threads=False)
+    pred.set_image(cell_image)
+    low = torch.randn(5, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 4
+    plain = pred._full_masks(low, return_logits=False)
+    threads = DecodeThreads(2)
+    try:
+        pred.scratch = Scratch(threads)
+        assert torch.equal(pred._full_masks(low, return_logits=False), plain) and plain.any()
+    finally:
+        threads.close()

@@ -24,6 +24,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.amg import calculate_stability_score
 
 from ..model.fast_decoder import FrameDecoder, Scratch
+from ..model.scratch import over_chunks
 from .embeddings import Embedding, EmbeddingCache
 from .errors import SettingsError
 from .image import to_rgb_uint8
@@ -300,10 +301,8 @@ class Predictor(SamPredictor):
             rows = torch.arange(len(chunk))
             chosen = low[rows, idx]  # B x 256 x 256
             stab = calculate_stability_score(up.valid(chosen), thr, 1.0)
-            threads = self.scratch.threads()
-            crops = [up.crop_mask(chosen[j].numpy(), thr) for j in range(len(chunk))] if threads is None or len(chunk) == 1 else \
-                threads.map(lambda j: up.crop_mask(chosen[j].numpy(), thr), range(len(chunk)))  # noqa: B023 (used at once)
-            for j, (mask, offset) in enumerate(crops):
+            parts = over_chunks(self.scratch.threads(), lambda sl, c=chosen: [up.crop_mask(c[j].numpy(), thr) for j in range(len(c))[sl]], len(chunk))
+            for j, (mask, offset) in enumerate(crop for part in parts for crop in part):
                 logits = chosen[j].numpy()
                 out.append(
                     ObjectMask(mask, offset, tuple(self.original_size), float(iou[j, idx[j]]), float(stab[j]), int(idx[j]), logits.copy())
@@ -422,14 +421,10 @@ class Predictor(SamPredictor):
         out = torch.zeros(b, m, *self.original_size, dtype=torch.bool)
         flat, lows = out.view(b * m, *self.original_size).numpy(), low.reshape(b * m, *low.shape[2:]).numpy()
 
-        def fill(k: int) -> None:
-            mask, (r0, c0) = up.crop_mask(lows[k], thr)
-            flat[k, r0 : r0 + mask.shape[0], c0 : c0 + mask.shape[1]] = mask
+        def fill(part: slice) -> None:  # on the decode workers: numpy and torch release the GIL in the resizes
+            for k in range(b * m)[part]:
+                mask, (r0, c0) = up.crop_mask(lows[k], thr)
+                flat[k, r0 : r0 + mask.shape[0], c0 : c0 + mask.shape[1]] = mask
 
-        threads = self.scratch.threads()
-        if threads is None or b * m == 1:
-            for k in range(b * m):
-                fill(k)
-        else:  # each mask on a decode worker (numpy and torch release the GIL in the resizes)
-            threads.map(fill, range(b * m))
+        over_chunks(self.scratch.threads(), fill, b * m)
         return out

@@ -229,7 +229,7 @@ class FrameDecoder:
         self._shared = self._prepare_keys(self.features + no_mask)
         keys, keys_pe = self._shared
         self._folded = None
-        self._fused_upscaler = folded
+        self._baseline = not folded  # the decoder of 2026-12-04, as the benchmarks' baseline
         if folded and len(self.transformer.layers) == 2:
             self._folded = FoldedFrame(sam, keys[0], self.pe[0])
             return
@@ -278,7 +278,7 @@ class FrameDecoder:
 
     def _threads(self) -> DecodeThreads | None:
         """The predictor's decode workers (CPU only; not for the benchmarks' 2026-12-04 baseline)."""
-        if not self._fused_upscaler or self.features.device.type != "cpu":
+        if self._baseline or self.features.device.type != "cpu":
             return None
         return self.scratch.threads()
 
@@ -425,4 +425,4 @@ class FrameDecoder:
         the image tokens ``keys`` (B x N x C); hyper: B x M x 32. Returns B x M x 4h x 4w logits."""
         w1, b1 = convt_matrix(self.md.output_upscaling[0])
         return upscale_blocks(self.md.output_upscaling, lambda i, s, e: torch.addmm(b1, keys[i, s:e], w1), hyper, tuple(self.size),
-                              fused=self._fused_upscaler, threads=threads)
+                              fused=not self._baseline, threads=threads)

@@ -56,7 +56,7 @@ from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention
 
 from .mask_upscaling import convt_matrix, upscale_blocks
-from .scratch import DecodeThreads
+from .scratch import DecodeThreads, over_chunks
 
 __all__ = ["FoldedFrame"]
 
@@ -156,16 +156,15 @@ class _Softmax:
         m = self.m
         for o in others:
             m = torch.maximum(m, o.m)
-        for acc in (self, *others):
-            alpha = torch.exp2(acc.m - m)
-            if acc is self:
-                self.sum.mul_(alpha)
-                self.pv.mul_(alpha.view(b, h, t, 1))
-                self.pf.mul_(alpha)
-            else:
-                self.sum.add_(acc.sum * alpha)
-                self.pv.add_(acc.pv * alpha.view(b, h, t, 1))
-                self.pf.add_(acc.pf * alpha)
+        alpha = torch.exp2(self.m - m)
+        self.sum.mul_(alpha)
+        self.pv.mul_(alpha.view(b, h, t, 1))
+        self.pf.mul_(alpha)
+        for o in others:
+            alpha = torch.exp2(o.m - m)
+            self.sum.add_(o.sum * alpha)
+            self.pv.add_(o.pv * alpha.view(b, h, t, 1))
+            self.pf.add_(o.pf * alpha)
         self.m = m
         return self
 
@@ -260,20 +259,14 @@ def _stream(step: Callable[[_Softmax, int, int], None], blocks: list[tuple[int, 
     """One pass over the blocks of image tokens: ``step(acc, s, e)`` for each, accumulating into
     ``new()``; with ``threads``, groups of blocks on the workers, each with its own accumulator,
     merged at the end (the blocks write disjoint columns of the per-token outputs)."""
-    if threads is None or len(blocks) < 2:
-        acc = new()
-        for s, e in blocks:
-            step(acc, s, e)
-        return acc
-    size = math.ceil(len(blocks) / threads.n)
 
-    def group(k: int) -> _Softmax:
+    def run(part: slice) -> _Softmax:
         acc = new()
-        for s, e in blocks[k * size : (k + 1) * size]:
+        for s, e in blocks[part]:
             step(acc, s, e)
         return acc
 
-    accs = threads.map(group, range(math.ceil(len(blocks) / size)))
+    accs = over_chunks(threads, run, len(blocks))
     return accs[0].merge(accs[1:])
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from . import onednn
-from .scratch import DecodeThreads
+from .scratch import DecodeThreads, over_chunks
 
 __all__ = ["convt_matrix", "upscale_blocks"]
 
@@ -69,10 +69,7 @@ def upscale_blocks(upscaling: torch.nn.Sequential, convt1: Callable[[int, int, i
             for j in range(m):
                 torch.mv(y, hyp[:, j], out=out[i, j, s * 16 : e * 16])
 
-    if threads is None:
-        run(slice(None))
-    else:
-        threads.map(run, threads.chunks(len(blocks)))
+    over_chunks(threads, run, len(blocks))
     if not fused:  # (B, i, j, ky1, kx1, ky2, kx2, M) -> (B, M, 4i + 2ky1 + ky2, 4j + 2kx1 + kx2)
         return out.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, m, 4 * h, 4 * w)
     # (B, M, i, j, ky1, kx1, ky2, kx2) -> (B, M, 4i + 2ky1 + ky2, 4j + 2kx1 + kx2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -13,10 +14,11 @@ from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["DecodeThreads", "Scratch"]
+__all__ = ["DecodeThreads", "Scratch", "over_chunks"]
 
 T = TypeVar("T")
 ENV = "NAPARI_MOBILESAM_DECODE_THREADS"
+log = logging.getLogger("napari_mobilesam")
 
 
 class DecodeThreads:
@@ -98,6 +100,14 @@ class DecodeThreads:
         self._finalizer()
 
 
+def over_chunks(threads: DecodeThreads | None, fn: Callable[[slice], T], n: int) -> list[T]:
+    """``fn`` over ``range(n)`` in slices: on the workers (:meth:`DecodeThreads.chunks`) when there
+    are workers and more than one item, else one call ``fn(slice(0, n))`` on the caller."""
+    if threads is None or n < 2:
+        return [fn(slice(0, n))]
+    return threads.map(fn, threads.chunks(n))
+
+
 def _one_thread() -> None:
     """A worker's start: torch's per-thread set-up first (it reads the process count once per
     thread, lazily, and would undo a count set before it), then one intra-op thread."""
@@ -118,6 +128,7 @@ def decode_threads_wanted() -> int:
         try:
             return max(0, int(env))
         except ValueError:
+            log.warning("%s must be a number of threads (0: none), got %r: no decode workers.", ENV, env)
             return 0
     if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() != "PASSIVE":
         return 0
