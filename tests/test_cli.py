@@ -65,20 +65,27 @@ def test_help_reads_like_a_tool(capsys):
         assert f"usage: mobilesam {cmd}" in capsys.readouterr().out
 
 
+def interrupt_everything_at(monkeypatch, frame: int):
+    """Ctrl+C (KeyboardInterrupt) when a *Segment everything* job reaches ``frame``; returns the
+    job's own ``__call__`` (to put back with ``monkeypatch.setattr`` or ``monkeypatch.undo()``)."""
+    original = EverythingJob.__call__
+
+    def interrupted(self, models, source, t, extra):
+        if t == frame:
+            raise KeyboardInterrupt
+        return original(self, models, source, t, extra)
+
+    monkeypatch.setattr(EverythingJob, "__call__", interrupted)
+    return original
+
+
 @pytest.mark.slow
 def test_everything_resumes_after_interruption(tmp_path, stack_path, model_args, predictor, monkeypatch, capsys):
     from napari_mobilesam.engine.everything import segment_everything
 
     # Ctrl+C while frame 1 is computed: exit 130, frame 0 kept on disk
     out = tmp_path / "labels.tif"
-    original = EverythingJob.__call__
-
-    def interrupted(self, models, source, t, extra):
-        if t == 1:
-            raise KeyboardInterrupt
-        return original(self, models, source, t, extra)
-
-    monkeypatch.setattr(EverythingJob, "__call__", interrupted)
+    original = interrupt_everything_at(monkeypatch, 1)
     assert main(["everything", str(stack_path), "-o", str(out), *EVERYTHING, *model_args]) == 130
     assert "resume" in capsys.readouterr().err
     partial = zarr.open_group(tmp_path / "labels.tif.partial.zarr", mode="r")

@@ -18,6 +18,7 @@ from napari_mobilesam.engine.jobs import EverythingJob
 from napari_mobilesam.engine.linkpass import axes_link
 from napari_mobilesam.engine.tracks import ctc_tracks
 from napari_mobilesam.testing.stacks import synthetic_timelapse, synthetic_volume
+from test_cli import interrupt_everything_at  # noqa: E402
 
 OPTIONS = dict(diameter=24.0, min_score=0.0, max_det=12)
 CLI_OPTIONS = ["--sampler", "blobs", "--diameter", "24", "--min-score", "0", "--max-det", "12"]
@@ -36,15 +37,7 @@ def model_args(checkpoint):
 
 def linked_run(image, predictor, link, **kw):
     """(labels, links) of ``iter_segment_everything(link=...)``."""
-    gen = iter_segment_everything(image, predictor, "blobs", rgb=False, link=link, **OPTIONS, **kw)
-    links = None
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as stop:
-            return stop.value, links
-        if p.links is not None:
-            links = p.links
+    return linked_run_gen(iter_segment_everything(image, predictor, "blobs", rgb=False, link=link, **OPTIONS, **kw))
 
 
 def test_axes_give_the_default_link():
@@ -123,14 +116,7 @@ def test_cli_link_3d_resumes_to_the_same_result(tmp_path, predictor, model_args,
     path = tmp_path / "vol.tif"
     tifffile.imwrite(path, vol, photometric="minisblack")  # no axes: --link given
     out = tmp_path / "labels.tif"
-    original = EverythingJob.__call__
-
-    def interrupted(self, models, source, t, extra):
-        if t == 2:
-            raise KeyboardInterrupt
-        return original(self, models, source, t, extra)
-
-    monkeypatch.setattr(EverythingJob, "__call__", interrupted)
+    original = interrupt_everything_at(monkeypatch, 2)
     assert main(["everything", str(path), "-o", str(out), "--link", "3d", *CLI_OPTIONS, *model_args]) == 130
     assert not out.exists()
     monkeypatch.setattr(EverythingJob, "__call__", original)
@@ -208,6 +194,7 @@ def reference(cells, fpredictor):
 
 
 def linked_run_gen(gen):
+    """(labels, links) of a running ``iter_segment_everything(link=...)``: its result and the last links it reported."""
     links = None
     while True:
         try:
@@ -247,14 +234,7 @@ def test_cli_link_time_resumes_to_the_same_tracks(tmp_path, cells, reference, fm
     out, res = tmp_path / "labels.tif", tmp_path / "res"
     args = ["everything", str(path), "-o", str(out), "--tracks", str(res), *F_OPTIONS, *fmodel_args]
     if where == "frames":
-        original = EverythingJob.__call__
-
-        def interrupted(self, models, source, t, extra):
-            if t == 3:
-                raise KeyboardInterrupt
-            return original(self, models, source, t, extra)
-
-        monkeypatch.setattr(EverythingJob, "__call__", interrupted)
+        interrupt_everything_at(monkeypatch, 3)
     else:
         real = linkpass.iter_link_stack
 

@@ -13,11 +13,23 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from napari_mobilesam.cli import main
-from napari_mobilesam.gui.widget import CHOOSE_FILE, MobileSAMWidget
 from napari_mobilesam.testing.stacks import synthetic_timelapse
+from test_prompt_equality import widget_with_model  # noqa: E402
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 TIMEOUT = 600_000
+
+
+def _everything_all_frames(w, diameter: float, link: str | None = None):
+    """*Segment everything* with blobs on every frame (and ``link`` if given), started: its section."""
+    ev = w.everything
+    ev.sampler.value = "blobs"
+    ev.diameter.value = diameter
+    ev.all_frames.value = True
+    if link is not None:
+        ev.link.value = link
+    ev.run()
+    return ev
 
 
 def test_widget_link_time_equals_cli(qtbot, make_napari_viewer, sam, checkpoint, tmp_path):
@@ -32,18 +44,10 @@ def test_widget_link_time_equals_cli(qtbot, make_napari_viewer, sam, checkpoint,
 
     viewer = make_napari_viewer()
     viewer.add_image(mov, name="movie", axis_labels=("t", "y", "x"), contrast_limits=(0, 255))
-    w = MobileSAMWidget(viewer)
+    w = widget_with_model(viewer, sam, checkpoint)
     try:
-        w.model_box.value = CHOOSE_FILE
-        w.model_file.value = str(checkpoint)
-        w.device_box.value = "cpu"
-        w.set_model(sam, (str(checkpoint), "cpu"))
-        ev = w.everything
-        ev.sampler.value = "blobs"
-        ev.diameter.value = 24
-        ev.all_frames.value = True
-        assert ev.link.value == "auto"
-        ev.run()
+        assert w.everything.link.value == "auto"
+        ev = _everything_all_frames(w, 24)
         qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
         labels = w.labels_layer()
         np.testing.assert_array_equal(labels.data, want)
@@ -79,12 +83,8 @@ def test_widget_propagate_all_equals_cli(qtbot, make_napari_viewer, fsam, fcheck
     viewer.window._qt_window.resize(1280, 720)
     viewer.add_image(mov, name="movie", axis_labels=("t", "y", "x"), contrast_limits=(0, 255))
     layer = viewer.add_labels(given.copy(), name="cells")
-    w = MobileSAMWidget(viewer)
+    w = widget_with_model(viewer, fsam, fcheckpoint)
     try:
-        w.model_box.value = CHOOSE_FILE
-        w.model_file.value = str(fcheckpoint)
-        w.device_box.value = "cpu"
-        w.set_model(fsam, (str(fcheckpoint), "cpu"))
         w.labels_box.value = layer
         viewer.dims.set_current_step(0, 1)
         w.propagate.all_labels.value = True
@@ -110,18 +110,9 @@ def test_session_records_link_and_replays(qtbot, make_napari_viewer, fsam, fchec
     mov, _, _ = synthetic_timelapse(4, (256, 256), 8, seed=6, divide_at=2)  # the test model finds its division
     viewer = make_napari_viewer()
     viewer.add_image(mov, name="movie", axis_labels=("t", "y", "x"), contrast_limits=(0, 255))
-    w = MobileSAMWidget(viewer)
+    w = widget_with_model(viewer, fsam, fcheckpoint)
     try:
-        w.model_box.value = CHOOSE_FILE
-        w.model_file.value = str(fcheckpoint)
-        w.device_box.value = "cpu"
-        w.set_model(fsam, (str(fcheckpoint), "cpu"))
-        ev = w.everything
-        ev.sampler.value = "blobs"
-        ev.diameter.value = 30
-        ev.all_frames.value = True
-        ev.link.value = "time"
-        ev.run()
+        _everything_all_frames(w, 30, link="time")
         qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
         labels = w.labels_layer()
         tracks = viewer.layers[f"{labels.name} tracks"]
@@ -150,18 +141,9 @@ def test_cancel_during_linking_keeps_the_frames_unlinked(qtbot, make_napari_view
     want = segment_everything(mov, sam, "blobs", rgb=False, diameter=24.0, min_score=0.0)
     viewer = make_napari_viewer()
     viewer.add_image(mov, name="movie", axis_labels=("t", "y", "x"), contrast_limits=(0, 255))
-    w = MobileSAMWidget(viewer)
+    w = widget_with_model(viewer, sam, checkpoint)
     try:
-        w.model_box.value = CHOOSE_FILE
-        w.model_file.value = str(checkpoint)
-        w.device_box.value = "cpu"
-        w.set_model(sam, (str(checkpoint), "cpu"))
-        ev = w.everything
-        ev.sampler.value = "blobs"
-        ev.diameter.value = 24
-        ev.all_frames.value = True
-        ev.link.value = "time"
-        ev.run()
+        _everything_all_frames(w, 24, link="time")
         seen: list = []
         w.state.worker.yielded.connect(lambda m: getattr(m, "linked", False) and not seen and (seen.append(m.index), w.cancel()))
         qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
